@@ -1,0 +1,326 @@
+//! JetStream implementation of the bus. Streams are created (or updated) idempotently at connect:
+//! ingest is a work queue (a message leaves the stream when the embedder acks it, so "still in the
+//! stream" means "queued"), events and dead letters keep messages for a configured age.
+
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, AckKind, consumer::pull, stream};
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream::BoxStream;
+
+use super::{
+    Bus, BusError, Consumer, ConsumerSpec, ConsumerState, Delivery, Disposition, Envelope, Published, Request,
+    Settle,
+};
+use crate::config::NatsConfig;
+use crate::contract::{
+    DEAD_CODE_HEADER, DEAD_REASON_HEADER, DEAD_SEQUENCE_HEADER, DEAD_SUBJECT_HEADER, StreamKind, Subjects,
+};
+
+/// A connection to NATS with JetStream, bound to one subject prefix.
+#[derive(Clone, Debug)]
+pub struct NatsBus {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    subjects: Subjects,
+    timeout: Duration,
+}
+
+impl NatsBus {
+    /// Connects and makes sure the three streams exist with the configured limits.
+    pub async fn connect(config: &NatsConfig, subjects: Subjects) -> Result<Self, BusError> {
+        let client = async_nats::ConnectOptions::new()
+            .name("memory-layer")
+            .connection_timeout(config.request_timeout)
+            .request_timeout(Some(config.request_timeout))
+            .connect(&config.url)
+            .await
+            .map_err(|source| BusError::Connect { url: config.url.clone(), source })?;
+        let mut js = jetstream::new(client.clone());
+        js.set_timeout(config.request_timeout);
+        let bus = Self { client, js, subjects, timeout: config.request_timeout };
+        bus.ensure_streams(config).await?;
+        Ok(bus)
+    }
+
+    async fn ensure_streams(&self, config: &NatsConfig) -> Result<(), BusError> {
+        let s = &self.subjects;
+        let streams = [
+            stream::Config {
+                name: s.stream(StreamKind::Ingest),
+                subjects: vec![s.ingest_all()],
+                retention: stream::RetentionPolicy::WorkQueue,
+                duplicate_window: config.dedup_window,
+                storage: stream::StorageType::File,
+                ..Default::default()
+            },
+            stream::Config {
+                name: s.stream(StreamKind::Events),
+                subjects: vec![s.events_all()],
+                max_age: config.events_max_age,
+                duplicate_window: config.dedup_window.min(config.events_max_age),
+                storage: stream::StorageType::File,
+                ..Default::default()
+            },
+            stream::Config {
+                name: s.stream(StreamKind::Dead),
+                subjects: vec![s.dead_all()],
+                max_age: config.dead_max_age,
+                storage: stream::StorageType::File,
+                ..Default::default()
+            },
+        ];
+        for config in streams {
+            self.js.create_or_update_stream(config).await.map_err(|e| BusError::nats("creating a stream", e))?;
+        }
+        Ok(())
+    }
+
+    pub fn subjects(&self) -> &Subjects {
+        &self.subjects
+    }
+
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+
+    pub fn jetstream(&self) -> &jetstream::Context {
+        &self.js
+    }
+
+    /// Drains the connection: flushes what was published, then closes.
+    pub async fn close(&self) {
+        let _ = self.client.drain().await;
+    }
+}
+
+fn header_map(headers: &[(String, String)]) -> HeaderMap {
+    let mut map = HeaderMap::new();
+    for (name, value) in headers {
+        map.append(name.as_str(), value.as_str());
+    }
+    map
+}
+
+fn header_vec(headers: Option<&HeaderMap>) -> Vec<(String, String)> {
+    headers
+        .map(|h| {
+            h.iter()
+                .flat_map(|(name, values)| values.iter().map(move |v| (name.to_string(), v.to_string())))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn envelope(message: async_nats::Message) -> Envelope {
+    Envelope {
+        subject: message.subject.to_string(),
+        headers: header_vec(message.headers.as_ref()),
+        payload: message.payload,
+    }
+}
+
+#[async_trait]
+impl Bus for NatsBus {
+    async fn publish(&self, message: Envelope, id: Option<&str>) -> Result<Published, BusError> {
+        let mut publish = jetstream::message::PublishMessage::build()
+            .payload(message.payload)
+            .headers(header_map(&message.headers));
+        if let Some(id) = id {
+            publish = publish.message_id(id);
+        }
+        let ack = self
+            .js
+            .send_publish(message.subject, publish)
+            .await
+            .map_err(|e| BusError::nats("publishing", e))?
+            .await
+            .map_err(|e| match e.kind() {
+                jetstream::context::PublishErrorKind::TimedOut => BusError::Timeout { operation: "publish acknowledgement" },
+                _ => BusError::nats("publishing", e),
+            })?;
+        Ok(Published { duplicate: ack.duplicate, sequence: ack.sequence })
+    }
+
+    async fn request(&self, message: Envelope, timeout: Duration) -> Result<Bytes, BusError> {
+        let subject = message.subject.clone();
+        let request = async_nats::Request::new()
+            .payload(message.payload)
+            .headers(header_map(&message.headers))
+            .timeout(Some(timeout));
+        let reply = self.client.send_request(subject.clone(), request).await.map_err(|e| match e.kind() {
+            async_nats::RequestErrorKind::TimedOut => BusError::Timeout { operation: "request" },
+            async_nats::RequestErrorKind::NoResponders => BusError::NoResponders { subject },
+            _ => BusError::nats("sending a request", e),
+        })?;
+        Ok(reply.payload)
+    }
+
+    async fn respond(&self, reply: &str, payload: Bytes) -> Result<(), BusError> {
+        self.client.publish(reply.to_owned(), payload).await.map_err(|e| BusError::nats("replying", e))
+    }
+
+    async fn subscribe(&self, subject: String) -> Result<BoxStream<'static, Envelope>, BusError> {
+        let subscriber = self.client.subscribe(subject).await.map_err(|e| BusError::nats("subscribing", e))?;
+        // The subscription must be registered before the caller publishes what it waits for.
+        self.client.flush().await.map_err(|e| BusError::nats("flushing", e))?;
+        Ok(subscriber.map(envelope).boxed())
+    }
+
+    async fn serve(&self, subject: String, group: String) -> Result<BoxStream<'static, Request>, BusError> {
+        let subscriber =
+            self.client.queue_subscribe(subject, group).await.map_err(|e| BusError::nats("subscribing", e))?;
+        self.client.flush().await.map_err(|e| BusError::nats("flushing", e))?;
+        Ok(subscriber
+            .map(|m| {
+                let reply = m.reply.as_ref().map(ToString::to_string);
+                Request { message: envelope(m), reply }
+            })
+            .boxed())
+    }
+
+    async fn consumer(&self, spec: &ConsumerSpec) -> Result<Box<dyn Consumer>, BusError> {
+        let stream = self
+            .js
+            .get_stream(self.subjects.stream(spec.stream))
+            .await
+            .map_err(|e| BusError::nats("looking up a stream", e))?;
+        let consumer = stream
+            .create_consumer(pull::Config {
+                durable_name: Some(spec.durable.clone()),
+                filter_subject: spec.filter.clone(),
+                ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                ack_wait: spec.ack_wait,
+                max_ack_pending: spec.max_ack_pending,
+                // Unlimited at the server: the worker dead-letters a message past its own limit,
+                // so nothing is ever dropped silently.
+                max_deliver: -1,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| BusError::nats("creating a consumer", e))?;
+        Ok(Box::new(NatsConsumer { consumer, settle: NatsSettle { js: self.js.clone(), subjects: self.subjects.clone() } }))
+    }
+
+    async fn consumer_state(&self, stream: StreamKind, durable: &str) -> Result<ConsumerState, BusError> {
+        let info = self
+            .js
+            .get_stream(self.subjects.stream(stream))
+            .await
+            .map_err(|e| BusError::nats("looking up a stream", e))?
+            .consumer_info(durable)
+            .await
+            .map_err(|e| BusError::nats("reading consumer info", e))?;
+        Ok(ConsumerState { pending: info.num_pending, ack_pending: info.num_ack_pending as u64 })
+    }
+
+    async fn last_on_subject(&self, stream: StreamKind, subject: &str) -> Result<Option<Envelope>, BusError> {
+        let stream = self
+            .js
+            .get_stream_no_info(self.subjects.stream(stream))
+            .await
+            .map_err(|e| BusError::nats("looking up a stream", e))?;
+        match stream.get_last_raw_message_by_subject(subject).await {
+            Ok(m) => Ok(Some(Envelope {
+                subject: m.subject.to_string(),
+                headers: header_vec(Some(&m.headers)),
+                payload: m.payload,
+            })),
+            Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(None),
+            Err(e) => Err(BusError::nats("reading a stream message", e)),
+        }
+    }
+
+    async fn ping(&self) -> Result<(), BusError> {
+        match tokio::time::timeout(self.timeout, self.client.flush()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(BusError::nats("pinging NATS", e)),
+            Err(_) => Err(BusError::Timeout { operation: "ping" }),
+        }
+    }
+}
+
+struct NatsConsumer {
+    consumer: jetstream::consumer::Consumer<pull::Config>,
+    settle: NatsSettle,
+}
+
+#[async_trait]
+impl Consumer for NatsConsumer {
+    async fn fetch(&mut self, max: usize, wait: Duration) -> Result<Vec<Delivery>, BusError> {
+        let mut batch = self
+            .consumer
+            .batch()
+            .max_messages(max)
+            .expires(wait)
+            .messages()
+            .await
+            .map_err(|e| BusError::nats("pulling messages", e))?;
+        let mut out = Vec::with_capacity(max);
+        while let Some(next) = batch.next().await {
+            let message = next.map_err(|source| BusError::Nats { operation: "pulling messages", source })?;
+            let info = message.info().map_err(|e| BusError::Nats { operation: "reading delivery info", source: e })?;
+            let (delivered, stream_sequence, published_at) =
+                (info.delivered.unsigned_abs(), info.stream_sequence, info.published);
+            let (message, acker) = message.split();
+            out.push(Delivery {
+                message: envelope(message),
+                delivered,
+                stream_sequence,
+                published_at,
+                settle: Box::new(NatsAck { acker, inner: self.settle.clone() }),
+            });
+        }
+        Ok(out)
+    }
+}
+
+#[derive(Clone)]
+struct NatsSettle {
+    js: jetstream::Context,
+    subjects: Subjects,
+}
+
+struct NatsAck {
+    acker: jetstream::message::Acker,
+    inner: NatsSettle,
+}
+
+#[async_trait]
+impl Settle for NatsAck {
+    async fn settle(&self, message: &Envelope, sequence: u64, disposition: Disposition) -> Result<(), BusError> {
+        match disposition {
+            // A double ack waits for the server to confirm, so a lost ack cannot go unnoticed.
+            Disposition::Ack => self.acker.double_ack().await.map_err(|e| BusError::Nats { operation: "acking", source: e }),
+            Disposition::Retry(delay) => self
+                .acker
+                .ack_with(AckKind::Nak(delay))
+                .await
+                .map_err(|e| BusError::Nats { operation: "naking", source: e }),
+            Disposition::Reject(rejection) => {
+                let mut headers = header_map(&message.headers);
+                headers.insert(DEAD_REASON_HEADER, rejection.reason.as_str());
+                headers.insert(DEAD_CODE_HEADER, rejection.code);
+                headers.insert(DEAD_SUBJECT_HEADER, message.subject.as_str());
+                headers.insert(DEAD_SEQUENCE_HEADER, sequence.to_string().as_str());
+                // The original payload is kept byte for byte; an id derived from the source
+                // sequence makes a repeated dead-lettering (after a lost ack) a duplicate.
+                let publish = jetstream::message::PublishMessage::build()
+                    .payload(message.payload.clone())
+                    .headers(headers)
+                    .message_id(format!("dead-{sequence}"));
+                self.inner
+                    .js
+                    .send_publish(self.inner.subjects.dead_for(&message.subject), publish)
+                    .await
+                    .map_err(|e| BusError::nats("dead-lettering", e))?
+                    .await
+                    .map_err(|e| BusError::nats("dead-lettering", e))?;
+                self.acker.double_ack().await.map_err(|e| BusError::Nats { operation: "acking", source: e })
+            }
+        }
+    }
+}

@@ -1,0 +1,326 @@
+//! Typed configuration from `MEMORY_*` environment variables. Read through a lookup function so
+//! tests pass a map; every problem is collected and reported together, naming the variable.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// Everything a worker may need. Each binary reads only its parts; parts a binary needs but
+/// which have no safe default (the database URL, the admin key) are checked by that binary.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub log: LogConfig,
+    pub nats: NatsConfig,
+    pub database: DatabaseConfig,
+    pub http: HttpConfig,
+    pub metrics: MetricsConfig,
+    pub embedder: EmbedderConfig,
+    pub searcher: SearcherConfig,
+    /// How long a stopping worker may take to finish its in-flight work (`MEMORY_SHUTDOWN_GRACE_SECS`).
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// `text` or `json` (`MEMORY_LOG_FORMAT`).
+    pub format: LogFormat,
+    /// An `EnvFilter` directive (`MEMORY_LOG`, default `info`).
+    pub filter: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "text" => Ok(Self::Text),
+            "json" => Ok(Self::Json),
+            _ => Err("expected `text` or `json`".into()),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct NatsConfig {
+    /// `MEMORY_NATS_URL`, default `nats://127.0.0.1:4222`.
+    pub url: String,
+    /// `MEMORY_SUBJECT_PREFIX`, default `mem`: one token of `[A-Za-z0-9_-]`.
+    pub subject_prefix: String,
+    /// Bound on every request/reply and publish acknowledgement (`MEMORY_NATS_REQUEST_TIMEOUT_MS`).
+    pub request_timeout: Duration,
+    /// JetStream's duplicate window on the ingest stream (`MEMORY_INGEST_DEDUP_WINDOW_SECS`).
+    pub dedup_window: Duration,
+    /// How long events are kept (`MEMORY_EVENTS_MAX_AGE_HOURS`).
+    pub events_max_age: Duration,
+    /// How long dead letters are kept (`MEMORY_DEAD_MAX_AGE_DAYS`).
+    pub dead_max_age: Duration,
+}
+
+#[derive(Clone)]
+pub struct DatabaseConfig {
+    /// `MEMORY_DATABASE_URL`: a `postgres://` URL. Required by every worker.
+    pub url: Option<Secret>,
+    /// `MEMORY_DATABASE_MAX_CONNECTIONS`, default 10.
+    pub max_connections: u32,
+}
+
+impl fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DatabaseConfig")
+            .field("url", &self.url.as_ref().map(|_| "[redacted]"))
+            .field("max_connections", &self.max_connections)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    /// `MEMORY_HTTP_ADDR`, default `127.0.0.1:8080`.
+    pub addr: SocketAddr,
+    /// Largest request body accepted (`MEMORY_HTTP_BODY_LIMIT_BYTES`, default 1 MiB); larger → 413.
+    pub body_limit: usize,
+    /// `MEMORY_ADMIN_API_KEY`: required by the gateway, which refuses to start without it.
+    pub admin_api_key: Option<Secret>,
+    /// Longest `?wait=stored|embedded` wait before a 504 (`MEMORY_HTTP_WAIT_TIMEOUT_MS`).
+    pub wait_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct MetricsConfig {
+    /// Where a worker serves `/metrics`, `/healthz` and `/readyz` (`MEMORY_METRICS_ADDR`,
+    /// default `127.0.0.1:9090`). The gateway serves them on its HTTP port instead.
+    pub addr: SocketAddr,
+}
+
+#[derive(Debug, Clone)]
+pub struct EmbedderConfig {
+    /// `MEMORY_EMBEDDING_PROVIDER`: `hash` (deterministic feature hashing).
+    pub provider: Provider,
+    /// Most messages handled in one batch (`MEMORY_EMBEDDER_BATCH_SIZE`, 1–1000, default 64).
+    pub batch_size: usize,
+    /// Longest wait to fill a batch (`MEMORY_EMBEDDER_BATCH_WAIT_MS`, default 100).
+    pub batch_wait: Duration,
+    /// Unacknowledged messages are redelivered after this (`MEMORY_EMBEDDER_ACK_WAIT_SECS`, default 30).
+    pub ack_wait: Duration,
+    /// A message delivered this many times is dead-lettered (`MEMORY_EMBEDDER_MAX_DELIVERIES`, default 20).
+    pub max_deliveries: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Provider {
+    Hash,
+}
+
+impl FromStr for Provider {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "hash" => Ok(Self::Hash),
+            _ => Err("expected `hash`".into()),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SearcherConfig {
+    /// Candidates fetched from the vector index per result before re-ranking
+    /// (`MEMORY_SEARCH_CANDIDATE_FACTOR`, 1–100, default 10).
+    pub candidate_factor: u32,
+}
+
+/// A value that never appears in logs or `Debug` output.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// Every configuration problem found, one line each.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration:\n  {}", .0.join("\n  "))]
+pub struct ConfigError(pub Vec<String>);
+
+impl ConfigError {
+    pub fn one(message: impl Into<String>) -> Self {
+        Self(vec![message.into()])
+    }
+}
+
+struct Vars<F> {
+    get: F,
+    errors: Vec<String>,
+}
+
+impl<F: Fn(&str) -> Option<String>> Vars<F> {
+    fn raw(&self, name: &str) -> Option<String> {
+        (self.get)(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty())
+    }
+
+    fn parse_or<T: FromStr>(&mut self, name: &str, default: T) -> T
+    where
+        T::Err: fmt::Display,
+    {
+        match self.raw(name) {
+            None => default,
+            Some(v) => v.parse().unwrap_or_else(|e| {
+                self.errors.push(format!("{name}={v:?}: {e}"));
+                default
+            }),
+        }
+    }
+
+    fn ranged<T: FromStr + PartialOrd + fmt::Display + Copy>(&mut self, name: &str, default: T, min: T, max: T) -> T
+    where
+        T::Err: fmt::Display,
+    {
+        let v = self.parse_or(name, default);
+        if v < min || v > max {
+            self.errors.push(format!("{name}={v}: must be between {min} and {max}"));
+            return default;
+        }
+        v
+    }
+
+    fn millis(&mut self, name: &str, default: u64, min: u64, max: u64) -> Duration {
+        Duration::from_millis(self.ranged(name, default, min, max))
+    }
+
+    fn secs(&mut self, name: &str, default: u64, min: u64, max: u64) -> Duration {
+        Duration::from_secs(self.ranged(name, default, min, max))
+    }
+
+    fn secret(&mut self, name: &str) -> Option<Secret> {
+        self.raw(name).map(Secret)
+    }
+}
+
+impl Config {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    /// Reads from any lookup, e.g. a map in tests.
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let mut v = Vars { get, errors: Vec::new() };
+        let config = Config {
+            log: LogConfig {
+                format: v.parse_or("MEMORY_LOG_FORMAT", LogFormat::Text),
+                filter: v.raw("MEMORY_LOG").unwrap_or_else(|| "info".into()),
+            },
+            nats: NatsConfig {
+                url: v.raw("MEMORY_NATS_URL").unwrap_or_else(|| "nats://127.0.0.1:4222".into()),
+                subject_prefix: v.raw("MEMORY_SUBJECT_PREFIX").unwrap_or_else(|| "mem".into()),
+                request_timeout: v.millis("MEMORY_NATS_REQUEST_TIMEOUT_MS", 5_000, 10, 600_000),
+                dedup_window: v.secs("MEMORY_INGEST_DEDUP_WINDOW_SECS", 120, 1, 7 * 86_400),
+                events_max_age: Duration::from_secs(3600 * v.ranged("MEMORY_EVENTS_MAX_AGE_HOURS", 24, 1, 24 * 365)),
+                dead_max_age: Duration::from_secs(86_400 * v.ranged("MEMORY_DEAD_MAX_AGE_DAYS", 30, 1, 3650)),
+            },
+            database: DatabaseConfig {
+                url: v.secret("MEMORY_DATABASE_URL"),
+                max_connections: v.ranged("MEMORY_DATABASE_MAX_CONNECTIONS", 10, 1, 1000),
+            },
+            http: HttpConfig {
+                addr: v.parse_or("MEMORY_HTTP_ADDR", SocketAddr::from(([127, 0, 0, 1], 8080))),
+                body_limit: v.ranged("MEMORY_HTTP_BODY_LIMIT_BYTES", 1 << 20, 1024, 1 << 30),
+                admin_api_key: v.secret("MEMORY_ADMIN_API_KEY"),
+                wait_timeout: v.millis("MEMORY_HTTP_WAIT_TIMEOUT_MS", 10_000, 10, 300_000),
+            },
+            metrics: MetricsConfig { addr: v.parse_or("MEMORY_METRICS_ADDR", SocketAddr::from(([127, 0, 0, 1], 9090))) },
+            embedder: EmbedderConfig {
+                provider: v.parse_or("MEMORY_EMBEDDING_PROVIDER", Provider::Hash),
+                batch_size: v.ranged("MEMORY_EMBEDDER_BATCH_SIZE", 64, 1, 1000),
+                batch_wait: v.millis("MEMORY_EMBEDDER_BATCH_WAIT_MS", 100, 1, 60_000),
+                ack_wait: v.secs("MEMORY_EMBEDDER_ACK_WAIT_SECS", 30, 1, 3600),
+                max_deliveries: v.ranged("MEMORY_EMBEDDER_MAX_DELIVERIES", 20, 1, 10_000),
+            },
+            searcher: SearcherConfig { candidate_factor: v.ranged("MEMORY_SEARCH_CANDIDATE_FACTOR", 10, 1, 100) },
+            shutdown_grace: v.secs("MEMORY_SHUTDOWN_GRACE_SECS", 20, 1, 3600),
+        };
+        let prefix = &config.nats.subject_prefix;
+        if !prefix.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+            v.errors.push(format!("MEMORY_SUBJECT_PREFIX={prefix:?}: must be one token of A-Z, a-z, 0-9, '_' and '-'"));
+        }
+        if let Some(url) = &config.database.url
+            && !(url.expose().starts_with("postgres://") || url.expose().starts_with("postgresql://"))
+        {
+            v.errors.push("MEMORY_DATABASE_URL: must be a postgres:// URL".into());
+        }
+        if v.errors.is_empty() { Ok(config) } else { Err(ConfigError(v.errors)) }
+    }
+
+    /// Builds from a map of variables (tests).
+    pub fn from_map(vars: &BTreeMap<String, String>) -> Result<Self, ConfigError> {
+        Self::from_lookup(|k| vars.get(k).cloned())
+    }
+
+    /// The database URL, or an error naming the variable.
+    pub fn database_url(&self) -> Result<&str, ConfigError> {
+        self.database
+            .url
+            .as_ref()
+            .map(Secret::expose)
+            .ok_or_else(|| ConfigError::one("MEMORY_DATABASE_URL is not set: a postgres:// URL is required"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map = pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        Config::from_map(&map)
+    }
+
+    #[test]
+    fn defaults_need_no_variables() {
+        let c = config(&[]).unwrap();
+        assert_eq!(c.nats.subject_prefix, "mem");
+        assert_eq!(c.embedder.batch_size, 64);
+        assert!(c.database_url().is_err());
+    }
+
+    #[test]
+    fn every_bad_variable_is_named_with_its_value() {
+        let err = config(&[
+            ("MEMORY_HTTP_ADDR", "nowhere"),
+            ("MEMORY_EMBEDDER_BATCH_SIZE", "0"),
+            ("MEMORY_SUBJECT_PREFIX", "a.b"),
+            ("MEMORY_DATABASE_URL", "mysql://x"),
+        ])
+        .unwrap_err();
+        let text = err.to_string();
+        assert_eq!(err.0.len(), 4, "{text}");
+        assert!(text.contains("MEMORY_HTTP_ADDR=\"nowhere\""), "{text}");
+        assert!(text.contains("MEMORY_EMBEDDER_BATCH_SIZE=0: must be between 1 and 1000"), "{text}");
+        assert!(text.contains("MEMORY_SUBJECT_PREFIX"), "{text}");
+        assert!(text.contains("MEMORY_DATABASE_URL"), "{text}");
+    }
+
+    #[test]
+    fn secrets_are_redacted_in_debug_output() {
+        let c = config(&[("MEMORY_ADMIN_API_KEY", "s3cret"), ("MEMORY_DATABASE_URL", "postgres://u:pw@h/db")]).unwrap();
+        let debug = format!("{c:?}");
+        assert!(!debug.contains("s3cret") && !debug.contains("pw@h"), "{debug}");
+    }
+}

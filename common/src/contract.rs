@@ -1,0 +1,338 @@
+//! The contract between services and with direct NATS publishers: subjects, stream names,
+//! headers, events and request/reply payloads. No subject or stream name is written anywhere
+//! else. Every payload carries `"v": 1`; a breaking change bumps it together with the `v1` token.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use utoipa::ToSchema;
+
+use crate::domain::{ConversationId, MessageId, MessageInput, MessageView, Role, TenantId};
+
+/// Payload version of every event and request defined here.
+pub const VERSION: u8 = 1;
+
+/// Header carrying the request id from the gateway to every worker.
+pub const REQUEST_ID_HEADER: &str = "Memory-Request-Id";
+/// Headers set on a dead-lettered message: why it was rejected and where it came from.
+pub const DEAD_REASON_HEADER: &str = "Memory-Dead-Reason";
+pub const DEAD_CODE_HEADER: &str = "Memory-Dead-Code";
+pub const DEAD_SUBJECT_HEADER: &str = "Memory-Dead-Subject";
+pub const DEAD_SEQUENCE_HEADER: &str = "Memory-Dead-Sequence";
+
+/// Builds every subject, stream and consumer name from one prefix: `mem` in production, a unique
+/// prefix per test so parallel tests never share a stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subjects {
+    prefix: String,
+}
+
+/// Which stream a name is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamKind {
+    Ingest,
+    Events,
+    Dead,
+}
+
+impl Subjects {
+    /// `prefix` must be one NATS token of `[A-Za-z0-9_-]` (checked by config).
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Self { prefix: prefix.into() }
+    }
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// A tenant id as one subject token: tenant ids may contain `.`, which NATS reads as a token
+    /// separator, so it is written as `~` (never valid in a tenant id).
+    pub fn tenant_token(tenant: &TenantId) -> String {
+        tenant.as_str().replace('.', "~")
+    }
+
+    /// Where a message for `tenant` is published: `mem.v1.ingest.<tenant>.<message_id>`.
+    /// Direct publishers may also use `mem.v1.ingest.<tenant>`.
+    pub fn ingest(&self, tenant: &TenantId, id: MessageId) -> String {
+        format!("{}.v1.ingest.{}.{id}", self.prefix, Self::tenant_token(tenant))
+    }
+    /// Every ingest subject, for the stream and the embedder's consumer.
+    pub fn ingest_all(&self) -> String {
+        format!("{}.v1.ingest.>", self.prefix)
+    }
+    /// Reads `(tenant token, optional message id token)` from an ingest subject. The tenant token
+    /// is still encoded (see [`Subjects::tenant_token`]); [`Subjects::tenant_of`] decodes it.
+    pub fn parse_ingest<'a>(&self, subject: &'a str) -> Option<(&'a str, Option<&'a str>)> {
+        let rest = subject.strip_prefix(&self.prefix)?.strip_prefix(".v1.ingest.")?;
+        let mut tokens = rest.split('.');
+        let tenant = tokens.next().filter(|t| !t.is_empty())?;
+        let id = tokens.next();
+        if tokens.next().is_some() {
+            return None;
+        }
+        Some((tenant, id))
+    }
+
+    /// The tenant id a subject token stands for.
+    pub fn tenant_of(token: &str) -> String {
+        token.replace('~', ".")
+    }
+
+    /// `mem.v1.events.<tenant>.<event>`.
+    pub fn event(&self, tenant: &TenantId, event: EventKind) -> String {
+        format!("{}.v1.events.{}.{}", self.prefix, Self::tenant_token(tenant), event.as_str())
+    }
+    pub fn events_all(&self) -> String {
+        format!("{}.v1.events.>", self.prefix)
+    }
+
+    /// `mem.v1.dead.<tenant>`; the tenant token is whatever the rejected subject carried.
+    pub fn dead(&self, tenant_token: &str) -> String {
+        format!("{}.v1.dead.{tenant_token}", self.prefix)
+    }
+    pub fn dead_all(&self) -> String {
+        format!("{}.v1.dead.>", self.prefix)
+    }
+    /// The dead-letter subject for a rejected ingest subject.
+    pub fn dead_for(&self, ingest_subject: &str) -> String {
+        let tenant = self.parse_ingest(ingest_subject).map_or("_unknown", |(t, _)| t);
+        self.dead(tenant)
+    }
+
+    pub fn search(&self) -> String {
+        format!("{}.v1.search", self.prefix)
+    }
+    pub fn get_message(&self) -> String {
+        format!("{}.v1.messages.get", self.prefix)
+    }
+    pub fn embed_query(&self) -> String {
+        format!("{}.v1.embed.query", self.prefix)
+    }
+
+    /// `MEMORY_INGEST` for the production prefix `mem`, `<PREFIX>_INGEST` otherwise.
+    pub fn stream(&self, kind: StreamKind) -> String {
+        let base = if self.prefix == "mem" { "MEMORY".to_owned() } else { self.prefix.to_uppercase().replace('-', "_") };
+        let suffix = match kind {
+            StreamKind::Ingest => "INGEST",
+            StreamKind::Events => "EVENTS",
+            StreamKind::Dead => "DEAD",
+        };
+        format!("{base}_{suffix}")
+    }
+    /// Durable consumer name of the embedder on the ingest stream.
+    pub fn embedder_consumer(&self) -> &'static str {
+        "embedder"
+    }
+    /// Queue groups: every replica of a service joins the same one.
+    pub fn searcher_group(&self) -> &'static str {
+        "searcher"
+    }
+    pub fn embedder_group(&self) -> &'static str {
+        "embedder"
+    }
+}
+
+/// The past-tense events on `mem.v1.events.<tenant>.<event>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    Stored,
+    Embedded,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Stored => "stored",
+            Self::Embedded => "embedded",
+        }
+    }
+}
+
+/// Published by the gateway (or a direct publisher) on `mem.v1.ingest.<tenant>[.<id>]`: a message
+/// that passed validation, not yet stored. The `Nats-Msg-Id` header is the message id.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MessageReceived {
+    /// Payload version: 1.
+    pub v: u8,
+    /// The message, as a client submits it. Re-validated by the embedder.
+    #[serde(flatten)]
+    pub message: MessageInput,
+}
+
+/// Published by the embedder once a message is committed to the store.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MessageStored {
+    pub v: u8,
+    pub message_id: MessageId,
+    pub tenant_id: TenantId,
+    pub conversation_id: ConversationId,
+    pub role: Role,
+    pub importance: f64,
+    pub stored_at: DateTime<Utc>,
+}
+
+/// Published by the embedder once a message's vector is committed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MessageEmbedded {
+    pub v: u8,
+    pub message_id: MessageId,
+    pub tenant_id: TenantId,
+    pub space: SpaceRef,
+}
+
+/// An embedding space: vectors are only ever compared within one.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct SpaceRef {
+    pub provider: String,
+    pub model: String,
+    pub dimensions: u32,
+}
+
+/// `mem.v1.search`: rank a tenant's messages against a query.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SearchRequest {
+    pub v: u8,
+    pub tenant_id: TenantId,
+    pub query: String,
+    pub top_k: u32,
+    #[serde(default)]
+    pub conversation_id: Option<ConversationId>,
+}
+
+/// The reply to a search: the seed's `{total, items}` shape.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SearchResponse {
+    /// Number of items returned.
+    pub total: usize,
+    pub items: Vec<SearchHit>,
+}
+
+/// One ranked message. `score = 0.6·similarity + 0.3·importance + 0.1·decay`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SearchHit {
+    pub message_id: MessageId,
+    pub score: f64,
+    /// Cosine similarity of the query and the message, −1 to 1.
+    pub similarity: f64,
+    /// `exp(−age / 7 days)`.
+    pub decay: f64,
+    pub importance: f64,
+    pub content: String,
+    pub role: Role,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[schema(value_type = Object)]
+    pub metadata: Map<String, Value>,
+    pub created_at: DateTime<Utc>,
+    pub conversation_id: ConversationId,
+}
+
+/// `mem.v1.messages.get`: one message by id, with its pipeline status.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GetMessageRequest {
+    pub v: u8,
+    pub message_id: MessageId,
+    /// When given, a message of another tenant is reported as not found.
+    #[serde(default)]
+    pub tenant_id: Option<TenantId>,
+}
+
+/// `None` when no such message is stored or queued.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GetMessageResponse {
+    pub message: Option<MessageView>,
+}
+
+/// `mem.v1.embed.query`: embed search queries in the active space.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EmbedQueryRequest {
+    pub v: u8,
+    pub texts: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EmbedQueryResponse {
+    pub space: SpaceRef,
+    pub vectors: Vec<Vec<f32>>,
+}
+
+/// Every request/reply answer: the result, or a typed error the caller maps instead of timing out.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Reply<T> {
+    Ok(T),
+    Error(RemoteError),
+}
+
+/// A failure reported by a service over request/reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct RemoteError {
+    pub code: RemoteErrorCode,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RemoteErrorCode {
+    /// The request itself is wrong (bad JSON, failed validation).
+    BadRequest,
+    /// The service cannot answer now (store or dependency down); retry later.
+    Unavailable,
+    /// No embedding space is active yet: nothing has been embedded.
+    NoActiveSpace,
+}
+
+impl std::fmt::Display for RemoteErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::BadRequest => "bad_request",
+            Self::Unavailable => "unavailable",
+            Self::NoActiveSpace => "no_active_space",
+        })
+    }
+}
+
+impl RemoteError {
+    pub fn new(code: RemoteErrorCode, message: impl Into<String>) -> Self {
+        Self { code, message: message.into() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_derive_from_the_prefix() {
+        let s = Subjects::new("mem");
+        let tenant = TenantId::parse("acme").unwrap();
+        assert_eq!(s.event(&tenant, EventKind::Stored), "mem.v1.events.acme.stored");
+        assert_eq!(s.stream(StreamKind::Ingest), "MEMORY_INGEST");
+        assert_eq!(Subjects::new("t-1a").stream(StreamKind::Dead), "T_1A_DEAD");
+    }
+
+    #[test]
+    fn ingest_subjects_parse_back() {
+        let s = Subjects::new("mem");
+        let tenant = TenantId::parse("acme.eu").unwrap();
+        let id = MessageId::new();
+        let subject = s.ingest(&tenant, id);
+        assert_eq!(subject, format!("mem.v1.ingest.acme~eu.{id}"));
+        assert_eq!(s.parse_ingest(&subject), Some(("acme~eu", Some(id.to_string().as_str()))));
+        assert_eq!(Subjects::tenant_of("acme~eu"), "acme.eu");
+        assert_eq!(s.parse_ingest("mem.v1.ingest.acme"), Some(("acme", None)));
+        assert_eq!(s.parse_ingest(&format!("mem.v1.ingest.acme.{id}")), Some(("acme", Some(id.to_string().as_str()))));
+        assert_eq!(s.parse_ingest("mem.v1.ingest.a.b.c"), None);
+        assert_eq!(s.parse_ingest("other.v1.ingest.acme"), None);
+        assert_eq!(s.dead_for("mem.v1.ingest.acme"), "mem.v1.dead.acme");
+    }
+
+    #[test]
+    fn replies_are_tagged() {
+        let ok: Reply<u8> = Reply::Ok(1);
+        assert_eq!(serde_json::to_string(&ok).unwrap(), r#"{"ok":1}"#);
+        let err: Reply<u8> = Reply::Error(RemoteError::new(RemoteErrorCode::Unavailable, "db down"));
+        assert_eq!(serde_json::to_string(&err).unwrap(), r#"{"error":{"code":"unavailable","message":"db down"}}"#);
+    }
+}

@@ -1,0 +1,548 @@
+//! Domain types: ids, roles and the message a client submits, with the validation limits of
+//! ARCHITECTURE §11. The gateway and the embedder validate with this same code, so a message
+//! published straight to NATS is held to exactly the rules REST enforces.
+
+use std::fmt;
+
+use chrono::{DateTime, Duration, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+/// Maximum length of a tenant id, in characters.
+pub const TENANT_ID_MAX: usize = 64;
+/// Maximum length of a conversation id, in characters.
+pub const CONVERSATION_ID_MAX: usize = 128;
+/// Maximum length of a speaker name, in characters.
+pub const NAME_MAX: usize = 128;
+/// Maximum length of a message's content, in characters.
+pub const CONTENT_MAX: usize = 100_000;
+/// Maximum nesting depth of metadata; the root object is depth 1.
+pub const METADATA_DEPTH_MAX: usize = 4;
+/// Maximum keys of one metadata object, and items of one metadata array.
+pub const METADATA_KEYS_MAX: usize = 50;
+/// Maximum length of a metadata string (values and keys), in characters.
+pub const METADATA_STRING_MAX: usize = 2_048;
+/// Most items in one batch request.
+pub const BATCH_MAX: usize = 100;
+/// How far in the future a client-given `created_at` may lie (clock skew).
+pub const CREATED_AT_SKEW_SECS: i64 = 300;
+
+/// One reason a field is invalid: the field's JSON path, a stable code and a human sentence.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct FieldError {
+    /// JSON path of the offending field, e.g. `metadata.tags[3]`.
+    pub field: String,
+    /// Stable machine-readable reason, e.g. `too_long`.
+    pub code: String,
+    /// What is wrong, for people.
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, code: &str, message: impl Into<String>) -> Self {
+        Self { field: field.into(), code: code.to_owned(), message: message.into() }
+    }
+}
+
+/// Every problem found in one input, reported together.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid input: {}", summary(.0))]
+pub struct ValidationError(pub Vec<FieldError>);
+
+fn summary(errors: &[FieldError]) -> String {
+    errors.iter().map(|e| format!("{}: {}", e.field, e.message)).collect::<Vec<_>>().join("; ")
+}
+
+fn check_id(field: &str, value: &str, max: usize, errors: &mut Vec<FieldError>) {
+    let len = value.chars().count();
+    if len == 0 {
+        errors.push(FieldError::new(field, "empty", "must not be empty"));
+    } else if len > max {
+        errors.push(FieldError::new(field, "too_long", format!("must be at most {max} characters, got {len}")));
+    } else if !value.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')) {
+        errors.push(FieldError::new(field, "invalid_characters", "may contain only A-Z, a-z, 0-9, '_', '.' and '-'"));
+    }
+}
+
+macro_rules! string_id {
+    ($(#[$doc:meta])* $name:ident, $field:literal, $max:expr) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
+        #[serde(try_from = "String", into = "String")]
+        #[schema(value_type = String)]
+        pub struct $name(String);
+
+        impl $name {
+            /// Checks the value against the limits and wraps it.
+            pub fn parse(value: impl Into<String>) -> Result<Self, ValidationError> {
+                let value = value.into();
+                let mut errors = Vec::new();
+                check_id($field, &value, $max, &mut errors);
+                if errors.is_empty() { Ok(Self(value)) } else { Err(ValidationError(errors)) }
+            }
+            pub fn as_str(&self) -> &str { &self.0 }
+        }
+        impl TryFrom<String> for $name {
+            type Error = ValidationError;
+            fn try_from(value: String) -> Result<Self, Self::Error> { Self::parse(value) }
+        }
+        impl From<$name> for String {
+            fn from(id: $name) -> String { id.0 }
+        }
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result { f.write_str(&self.0) }
+        }
+    };
+}
+
+string_id!(
+    /// A tenant: 1–64 characters of `[A-Za-z0-9_.-]`. Safe as a NATS subject token.
+    TenantId, "tenant_id", TENANT_ID_MAX
+);
+string_id!(
+    /// A conversation within a tenant: 1–128 characters of `[A-Za-z0-9_.-]`.
+    ConversationId, "conversation_id", CONVERSATION_ID_MAX
+);
+
+/// A message id: a UUID, v7 when minted by us, so ids sort by creation time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
+#[serde(transparent)]
+#[schema(value_type = String, format = Uuid)]
+pub struct MessageId(pub Uuid);
+
+impl MessageId {
+    /// A fresh, time-ordered id.
+    pub fn new() -> Self {
+        Self(Uuid::now_v7())
+    }
+    pub fn parse(value: &str) -> Result<Self, ValidationError> {
+        Uuid::try_parse(value)
+            .map(Self)
+            .map_err(|_| ValidationError(vec![FieldError::new("message_id", "invalid_uuid", "must be a UUID")]))
+    }
+    /// A deterministic v7-shaped id for an event that arrived without one: the same stream
+    /// message always gets the same id, so a redelivery is still deduplicated.
+    pub fn derived(timestamp: DateTime<Utc>, seed: &[u8]) -> Self {
+        let hash = fnv1a_128(seed).to_be_bytes();
+        let millis = u64::try_from(timestamp.timestamp_millis()).unwrap_or(0);
+        Self(uuid::Builder::from_unix_timestamp_millis(millis, hash[..10].try_into().expect("10 bytes")).into_uuid())
+    }
+}
+
+impl Default for MessageId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+fn fnv1a_128(bytes: &[u8]) -> u128 {
+    const OFFSET: u128 = 0x6c62272e07bb014262b821756295c58d;
+    const PRIME: u128 = 0x0000000001000000000000000000013B;
+    bytes.iter().fold(OFFSET, |h, b| (h ^ u128::from(*b)).wrapping_mul(PRIME))
+}
+
+/// Who wrote a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    User,
+    Assistant,
+    System,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::User => "user",
+            Self::Assistant => "assistant",
+            Self::System => "system",
+        }
+    }
+    pub fn parse(value: &str) -> Option<Self> {
+        match value {
+            "user" => Some(Self::User),
+            "assistant" => Some(Self::Assistant),
+            "system" => Some(Self::System),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A message as a client submits it (REST body or the payload of a direct NATS publish).
+/// Fields arrive loosely typed so that every problem can be reported at once, by field.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MessageInput {
+    /// Your own id for the message (a UUID). Sending one makes retries safe: the same id is stored
+    /// once. Omit it and the gateway mints a UUIDv7.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(format = Uuid)]
+    pub message_id: Option<String>,
+    /// 1–64 characters of `[A-Za-z0-9_.-]`.
+    #[serde(default)]
+    pub tenant_id: String,
+    /// 1–128 characters of `[A-Za-z0-9_.-]`.
+    #[serde(default)]
+    pub conversation_id: String,
+    /// `user`, `assistant` or `system`.
+    #[serde(default)]
+    #[schema(example = "user")]
+    pub role: String,
+    /// Optional speaker name (1–128 characters), embedded as `"{name}: {content}"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// 1–100,000 characters, not only whitespace.
+    #[serde(default)]
+    pub content: String,
+    /// A JSON object: depth ≤ 4, ≤ 50 keys per object and items per array, strings ≤ 2,048
+    /// characters. `null` means `{}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<Value>,
+    /// 0–1. When given, it is the message's importance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub importance_override: Option<f64>,
+    /// Pinned messages rank with importance 1.0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pinned: Option<bool>,
+    /// When the message was written; defaults to the time it is accepted. At most 5 minutes ahead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<DateTime<Utc>>,
+}
+
+/// A message that passed validation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NewMessage {
+    pub message_id: MessageId,
+    pub tenant_id: TenantId,
+    pub conversation_id: ConversationId,
+    pub role: Role,
+    pub name: Option<String>,
+    pub content: String,
+    pub metadata: Map<String, Value>,
+    pub importance_override: Option<f64>,
+    pub pinned: bool,
+    pub created_at: DateTime<Utc>,
+}
+
+impl NewMessage {
+    /// The text the embedding model sees: the speaker's name leads, because questions name people.
+    pub fn embedding_text(&self) -> String {
+        embedding_text(self.name.as_deref(), &self.content)
+    }
+}
+
+/// `"{name}: {content}"` when a speaker name is given, else the content.
+pub fn embedding_text(name: Option<&str>, content: &str) -> String {
+    match name {
+        Some(name) => format!("{name}: {content}"),
+        None => content.to_owned(),
+    }
+}
+
+impl MessageInput {
+    /// Validates every field and returns the typed message, or every problem found.
+    /// `now` stamps `created_at` when absent; `mint` supplies the id when absent.
+    pub fn validate(self, now: DateTime<Utc>, mint: impl FnOnce() -> MessageId) -> Result<NewMessage, ValidationError> {
+        let mut errors = Vec::new();
+        let message_id = match self.message_id.as_deref() {
+            None => Some(mint()),
+            Some(raw) => match MessageId::parse(raw) {
+                Ok(id) if id.0.is_nil() || id.0.is_max() => {
+                    errors.push(FieldError::new("message_id", "invalid_uuid", "must not be the nil or max UUID"));
+                    None
+                }
+                Ok(id) => Some(id),
+                Err(e) => {
+                    errors.extend(e.0);
+                    None
+                }
+            },
+        };
+        check_id("tenant_id", &self.tenant_id, TENANT_ID_MAX, &mut errors);
+        check_id("conversation_id", &self.conversation_id, CONVERSATION_ID_MAX, &mut errors);
+        let role = Role::parse(&self.role);
+        if role.is_none() {
+            errors.push(FieldError::new("role", "invalid_role", "must be one of user, assistant, system"));
+        }
+        if let Some(name) = &self.name {
+            let len = name.chars().count();
+            if name.trim().is_empty() {
+                errors.push(FieldError::new("name", "empty", "must not be empty or only whitespace"));
+            } else if len > NAME_MAX {
+                errors.push(FieldError::new("name", "too_long", format!("must be at most {NAME_MAX} characters, got {len}")));
+            } else if name.chars().any(char::is_control) {
+                errors.push(FieldError::new("name", "invalid_characters", "must not contain control characters"));
+            }
+        }
+        let content_len = self.content.chars().count();
+        if self.content.trim().is_empty() {
+            errors.push(FieldError::new("content", "empty", "must not be empty or only whitespace"));
+        } else if content_len > CONTENT_MAX {
+            errors.push(FieldError::new(
+                "content",
+                "too_long",
+                format!("must be at most {CONTENT_MAX} characters, got {content_len}"),
+            ));
+        }
+        let metadata = match self.metadata {
+            None | Some(Value::Null) => Map::new(),
+            Some(Value::Object(map)) => {
+                check_metadata_object(&map, "metadata", 1, &mut errors);
+                map
+            }
+            Some(_) => {
+                errors.push(FieldError::new("metadata", "invalid_type", "must be a JSON object"));
+                Map::new()
+            }
+        };
+        if let Some(v) = self.importance_override
+            && !(0.0..=1.0).contains(&v)
+        {
+            errors.push(FieldError::new("importance_override", "out_of_range", "must be between 0 and 1"));
+        }
+        if let Some(at) = self.created_at
+            && at > now + Duration::seconds(CREATED_AT_SKEW_SECS)
+        {
+            errors.push(FieldError::new("created_at", "in_future", "must not lie more than 5 minutes in the future"));
+        }
+        match (message_id, role) {
+            (Some(message_id), Some(role)) if errors.is_empty() => Ok(NewMessage {
+                message_id,
+                tenant_id: TenantId(self.tenant_id),
+                conversation_id: ConversationId(self.conversation_id),
+                role,
+                name: self.name,
+                content: self.content,
+                metadata,
+                importance_override: self.importance_override,
+                pinned: self.pinned.unwrap_or(false),
+                created_at: self.created_at.unwrap_or(now),
+            }),
+            _ => Err(ValidationError(errors)),
+        }
+    }
+}
+
+fn check_metadata_object(map: &Map<String, Value>, path: &str, depth: usize, errors: &mut Vec<FieldError>) {
+    if map.len() > METADATA_KEYS_MAX {
+        errors.push(FieldError::new(
+            path,
+            "too_many_keys",
+            format!("an object may have at most {METADATA_KEYS_MAX} keys, got {}", map.len()),
+        ));
+    }
+    for (key, value) in map {
+        let child = format!("{path}.{key}");
+        if key.chars().count() > METADATA_STRING_MAX {
+            errors.push(FieldError::new(&child, "key_too_long", format!("keys must be at most {METADATA_STRING_MAX} characters")));
+        }
+        check_metadata_value(value, &child, depth, errors);
+    }
+}
+
+fn check_metadata_value(value: &Value, path: &str, depth: usize, errors: &mut Vec<FieldError>) {
+    match value {
+        Value::Object(_) | Value::Array(_) if depth >= METADATA_DEPTH_MAX => {
+            errors.push(FieldError::new(
+                path,
+                "too_deep",
+                format!("metadata may nest at most {METADATA_DEPTH_MAX} levels"),
+            ));
+        }
+        Value::Object(map) => check_metadata_object(map, path, depth + 1, errors),
+        Value::Array(items) => {
+            if items.len() > METADATA_KEYS_MAX {
+                errors.push(FieldError::new(
+                    path,
+                    "too_many_items",
+                    format!("an array may have at most {METADATA_KEYS_MAX} items, got {}", items.len()),
+                ));
+            }
+            for (i, item) in items.iter().enumerate() {
+                check_metadata_value(item, &format!("{path}[{i}]"), depth + 1, errors);
+            }
+        }
+        Value::String(s) if s.chars().count() > METADATA_STRING_MAX => {
+            errors.push(FieldError::new(
+                path,
+                "too_long",
+                format!("strings must be at most {METADATA_STRING_MAX} characters, got {}", s.chars().count()),
+            ));
+        }
+        Value::String(_) | Value::Number(_) | Value::Bool(_) | Value::Null => {}
+    }
+}
+
+/// Where a message is in the pipeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum MessageStatus {
+    /// Accepted into the ingest stream, not yet stored.
+    Queued,
+    /// Stored, waiting for its embedding.
+    Pending,
+    /// Stored and embedded: searchable by meaning.
+    Embedded,
+    /// Stored, but the embedding provider refused it (`failure_reason` says why).
+    Failed,
+}
+
+impl MessageStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Pending => "pending",
+            Self::Embedded => "embedded",
+            Self::Failed => "failed",
+        }
+    }
+    pub fn parse(value: &str) -> Option<Self> {
+        match value {
+            "queued" => Some(Self::Queued),
+            "pending" => Some(Self::Pending),
+            "embedded" => Some(Self::Embedded),
+            "failed" => Some(Self::Failed),
+            _ => None,
+        }
+    }
+}
+
+/// A message as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct MessageView {
+    pub id: MessageId,
+    pub tenant_id: TenantId,
+    pub conversation_id: ConversationId,
+    pub role: Role,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub content: String,
+    #[schema(value_type = Object)]
+    pub metadata: Map<String, Value>,
+    /// Importance in 0–1; absent while the message is only queued.
+    pub importance: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub importance_override: Option<f64>,
+    pub pinned: bool,
+    pub status: MessageStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_reason: Option<String>,
+    pub created_at: DateTime<Utc>,
+    /// When the embedder stored it; absent while queued.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stored_at: Option<DateTime<Utc>>,
+}
+
+impl MessageView {
+    /// The view of a message that is accepted but not yet stored.
+    pub fn queued(m: &NewMessage) -> Self {
+        Self {
+            id: m.message_id,
+            tenant_id: m.tenant_id.clone(),
+            conversation_id: m.conversation_id.clone(),
+            role: m.role,
+            name: m.name.clone(),
+            content: m.content.clone(),
+            metadata: m.metadata.clone(),
+            importance: None,
+            importance_override: m.importance_override,
+            pinned: m.pinned,
+            status: MessageStatus::Queued,
+            failure_reason: None,
+            created_at: m.created_at,
+            stored_at: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn input() -> MessageInput {
+        MessageInput {
+            tenant_id: "acme".into(),
+            conversation_id: "c-1".into(),
+            role: "user".into(),
+            content: "hello".into(),
+            ..MessageInput::default()
+        }
+    }
+
+    fn fields(result: Result<NewMessage, ValidationError>) -> Vec<(String, String)> {
+        result.unwrap_err().0.into_iter().map(|e| (e.field, e.code)).collect()
+    }
+
+    #[test]
+    fn a_minimal_message_is_valid_and_gets_defaults() {
+        let now = Utc::now();
+        let m = input().validate(now, MessageId::new).unwrap();
+        assert_eq!(m.created_at, now);
+        assert!(m.metadata.is_empty());
+        assert!(!m.pinned);
+        assert_eq!(m.embedding_text(), "hello");
+    }
+
+    #[test]
+    fn every_problem_is_reported_together() {
+        let bad = MessageInput { tenant_id: "a b".into(), role: "bot".into(), content: "  ".into(), ..input() };
+        assert_eq!(
+            fields(bad.validate(Utc::now(), MessageId::new)),
+            vec![
+                ("tenant_id".into(), "invalid_characters".into()),
+                ("role".into(), "invalid_role".into()),
+                ("content".into(), "empty".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn metadata_limits_name_the_offending_path() {
+        // The root object is depth 1, so four nested objects are the most allowed.
+        let ok = json!({"a": {"b": {"c": {"d": 1}}}});
+        let deep = json!({"a": {"b": {"c": {"d": {"e": 1}}}}});
+        assert!(MessageInput { metadata: Some(ok), ..input() }.validate(Utc::now(), MessageId::new).is_ok());
+        assert_eq!(
+            fields(MessageInput { metadata: Some(deep), ..input() }.validate(Utc::now(), MessageId::new)),
+            vec![("metadata.a.b.c.d".into(), "too_deep".into())]
+        );
+        let long = json!({"tags": ["x".repeat(METADATA_STRING_MAX + 1)]});
+        assert_eq!(
+            fields(MessageInput { metadata: Some(long), ..input() }.validate(Utc::now(), MessageId::new)),
+            vec![("metadata.tags[0]".into(), "too_long".into())]
+        );
+    }
+
+    #[test]
+    fn derived_ids_are_stable_and_time_ordered() {
+        let t = Utc::now();
+        assert_eq!(MessageId::derived(t, b"s:1"), MessageId::derived(t, b"s:1"));
+        assert_ne!(MessageId::derived(t, b"s:1"), MessageId::derived(t, b"s:2"));
+        assert_eq!(MessageId::derived(t, b"s:1").0.get_version_num(), 7);
+        assert!(MessageId::derived(t, b"z") < MessageId::derived(t + Duration::seconds(1), b"a"));
+    }
+
+    #[test]
+    fn ids_round_trip_through_serde_and_reject_bad_values() {
+        let t: TenantId = serde_json::from_value(json!("acme.prod")).unwrap();
+        assert_eq!(serde_json::to_value(&t).unwrap(), json!("acme.prod"));
+        assert!(serde_json::from_value::<TenantId>(json!("acme>")).is_err());
+        assert!(serde_json::from_value::<TenantId>(json!("x".repeat(65))).is_err());
+    }
+}

@@ -1,0 +1,60 @@
+//! The operations endpoint of a worker: `/metrics`, `/healthz` and `/readyz` on their own port.
+//! (The gateway serves the same paths on its API port.)
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::deps::Deps;
+
+/// Renders a registry in the Prometheus text format.
+pub fn render(registry: &Registry) -> impl IntoResponse + use<> {
+    let mut body = String::new();
+    match prometheus_client::encoding::text::encode(&mut body, registry) {
+        Ok(()) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+            body,
+        ),
+        Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, [(header::CONTENT_TYPE, "text/plain")], String::new()),
+    }
+}
+
+#[derive(Clone)]
+struct OpsState {
+    registry: Arc<Registry>,
+    deps: Deps,
+    shutdown: CancellationToken,
+}
+
+/// Serves the operations endpoints until `shutdown` is cancelled.
+pub async fn serve(
+    listener: TcpListener,
+    registry: Arc<Registry>,
+    deps: Deps,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let state = OpsState { registry, deps, shutdown: shutdown.clone() };
+    let app = axum::Router::new()
+        .route("/metrics", get(|State(s): State<OpsState>| async move { render(&s.registry) }))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .with_state(state);
+    axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await
+}
+
+async fn readyz(State(s): State<OpsState>) -> (StatusCode, String) {
+    if s.shutdown.is_cancelled() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down".into());
+    }
+    match s.deps.ready().await {
+        Ok(()) => (StatusCode::OK, "ok".into()),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e),
+    }
+}

@@ -1,0 +1,136 @@
+//! Storage: the `Store` trait every worker uses, and its Postgres + pgvector implementation.
+//! Writes are idempotent by message id, so a redelivered event never duplicates a row.
+
+mod postgres;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value};
+
+use crate::contract::SpaceRef;
+use crate::domain::{ConversationId, MessageId, MessageStatus, MessageView, NewMessage, Role, TenantId};
+
+pub use postgres::PgStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error")]
+    Database(#[from] sqlx::Error),
+    #[error("database migration failed")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("vector has {got} dimensions, space {space} has {expected}")]
+    Dimensions { space: i32, expected: u32, got: usize },
+    #[error("stored row is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// A registered embedding space and the id naming its vector table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Space {
+    pub id: i32,
+    pub reference: SpaceRef,
+    pub active: bool,
+}
+
+/// A message as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredMessage {
+    pub id: MessageId,
+    pub tenant_id: TenantId,
+    pub conversation_id: ConversationId,
+    pub role: Role,
+    pub name: Option<String>,
+    pub content: String,
+    pub metadata: Map<String, Value>,
+    pub importance: f64,
+    pub importance_override: Option<f64>,
+    pub pinned: bool,
+    pub status: MessageStatus,
+    pub failure_reason: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub stored_at: DateTime<Utc>,
+}
+
+impl StoredMessage {
+    pub fn view(self) -> MessageView {
+        MessageView {
+            id: self.id,
+            tenant_id: self.tenant_id,
+            conversation_id: self.conversation_id,
+            role: self.role,
+            name: self.name,
+            content: self.content,
+            metadata: self.metadata,
+            importance: Some(self.importance),
+            importance_override: self.importance_override,
+            pinned: self.pinned,
+            status: self.status,
+            failure_reason: self.failure_reason,
+            created_at: self.created_at,
+            stored_at: Some(self.stored_at),
+        }
+    }
+}
+
+/// A validated message with the importance computed at ingest.
+#[derive(Debug, Clone)]
+pub struct NewRow {
+    pub message: NewMessage,
+    pub importance: f64,
+}
+
+/// A row as stored after an insert, and whether this insert created it.
+#[derive(Debug, Clone)]
+pub struct Inserted {
+    pub row: StoredMessage,
+    pub new: bool,
+}
+
+/// A vector to store for a message.
+#[derive(Debug, Clone)]
+pub struct NewVector {
+    pub message_id: MessageId,
+    pub tenant_id: TenantId,
+    pub vector: Vec<f32>,
+}
+
+/// A nearest-neighbour query within one tenant.
+#[derive(Debug, Clone)]
+pub struct VectorQuery<'a> {
+    pub tenant_id: &'a TenantId,
+    pub vector: &'a [f32],
+    pub limit: u32,
+    pub conversation_id: Option<&'a ConversationId>,
+}
+
+/// A candidate with its cosine similarity to the query.
+#[derive(Debug, Clone)]
+pub struct VectorHit {
+    pub message: StoredMessage,
+    pub similarity: f64,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Succeeds when the store answers.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Registers a space (creating its vector table and index) and returns it. The first space
+    /// registered becomes active; later ones wait for a backfill to activate them.
+    async fn register_space(&self, space: &SpaceRef) -> Result<Space, StoreError>;
+
+    /// The space searches compare against, if any.
+    async fn active_space(&self) -> Result<Option<Space>, StoreError>;
+
+    /// Inserts the rows in one statement, skipping ids already stored, and returns the stored row
+    /// of every id given, new or not, in no particular order.
+    async fn insert_messages(&self, rows: &[NewRow]) -> Result<Vec<Inserted>, StoreError>;
+
+    /// Stores vectors in `space` and marks their messages `embedded`, in one transaction.
+    async fn save_vectors(&self, space: &Space, vectors: &[NewVector]) -> Result<(), StoreError>;
+
+    async fn get_message(&self, id: MessageId) -> Result<Option<StoredMessage>, StoreError>;
+
+    /// The tenant's nearest messages to the query vector by cosine distance.
+    async fn search_vectors(&self, space: &Space, query: VectorQuery<'_>) -> Result<Vec<VectorHit>, StoreError>;
+}

@@ -1,0 +1,340 @@
+//! Postgres + pgvector. Runtime queries only, so nothing needs a database to build; the
+//! integration tests run every query against a real server.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use pgvector::Vector;
+use serde_json::{Map, Value};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::types::Json;
+use sqlx::{AssertSqlSafe, FromRow, PgPool};
+use std::str::FromStr;
+use uuid::Uuid;
+
+use super::{Inserted, NewRow, NewVector, Space, Store, StoreError, StoredMessage, VectorHit, VectorQuery};
+use crate::contract::SpaceRef;
+use crate::domain::{ConversationId, MessageId, MessageStatus, Role, TenantId};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Serialises space registration across every worker replica.
+const SPACES_LOCK: i64 = 0x6d656d_0001;
+
+macro_rules! message_columns {
+    () => {
+        "m.id, m.tenant_id, m.conversation_id, m.role, m.name, m.content, m.metadata, m.importance, \
+         m.importance_override, m.pinned, m.status, m.failure_reason, m.created_at, m.stored_at"
+    };
+}
+
+#[derive(Clone, Debug)]
+pub struct PgStore {
+    pool: PgPool,
+}
+
+impl PgStore {
+    /// Connects a pool (lazily verified by `ping`) and applies pending migrations.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Self, StoreError> {
+        let options = PgConnectOptions::from_str(url)?.application_name("memory-layer");
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(options)
+            .await?;
+        let store = Self { pool };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Applies pending migrations; concurrent callers wait on sqlx's migration lock.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        MIGRATOR.run(&self.pool).await?;
+        Ok(())
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    fn vector_table(space: &Space) -> String {
+        format!("message_vectors_{}", space.id)
+    }
+}
+
+#[derive(FromRow)]
+struct MessageRow {
+    id: Uuid,
+    tenant_id: String,
+    conversation_id: String,
+    role: String,
+    name: Option<String>,
+    content: String,
+    metadata: Json<Map<String, Value>>,
+    importance: f64,
+    importance_override: Option<f64>,
+    pinned: bool,
+    status: String,
+    failure_reason: Option<String>,
+    created_at: DateTime<Utc>,
+    stored_at: DateTime<Utc>,
+}
+
+impl TryFrom<MessageRow> for StoredMessage {
+    type Error = StoreError;
+    fn try_from(r: MessageRow) -> Result<Self, StoreError> {
+        let corrupt = |what: &str| StoreError::Corrupt(format!("message {}: {what}", r.id));
+        Ok(StoredMessage {
+            id: MessageId(r.id),
+            tenant_id: TenantId::parse(r.tenant_id.clone()).map_err(|_| corrupt("tenant_id"))?,
+            conversation_id: ConversationId::parse(r.conversation_id.clone()).map_err(|_| corrupt("conversation_id"))?,
+            role: Role::parse(&r.role).ok_or_else(|| corrupt("role"))?,
+            status: MessageStatus::parse(&r.status).ok_or_else(|| corrupt("status"))?,
+            name: r.name,
+            content: r.content,
+            metadata: r.metadata.0,
+            importance: r.importance,
+            importance_override: r.importance_override,
+            pinned: r.pinned,
+            failure_reason: r.failure_reason,
+            created_at: r.created_at,
+            stored_at: r.stored_at,
+        })
+    }
+}
+
+#[derive(FromRow)]
+struct SpaceRow {
+    id: i32,
+    provider: String,
+    model: String,
+    dimensions: i32,
+    active: bool,
+}
+
+impl From<SpaceRow> for Space {
+    fn from(r: SpaceRow) -> Self {
+        Space {
+            id: r.id,
+            reference: SpaceRef { provider: r.provider, model: r.model, dimensions: r.dimensions.unsigned_abs() },
+            active: r.active,
+        }
+    }
+}
+
+#[derive(FromRow)]
+struct HitRow {
+    #[sqlx(flatten)]
+    message: MessageRow,
+    similarity: f64,
+}
+
+#[async_trait]
+impl Store for PgStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn register_space(&self, space: &SpaceRef) -> Result<Space, StoreError> {
+        let dimensions = i32::try_from(space.dimensions).unwrap_or(i32::MAX);
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(SPACES_LOCK).execute(&mut *tx).await?;
+        sqlx::query(
+            "INSERT INTO embedding_spaces (provider, model, dimensions, active)
+             VALUES ($1, $2, $3, NOT EXISTS (SELECT 1 FROM embedding_spaces WHERE active))
+             ON CONFLICT (provider, model, dimensions) DO NOTHING",
+        )
+        .bind(&space.provider)
+        .bind(&space.model)
+        .bind(dimensions)
+        .execute(&mut *tx)
+        .await?;
+        let row: SpaceRow = sqlx::query_as(
+            "SELECT id, provider, model, dimensions, active FROM embedding_spaces
+             WHERE provider = $1 AND model = $2 AND dimensions = $3",
+        )
+        .bind(&space.provider)
+        .bind(&space.model)
+        .bind(dimensions)
+        .fetch_one(&mut *tx)
+        .await?;
+        let space = Space::from(row);
+        let table = Self::vector_table(&space);
+        // The table name is built from an integer id: no injection is possible.
+        sqlx::query(AssertSqlSafe(format!(
+            "CREATE TABLE IF NOT EXISTS {table} (
+                 message_id uuid PRIMARY KEY REFERENCES messages (id) ON DELETE CASCADE,
+                 tenant_id  text NOT NULL,
+                 embedding  vector({dimensions}) NOT NULL
+             )"
+        )))
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(AssertSqlSafe(format!("CREATE INDEX IF NOT EXISTS {table}_tenant ON {table} (tenant_id)")))
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(AssertSqlSafe(format!(
+            "CREATE INDEX IF NOT EXISTS {table}_hnsw ON {table} USING hnsw (embedding vector_cosine_ops)"
+        )))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(space)
+    }
+
+    async fn active_space(&self) -> Result<Option<Space>, StoreError> {
+        let row: Option<SpaceRow> =
+            sqlx::query_as("SELECT id, provider, model, dimensions, active FROM embedding_spaces WHERE active")
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row.map(Space::from))
+    }
+
+    async fn insert_messages(&self, rows: &[NewRow]) -> Result<Vec<Inserted>, StoreError> {
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut ids = Vec::with_capacity(rows.len());
+        let mut tenants = Vec::with_capacity(rows.len());
+        let mut conversations = Vec::with_capacity(rows.len());
+        let mut roles = Vec::with_capacity(rows.len());
+        let mut names = Vec::with_capacity(rows.len());
+        let mut contents = Vec::with_capacity(rows.len());
+        let mut metadata = Vec::with_capacity(rows.len());
+        let mut importance = Vec::with_capacity(rows.len());
+        let mut overrides = Vec::with_capacity(rows.len());
+        let mut pinned = Vec::with_capacity(rows.len());
+        let mut created = Vec::with_capacity(rows.len());
+        for NewRow { message: m, importance: i } in rows {
+            ids.push(m.message_id.0);
+            tenants.push(m.tenant_id.as_str());
+            conversations.push(m.conversation_id.as_str());
+            roles.push(m.role.as_str());
+            names.push(m.name.as_deref());
+            contents.push(m.content.as_str());
+            metadata.push(Value::Object(m.metadata.clone()).to_string());
+            importance.push(*i);
+            overrides.push(m.importance_override);
+            pinned.push(m.pinned);
+            created.push(m.created_at);
+        }
+        let inserted: Vec<(Uuid,)> = sqlx::query_as(
+            "INSERT INTO messages (id, tenant_id, conversation_id, role, name, content, metadata,
+                                   importance, importance_override, pinned, created_at)
+             SELECT id, tenant_id, conversation_id, role, name, content, metadata::jsonb,
+                    importance, importance_override, pinned, created_at
+             FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+                         $8::float8[], $9::float8[], $10::bool[], $11::timestamptz[])
+                  AS u(id, tenant_id, conversation_id, role, name, content, metadata,
+                       importance, importance_override, pinned, created_at)
+             ON CONFLICT (id) DO NOTHING
+             RETURNING id",
+        )
+        .bind(&ids)
+        .bind(&tenants)
+        .bind(&conversations)
+        .bind(&roles)
+        .bind(&names)
+        .bind(&contents)
+        .bind(&metadata)
+        .bind(&importance)
+        .bind(&overrides)
+        .bind(&pinned)
+        .bind(&created)
+        .fetch_all(&self.pool)
+        .await?;
+        let new: std::collections::HashSet<Uuid> = inserted.into_iter().map(|(id,)| id).collect();
+        let stored: Vec<MessageRow> =
+            sqlx::query_as(concat!("SELECT ", message_columns!(), " FROM messages m WHERE m.id = ANY($1)"))
+                .bind(&ids)
+                .fetch_all(&self.pool)
+                .await?;
+        stored
+            .into_iter()
+            .map(|r| {
+                let new = new.contains(&r.id);
+                Ok(Inserted { row: StoredMessage::try_from(r)?, new })
+            })
+            .collect()
+    }
+
+    async fn save_vectors(&self, space: &Space, vectors: &[NewVector]) -> Result<(), StoreError> {
+        if vectors.is_empty() {
+            return Ok(());
+        }
+        if let Some(bad) = vectors.iter().find(|v| v.vector.len() != space.reference.dimensions as usize) {
+            return Err(StoreError::Dimensions {
+                space: space.id,
+                expected: space.reference.dimensions,
+                got: bad.vector.len(),
+            });
+        }
+        let ids: Vec<Uuid> = vectors.iter().map(|v| v.message_id.0).collect();
+        let tenants: Vec<&str> = vectors.iter().map(|v| v.tenant_id.as_str()).collect();
+        let embeddings: Vec<Vector> = vectors.iter().map(|v| Vector::from(v.vector.clone())).collect();
+        let table = Self::vector_table(space);
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO {table} (message_id, tenant_id, embedding)
+             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::vector[])
+             ON CONFLICT (message_id) DO UPDATE SET embedding = EXCLUDED.embedding"
+        )))
+        .bind(&ids)
+        .bind(&tenants)
+        .bind(&embeddings)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE messages SET status = 'embedded', failure_reason = NULL, updated_at = now()
+             WHERE id = ANY($1) AND status <> 'embedded'",
+        )
+        .bind(&ids)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn get_message(&self, id: MessageId) -> Result<Option<StoredMessage>, StoreError> {
+        let row: Option<MessageRow> = sqlx::query_as(concat!("SELECT ", message_columns!(), " FROM messages m WHERE m.id = $1"))
+            .bind(id.0)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(StoredMessage::try_from).transpose()
+    }
+
+    async fn search_vectors(&self, space: &Space, query: VectorQuery<'_>) -> Result<Vec<VectorHit>, StoreError> {
+        if query.vector.len() != space.reference.dimensions as usize {
+            return Err(StoreError::Dimensions {
+                space: space.id,
+                expected: space.reference.dimensions,
+                got: query.vector.len(),
+            });
+        }
+        let table = Self::vector_table(space);
+        let mut tx = self.pool.begin().await?;
+        // A tenant filter applied after an HNSW scan returns short lists unless the scan may
+        // continue past its first `ef_search` candidates (pgvector ≥ 0.8).
+        sqlx::query("SET LOCAL hnsw.iterative_scan = strict_order").execute(&mut *tx).await?;
+        let rows: Vec<HitRow> = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT {}, 1 - (v.embedding <=> $1) AS similarity
+             FROM {table} v JOIN messages m ON m.id = v.message_id
+             WHERE v.tenant_id = $2 AND ($3::text IS NULL OR m.conversation_id = $3)
+             ORDER BY v.embedding <=> $1
+             LIMIT $4",
+            message_columns!()
+        )))
+        .bind(Vector::from(query.vector.to_vec()))
+        .bind(query.tenant_id.as_str())
+        .bind(query.conversation_id.map(ConversationId::as_str))
+        .bind(i64::from(query.limit))
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        rows.into_iter()
+            .map(|r| Ok(VectorHit { similarity: r.similarity, message: StoredMessage::try_from(r.message)? }))
+            .collect()
+    }
+}

@@ -1,0 +1,149 @@
+//! Test fixtures: each `TestEnv` gets its own Postgres database, its own subject prefix (so its
+//! own streams), its own shutdown token and task tracker, against the real servers started by
+//! `scripts/services.sh up` (URLs from `MEMORY_TEST_*`).
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use sqlx::{AssertSqlSafe, Connection as _};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::bus::{Bus, NatsBus};
+use crate::config::Config;
+use crate::contract::{StreamKind, Subjects};
+use crate::deps::Deps;
+use crate::store::PgStore;
+
+/// How long `eventually` keeps trying.
+pub const EVENTUALLY: Duration = Duration::from_secs(30);
+
+fn required(name: &str) -> anyhow::Result<String> {
+    std::env::var(name).with_context(|| {
+        format!("{name} is not set: run `scripts/services.sh up` and `export $(scripts/services.sh env)`, or use scripts/test.sh")
+    })
+}
+
+/// Replaces the database name in a `postgres://…/name?params` URL.
+pub fn with_database(url: &str, database: &str) -> String {
+    let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
+    let base = base.rsplit_once('/').map_or(base, |(head, _)| head);
+    match query {
+        Some(q) => format!("{base}/{database}?{q}"),
+        None => format!("{base}/{database}"),
+    }
+}
+
+pub struct TestEnv {
+    pub config: Config,
+    pub deps: Deps,
+    pub subjects: Subjects,
+    /// The concrete handles, for tests that reach past the traits.
+    pub nats: NatsBus,
+    pub store: PgStore,
+    pub shutdown: CancellationToken,
+    pub tasks: TaskTracker,
+    admin_url: String,
+    database: String,
+}
+
+impl TestEnv {
+    pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts with extra `MEMORY_*` variables set by `configure`.
+    pub async fn start_with(configure: impl FnOnce(&mut BTreeMap<String, String>)) -> anyhow::Result<Self> {
+        crate::telemetry::init_for_test();
+        let admin_url = required("MEMORY_TEST_DATABASE_URL")?;
+        let nats_url = required("MEMORY_TEST_NATS_URL")?;
+        // The tail of a v7 UUID is random; its head is a timestamp shared by parallel tests.
+        let unique = uuid::Uuid::now_v7().simple().to_string();
+        let database = format!("t_{}", &unique[16..]);
+        let prefix = format!("t{}", &unique[20..]);
+
+        let mut admin = sqlx::PgConnection::connect(&admin_url).await.context("connecting to the test Postgres")?;
+        sqlx::query(AssertSqlSafe(format!("CREATE DATABASE {database}"))).execute(&mut admin).await?;
+        admin.close().await?;
+
+        let mut vars = BTreeMap::from([
+            ("MEMORY_DATABASE_URL".to_owned(), with_database(&admin_url, &database)),
+            ("MEMORY_NATS_URL".to_owned(), nats_url),
+            ("MEMORY_SUBJECT_PREFIX".to_owned(), prefix),
+            ("MEMORY_ADMIN_API_KEY".to_owned(), "test-admin-key".to_owned()),
+            ("MEMORY_DATABASE_MAX_CONNECTIONS".to_owned(), "4".to_owned()),
+            ("MEMORY_EMBEDDER_BATCH_WAIT_MS".to_owned(), "20".to_owned()),
+            ("MEMORY_SHUTDOWN_GRACE_SECS".to_owned(), "10".to_owned()),
+        ]);
+        configure(&mut vars);
+        let config = Config::from_map(&vars)?;
+        let subjects = Subjects::new(config.nats.subject_prefix.clone());
+        let store = PgStore::connect(config.database_url()?, config.database.max_connections).await?;
+        let nats = NatsBus::connect(&config.nats, subjects.clone()).await?;
+        let deps = Deps { store: Arc::new(store.clone()), bus: Arc::new(nats.clone()), subjects: subjects.clone() };
+        Ok(Self {
+            config,
+            deps,
+            subjects,
+            nats,
+            store,
+            shutdown: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            admin_url,
+            database,
+        })
+    }
+
+    /// Polls `check` until it succeeds, failing with its last error after [`EVENTUALLY`].
+    pub async fn eventually<T, F, Fut>(&self, mut check: F) -> anyhow::Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = anyhow::Result<T>>,
+    {
+        let deadline = tokio::time::Instant::now() + EVENTUALLY;
+        loop {
+            match check().await {
+                Ok(v) => return Ok(v),
+                Err(e) if tokio::time::Instant::now() >= deadline => {
+                    return Err(e.context(format!("still failing after {EVENTUALLY:?}")));
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(25)).await,
+            }
+        }
+    }
+
+    /// Stops every task, checks the embedder left nothing pending or unacknowledged, then
+    /// removes the test's streams and database.
+    pub async fn finish(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        self.tasks.close();
+        if tokio::time::timeout(Duration::from_secs(30), self.tasks.wait()).await.is_err() {
+            bail!("tasks did not stop within 30 s of shutdown");
+        }
+        if let Ok(state) = self.nats.consumer_state(StreamKind::Ingest, self.subjects.embedder_consumer()).await {
+            anyhow::ensure!(
+                state.pending == 0 && state.ack_pending == 0,
+                "the embedder left work behind: {state:?}"
+            );
+        }
+        for kind in [StreamKind::Ingest, StreamKind::Events, StreamKind::Dead] {
+            let _ = self.nats.jetstream().delete_stream(self.subjects.stream(kind)).await;
+        }
+        self.store.pool().close().await;
+        let mut admin = sqlx::PgConnection::connect(&self.admin_url).await?;
+        sqlx::query(AssertSqlSafe(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.database))).execute(&mut admin).await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn database_names_are_swapped_in_urls() {
+        assert_eq!(super::with_database("postgres://u@h:1/postgres", "t_1"), "postgres://u@h:1/t_1");
+        assert_eq!(super::with_database("postgres://u@h/x?sslmode=disable", "t"), "postgres://u@h/t?sslmode=disable");
+    }
+}

@@ -1,0 +1,78 @@
+//! Importance at ingest, the original service's formula: recency 0.4 (linear over 24 h), role
+//! 0.2 (system 0.9, user 0.7, assistant 0.5), explicit 0.4. A given override *is* the importance;
+//! a pinned message is 1.0. Age at search time is the searcher's decay term, not this one.
+
+use chrono::{DateTime, Utc};
+use common::domain::{NewMessage, Role};
+
+const W_RECENCY: f64 = 0.4;
+const W_ROLE: f64 = 0.2;
+const DAY_SECS: f64 = 86_400.0;
+
+fn role_weight(role: Role) -> f64 {
+    match role {
+        Role::System => 0.9,
+        Role::User => 0.7,
+        Role::Assistant => 0.5,
+    }
+}
+
+/// The importance of `m` as stored at `now`.
+pub fn score(m: &NewMessage, now: DateTime<Utc>) -> f64 {
+    if m.pinned {
+        return 1.0;
+    }
+    if let Some(v) = m.importance_override {
+        return v.clamp(0.0, 1.0);
+    }
+    let age = (now - m.created_at).num_milliseconds().max(0) as f64 / 1000.0;
+    let recency = (1.0 - age / DAY_SECS).max(0.0);
+    (W_RECENCY * recency + W_ROLE * role_weight(m.role)).clamp(0.0, 1.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use common::domain::{MessageId, MessageInput};
+
+    fn message(role: &str, age_hours: i64, importance_override: Option<f64>, pinned: bool) -> (NewMessage, DateTime<Utc>) {
+        let now = Utc::now();
+        let m = MessageInput {
+            tenant_id: "t".into(),
+            conversation_id: "c".into(),
+            role: role.into(),
+            content: "x".into(),
+            importance_override,
+            pinned: Some(pinned),
+            created_at: Some(now - chrono::Duration::hours(age_hours)),
+            ..MessageInput::default()
+        }
+        .validate(now, MessageId::new)
+        .unwrap();
+        (m, now)
+    }
+
+    #[test]
+    fn fresh_messages_score_as_the_original_did() {
+        for (role, expected) in [("user", 0.54), ("system", 0.58), ("assistant", 0.50)] {
+            let (m, now) = message(role, 0, None, false);
+            assert!((score(&m, now) - expected).abs() < 1e-9, "{role}");
+        }
+    }
+
+    #[test]
+    fn recency_falls_linearly_over_a_day() {
+        let (m, now) = message("user", 12, None, false);
+        assert!((score(&m, now) - (0.4 * 0.5 + 0.2 * 0.7)).abs() < 1e-6);
+        let (m, now) = message("user", 48, None, false);
+        assert!((score(&m, now) - 0.14).abs() < 1e-9);
+    }
+
+    #[test]
+    fn override_and_pin_win() {
+        let (m, now) = message("user", 0, Some(0.1), false);
+        assert_eq!(score(&m, now), 0.1);
+        let (m, now) = message("assistant", 0, Some(0.1), true);
+        assert_eq!(score(&m, now), 1.0);
+    }
+}

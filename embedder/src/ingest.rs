@@ -1,0 +1,300 @@
+//! The ingest loop: pull a batch, store, publish `MessageStored`, embed, store vectors, publish
+//! `MessageEmbedded`, ack. Every step only finishes what is missing, so a redelivery at any point
+//! converges on the same rows and never duplicates one.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use common::Deps;
+use common::bus::{Consumer, Delivery, Disposition, Envelope, Rejection};
+use common::config::Config;
+use common::contract::{
+    EventKind, MessageEmbedded, MessageReceived, MessageStored, REQUEST_ID_HEADER, StreamKind, Subjects, VERSION,
+};
+use common::domain::{MessageId, MessageStatus, NewMessage};
+use common::store::{Inserted, NewRow, NewVector, Space, StoredMessage};
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info_span, warn};
+
+use crate::EmbedderError;
+use crate::metrics::{Metrics, Outcome};
+use crate::provider::{Provider, Purpose};
+
+/// Transient failures (store, bus) are retried after this delay.
+const RETRY_DELAY: Duration = Duration::from_secs(1);
+
+pub(crate) struct IngestWorker {
+    deps: Deps,
+    provider: Arc<dyn Provider>,
+    space: Space,
+    consumer: Box<dyn Consumer>,
+    metrics: Metrics,
+    batch_size: usize,
+    batch_wait: Duration,
+    max_deliveries: u64,
+}
+
+/// A delivery that passed validation.
+struct Accepted {
+    delivery: Delivery,
+    message: NewMessage,
+}
+
+impl IngestWorker {
+    pub(crate) fn new(
+        config: &Config,
+        deps: Deps,
+        provider: Arc<dyn Provider>,
+        space: Space,
+        consumer: Box<dyn Consumer>,
+        metrics: Metrics,
+    ) -> Self {
+        Self {
+            deps,
+            provider,
+            space,
+            consumer,
+            metrics,
+            batch_size: config.embedder.batch_size,
+            batch_wait: config.embedder.batch_wait,
+            max_deliveries: config.embedder.max_deliveries,
+        }
+    }
+
+    pub(crate) async fn run(mut self, shutdown: CancellationToken, grace: Duration) -> Result<(), EmbedderError> {
+        loop {
+            let fetched = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                fetched = self.consumer.fetch(self.batch_size, self.batch_wait) => fetched,
+            };
+            let batch = match fetched {
+                Ok(batch) => batch,
+                Err(e) => {
+                    warn!(error = %e, cause = ?std::error::Error::source(&e), "pulling from the ingest stream failed; retrying");
+                    tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        () = tokio::time::sleep(RETRY_DELAY) => continue,
+                    }
+                }
+            };
+            if batch.is_empty() {
+                continue;
+            }
+            // A batch in hand is finished even during shutdown (bounded by the grace period):
+            // whatever is not acked by then is redelivered, and redelivery is harmless.
+            let started = Instant::now();
+            let n = batch.len();
+            if tokio::time::timeout(grace, self.handle(batch)).await.is_err() {
+                warn!(messages = n, "batch did not finish within the grace period; it will be redelivered");
+            }
+            self.metrics.batch_size.observe(n as f64);
+            self.metrics.batch_duration.observe(started.elapsed().as_secs_f64());
+        }
+        Ok(())
+    }
+
+    async fn handle(&self, batch: Vec<Delivery>) {
+        let mut accepted = Vec::with_capacity(batch.len());
+        for delivery in batch {
+            let parsed = if delivery.delivered > self.max_deliveries {
+                Err(Rejection {
+                    code: "delivery_limit",
+                    reason: format!("delivered {} times without success", delivery.delivered),
+                })
+            } else {
+                parse(&self.deps.subjects, &delivery)
+            };
+            match parsed {
+                Ok(message) => accepted.push(Accepted { delivery, message }),
+                Err(rejection) => {
+                    warn!(subject = %delivery.message.subject, code = rejection.code, reason = %rejection.reason, "dead-lettering an invalid event");
+                    self.metrics.count(Outcome::Rejected, 1);
+                    settle(delivery, Disposition::Reject(rejection)).await;
+                }
+            }
+        }
+        if accepted.is_empty() {
+            return;
+        }
+        let span = info_span!(
+            "ingest_batch",
+            messages = accepted.len(),
+            request_ids = %accepted.iter().filter_map(|a| a.delivery.message.header(REQUEST_ID_HEADER)).collect::<Vec<_>>().join(","),
+        );
+        self.store_and_embed(accepted).instrument(span).await;
+    }
+
+    async fn store_and_embed(&self, accepted: Vec<Accepted>) {
+        let now = Utc::now();
+        let rows: Vec<NewRow> = accepted
+            .iter()
+            .map(|a| NewRow { message: a.message.clone(), importance: crate::importance::score(&a.message, now) })
+            .collect();
+        let stored = match self.deps.store.insert_messages(&rows).await {
+            Ok(rows) => rows.into_iter().map(|r| (r.row.id, r)).collect::<HashMap<MessageId, Inserted>>(),
+            Err(e) => return self.retry_all(accepted, "storing messages", &e).await,
+        };
+
+        // An id already stored for another tenant (a client-chosen id colliding) is never valid.
+        let mut ready = Vec::with_capacity(accepted.len());
+        for a in accepted {
+            match stored.get(&a.message.message_id) {
+                Some(inserted) if inserted.row.tenant_id == a.message.tenant_id => ready.push((a, inserted)),
+                Some(_) => {
+                    self.metrics.count(Outcome::Rejected, 1);
+                    let rejection = Rejection {
+                        code: "id_conflict",
+                        reason: format!("message id {} is already used", a.message.message_id),
+                    };
+                    settle(a.delivery, Disposition::Reject(rejection)).await;
+                }
+                None => {
+                    // The insert committed, so the row must be there; redeliver rather than guess.
+                    warn!(message_id = %a.message.message_id, "stored row not found after insert; retrying");
+                    self.metrics.count(Outcome::Retried, 1);
+                    settle(a.delivery, Disposition::Retry(Some(RETRY_DELAY))).await;
+                }
+            }
+        }
+        if ready.is_empty() {
+            return;
+        }
+
+        // Events are at-least-once; their ids let the events stream drop a repeat within its window.
+        for (_, Inserted { row, .. }) in &ready {
+            let event = MessageStored {
+                v: VERSION,
+                message_id: row.id,
+                tenant_id: row.tenant_id.clone(),
+                conversation_id: row.conversation_id.clone(),
+                role: row.role,
+                importance: row.importance,
+                stored_at: row.stored_at,
+            };
+            if let Err(e) = self.publish_event(EventKind::Stored, &row.tenant_id, row.id, &event).await {
+                let accepted = ready.into_iter().map(|(a, _)| a).collect();
+                return self.retry_all(accepted, "publishing MessageStored", &e).await;
+            }
+        }
+
+        let to_embed: Vec<&StoredMessage> =
+            ready.iter().map(|(_, i)| &i.row).filter(|row| row.status != MessageStatus::Embedded).collect();
+        if !to_embed.is_empty() {
+            let texts: Vec<String> =
+                to_embed.iter().map(|r| common::domain::embedding_text(r.name.as_deref(), &r.content)).collect();
+            let vectors = match self.provider.embed(&texts, Purpose::Document).await {
+                Ok(v) => v,
+                Err(e) => {
+                    let accepted = ready.into_iter().map(|(a, _)| a).collect();
+                    return self.retry_all(accepted, "embedding", &e).await;
+                }
+            };
+            let new_vectors: Vec<NewVector> = to_embed
+                .iter()
+                .zip(vectors)
+                .map(|(row, vector)| NewVector { message_id: row.id, tenant_id: row.tenant_id.clone(), vector })
+                .collect();
+            if let Err(e) = self.deps.store.save_vectors(&self.space, &new_vectors).await {
+                let accepted = ready.into_iter().map(|(a, _)| a).collect();
+                return self.retry_all(accepted, "storing vectors", &e).await;
+            }
+        }
+
+        for (_, Inserted { row, .. }) in &ready {
+            let event = MessageEmbedded {
+                v: VERSION,
+                message_id: row.id,
+                tenant_id: row.tenant_id.clone(),
+                space: self.space.reference.clone(),
+            };
+            if let Err(e) = self.publish_event(EventKind::Embedded, &row.tenant_id, row.id, &event).await {
+                let accepted = ready.into_iter().map(|(a, _)| a).collect();
+                return self.retry_all(accepted, "publishing MessageEmbedded", &e).await;
+            }
+        }
+
+        let fresh = ready.iter().filter(|(_, i)| i.new).count();
+        self.metrics.count(Outcome::Stored, fresh);
+        self.metrics.count(Outcome::Duplicate, ready.len() - fresh);
+        debug!(stored = fresh, duplicates = ready.len() - fresh, "batch committed");
+        // Ack only now: acking first loses the message if a commit fails, and a redelivery is
+        // harmless because every step above skips what is already done.
+        for (a, _) in ready {
+            settle(a.delivery, Disposition::Ack).await;
+        }
+    }
+
+    async fn publish_event<T: serde::Serialize>(
+        &self,
+        kind: EventKind,
+        tenant: &common::domain::TenantId,
+        id: MessageId,
+        event: &T,
+    ) -> Result<(), common::bus::BusError> {
+        let payload = serde_json::to_vec(event).expect("events serialise");
+        let envelope = Envelope::new(self.deps.subjects.event(tenant, kind), payload);
+        self.deps.bus.publish(envelope, Some(&format!("{}-{id}", kind.as_str()))).await.map(|_| ())
+    }
+
+    async fn retry_all(&self, accepted: Vec<Accepted>, step: &str, error: &dyn std::error::Error) {
+        warn!(step, error = %error, cause = ?error.source(), messages = accepted.len(), "batch failed; it will be redelivered");
+        self.metrics.count(Outcome::Retried, accepted.len());
+        for a in accepted {
+            settle(a.delivery, Disposition::Retry(Some(RETRY_DELAY))).await;
+        }
+    }
+}
+
+async fn settle(delivery: Delivery, disposition: Disposition) {
+    let subject = delivery.message.subject.clone();
+    if let Err(e) = delivery.settle(disposition).await {
+        // Not acked means redelivered after the ack wait: nothing is lost.
+        warn!(%subject, error = %e, "settling a delivery failed; it will be redelivered");
+    }
+}
+
+/// Reads and validates one ingest event with the gateway's own rules.
+fn parse(subjects: &Subjects, delivery: &Delivery) -> Result<NewMessage, Rejection> {
+    let m = &delivery.message;
+    let reject = |code: &'static str, reason: String| Rejection { code, reason };
+    let (tenant_token, id_token) = subjects
+        .parse_ingest(&m.subject)
+        .ok_or_else(|| reject("bad_subject", format!("`{}` is not <prefix>.v1.ingest.<tenant>[.<id>]", m.subject)))?;
+    let event: MessageReceived =
+        serde_json::from_slice(&m.payload).map_err(|e| reject("malformed_json", format!("payload is not a valid MessageReceived: {e}")))?;
+    if event.v != VERSION {
+        return Err(reject("unsupported_version", format!("payload version {} is not supported (expected {VERSION})", event.v)));
+    }
+    let mut input = event.message;
+    if let Some(token) = id_token {
+        let subject_id = MessageId::parse(token).map_err(|_| reject("bad_subject", format!("`{token}` in the subject is not a UUID")))?;
+        match input.message_id.as_deref().map(MessageId::parse) {
+            Some(Ok(payload_id)) if payload_id != subject_id => {
+                return Err(reject("id_mismatch", format!("subject names message {subject_id}, payload {payload_id}")));
+            }
+            None => input.message_id = Some(subject_id.to_string()),
+            _ => {}
+        }
+    }
+    if input.message_id.is_none()
+        && let Some(header) = m.header("Nats-Msg-Id").filter(|h| MessageId::parse(h).is_ok())
+    {
+        input.message_id = Some(header.to_owned());
+    }
+    let stream_name = subjects.stream(StreamKind::Ingest);
+    let seed = format!("{stream_name}:{}", delivery.stream_sequence);
+    let message = input
+        .validate(delivery.published_at, || MessageId::derived(delivery.published_at, seed.as_bytes()))
+        .map_err(|e| reject("invalid_message", e.to_string()))?;
+    let subject_tenant = Subjects::tenant_of(tenant_token);
+    if message.tenant_id.as_str() != subject_tenant {
+        return Err(reject(
+            "tenant_mismatch",
+            format!("subject tenant `{subject_tenant}` differs from payload tenant `{}`", message.tenant_id),
+        ));
+    }
+    Ok(message)
+}

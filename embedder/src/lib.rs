@@ -1,0 +1,90 @@
+//! The embedder: the only writer of new messages. It pulls `MessageReceived` events from the
+//! ingest stream in batches, re-validates them, stores them idempotently, embeds them, publishes
+//! `MessageStored` / `MessageEmbedded`, and acks only after the commit. It also answers query
+//! embedding requests (`mem.v1.embed.query`) so searchers embed in the same space.
+
+mod ingest;
+pub mod importance;
+mod metrics;
+pub mod provider;
+mod query;
+
+use std::sync::Arc;
+
+use common::Deps;
+use common::bus::{BusError, ConsumerSpec};
+use common::config::{Config, Provider as ProviderKind};
+use common::contract::StreamKind;
+use common::store::{Space, StoreError};
+use prometheus_client::registry::Registry;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use metrics::Metrics;
+pub use provider::{HashProvider, Provider, Purpose};
+
+#[derive(Debug, thiserror::Error)]
+pub enum EmbedderError {
+    #[error("cannot register the embedding space")]
+    Store(#[from] StoreError),
+    #[error("cannot set up the bus")]
+    Bus(#[from] BusError),
+}
+
+/// The provider named by the configuration.
+pub fn provider(config: &Config) -> Arc<dyn Provider> {
+    match config.embedder.provider {
+        ProviderKind::Hash => Arc::new(HashProvider::new()),
+    }
+}
+
+pub struct Embedder {
+    ingest: ingest::IngestWorker,
+    query: query::QueryService,
+}
+
+impl Embedder {
+    /// Registers the provider's space, creates the durable consumer and joins the query-embedding
+    /// queue group: once this returns, messages flow and query requests find a responder.
+    pub async fn build(
+        config: &Config,
+        deps: Deps,
+        provider: Arc<dyn Provider>,
+        registry: &mut Registry,
+    ) -> Result<Self, EmbedderError> {
+        let metrics = Metrics::register(registry);
+        let space: Space = deps.store.register_space(&provider.space()).await?;
+        let c = &config.embedder;
+        let consumer = deps
+            .bus
+            .consumer(&ConsumerSpec {
+                stream: StreamKind::Ingest,
+                durable: deps.subjects.embedder_consumer().to_owned(),
+                filter: deps.subjects.ingest_all(),
+                ack_wait: c.ack_wait,
+                // Enough for a few batches in flight at once, bounded so one slow replica does
+                // not hoard the backlog.
+                max_ack_pending: i64::try_from(c.batch_size * 4).unwrap_or(i64::MAX),
+            })
+            .await?;
+        let requests = deps.bus.serve(deps.subjects.embed_query(), deps.subjects.embedder_group().to_owned()).await?;
+        tracing::info!(space = space.id, provider = %space.reference.provider, model = %space.reference.model, "embedder ready");
+        Ok(Self {
+            ingest: ingest::IngestWorker::new(config, deps.clone(), provider.clone(), space, consumer, metrics.clone()),
+            query: query::QueryService::new(deps, provider, requests, metrics),
+        })
+    }
+
+    /// Runs until `shutdown` is cancelled, then finishes the batch and requests in hand (up to the
+    /// grace period: anything unacked is redelivered later) and returns.
+    pub async fn run(self, shutdown: CancellationToken, grace: std::time::Duration) -> Result<(), EmbedderError> {
+        let tasks = TaskTracker::new();
+        let query = tasks.spawn(self.query.run(shutdown.clone(), grace));
+        let result = self.ingest.run(shutdown.clone(), grace).await;
+        shutdown.cancel();
+        let _ = query.await;
+        tasks.close();
+        tasks.wait().await;
+        result
+    }
+}

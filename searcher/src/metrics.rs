@@ -1,0 +1,52 @@
+//! The searcher's metrics, registered under `memory_searcher_*`.
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
+pub enum Endpoint {
+    Search,
+    Get,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
+pub enum Outcome {
+    Ok,
+    BadRequest,
+    Unavailable,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub endpoint: Endpoint,
+    pub outcome: Outcome,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct EndpointLabels {
+    pub endpoint: Endpoint,
+}
+
+#[derive(Clone)]
+pub struct Metrics {
+    /// Requests answered: `memory_searcher_requests_total`.
+    pub requests: Family<RequestLabels, Counter>,
+    /// Time to answer: `memory_searcher_request_duration_seconds`.
+    pub duration: Family<EndpointLabels, Histogram, fn() -> Histogram>,
+}
+
+impl Metrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self {
+            requests: Family::default(),
+            duration: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.0005, 2.0, 16))),
+        };
+        let r = registry.sub_registry_with_prefix("searcher");
+        r.register("requests", "Requests answered, by endpoint and outcome", m.requests.clone());
+        r.register_with_unit("request_duration", "Time to answer a request", Unit::Seconds, m.duration.clone());
+        m
+    }
+}
