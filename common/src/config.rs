@@ -245,7 +245,9 @@ impl Config {
                 admin_api_key: v.secret("MEMORY_ADMIN_API_KEY"),
                 wait_timeout: v.millis("MEMORY_HTTP_WAIT_TIMEOUT_MS", 10_000, 10, 300_000),
             },
-            metrics: MetricsConfig { addr: v.parse_or("MEMORY_METRICS_ADDR", SocketAddr::from(([127, 0, 0, 1], 9090))) },
+            metrics: MetricsConfig {
+                addr: v.parse_or("MEMORY_METRICS_ADDR", SocketAddr::from(([127, 0, 0, 1], 9090))),
+            },
             embedder: EmbedderConfig {
                 provider: v.parse_or("MEMORY_EMBEDDING_PROVIDER", Provider::Hash),
                 batch_size: v.ranged("MEMORY_EMBEDDER_BATCH_SIZE", 64, 1, 1000),
@@ -259,6 +261,10 @@ impl Config {
         let prefix = &config.nats.subject_prefix;
         if !prefix.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
             v.errors.push(format!("MEMORY_SUBJECT_PREFIX={prefix:?}: must be one token of A-Z, a-z, 0-9, '_' and '-'"));
+        }
+        if config.embedder.batch_wait >= config.embedder.ack_wait {
+            // A pull open longer than the ack wait would collect redeliveries of its own messages.
+            v.errors.push("MEMORY_EMBEDDER_BATCH_WAIT_MS: must be shorter than MEMORY_EMBEDDER_ACK_WAIT_SECS".into());
         }
         if let Some(url) = &config.database.url
             && !(url.expose().starts_with("postgres://") || url.expose().starts_with("postgresql://"))

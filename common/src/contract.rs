@@ -110,7 +110,8 @@ impl Subjects {
 
     /// `MEMORY_INGEST` for the production prefix `mem`, `<PREFIX>_INGEST` otherwise.
     pub fn stream(&self, kind: StreamKind) -> String {
-        let base = if self.prefix == "mem" { "MEMORY".to_owned() } else { self.prefix.to_uppercase().replace('-', "_") };
+        let base =
+            if self.prefix == "mem" { "MEMORY".to_owned() } else { self.prefix.to_uppercase().replace('-', "_") };
         let suffix = match kind {
             StreamKind::Ingest => "INGEST",
             StreamKind::Events => "EVENTS",

@@ -26,6 +26,11 @@ pub const METADATA_KEYS_MAX: usize = 50;
 pub const METADATA_STRING_MAX: usize = 2_048;
 /// Most items in one batch request.
 pub const BATCH_MAX: usize = 100;
+/// Largest `top_k` a search may ask for, and the default.
+pub const TOP_K_MAX: u32 = 50;
+pub const TOP_K_DEFAULT: u32 = 5;
+/// Longest search query, in characters.
+pub const QUERY_MAX: usize = 10_000;
 /// How far in the future a client-given `created_at` may lie (clock skew).
 pub const CREATED_AT_SKEW_SECS: i64 = 300;
 
@@ -246,6 +251,39 @@ impl NewMessage {
     }
 }
 
+impl From<&NewMessage> for MessageInput {
+    /// The input that validates back to exactly this message (id and timestamp included).
+    fn from(m: &NewMessage) -> Self {
+        Self {
+            message_id: Some(m.message_id.to_string()),
+            tenant_id: m.tenant_id.to_string(),
+            conversation_id: m.conversation_id.to_string(),
+            role: m.role.as_str().to_owned(),
+            name: m.name.clone(),
+            content: m.content.clone(),
+            metadata: Some(Value::Object(m.metadata.clone())),
+            importance_override: m.importance_override,
+            pinned: Some(m.pinned),
+            created_at: Some(m.created_at),
+        }
+    }
+}
+
+/// Checks search parameters shared by the gateway and the searcher.
+pub fn check_search(query: &str, top_k: u32) -> Result<(), ValidationError> {
+    let mut errors = Vec::new();
+    let len = query.chars().count();
+    if query.trim().is_empty() {
+        errors.push(FieldError::new("query", "empty", "must not be empty or only whitespace"));
+    } else if len > QUERY_MAX {
+        errors.push(FieldError::new("query", "too_long", format!("must be at most {QUERY_MAX} characters, got {len}")));
+    }
+    if !(1..=TOP_K_MAX).contains(&top_k) {
+        errors.push(FieldError::new("top_k", "out_of_range", format!("must be between 1 and {TOP_K_MAX}")));
+    }
+    if errors.is_empty() { Ok(()) } else { Err(ValidationError(errors)) }
+}
+
 /// `"{name}: {content}"` when a speaker name is given, else the content.
 pub fn embedding_text(name: Option<&str>, content: &str) -> String {
     match name {
@@ -284,7 +322,11 @@ impl MessageInput {
             if name.trim().is_empty() {
                 errors.push(FieldError::new("name", "empty", "must not be empty or only whitespace"));
             } else if len > NAME_MAX {
-                errors.push(FieldError::new("name", "too_long", format!("must be at most {NAME_MAX} characters, got {len}")));
+                errors.push(FieldError::new(
+                    "name",
+                    "too_long",
+                    format!("must be at most {NAME_MAX} characters, got {len}"),
+                ));
             } else if name.chars().any(char::is_control) {
                 errors.push(FieldError::new("name", "invalid_characters", "must not contain control characters"));
             }
@@ -349,7 +391,11 @@ fn check_metadata_object(map: &Map<String, Value>, path: &str, depth: usize, err
     for (key, value) in map {
         let child = format!("{path}.{key}");
         if key.chars().count() > METADATA_STRING_MAX {
-            errors.push(FieldError::new(&child, "key_too_long", format!("keys must be at most {METADATA_STRING_MAX} characters")));
+            errors.push(FieldError::new(
+                &child,
+                "key_too_long",
+                format!("keys must be at most {METADATA_STRING_MAX} characters"),
+            ));
         }
         check_metadata_value(value, &child, depth, errors);
     }

@@ -18,7 +18,8 @@ pub fn init(config: &LogConfig) {
 pub fn init_for_test() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
-        let filter = std::env::var("TEST_LOG").map_or_else(|_| EnvFilter::new("off"), |_| EnvFilter::new("debug,sqlx=warn,async_nats=info"));
+        let filter = std::env::var("TEST_LOG")
+            .map_or_else(|_| EnvFilter::new("off"), |_| EnvFilter::new("debug,sqlx=warn,async_nats=info"));
         let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
     });
 }

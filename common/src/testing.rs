@@ -124,17 +124,16 @@ impl TestEnv {
             bail!("tasks did not stop within 30 s of shutdown");
         }
         if let Ok(state) = self.nats.consumer_state(StreamKind::Ingest, self.subjects.embedder_consumer()).await {
-            anyhow::ensure!(
-                state.pending == 0 && state.ack_pending == 0,
-                "the embedder left work behind: {state:?}"
-            );
+            anyhow::ensure!(state.pending == 0 && state.ack_pending == 0, "the embedder left work behind: {state:?}");
         }
         for kind in [StreamKind::Ingest, StreamKind::Events, StreamKind::Dead] {
             let _ = self.nats.jetstream().delete_stream(self.subjects.stream(kind)).await;
         }
         self.store.pool().close().await;
         let mut admin = sqlx::PgConnection::connect(&self.admin_url).await?;
-        sqlx::query(AssertSqlSafe(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.database))).execute(&mut admin).await?;
+        sqlx::query(AssertSqlSafe(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.database)))
+            .execute(&mut admin)
+            .await?;
         Ok(())
     }
 }

@@ -35,7 +35,12 @@ mod tests {
     use super::*;
     use common::domain::{MessageId, MessageInput};
 
-    fn message(role: &str, age_hours: i64, importance_override: Option<f64>, pinned: bool) -> (NewMessage, DateTime<Utc>) {
+    fn message(
+        role: &str,
+        age_hours: i64,
+        importance_override: Option<f64>,
+        pinned: bool,
+    ) -> (NewMessage, DateTime<Utc>) {
         let now = Utc::now();
         let m = MessageInput {
             tenant_id: "t".into(),

@@ -2,7 +2,7 @@
 //! `MessageEmbedded`, ack. Every step only finishes what is missing, so a redelivery at any point
 //! converges on the same rows and never duplicates one.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -96,7 +96,10 @@ impl IngestWorker {
         Ok(())
     }
 
-    async fn handle(&self, batch: Vec<Delivery>) {
+    async fn handle(&self, mut batch: Vec<Delivery>) {
+        // A message redelivered while the pull was open arrives twice: settle it once.
+        batch.sort_by_key(|d| (d.stream_sequence, std::cmp::Reverse(d.delivered)));
+        batch.dedup_by_key(|d| d.stream_sequence);
         let mut accepted = Vec::with_capacity(batch.len());
         for delivery in batch {
             let parsed = if delivery.delivered > self.max_deliveries {
@@ -180,8 +183,14 @@ impl IngestWorker {
             }
         }
 
-        let to_embed: Vec<&StoredMessage> =
-            ready.iter().map(|(_, i)| &i.row).filter(|row| row.status != MessageStatus::Embedded).collect();
+        // Two events may carry the same message id (a re-publish after the duplicate window):
+        // embed it once.
+        let mut seen = HashSet::new();
+        let to_embed: Vec<&StoredMessage> = ready
+            .iter()
+            .map(|(_, i)| &i.row)
+            .filter(|row| row.status != MessageStatus::Embedded && seen.insert(row.id))
+            .collect();
         if !to_embed.is_empty() {
             let texts: Vec<String> =
                 to_embed.iter().map(|r| common::domain::embedding_text(r.name.as_deref(), &r.content)).collect();
@@ -239,7 +248,7 @@ impl IngestWorker {
         self.deps.bus.publish(envelope, Some(&format!("{}-{id}", kind.as_str()))).await.map(|_| ())
     }
 
-    async fn retry_all(&self, accepted: Vec<Accepted>, step: &str, error: &dyn std::error::Error) {
+    async fn retry_all(&self, accepted: Vec<Accepted>, step: &str, error: &(dyn std::error::Error + Send + Sync)) {
         warn!(step, error = %error, cause = ?error.source(), messages = accepted.len(), "batch failed; it will be redelivered");
         self.metrics.count(Outcome::Retried, accepted.len());
         for a in accepted {
@@ -263,14 +272,18 @@ fn parse(subjects: &Subjects, delivery: &Delivery) -> Result<NewMessage, Rejecti
     let (tenant_token, id_token) = subjects
         .parse_ingest(&m.subject)
         .ok_or_else(|| reject("bad_subject", format!("`{}` is not <prefix>.v1.ingest.<tenant>[.<id>]", m.subject)))?;
-    let event: MessageReceived =
-        serde_json::from_slice(&m.payload).map_err(|e| reject("malformed_json", format!("payload is not a valid MessageReceived: {e}")))?;
+    let event: MessageReceived = serde_json::from_slice(&m.payload)
+        .map_err(|e| reject("malformed_json", format!("payload is not a valid MessageReceived: {e}")))?;
     if event.v != VERSION {
-        return Err(reject("unsupported_version", format!("payload version {} is not supported (expected {VERSION})", event.v)));
+        return Err(reject(
+            "unsupported_version",
+            format!("payload version {} is not supported (expected {VERSION})", event.v),
+        ));
     }
     let mut input = event.message;
     if let Some(token) = id_token {
-        let subject_id = MessageId::parse(token).map_err(|_| reject("bad_subject", format!("`{token}` in the subject is not a UUID")))?;
+        let subject_id = MessageId::parse(token)
+            .map_err(|_| reject("bad_subject", format!("`{token}` in the subject is not a UUID")))?;
         match input.message_id.as_deref().map(MessageId::parse) {
             Some(Ok(payload_id)) if payload_id != subject_id => {
                 return Err(reject("id_mismatch", format!("subject names message {subject_id}, payload {payload_id}")));

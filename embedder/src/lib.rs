@@ -3,8 +3,8 @@
 //! `MessageStored` / `MessageEmbedded`, and acks only after the commit. It also answers query
 //! embedding requests (`mem.v1.embed.query`) so searchers embed in the same space.
 
-mod ingest;
 pub mod importance;
+mod ingest;
 mod metrics;
 pub mod provider;
 mod query;
@@ -38,6 +38,19 @@ pub fn provider(config: &Config) -> Arc<dyn Provider> {
     }
 }
 
+/// The embedder's durable consumer on the ingest stream.
+pub fn consumer_spec(config: &Config, subjects: &common::contract::Subjects) -> ConsumerSpec {
+    ConsumerSpec {
+        stream: StreamKind::Ingest,
+        durable: subjects.embedder_consumer().to_owned(),
+        filter: subjects.ingest_all(),
+        ack_wait: config.embedder.ack_wait,
+        // Enough for a few batches in flight at once, bounded so one slow replica does not
+        // hoard the backlog.
+        max_ack_pending: i64::try_from(config.embedder.batch_size * 4).unwrap_or(i64::MAX),
+    }
+}
+
 pub struct Embedder {
     ingest: ingest::IngestWorker,
     query: query::QueryService,
@@ -54,19 +67,7 @@ impl Embedder {
     ) -> Result<Self, EmbedderError> {
         let metrics = Metrics::register(registry);
         let space: Space = deps.store.register_space(&provider.space()).await?;
-        let c = &config.embedder;
-        let consumer = deps
-            .bus
-            .consumer(&ConsumerSpec {
-                stream: StreamKind::Ingest,
-                durable: deps.subjects.embedder_consumer().to_owned(),
-                filter: deps.subjects.ingest_all(),
-                ack_wait: c.ack_wait,
-                // Enough for a few batches in flight at once, bounded so one slow replica does
-                // not hoard the backlog.
-                max_ack_pending: i64::try_from(c.batch_size * 4).unwrap_or(i64::MAX),
-            })
-            .await?;
+        let consumer = deps.bus.consumer(&consumer_spec(config, &deps.subjects)).await?;
         let requests = deps.bus.serve(deps.subjects.embed_query(), deps.subjects.embedder_group().to_owned()).await?;
         tracing::info!(space = space.id, provider = %space.reference.provider, model = %space.reference.model, "embedder ready");
         Ok(Self {

@@ -27,7 +27,12 @@ pub(crate) struct QueryService {
 }
 
 impl QueryService {
-    pub(crate) fn new(deps: Deps, provider: Arc<dyn Provider>, requests: BoxStream<'static, Request>, metrics: Metrics) -> Self {
+    pub(crate) fn new(
+        deps: Deps,
+        provider: Arc<dyn Provider>,
+        requests: BoxStream<'static, Request>,
+        metrics: Metrics,
+    ) -> Self {
         Self { deps, provider, requests, metrics }
     }
 
@@ -63,10 +68,15 @@ impl QueryService {
 async fn answer(provider: &dyn Provider, payload: &[u8]) -> Reply<EmbedQueryResponse> {
     let request: EmbedQueryRequest = match serde_json::from_slice(payload) {
         Ok(r) => r,
-        Err(e) => return Reply::Error(RemoteError::new(RemoteErrorCode::BadRequest, format!("malformed request: {e}"))),
+        Err(e) => {
+            return Reply::Error(RemoteError::new(RemoteErrorCode::BadRequest, format!("malformed request: {e}")));
+        }
     };
     if request.v != VERSION {
-        return Reply::Error(RemoteError::new(RemoteErrorCode::BadRequest, format!("unsupported version {}", request.v)));
+        return Reply::Error(RemoteError::new(
+            RemoteErrorCode::BadRequest,
+            format!("unsupported version {}", request.v),
+        ));
     }
     if request.texts.is_empty() || request.texts.len() > MAX_TEXTS {
         return Reply::Error(RemoteError::new(RemoteErrorCode::BadRequest, format!("send 1 to {MAX_TEXTS} texts")));

@@ -1,1 +1,135 @@
+//! The gateway: the HTTP face of the pipeline. It authenticates, validates, publishes to NATS and
+//! turns worker replies into HTTP responses. It never embeds and never writes a message.
 
+mod auth;
+pub mod error;
+mod extract;
+mod metrics;
+pub mod openapi;
+pub mod routes;
+mod state;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::HeaderName;
+use axum::middleware;
+use common::Deps;
+use common::config::{Config, ConfigError};
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
+use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+use utoipa_swagger_ui::SwaggerUi;
+
+pub use error::ApiError;
+pub use metrics::Metrics;
+pub use state::AppState;
+
+/// Shortest admin key accepted: anything shorter is guessable.
+const ADMIN_KEY_MIN: usize = 16;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot bind the HTTP listener on {addr}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the HTTP server failed")]
+    Serve(#[source] std::io::Error),
+}
+
+/// The application: every route, layer and the shared state.
+pub fn router(state: AppState) -> Router {
+    let request_id = HeaderName::from_static("x-request-id");
+    let api = Router::new()
+        .merge(routes::messages::router())
+        .merge(routes::search::router())
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_api_key));
+    Router::new()
+        .merge(api)
+        .merge(routes::health::router())
+        .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi::ApiDoc::openapi()))
+        .fallback(|| async { ApiError::RouteNotFound })
+        .layer(DefaultBodyLimit::max(state.body_limit))
+        .layer(middleware::from_fn_with_state(state.clone(), metrics::track))
+        .layer(PropagateRequestIdLayer::new(request_id.clone()))
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
+            let id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("-");
+            tracing::info_span!("http", method = %req.method(), path = %req.uri().path(), request_id = %id)
+        }))
+        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        .layer(SetSensitiveRequestHeadersLayer::new([
+            axum::http::header::AUTHORIZATION,
+            HeaderName::from_static("x-api-key"),
+        ]))
+        .with_state(state)
+}
+
+pub struct Gateway {
+    listener: TcpListener,
+    state: AppState,
+}
+
+impl Gateway {
+    /// Checks the configuration and binds the listener. Refuses to start without an admin key:
+    /// the API is never open.
+    pub async fn build(
+        config: &Config,
+        deps: Deps,
+        registry: Registry,
+        shutdown: CancellationToken,
+    ) -> Result<Self, GatewayError> {
+        let admin_key = config.http.admin_api_key.clone().ok_or_else(|| {
+            ConfigError::one("MEMORY_ADMIN_API_KEY is not set: the gateway never runs without authentication")
+        })?;
+        if admin_key.expose().len() < ADMIN_KEY_MIN {
+            return Err(
+                ConfigError::one(format!("MEMORY_ADMIN_API_KEY must be at least {ADMIN_KEY_MIN} characters")).into()
+            );
+        }
+        let mut registry = registry;
+        let metrics = Metrics::register(&mut registry);
+        let listener = TcpListener::bind(config.http.addr)
+            .await
+            .map_err(|source| GatewayError::Bind { addr: config.http.addr, source })?;
+        let state = AppState {
+            deps,
+            admin_key,
+            body_limit: config.http.body_limit,
+            wait_timeout: config.http.wait_timeout,
+            request_timeout: config.nats.request_timeout,
+            registry: Arc::new(registry),
+            metrics,
+            shutdown,
+        };
+        Ok(Self { listener, state })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("a bound listener has an address")
+    }
+
+    pub fn state(&self) -> AppState {
+        self.state.clone()
+    }
+
+    /// Serves until the shutdown token is cancelled, then finishes the requests in flight.
+    pub async fn run(self) -> Result<(), GatewayError> {
+        let shutdown = self.state.shutdown.clone();
+        tracing::info!(addr = %self.local_addr(), "gateway listening");
+        axum::serve(self.listener, router(self.state))
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await
+            .map_err(GatewayError::Serve)
+    }
+}

@@ -28,10 +28,6 @@ use tracing::{Instrument, info_span, warn};
 pub use metrics::Metrics;
 use metrics::{Endpoint, EndpointLabels, Outcome, RequestLabels};
 
-/// Largest `top_k` a search may ask for.
-pub const TOP_K_MAX: u32 = 50;
-/// Longest query, in characters.
-pub const QUERY_MAX: usize = 10_000;
 /// Most candidates fetched from the vector index for one search.
 const CANDIDATES_MAX: u32 = 1_000;
 
@@ -86,7 +82,8 @@ impl Searcher {
                 },
             };
             let handler = self.handler.clone();
-            let span = info_span!("request", ?endpoint, request_id = request.message.header(REQUEST_ID_HEADER).unwrap_or("-"));
+            let span =
+                info_span!("request", ?endpoint, request_id = request.message.header(REQUEST_ID_HEADER).unwrap_or("-"));
             tasks.spawn(handler.handle(endpoint, request).instrument(span));
         }
         // Dropping the subscriptions stops new requests reaching this replica.
@@ -147,13 +144,7 @@ impl Handler {
         if request.v != VERSION {
             return Err(bad_request(format!("unsupported version {}", request.v)));
         }
-        if !(1..=TOP_K_MAX).contains(&request.top_k) {
-            return Err(bad_request(format!("top_k must be between 1 and {TOP_K_MAX}")));
-        }
-        let query_len = request.query.chars().count();
-        if request.query.trim().is_empty() || query_len > QUERY_MAX {
-            return Err(bad_request(format!("query must be 1 to {QUERY_MAX} characters, not only whitespace")));
-        }
+        common::domain::check_search(&request.query, request.top_k).map_err(|e| bad_request(e.to_string()))?;
         let embedded = self.embed_query(&request.query).await?;
         let space = self
             .deps
@@ -196,7 +187,8 @@ impl Handler {
 
     async fn embed_query(&self, query: &str) -> Result<EmbedQueryResponse, RemoteError> {
         let request = EmbedQueryRequest { v: VERSION, texts: vec![query.to_owned()] };
-        let envelope = Envelope::new(self.deps.subjects.embed_query(), serde_json::to_vec(&request).expect("serialise"));
+        let envelope =
+            Envelope::new(self.deps.subjects.embed_query(), serde_json::to_vec(&request).expect("serialise"));
         let bytes = self.deps.bus.request(envelope, self.request_timeout).await.map_err(|e| match e {
             BusError::NoResponders { .. } => RemoteError::new(RemoteErrorCode::Unavailable, "no embedder is running"),
             e => unavailable("embedding the query", &e),
@@ -222,7 +214,8 @@ impl Handler {
             return Ok(GetMessageResponse { message: visible(view) });
         }
         // Not stored: it may still wait in the ingest stream, where the subject names its id.
-        let tenant_token = request.tenant_id.as_ref().map_or_else(|| "*".to_owned(), common::contract::Subjects::tenant_token);
+        let tenant_token =
+            request.tenant_id.as_ref().map_or_else(|| "*".to_owned(), common::contract::Subjects::tenant_token);
         let subject = format!("{}.v1.ingest.{tenant_token}.{}", self.deps.subjects.prefix(), request.message_id);
         let queued = self
             .deps

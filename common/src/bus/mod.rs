@@ -152,7 +152,7 @@ pub struct ConsumerSpec {
 
 /// A durable pull consumer.
 #[async_trait]
-pub trait Consumer: Send {
+pub trait Consumer: Send + Sync {
     /// Waits up to `wait` for up to `max` messages; returns what arrived (possibly none).
     async fn fetch(&mut self, max: usize, wait: Duration) -> Result<Vec<Delivery>, BusError>;
 }

@@ -12,8 +12,7 @@ use futures::StreamExt;
 use futures::stream::BoxStream;
 
 use super::{
-    Bus, BusError, Consumer, ConsumerSpec, ConsumerState, Delivery, Disposition, Envelope, Published, Request,
-    Settle,
+    Bus, BusError, Consumer, ConsumerSpec, ConsumerState, Delivery, Disposition, Envelope, Published, Request, Settle,
 };
 use crate::config::NatsConfig;
 use crate::contract::{
@@ -108,9 +107,7 @@ fn header_map(headers: &[(String, String)]) -> HeaderMap {
 fn header_vec(headers: Option<&HeaderMap>) -> Vec<(String, String)> {
     headers
         .map(|h| {
-            h.iter()
-                .flat_map(|(name, values)| values.iter().map(move |v| (name.to_string(), v.to_string())))
-                .collect()
+            h.iter().flat_map(|(name, values)| values.iter().map(move |v| (name.to_string(), v.to_string()))).collect()
         })
         .unwrap_or_default()
 }
@@ -126,9 +123,8 @@ fn envelope(message: async_nats::Message) -> Envelope {
 #[async_trait]
 impl Bus for NatsBus {
     async fn publish(&self, message: Envelope, id: Option<&str>) -> Result<Published, BusError> {
-        let mut publish = jetstream::message::PublishMessage::build()
-            .payload(message.payload)
-            .headers(header_map(&message.headers));
+        let mut publish =
+            jetstream::message::PublishMessage::build().payload(message.payload).headers(header_map(&message.headers));
         if let Some(id) = id {
             publish = publish.message_id(id);
         }
@@ -139,7 +135,9 @@ impl Bus for NatsBus {
             .map_err(|e| BusError::nats("publishing", e))?
             .await
             .map_err(|e| match e.kind() {
-                jetstream::context::PublishErrorKind::TimedOut => BusError::Timeout { operation: "publish acknowledgement" },
+                jetstream::context::PublishErrorKind::TimedOut => {
+                    BusError::Timeout { operation: "publish acknowledgement" }
+                }
                 _ => BusError::nats("publishing", e),
             })?;
         Ok(Published { duplicate: ack.duplicate, sequence: ack.sequence })
@@ -202,7 +200,10 @@ impl Bus for NatsBus {
             })
             .await
             .map_err(|e| BusError::nats("creating a consumer", e))?;
-        Ok(Box::new(NatsConsumer { consumer, settle: NatsSettle { js: self.js.clone(), subjects: self.subjects.clone() } }))
+        Ok(Box::new(NatsConsumer {
+            consumer,
+            settle: NatsSettle { js: self.js.clone(), subjects: self.subjects.clone() },
+        }))
     }
 
     async fn consumer_state(&self, stream: StreamKind, durable: &str) -> Result<ConsumerState, BusError> {
@@ -294,7 +295,9 @@ impl Settle for NatsAck {
     async fn settle(&self, message: &Envelope, sequence: u64, disposition: Disposition) -> Result<(), BusError> {
         match disposition {
             // A double ack waits for the server to confirm, so a lost ack cannot go unnoticed.
-            Disposition::Ack => self.acker.double_ack().await.map_err(|e| BusError::Nats { operation: "acking", source: e }),
+            Disposition::Ack => {
+                self.acker.double_ack().await.map_err(|e| BusError::Nats { operation: "acking", source: e })
+            }
             Disposition::Retry(delay) => self
                 .acker
                 .ack_with(AckKind::Nak(delay))

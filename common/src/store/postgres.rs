@@ -20,7 +20,7 @@ use crate::domain::{ConversationId, MessageId, MessageStatus, Role, TenantId};
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// Serialises space registration across every worker replica.
-const SPACES_LOCK: i64 = 0x6d656d_0001;
+const SPACES_LOCK: i64 = 0x006d_656d_0001;
 
 macro_rules! message_columns {
     () => {
@@ -88,7 +88,8 @@ impl TryFrom<MessageRow> for StoredMessage {
         Ok(StoredMessage {
             id: MessageId(r.id),
             tenant_id: TenantId::parse(r.tenant_id.clone()).map_err(|_| corrupt("tenant_id"))?,
-            conversation_id: ConversationId::parse(r.conversation_id.clone()).map_err(|_| corrupt("conversation_id"))?,
+            conversation_id: ConversationId::parse(r.conversation_id.clone())
+                .map_err(|_| corrupt("conversation_id"))?,
             role: Role::parse(&r.role).ok_or_else(|| corrupt("role"))?,
             status: MessageStatus::parse(&r.status).ok_or_else(|| corrupt("status"))?,
             name: r.name,
@@ -298,10 +299,11 @@ impl Store for PgStore {
     }
 
     async fn get_message(&self, id: MessageId) -> Result<Option<StoredMessage>, StoreError> {
-        let row: Option<MessageRow> = sqlx::query_as(concat!("SELECT ", message_columns!(), " FROM messages m WHERE m.id = $1"))
-            .bind(id.0)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row: Option<MessageRow> =
+            sqlx::query_as(concat!("SELECT ", message_columns!(), " FROM messages m WHERE m.id = $1"))
+                .bind(id.0)
+                .fetch_optional(&self.pool)
+                .await?;
         row.map(StoredMessage::try_from).transpose()
     }
 

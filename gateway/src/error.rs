@@ -1,0 +1,139 @@
+//! Every failure the API can answer with, mapped once to an RFC 9457 problem+json response with a
+//! stable `code`. The match has no catch-all: a new variant does not compile until it has a status.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use common::bus::BusError;
+use common::contract::{RemoteError, RemoteErrorCode};
+use common::domain::{FieldError, MessageId};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("a valid API key is required (x-api-key or Authorization: Bearer)")]
+    Unauthorized,
+    #[error("the request has invalid fields")]
+    Invalid(Vec<FieldError>),
+    #[error("the request body is not valid JSON for this endpoint: {0}")]
+    MalformedBody(String),
+    #[error("the query string is invalid: {0}")]
+    MalformedQuery(String),
+    #[error("the request body must be JSON (Content-Type: application/json)")]
+    UnsupportedMediaType,
+    #[error("the request body is larger than {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    #[error("`{0}` is not a valid message id (a UUID)")]
+    InvalidMessageId(String),
+    #[error("message {0} was not found")]
+    MessageNotFound(MessageId),
+    #[error("no route for this path")]
+    RouteNotFound,
+    #[error("message {message_id} was accepted, but did not reach the requested state in time")]
+    WaitTimeout { message_id: MessageId },
+    #[error("a backing service did not answer in time")]
+    UpstreamTimeout,
+    #[error("the service is temporarily unavailable: {0}")]
+    Unavailable(String),
+    #[error("the service is shutting down")]
+    ShuttingDown,
+}
+
+/// The RFC 9457 body.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Problem {
+    /// A URI naming the problem type: `urn:memory:problem:<code>`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+    /// Stable, machine-readable: codes are added, never renamed.
+    pub code: &'static str,
+    /// Per-field problems, on `validation_failed`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<FieldError>,
+    /// The message concerned, on `wait_timeout`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<MessageId>,
+}
+
+impl ApiError {
+    pub fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            Self::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            Self::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
+            Self::MalformedBody(_) => (StatusCode::BAD_REQUEST, "malformed_body"),
+            Self::MalformedQuery(_) => (StatusCode::BAD_REQUEST, "invalid_query"),
+            Self::UnsupportedMediaType => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
+            Self::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            Self::InvalidMessageId(_) => (StatusCode::BAD_REQUEST, "invalid_message_id"),
+            Self::MessageNotFound(_) => (StatusCode::NOT_FOUND, "message_not_found"),
+            Self::RouteNotFound => (StatusCode::NOT_FOUND, "route_not_found"),
+            Self::WaitTimeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "wait_timeout"),
+            Self::UpstreamTimeout => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout"),
+            Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            Self::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+        }
+    }
+
+    pub fn problem(&self) -> Problem {
+        let (status, code) = self.status_and_code();
+        Problem {
+            kind: format!("urn:memory:problem:{code}"),
+            title: status.canonical_reason().unwrap_or("Error").to_owned(),
+            status: status.as_u16(),
+            detail: self.to_string(),
+            code,
+            errors: match self {
+                Self::Invalid(errors) => errors.clone(),
+                _ => Vec::new(),
+            },
+            message_id: match self {
+                Self::WaitTimeout { message_id } => Some(*message_id),
+                _ => None,
+            },
+        }
+    }
+}
+
+impl From<BusError> for ApiError {
+    fn from(e: BusError) -> Self {
+        match e {
+            BusError::Timeout { .. } => Self::UpstreamTimeout,
+            BusError::NoResponders { .. } => Self::Unavailable("no worker is serving this request".into()),
+            BusError::Closed | BusError::Connect { .. } | BusError::Nats { .. } => {
+                tracing::error!(error = %e, cause = ?std::error::Error::source(&e), "bus failure");
+                Self::Unavailable("the message bus is unreachable".into())
+            }
+        }
+    }
+}
+
+impl From<RemoteError> for ApiError {
+    fn from(e: RemoteError) -> Self {
+        match e.code {
+            // The gateway validated first, so this is a contract mismatch between versions.
+            RemoteErrorCode::BadRequest => Self::MalformedQuery(e.message),
+            RemoteErrorCode::Unavailable | RemoteErrorCode::NoActiveSpace => Self::Unavailable(e.message),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let problem = self.problem();
+        let status = StatusCode::from_u16(problem.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        if status.is_server_error() {
+            tracing::warn!(code = problem.code, detail = %problem.detail, "request failed");
+        }
+        let mut response = (status, Json(problem)).into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        if matches!(self, Self::Unauthorized) {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"memory\""));
+        }
+        response
+    }
+}

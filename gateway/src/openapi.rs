@@ -1,0 +1,45 @@
+//! The OpenAPI 3.1 document, served at `/openapi.json` with Swagger UI (vendored, works offline)
+//! at `/docs`.
+
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use crate::routes::{health, messages, search};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Memory Layer API", description = "Conversation memory for AI chat products: store messages, find the ones that matter."),
+    paths(
+        messages::create_message, messages::create_messages, messages::get_message,
+        search::search_memories,
+        health::healthz, health::readyz, health::metrics,
+    ),
+    components(schemas(
+        common::domain::MessageInput, common::domain::MessageView, common::domain::MessageStatus,
+        common::domain::Role, common::domain::FieldError,
+        common::contract::SearchResponse, common::contract::SearchHit,
+        messages::BatchRequest, messages::BatchResponse, messages::BatchItem, messages::ItemStatus, messages::Wait,
+        crate::error::Problem, health::Health,
+    )),
+    modifiers(&Security),
+    tags(
+        (name = "messages", description = "Ingest and read messages"),
+        (name = "search", description = "Find relevant messages"),
+        (name = "operations", description = "Health, readiness, metrics"),
+    )
+)]
+pub struct ApiDoc;
+
+struct Security;
+
+impl Modify for Security {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components
+            .add_security_scheme("api_key", SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("x-api-key"))));
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}

@@ -1,0 +1,280 @@
+//! `POST /v1/messages`, `POST /v1/messages/batch`, `GET /v1/messages/{id}`. The gateway never
+//! writes a message: it validates, publishes `MessageReceived` to the ingest stream and answers
+//! once the stream has stored it (or, with `?wait=`, once the embedder reports progress).
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use chrono::Utc;
+use common::bus::{Envelope, Published};
+use common::contract::{EventKind, GetMessageRequest, GetMessageResponse, MessageReceived, REQUEST_ID_HEADER, VERSION};
+use common::domain::{
+    BATCH_MAX, FieldError, MessageId, MessageInput, MessageStatus, MessageView, NewMessage, TenantId,
+};
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
+
+use super::{call, request_id};
+use crate::error::{ApiError, Problem};
+use crate::extract::{AppJson, AppQuery};
+use crate::state::AppState;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/messages", post(create_message))
+        .route("/v1/messages/batch", post(create_messages))
+        .route("/v1/messages/{id}", get(get_message))
+}
+
+/// How long `POST /v1/messages` waits before answering.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Wait {
+    /// Until the embedder has stored the message (status `pending` or later).
+    Stored,
+    /// Until the message is embedded, hence searchable by meaning (or `failed`).
+    Embedded,
+}
+
+impl Wait {
+    fn reached(self, status: MessageStatus) -> bool {
+        match self {
+            Self::Stored => status != MessageStatus::Queued,
+            Self::Embedded => matches!(status, MessageStatus::Embedded | MessageStatus::Failed),
+        }
+    }
+    fn event(self) -> EventKind {
+        match self {
+            Self::Stored => EventKind::Stored,
+            Self::Embedded => EventKind::Embedded,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct CreateParams {
+    /// Answer 201 once the message is `stored` or `embedded` (bounded wait; 504 on timeout).
+    wait: Option<Wait>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct GetParams {
+    /// When given, a message of another tenant is not found.
+    tenant_id: Option<String>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchRequest {
+    /// 1–100 messages. Each is validated on its own: invalid items are reported, valid ones queued.
+    #[schema(value_type = Vec<MessageInput>)]
+    messages: Vec<Value>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ItemStatus {
+    Queued,
+    Rejected,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BatchItem {
+    /// Position in the request's `messages`.
+    index: usize,
+    status: ItemStatus,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<MessageId>,
+    /// Why the item was rejected.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<Problem>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BatchResponse {
+    queued: usize,
+    rejected: usize,
+    /// One entry per request item, in order.
+    results: Vec<BatchItem>,
+}
+
+async fn publish(state: &AppState, m: &NewMessage, request_id: &str) -> Result<Published, ApiError> {
+    let event = MessageReceived { v: VERSION, message: MessageInput::from(m) };
+    let payload = serde_json::to_vec(&event).expect("events serialise");
+    let envelope = Envelope::new(state.deps.subjects.ingest(&m.tenant_id, m.message_id), payload)
+        .with_header(REQUEST_ID_HEADER, request_id);
+    Ok(state.deps.bus.publish(envelope, Some(&m.message_id.to_string())).await?)
+}
+
+async fn lookup(
+    state: &AppState,
+    id: MessageId,
+    tenant_id: Option<TenantId>,
+    request_id: &str,
+) -> Result<Option<MessageView>, ApiError> {
+    let request = GetMessageRequest { v: VERSION, message_id: id, tenant_id };
+    let response: GetMessageResponse = call(state, state.deps.subjects.get_message(), &request, request_id).await?;
+    Ok(response.message)
+}
+
+fn location(id: MessageId) -> [(header::HeaderName, HeaderValue); 1] {
+    [(header::LOCATION, HeaderValue::from_str(&format!("/v1/messages/{id}")).expect("ascii"))]
+}
+
+/// Store one message.
+#[utoipa::path(
+    post, path = "/v1/messages", tag = "messages",
+    params(CreateParams),
+    request_body = MessageInput,
+    responses(
+        (status = 202, description = "Queued: in the ingest stream, not yet stored", body = MessageView),
+        (status = 201, description = "With `wait`: stored (or embedded)", body = MessageView),
+        (status = 400, body = Problem), (status = 401, body = Problem), (status = 413, body = Problem),
+        (status = 415, body = Problem), (status = 422, body = Problem), (status = 503, body = Problem),
+        (status = 504, description = "The wait ran out; the message is still queued", body = Problem),
+    ),
+    security(("api_key" = []), ("bearer" = []))
+)]
+pub async fn create_message(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    AppQuery(params): AppQuery<CreateParams>,
+    AppJson(input): AppJson<MessageInput>,
+) -> Result<Response, ApiError> {
+    let request_id = request_id(&headers);
+    let message = input.validate(Utc::now(), MessageId::new).map_err(|e| ApiError::Invalid(e.0))?;
+    let id = message.message_id;
+    let Some(wait) = params.wait else {
+        publish(&state, &message, &request_id).await?;
+        return Ok((StatusCode::ACCEPTED, location(id), axum::Json(MessageView::queued(&message))).into_response());
+    };
+    // Subscribe before publishing, so the event cannot slip past.
+    let mut events = state.deps.bus.subscribe(state.deps.subjects.event(&message.tenant_id, wait.event())).await?;
+    let published = publish(&state, &message, &request_id).await?;
+    let tenant = Some(message.tenant_id.clone());
+    if published.duplicate
+        && let Some(view) = lookup(&state, id, tenant.clone(), &request_id).await?
+        && wait.reached(view.status)
+    {
+        return Ok((StatusCode::CREATED, location(id), axum::Json(view)).into_response());
+    }
+    #[derive(Deserialize)]
+    struct EventId {
+        message_id: MessageId,
+    }
+    let arrived = tokio::time::timeout(state.wait_timeout, async {
+        while let Some(event) = events.next().await {
+            if serde_json::from_slice::<EventId>(&event.payload).is_ok_and(|e| e.message_id == id) {
+                return true;
+            }
+        }
+        false
+    })
+    .await
+    .unwrap_or(false);
+    drop(events);
+    // Whether or not the event arrived, the stored row is the truth (a duplicate's event may
+    // have been published long ago).
+    match lookup(&state, id, tenant, &request_id).await? {
+        Some(view) if wait.reached(view.status) => {
+            Ok((StatusCode::CREATED, location(id), axum::Json(view)).into_response())
+        }
+        _ => {
+            if arrived {
+                tracing::warn!(message_id = %id, "event arrived but the message is not readable yet");
+            }
+            Err(ApiError::WaitTimeout { message_id: id })
+        }
+    }
+}
+
+/// Store up to 100 messages.
+#[utoipa::path(
+    post, path = "/v1/messages/batch", tag = "messages",
+    request_body = BatchRequest,
+    responses(
+        (status = 201, description = "Every item queued", body = BatchResponse),
+        (status = 207, description = "Some items rejected: see `results`", body = BatchResponse),
+        (status = 400, body = Problem), (status = 401, body = Problem), (status = 413, body = Problem),
+        (status = 422, description = "Empty, or more than 100 items", body = Problem),
+    ),
+    security(("api_key" = []), ("bearer" = []))
+)]
+pub async fn create_messages(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    AppJson(batch): AppJson<BatchRequest>,
+) -> Result<Response, ApiError> {
+    let request_id = request_id(&headers);
+    let n = batch.messages.len();
+    if n == 0 || n > BATCH_MAX {
+        return Err(ApiError::Invalid(vec![FieldError::new(
+            "messages",
+            "batch_size",
+            format!("must hold 1 to {BATCH_MAX} items, got {n}"),
+        )]));
+    }
+    let now = Utc::now();
+    let checked: Vec<Result<NewMessage, ApiError>> = batch
+        .messages
+        .into_iter()
+        .map(|item| {
+            let input: MessageInput =
+                serde_json::from_value(item).map_err(|e| ApiError::MalformedBody(e.to_string()))?;
+            input.validate(now, MessageId::new).map_err(|e| ApiError::Invalid(e.0))
+        })
+        .collect();
+    let outcomes = futures::future::join_all(checked.into_iter().map(|item| {
+        let (state, request_id) = (&state, &request_id);
+        async move {
+            let message = item?;
+            publish(state, &message, request_id).await?;
+            Ok::<MessageId, ApiError>(message.message_id)
+        }
+    }))
+    .await;
+    let results: Vec<BatchItem> = outcomes
+        .into_iter()
+        .enumerate()
+        .map(|(index, outcome)| match outcome {
+            Ok(id) => BatchItem { index, status: ItemStatus::Queued, id: Some(id), error: None },
+            Err(e) => BatchItem { index, status: ItemStatus::Rejected, id: None, error: Some(e.problem()) },
+        })
+        .collect();
+    let queued = results.iter().filter(|r| r.status == ItemStatus::Queued).count();
+    let status = if queued == n { StatusCode::CREATED } else { StatusCode::MULTI_STATUS };
+    Ok((status, axum::Json(BatchResponse { queued, rejected: n - queued, results })).into_response())
+}
+
+/// Read one message and where it is in the pipeline.
+#[utoipa::path(
+    get, path = "/v1/messages/{id}", tag = "messages",
+    params(("id" = String, Path, description = "The message id (UUID)"), GetParams),
+    responses(
+        (status = 200, body = MessageView),
+        (status = 400, body = Problem), (status = 401, body = Problem), (status = 404, body = Problem),
+        (status = 422, body = Problem), (status = 503, body = Problem),
+    ),
+    security(("api_key" = []), ("bearer" = []))
+)]
+pub async fn get_message(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    AppQuery(params): AppQuery<GetParams>,
+) -> Result<axum::Json<MessageView>, ApiError> {
+    let message_id = MessageId::parse(&id).map_err(|_| ApiError::InvalidMessageId(id))?;
+    let tenant = params.tenant_id.map(TenantId::parse).transpose().map_err(|e| ApiError::Invalid(e.0))?;
+    lookup(&state, message_id, tenant, &request_id(&headers))
+        .await?
+        .map(axum::Json)
+        .ok_or(ApiError::MessageNotFound(message_id))
+}

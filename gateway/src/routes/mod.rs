@@ -1,0 +1,36 @@
+//! Route modules, each exposing `router()`, plus the request/reply call every handler uses.
+
+pub mod health;
+pub mod messages;
+pub mod search;
+
+use axum::http::HeaderMap;
+use common::bus::Envelope;
+use common::contract::{REQUEST_ID_HEADER, Reply};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// The request id set by the request-id layer.
+pub fn request_id(headers: &HeaderMap) -> String {
+    headers.get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("-").to_owned()
+}
+
+/// Sends a request to a worker and maps its typed reply.
+pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
+    state: &AppState,
+    subject: String,
+    request: &Req,
+    request_id: &str,
+) -> Result<Resp, ApiError> {
+    let payload = serde_json::to_vec(request).expect("requests serialise");
+    let envelope = Envelope::new(subject, payload).with_header(REQUEST_ID_HEADER, request_id);
+    let bytes = state.deps.bus.request(envelope, state.request_timeout).await?;
+    match serde_json::from_slice::<Reply<Resp>>(&bytes) {
+        Ok(Reply::Ok(r)) => Ok(r),
+        Ok(Reply::Error(e)) => Err(e.into()),
+        Err(e) => Err(ApiError::Unavailable(format!("unreadable reply from a worker: {e}"))),
+    }
+}

@@ -1,0 +1,23 @@
+//! What every handler shares.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::Deps;
+use common::config::Secret;
+use prometheus_client::registry::Registry;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub deps: Deps,
+    pub admin_key: Secret,
+    pub body_limit: usize,
+    pub wait_timeout: Duration,
+    pub request_timeout: Duration,
+    pub registry: Arc<Registry>,
+    pub metrics: Metrics,
+    pub shutdown: CancellationToken,
+}

@@ -1,0 +1,141 @@
+//! The cross-service harness: a `TestEnv` (own database, own subject prefix) with the real
+//! embedder and searcher on it, and the gateway's router driven in-process.
+
+use std::collections::BTreeMap;
+
+use axum::body::Body;
+use axum::http::{HeaderMap, Method, Request, StatusCode};
+use common::testing::TestEnv;
+use prometheus_client::registry::Registry;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+
+pub(crate) const KEY: &str = "test-admin-key-0123456789";
+
+pub(crate) struct App {
+    pub(crate) env: TestEnv,
+    pub(crate) state: gateway::AppState,
+}
+
+#[derive(Debug)]
+pub(crate) struct Resp {
+    pub(crate) status: StatusCode,
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: Value,
+}
+
+impl App {
+    /// Gateway, embedder and searcher on a fresh environment.
+    pub(crate) async fn start() -> anyhow::Result<Self> {
+        let app = Self::without_workers(|_| {}).await?;
+        app.spawn_embedder().await?;
+        app.spawn_searcher().await?;
+        Ok(app)
+    }
+
+    /// Only the gateway; start workers with `spawn_*`.
+    pub(crate) async fn without_workers(configure: impl FnOnce(&mut BTreeMap<String, String>)) -> anyhow::Result<Self> {
+        let env = TestEnv::start_with(|vars| {
+            vars.insert("MEMORY_ADMIN_API_KEY".into(), KEY.into());
+            vars.insert("MEMORY_HTTP_ADDR".into(), "127.0.0.1:0".into());
+            configure(vars);
+        })
+        .await?;
+        let gateway = gateway::Gateway::build(
+            &env.config,
+            env.deps.clone(),
+            Registry::with_prefix("memory"),
+            env.shutdown.clone(),
+        )
+        .await?;
+        let state = gateway.state();
+        Ok(Self { env, state })
+    }
+
+    /// Starts an embedder; cancel the returned token to stop just this one.
+    pub(crate) async fn spawn_embedder(&self) -> anyhow::Result<CancellationToken> {
+        let token = self.env.shutdown.child_token();
+        let provider = embedder::provider(&self.env.config);
+        let worker =
+            embedder::Embedder::build(&self.env.config, self.env.deps.clone(), provider, &mut Registry::default())
+                .await?;
+        let (t, grace) = (token.clone(), self.env.config.shutdown_grace);
+        self.env.tasks.spawn(async move { worker.run(t, grace).await });
+        Ok(token)
+    }
+
+    pub(crate) async fn spawn_searcher(&self) -> anyhow::Result<CancellationToken> {
+        let token = self.env.shutdown.child_token();
+        let worker =
+            searcher::Searcher::build(&self.env.config, self.env.deps.clone(), &mut Registry::default()).await?;
+        let (t, grace) = (token.clone(), self.env.config.shutdown_grace);
+        self.env.tasks.spawn(async move { worker.run(t, grace).await });
+        Ok(token)
+    }
+
+    pub(crate) async fn send(
+        &self,
+        method: Method,
+        uri: &str,
+        body: Option<Body>,
+        key: Option<&str>,
+    ) -> anyhow::Result<Resp> {
+        let mut req = Request::builder().method(method).uri(uri);
+        if let Some(key) = key {
+            req = req.header("x-api-key", key);
+        }
+        if body.is_some() {
+            req = req.header("content-type", "application/json");
+        }
+        let req = req.body(body.unwrap_or_else(Body::empty))?;
+        let response = gateway::router(self.state.clone()).oneshot(req).await?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await?;
+        let body =
+            serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
+        Ok(Resp { status, headers, body })
+    }
+
+    pub(crate) async fn post(&self, uri: &str, body: &Value) -> anyhow::Result<Resp> {
+        self.send(Method::POST, uri, Some(Body::from(body.to_string())), Some(KEY)).await
+    }
+
+    pub(crate) async fn get(&self, uri: &str) -> anyhow::Result<Resp> {
+        self.send(Method::GET, uri, None, Some(KEY)).await
+    }
+
+    /// Searches and returns the hits' message ids, best first.
+    pub(crate) async fn search(&self, tenant: &str, query: &str) -> anyhow::Result<Vec<String>> {
+        let uri = format!("/v1/memory/search?tenant_id={tenant}&query={}&top_k=10", urlencode(query));
+        let r = self.get(&uri).await?;
+        anyhow::ensure!(r.status == StatusCode::OK, "search failed: {r:?}");
+        Ok(r.body["items"].as_array().unwrap().iter().map(|h| h["message_id"].as_str().unwrap().to_owned()).collect())
+    }
+
+    /// Rows stored for a tenant.
+    pub(crate) async fn count_rows(&self, tenant: &str) -> anyhow::Result<i64> {
+        Ok(sqlx::query_scalar("SELECT count(*) FROM messages WHERE tenant_id = $1")
+            .bind(tenant)
+            .fetch_one(self.env.store.pool())
+            .await?)
+    }
+
+    pub(crate) async fn finish(self) -> anyhow::Result<()> {
+        self.env.finish().await
+    }
+}
+
+pub(crate) fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+pub(crate) fn message(tenant: &str, content: &str) -> Value {
+    serde_json::json!({"tenant_id": tenant, "conversation_id": "conv-1", "role": "user", "content": content})
+}

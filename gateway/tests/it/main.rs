@@ -1,0 +1,7 @@
+//! Cross-service tests: the gateway, embedder and searcher against real NATS and Postgres.
+
+mod harness;
+mod ingest;
+mod limits;
+mod nats;
+mod operations;

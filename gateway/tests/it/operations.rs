@@ -1,0 +1,73 @@
+//! Authentication, health, readiness, metrics and the API document.
+
+use axum::http::{Method, StatusCode};
+
+use crate::harness::{App, KEY, message};
+
+#[tokio::test]
+async fn a_missing_or_wrong_key_is_401_on_every_api_route() -> anyhow::Result<()> {
+    let app = App::start().await?;
+    let id = "0190f5c4-7a11-7cc0-8000-000000000001";
+    let routes = [
+        (Method::POST, "/v1/messages".to_owned()),
+        (Method::POST, "/v1/messages/batch".to_owned()),
+        (Method::GET, format!("/v1/messages/{id}")),
+        (Method::GET, "/v1/memory/search?tenant_id=a&query=b".to_owned()),
+    ];
+    for (method, uri) in &routes {
+        for key in [None, Some("wrong-key-wrong-key-wrong")] {
+            let r = app.send(method.clone(), uri, Some(message("a", "b").to_string().into()), key).await?;
+            assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{method} {uri} with {key:?}");
+            assert_eq!(r.body["code"], "unauthorized");
+            assert_eq!(r.headers["www-authenticate"], "Bearer realm=\"memory\"");
+        }
+    }
+    // The key may also come as a bearer token.
+    let req = axum::http::Request::get("/v1/memory/search?tenant_id=a&query=b")
+        .header("authorization", format!("Bearer {KEY}"))
+        .body(axum::body::Body::empty())?;
+    let response = tower::ServiceExt::oneshot(gateway::router(app.state.clone()), req).await?;
+    assert_eq!(response.status(), StatusCode::OK);
+    app.finish().await
+}
+
+#[tokio::test]
+async fn the_gateway_refuses_to_start_without_an_admin_key() -> anyhow::Result<()> {
+    let env = common::testing::TestEnv::start_with(|vars| {
+        vars.remove("MEMORY_ADMIN_API_KEY");
+    })
+    .await?;
+    let err = gateway::Gateway::build(&env.config, env.deps.clone(), Default::default(), env.shutdown.clone())
+        .await
+        .err()
+        .expect("must refuse");
+    assert!(err.to_string().contains("MEMORY_ADMIN_API_KEY"), "{err}");
+    env.finish().await
+}
+
+#[tokio::test]
+async fn health_readiness_metrics_and_docs_need_no_key() -> anyhow::Result<()> {
+    let app = App::start().await?;
+    app.post("/v1/messages?wait=embedded", &message("acme", "count me")).await?;
+    for uri in ["/healthz", "/readyz", "/metrics", "/openapi.json", "/docs/"] {
+        let r = app.send(Method::GET, uri, None, None).await?;
+        assert_eq!(r.status, StatusCode::OK, "{uri}: {r:?}");
+        assert!(r.headers.contains_key("x-request-id"), "{uri}");
+    }
+    let metrics = app.send(Method::GET, "/metrics", None, None).await?;
+    let text = metrics.body.as_str().unwrap();
+    assert!(
+        text.contains("memory_gateway_http_requests_total{method=\"POST\",route=\"/v1/messages\",status=\"201\"} 1"),
+        "{text}"
+    );
+    let spec = app.send(Method::GET, "/openapi.json", None, None).await?;
+    assert!(spec.body["openapi"].as_str().unwrap().starts_with("3.1"));
+    for path in ["/v1/messages", "/v1/messages/batch", "/v1/messages/{id}", "/v1/memory/search"] {
+        assert!(spec.body["paths"][path].is_object(), "{path} missing from the OpenAPI document");
+    }
+    // Readiness turns 503 once shutdown begins.
+    app.env.shutdown.cancel();
+    let r = app.send(Method::GET, "/readyz", None, None).await?;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    app.finish().await
+}
