@@ -22,8 +22,17 @@ use crate::EmbedderError;
 use crate::metrics::{Metrics, Outcome};
 use crate::provider::{Provider, Purpose};
 
-/// Transient failures (store, bus) are retried after this delay.
-const RETRY_DELAY: Duration = Duration::from_secs(1);
+/// Transient failures (store, bus) are retried after a delay that doubles with every delivery,
+/// up to this cap, so an outage of many minutes does not exhaust a message's deliveries.
+const RETRY_DELAY_MAX: Duration = Duration::from_secs(60);
+/// Pause after a failed pull before the next.
+const PULL_RETRY: Duration = Duration::from_secs(1);
+
+/// The delay before redelivering a message delivered `delivered` times: 1 s, 2 s, 4 s … 60 s.
+fn retry_delay(delivered: u64) -> Duration {
+    let exponent = u32::try_from(delivered.saturating_sub(1)).unwrap_or(u32::MAX).min(6);
+    Duration::from_secs(1u64 << exponent).min(RETRY_DELAY_MAX)
+}
 
 pub(crate) struct IngestWorker {
     deps: Deps,
@@ -76,7 +85,7 @@ impl IngestWorker {
                     warn!(error = %e, cause = ?std::error::Error::source(&e), "pulling from the ingest stream failed; retrying");
                     tokio::select! {
                         () = shutdown.cancelled() => break,
-                        () = tokio::time::sleep(RETRY_DELAY) => continue,
+                        () = tokio::time::sleep(PULL_RETRY) => continue,
                     }
                 }
             };
@@ -158,7 +167,8 @@ impl IngestWorker {
                     // The insert committed, so the row must be there; redeliver rather than guess.
                     warn!(message_id = %a.message.message_id, "stored row not found after insert; retrying");
                     self.metrics.count(Outcome::Retried, 1);
-                    settle(a.delivery, Disposition::Retry(Some(RETRY_DELAY))).await;
+                    let delay = retry_delay(a.delivery.delivered);
+                    settle(a.delivery, Disposition::Retry(Some(delay))).await;
                 }
             }
         }
@@ -252,7 +262,8 @@ impl IngestWorker {
         warn!(step, error = %error, cause = ?error.source(), messages = accepted.len(), "batch failed; it will be redelivered");
         self.metrics.count(Outcome::Retried, accepted.len());
         for a in accepted {
-            settle(a.delivery, Disposition::Retry(Some(RETRY_DELAY))).await;
+            let delay = retry_delay(a.delivery.delivered);
+            settle(a.delivery, Disposition::Retry(Some(delay))).await;
         }
     }
 }
@@ -310,4 +321,17 @@ fn parse(subjects: &Subjects, delivery: &Delivery) -> Result<NewMessage, Rejecti
         ));
     }
     Ok(message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_delays_double_up_to_a_minute() {
+        let delays: Vec<u64> = (1..=9).map(|n| retry_delay(n).as_secs()).collect();
+        assert_eq!(delays, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
+        // The default twenty deliveries ride out 14 minutes of outage before a dead letter.
+        assert!((1..20).map(|n| retry_delay(n).as_secs()).sum::<u64>() > 14 * 60);
+    }
 }

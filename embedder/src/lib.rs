@@ -18,7 +18,6 @@ use common::contract::StreamKind;
 use common::store::{Space, StoreError};
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 pub use metrics::Metrics;
 pub use provider::{HashProvider, Provider, Purpose};
@@ -79,13 +78,14 @@ impl Embedder {
     /// Runs until `shutdown` is cancelled, then finishes the batch and requests in hand (up to the
     /// grace period: anything unacked is redelivered later) and returns.
     pub async fn run(self, shutdown: CancellationToken, grace: std::time::Duration) -> Result<(), EmbedderError> {
-        let tasks = TaskTracker::new();
-        let query = tasks.spawn(self.query.run(shutdown.clone(), grace));
-        let result = self.ingest.run(shutdown.clone(), grace).await;
-        shutdown.cancel();
-        let _ = query.await;
-        tasks.close();
-        tasks.wait().await;
+        // The query service stops with the ingest loop, whatever ends it.
+        let query_shutdown = shutdown.child_token();
+        let query = tokio::spawn(self.query.run(query_shutdown.clone(), grace));
+        let result = self.ingest.run(shutdown, grace).await;
+        query_shutdown.cancel();
+        if let Err(e) = query.await {
+            tracing::error!(error = %e, "the query-embedding service panicked");
+        }
         result
     }
 }

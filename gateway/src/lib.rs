@@ -78,6 +78,7 @@ pub fn router(state: AppState) -> Router {
 pub struct Gateway {
     listener: TcpListener,
     state: AppState,
+    grace: std::time::Duration,
 }
 
 impl Gateway {
@@ -112,7 +113,7 @@ impl Gateway {
             metrics,
             shutdown,
         };
-        Ok(Self { listener, state })
+        Ok(Self { listener, state, grace: config.shutdown_grace })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -123,13 +124,24 @@ impl Gateway {
         self.state.clone()
     }
 
-    /// Serves until the shutdown token is cancelled, then finishes the requests in flight.
+    /// Serves until the shutdown token is cancelled, then finishes the requests in flight, for at
+    /// most the grace period. A request cut off then was either published (and will be stored)
+    /// or not (and its client saw no answer, so it retries): nothing is half-written.
     pub async fn run(self) -> Result<(), GatewayError> {
         let shutdown = self.state.shutdown.clone();
         tracing::info!(addr = %self.local_addr(), "gateway listening");
-        axum::serve(self.listener, router(self.state))
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await
-            .map_err(GatewayError::Serve)
+        let serve =
+            axum::serve(self.listener, router(self.state)).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        let deadline = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(self.grace).await;
+        };
+        tokio::select! {
+            served = serve => served.map_err(GatewayError::Serve),
+            () = deadline => {
+                tracing::warn!(grace = ?self.grace, "requests still in flight at the end of the grace period");
+                Ok(())
+            }
+        }
     }
 }

@@ -114,6 +114,17 @@ impl App {
         Ok(r.body["items"].as_array().unwrap().iter().map(|h| h["message_id"].as_str().unwrap().to_owned()).collect())
     }
 
+    /// Waits until `GET uri` shows the message embedded.
+    pub(crate) async fn embedded(&self, uri: &str) -> anyhow::Result<()> {
+        self.env
+            .eventually(|| async {
+                let r = self.get(uri).await?;
+                anyhow::ensure!(r.body["status"] == "embedded", "{r:?}");
+                Ok(())
+            })
+            .await
+    }
+
     /// Rows stored for a tenant.
     pub(crate) async fn count_rows(&self, tenant: &str) -> anyhow::Result<i64> {
         Ok(sqlx::query_scalar("SELECT count(*) FROM messages WHERE tenant_id = $1")

@@ -79,13 +79,7 @@ async fn wait_stored_times_out_with_504_when_no_embedder_runs_and_the_message_st
     assert_eq!(queued.body["status"], "queued");
 
     app.spawn_embedder().await?;
-    app.env
-        .eventually(|| async {
-            let r = app.get(&format!("/v1/messages/{id}")).await?;
-            anyhow::ensure!(r.body["status"] == "embedded", "{r:?}");
-            Ok(())
-        })
-        .await?;
+    app.embedded(&format!("/v1/messages/{id}")).await?;
     app.finish().await
 }
 
@@ -120,15 +114,9 @@ async fn a_batch_with_invalid_items_answers_207_and_stores_only_the_valid_ones()
     assert_eq!(results[4]["error"]["errors"][0]["field"], "tenant_id");
 
     let valid: Vec<String> = [0, 2].iter().map(|&i| results[i]["id"].as_str().unwrap().to_owned()).collect();
-    app.env
-        .eventually(|| async {
-            for id in &valid {
-                let r = app.get(&format!("/v1/messages/{id}")).await?;
-                anyhow::ensure!(r.body["status"] == "embedded", "{r:?}");
-            }
-            Ok(())
-        })
-        .await?;
+    for id in &valid {
+        app.embedded(&format!("/v1/messages/{id}")).await?;
+    }
     assert_eq!(app.count_rows("acme").await?, 2);
 
     let all_good = json!({"messages": [message("acme", "third"), message("acme", "fourth")]});

@@ -67,13 +67,7 @@ async fn a_valid_event_published_straight_to_nats_is_stored_and_searchable() -> 
         .await?;
     let derived = app.get(&format!("/v1/messages/{}", hits[0])).await?;
     assert_eq!(derived.body["content"], "direct publishers are welcome");
-    app.env
-        .eventually(|| async {
-            let r = app.get(&format!("/v1/messages/{id}?tenant_id=acme.eu")).await?;
-            anyhow::ensure!(r.body["status"] == "embedded", "{r:?}");
-            Ok(())
-        })
-        .await?;
+    app.embedded(&format!("/v1/messages/{id}?tenant_id=acme.eu")).await?;
     app.finish().await
 }
 
@@ -161,13 +155,7 @@ async fn a_message_whose_worker_died_before_acking_is_stored_exactly_once_after_
     assert_eq!(app.get(&format!("/v1/messages/{id}")).await?.body["status"], "pending");
 
     app.spawn_embedder().await?;
-    app.env
-        .eventually(|| async {
-            let r = app.get(&format!("/v1/messages/{id}")).await?;
-            anyhow::ensure!(r.body["status"] == "embedded", "{r:?}");
-            Ok(())
-        })
-        .await?;
+    app.embedded(&format!("/v1/messages/{id}")).await?;
     assert_eq!(app.count_rows("acme").await?, 1);
     let stats: (i64,) =
         sqlx::query_as("SELECT count(*) FROM message_vectors_1").fetch_one(app.env.store.pool()).await?;

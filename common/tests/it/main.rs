@@ -1,0 +1,4 @@
+//! The Postgres store and the NATS bus against the real servers.
+
+mod bus;
+mod store;

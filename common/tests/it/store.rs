@@ -1,0 +1,97 @@
+use chrono::Utc;
+use common::contract::SpaceRef;
+use common::domain::{MessageId, MessageInput, MessageStatus, TenantId};
+use common::store::{NewRow, NewVector, Store, StoreError, VectorQuery};
+use common::testing::TestEnv;
+
+fn row(tenant: &str, content: &str) -> NewRow {
+    let message = MessageInput {
+        tenant_id: tenant.into(),
+        conversation_id: "c".into(),
+        role: "user".into(),
+        content: content.into(),
+        ..MessageInput::default()
+    }
+    .validate(Utc::now(), MessageId::new)
+    .unwrap();
+    NewRow { message, importance: 0.5 }
+}
+
+fn space(model: &str, dimensions: u32) -> SpaceRef {
+    SpaceRef { provider: "test".into(), model: model.into(), dimensions }
+}
+
+fn unit(dimensions: usize, hot: usize) -> Vec<f32> {
+    let mut v = vec![0.0; dimensions];
+    v[hot] = 1.0;
+    v
+}
+
+#[tokio::test]
+async fn inserts_are_idempotent_and_say_which_rows_are_new() -> anyhow::Result<()> {
+    let env = TestEnv::start().await?;
+    let a = row("acme", "first");
+    let b = row("acme", "second");
+    let first = env.store.insert_messages(std::slice::from_ref(&a)).await?;
+    assert_eq!(first.len(), 1);
+    assert!(first[0].new);
+    assert_eq!(first[0].row.status, MessageStatus::Pending);
+
+    let again = env.store.insert_messages(&[a.clone(), b.clone(), b.clone()]).await?;
+    assert_eq!(again.len(), 2);
+    for inserted in &again {
+        assert_eq!(inserted.new, inserted.row.id == b.message.message_id, "{inserted:?}");
+    }
+    let stored = env.store.get_message(a.message.message_id).await?.unwrap();
+    assert_eq!(stored.content, "first");
+    assert_eq!(stored.tenant_id, TenantId::parse("acme")?);
+    env.finish().await
+}
+
+#[tokio::test]
+async fn concurrent_registrations_agree_on_one_space_and_only_the_first_is_active() -> anyhow::Result<()> {
+    let env = TestEnv::start().await?;
+    let m1 = space("m1", 4);
+    let spaces = futures::future::try_join_all((0..4).map(|_| env.store.register_space(&m1))).await?;
+    assert!(spaces.iter().all(|s| s.id == spaces[0].id && s.active), "{spaces:?}");
+    let second = env.store.register_space(&space("m2", 8)).await?;
+    assert!(!second.active);
+    assert_eq!(env.store.active_space().await?.unwrap().id, spaces[0].id);
+    env.finish().await
+}
+
+#[tokio::test]
+async fn vector_search_is_tenant_scoped_and_checks_dimensions() -> anyhow::Result<()> {
+    let env = TestEnv::start().await?;
+    let s = env.store.register_space(&space("m1", 4)).await?;
+    let rows = [row("a", "a0"), row("a", "a1"), row("b", "b0")];
+    env.store.insert_messages(&rows).await?;
+    let vectors: Vec<NewVector> = rows
+        .iter()
+        .enumerate()
+        .map(|(i, r)| NewVector {
+            message_id: r.message.message_id,
+            tenant_id: r.message.tenant_id.clone(),
+            vector: unit(4, i),
+        })
+        .collect();
+    env.store.save_vectors(&s, &vectors).await?;
+    assert_eq!(env.store.get_message(rows[0].message.message_id).await?.unwrap().status, MessageStatus::Embedded);
+
+    let tenant = TenantId::parse("a")?;
+    let query = unit(4, 1);
+    let hits = env
+        .store
+        .search_vectors(&s, VectorQuery { tenant_id: &tenant, vector: &query, limit: 10, conversation_id: None })
+        .await?;
+    let contents: Vec<&str> = hits.iter().map(|h| h.message.content.as_str()).collect();
+    assert_eq!(contents, ["a1", "a0"], "tenant b's row must never appear");
+    assert!((hits[0].similarity - 1.0).abs() < 1e-6 && hits[1].similarity.abs() < 1e-6);
+
+    let wrong = [NewVector { message_id: rows[0].message.message_id, tenant_id: tenant.clone(), vector: vec![1.0; 3] }];
+    assert!(matches!(
+        env.store.save_vectors(&s, &wrong).await,
+        Err(StoreError::Dimensions { expected: 4, got: 3, .. })
+    ));
+    env.finish().await
+}
