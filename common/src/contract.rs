@@ -330,6 +330,19 @@ mod tests {
     }
 
     #[test]
+    fn message_received_rejects_unknown_fields_and_keeps_known_ones() {
+        let ok: MessageReceived = serde_json::from_str(
+            r#"{"v":1,"tenant_id":"t","conversation_id":"c","role":"user","content":"hi","pinned":true}"#,
+        )
+        .unwrap();
+        assert_eq!((ok.v, ok.message.content.as_str(), ok.message.pinned), (1, "hi", Some(true)));
+        let unknown = serde_json::from_str::<MessageReceived>(
+            r#"{"v":1,"tenant_id":"t","conversation_id":"c","role":"user","content":"hi","colour":"red"}"#,
+        );
+        assert!(unknown.unwrap_err().to_string().contains("colour"));
+    }
+
+    #[test]
     fn replies_are_tagged() {
         let ok: Reply<u8> = Reply::Ok(1);
         assert_eq!(serde_json::to_string(&ok).unwrap(), r#"{"ok":1}"#);

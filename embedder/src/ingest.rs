@@ -177,20 +177,18 @@ impl IngestWorker {
         }
 
         // Events are at-least-once; their ids let the events stream drop a repeat within its window.
-        for (_, Inserted { row, .. }) in &ready {
-            let event = MessageStored {
-                v: VERSION,
-                message_id: row.id,
-                tenant_id: row.tenant_id.clone(),
-                conversation_id: row.conversation_id.clone(),
-                role: row.role,
-                importance: row.importance,
-                stored_at: row.stored_at,
-            };
-            if let Err(e) = self.publish_event(EventKind::Stored, &row.tenant_id, row.id, &event).await {
-                let accepted = ready.into_iter().map(|(a, _)| a).collect();
-                return self.retry_all(accepted, "publishing MessageStored", &e).await;
-            }
+        let stored = self.publish_events(EventKind::Stored, &ready, |row| MessageStored {
+            v: VERSION,
+            message_id: row.id,
+            tenant_id: row.tenant_id.clone(),
+            conversation_id: row.conversation_id.clone(),
+            role: row.role,
+            importance: row.importance,
+            stored_at: row.stored_at,
+        });
+        if let Err(e) = stored.await {
+            let accepted = ready.into_iter().map(|(a, _)| a).collect();
+            return self.retry_all(accepted, "publishing MessageStored", &e).await;
         }
 
         // Two events may carry the same message id (a re-publish after the duplicate window):
@@ -222,17 +220,15 @@ impl IngestWorker {
             }
         }
 
-        for (_, Inserted { row, .. }) in &ready {
-            let event = MessageEmbedded {
-                v: VERSION,
-                message_id: row.id,
-                tenant_id: row.tenant_id.clone(),
-                space: self.space.reference.clone(),
-            };
-            if let Err(e) = self.publish_event(EventKind::Embedded, &row.tenant_id, row.id, &event).await {
-                let accepted = ready.into_iter().map(|(a, _)| a).collect();
-                return self.retry_all(accepted, "publishing MessageEmbedded", &e).await;
-            }
+        let embedded = self.publish_events(EventKind::Embedded, &ready, |row| MessageEmbedded {
+            v: VERSION,
+            message_id: row.id,
+            tenant_id: row.tenant_id.clone(),
+            space: self.space.reference.clone(),
+        });
+        if let Err(e) = embedded.await {
+            let accepted = ready.into_iter().map(|(a, _)| a).collect();
+            return self.retry_all(accepted, "publishing MessageEmbedded", &e).await;
         }
 
         let fresh = ready.iter().filter(|(_, i)| i.new).count();
@@ -241,21 +237,23 @@ impl IngestWorker {
         debug!(stored = fresh, duplicates = ready.len() - fresh, "batch committed");
         // Ack only now: acking first loses the message if a commit fails, and a redelivery is
         // harmless because every step above skips what is already done.
-        for (a, _) in ready {
-            settle(a.delivery, Disposition::Ack).await;
-        }
+        futures::future::join_all(ready.into_iter().map(|(a, _)| settle(a.delivery, Disposition::Ack))).await;
     }
 
-    async fn publish_event<T: serde::Serialize>(
+    /// Publishes one event per row, concurrently, each with an id that deduplicates a repeat.
+    async fn publish_events<T: serde::Serialize>(
         &self,
         kind: EventKind,
-        tenant: &common::domain::TenantId,
-        id: MessageId,
-        event: &T,
+        ready: &[(Accepted, &Inserted)],
+        event: impl Fn(&StoredMessage) -> T,
     ) -> Result<(), common::bus::BusError> {
-        let payload = serde_json::to_vec(event).expect("events serialise");
-        let envelope = Envelope::new(self.deps.subjects.event(tenant, kind), payload);
-        self.deps.bus.publish(envelope, Some(&format!("{}-{id}", kind.as_str()))).await.map(|_| ())
+        let publishes = ready.iter().map(|(_, Inserted { row, .. })| {
+            let payload = serde_json::to_vec(&event(row)).expect("events serialise");
+            let envelope = Envelope::new(self.deps.subjects.event(&row.tenant_id, kind), payload);
+            let id = format!("{}-{}", kind.as_str(), row.id);
+            async move { self.deps.bus.publish(envelope, Some(&id)).await }
+        });
+        futures::future::try_join_all(publishes).await.map(|_| ())
     }
 
     async fn retry_all(&self, accepted: Vec<Accepted>, step: &str, error: &(dyn std::error::Error + Send + Sync)) {
