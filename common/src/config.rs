@@ -20,6 +20,9 @@ pub struct Config {
     pub searcher: SearcherConfig,
     /// How long a stopping worker may take to finish its in-flight work (`MEMORY_SHUTDOWN_GRACE_SECS`).
     pub shutdown_grace: Duration,
+    /// How long a starting worker keeps retrying unreachable Postgres and NATS before giving up
+    /// (`MEMORY_STARTUP_TIMEOUT_SECS`, default 60; 0 tries once).
+    pub startup_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -257,6 +260,7 @@ impl Config {
             },
             searcher: SearcherConfig { candidate_factor: v.ranged("MEMORY_SEARCH_CANDIDATE_FACTOR", 10, 1, 100) },
             shutdown_grace: v.secs("MEMORY_SHUTDOWN_GRACE_SECS", 20, 1, 3600),
+            startup_timeout: v.secs("MEMORY_STARTUP_TIMEOUT_SECS", 60, 0, 3600),
         };
         let prefix = &config.nats.subject_prefix;
         if !prefix.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {

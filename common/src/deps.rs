@@ -1,6 +1,10 @@
 //! The handles a worker is built from. Only composition roots (`main`, tests) connect.
 
 use std::sync::Arc;
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+use tracing::warn;
 
 use crate::bus::{Bus, BusError, NatsBus};
 use crate::config::{Config, ConfigError};
@@ -25,11 +29,27 @@ pub enum ConnectError {
 }
 
 impl Deps {
-    /// Connects to Postgres (applying migrations) and NATS (creating streams).
+    /// Connects to Postgres (applying migrations) and NATS (creating streams). While either is
+    /// unreachable (still starting, say) it retries with backoff for `MEMORY_STARTUP_TIMEOUT_SECS`.
     pub async fn connect(config: &Config) -> Result<Self, ConnectError> {
         let subjects = Subjects::new(config.nats.subject_prefix.clone());
-        let store = PgStore::connect(config.database_url()?, config.database.max_connections).await?;
-        let bus = NatsBus::connect(&config.nats, subjects.clone()).await?;
+        let url = config.database_url()?;
+        let backoff = ExponentialBuilder::new()
+            .with_jitter()
+            .with_min_delay(Duration::from_millis(200))
+            .with_max_delay(Duration::from_secs(5))
+            .with_total_delay(Some(config.startup_timeout))
+            .without_max_times();
+        let store = (|| PgStore::connect(url, config.database.max_connections))
+            .retry(backoff)
+            .when(StoreError::is_unreachable)
+            .notify(|e, next| warn!(error = %e, cause = ?std::error::Error::source(e), retry_in = ?next, "Postgres is unreachable"))
+            .await?;
+        let bus = (|| NatsBus::connect(&config.nats, subjects.clone()))
+            .retry(backoff)
+            .when(BusError::is_unreachable)
+            .notify(|e, next| warn!(error = %e, cause = ?std::error::Error::source(e), retry_in = ?next, "NATS is unreachable"))
+            .await?;
         Ok(Self { store: Arc::new(store), bus: Arc::new(bus), subjects })
     }
 

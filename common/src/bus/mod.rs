@@ -38,6 +38,12 @@ pub enum BusError {
 }
 
 impl BusError {
+    /// Whether the server could not be reached, so trying again may succeed.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, Self::Connect { source, .. }
+            if matches!(source.kind(), async_nats::ConnectErrorKind::Io | async_nats::ConnectErrorKind::TimedOut | async_nats::ConnectErrorKind::Dns))
+    }
+
     pub(crate) fn nats(operation: &'static str, source: impl std::error::Error + Send + Sync + 'static) -> Self {
         Self::Nats { operation, source: Box::new(source) }
     }

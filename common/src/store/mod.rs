@@ -24,6 +24,18 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+impl StoreError {
+    /// Whether the database was unreachable or not ready yet, so trying again may succeed.
+    pub fn is_unreachable(&self) -> bool {
+        match self {
+            Self::Database(sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Tls(_)) => true,
+            // 57P03: the database system is starting up.
+            Self::Database(sqlx::Error::Database(e)) => e.code().as_deref() == Some("57P03"),
+            _ => false,
+        }
+    }
+}
+
 /// A registered embedding space and the id naming its vector table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Space {

@@ -95,3 +95,14 @@ async fn vector_search_is_tenant_scoped_and_checks_dimensions() -> anyhow::Resul
     ));
     env.finish().await
 }
+
+#[tokio::test]
+async fn connecting_to_an_unreachable_server_gives_up_after_the_startup_timeout() -> anyhow::Result<()> {
+    // Port 1 on loopback: nothing listens there.
+    let vars =
+        [("MEMORY_DATABASE_URL", "postgres://postgres@127.0.0.1:1/postgres"), ("MEMORY_STARTUP_TIMEOUT_SECS", "1")];
+    let config = common::Config::from_lookup(|k| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| (*v).to_owned()))?;
+    let err = common::Deps::connect(&config).await.err().expect("nothing listens on port 1");
+    assert!(matches!(err, common::deps::ConnectError::Store(ref e) if e.is_unreachable()), "{err:?}");
+    Ok(())
+}
