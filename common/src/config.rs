@@ -112,7 +112,8 @@ pub struct EmbedderConfig {
     pub batch_wait: Duration,
     /// Unacknowledged messages are redelivered after this (`MEMORY_EMBEDDER_ACK_WAIT_SECS`, default 30).
     pub ack_wait: Duration,
-    /// A message delivered this many times is dead-lettered (`MEMORY_EMBEDDER_MAX_DELIVERIES`, default 20).
+    /// Deliveries a message gets before the next one dead-letters it (`MEMORY_EMBEDDER_MAX_DELIVERIES`,
+    /// default 20).
     pub max_deliveries: u64,
 }
 
@@ -263,8 +264,12 @@ impl Config {
             startup_timeout: v.secs("MEMORY_STARTUP_TIMEOUT_SECS", 60, 0, 3600),
         };
         let prefix = &config.nats.subject_prefix;
-        if !prefix.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+        if prefix.is_empty() || !prefix.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
             v.errors.push(format!("MEMORY_SUBJECT_PREFIX={prefix:?}: must be one token of A-Z, a-z, 0-9, '_' and '-'"));
+        } else if prefix != "mem" && prefix.eq_ignore_ascii_case("memory") {
+            // Its streams would be named like the production prefix `mem`'s (MEMORY_*).
+            v.errors
+                .push(format!("MEMORY_SUBJECT_PREFIX={prefix:?}: reserved, its stream names would clash with `mem`'s"));
         }
         if config.embedder.batch_wait >= config.embedder.ack_wait {
             // A pull open longer than the ack wait would collect redeliveries of its own messages.
@@ -316,15 +321,24 @@ mod tests {
             ("MEMORY_HTTP_ADDR", "nowhere"),
             ("MEMORY_EMBEDDER_BATCH_SIZE", "0"),
             ("MEMORY_SUBJECT_PREFIX", "a.b"),
+            ("MEMORY_EMBEDDER_BATCH_WAIT_MS", "40000"),
             ("MEMORY_DATABASE_URL", "mysql://x"),
         ])
         .unwrap_err();
         let text = err.to_string();
-        assert_eq!(err.0.len(), 4, "{text}");
+        assert_eq!(err.0.len(), 5, "{text}");
+        assert!(text.contains("MEMORY_EMBEDDER_BATCH_WAIT_MS: must be shorter"), "{text}");
         assert!(text.contains("MEMORY_HTTP_ADDR=\"nowhere\""), "{text}");
         assert!(text.contains("MEMORY_EMBEDDER_BATCH_SIZE=0: must be between 1 and 1000"), "{text}");
         assert!(text.contains("MEMORY_SUBJECT_PREFIX"), "{text}");
         assert!(text.contains("MEMORY_DATABASE_URL"), "{text}");
+    }
+
+    #[test]
+    fn a_prefix_may_not_borrow_the_production_stream_names() {
+        assert!(config(&[("MEMORY_SUBJECT_PREFIX", "Memory")]).is_err());
+        assert!(config(&[("MEMORY_SUBJECT_PREFIX", "")]).is_ok(), "empty means the default");
+        assert!(config(&[("MEMORY_SUBJECT_PREFIX", "staging")]).is_ok());
     }
 
     #[test]

@@ -77,9 +77,10 @@ impl Subjects {
         token.replace('~', ".")
     }
 
-    /// `mem.v1.events.<tenant>.<event>`.
-    pub fn event(&self, tenant: &TenantId, event: EventKind) -> String {
-        format!("{}.v1.events.{}.{}", self.prefix, Self::tenant_token(tenant), event.as_str())
+    /// `mem.v1.events.<tenant>.<event>.<message_id>`: the id token lets a client wait for one
+    /// message's event with an exact subscription, filtered by the server.
+    pub fn event(&self, tenant: &TenantId, event: EventKind, id: MessageId) -> String {
+        format!("{}.v1.events.{}.{}.{id}", self.prefix, Self::tenant_token(tenant), event.as_str())
     }
     pub fn events_all(&self) -> String {
         format!("{}.v1.events.>", self.prefix)
@@ -308,7 +309,8 @@ mod tests {
     fn names_derive_from_the_prefix() {
         let s = Subjects::new("mem");
         let tenant = TenantId::parse("acme").unwrap();
-        assert_eq!(s.event(&tenant, EventKind::Stored), "mem.v1.events.acme.stored");
+        let id = MessageId::new();
+        assert_eq!(s.event(&tenant, EventKind::Stored, id), format!("mem.v1.events.acme.stored.{id}"));
         assert_eq!(s.stream(StreamKind::Ingest), "MEMORY_INGEST");
         assert_eq!(Subjects::new("t-1a").stream(StreamKind::Dead), "T_1A_DEAD");
     }

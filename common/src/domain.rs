@@ -332,7 +332,9 @@ impl MessageInput {
             }
         }
         let content_len = self.content.chars().count();
-        if self.content.trim().is_empty() {
+        if self.content.contains('\0') {
+            errors.push(FieldError::new("content", "invalid_characters", "must not contain NUL characters"));
+        } else if self.content.trim().is_empty() {
             errors.push(FieldError::new("content", "empty", "must not be empty or only whitespace"));
         } else if content_len > CONTENT_MAX {
             errors.push(FieldError::new(
@@ -389,6 +391,11 @@ fn check_metadata_object(map: &Map<String, Value>, path: &str, depth: usize, err
         ));
     }
     for (key, value) in map {
+        if key.contains('\0') {
+            // Postgres stores no JSON with NUL characters; the key cannot be quoted in a path either.
+            errors.push(FieldError::new(path, "invalid_characters", "keys must not contain NUL characters"));
+            continue;
+        }
         let child = format!("{path}.{key}");
         if key.chars().count() > METADATA_STRING_MAX {
             errors.push(FieldError::new(
@@ -422,6 +429,10 @@ fn check_metadata_value(value: &Value, path: &str, depth: usize, errors: &mut Ve
             for (i, item) in items.iter().enumerate() {
                 check_metadata_value(item, &format!("{path}[{i}]"), depth + 1, errors);
             }
+        }
+        // Postgres stores neither text nor JSON with NUL characters.
+        Value::String(s) if s.contains('\0') => {
+            errors.push(FieldError::new(path, "invalid_characters", "strings must not contain NUL characters"));
         }
         Value::String(s) if s.chars().count() > METADATA_STRING_MAX => {
             errors.push(FieldError::new(
@@ -572,6 +583,19 @@ mod tests {
         assert_eq!(
             fields(MessageInput { metadata: Some(long), ..input() }.validate(Utc::now(), MessageId::new)),
             vec![("metadata.tags[0]".into(), "too_long".into())]
+        );
+    }
+
+    #[test]
+    fn nul_characters_are_rejected_where_postgres_cannot_store_them() {
+        let bad = MessageInput { content: "a\0b".into(), metadata: Some(json!({"k\0": "v", "s": "x\0"})), ..input() };
+        assert_eq!(
+            fields(bad.validate(Utc::now(), MessageId::new)),
+            vec![
+                ("content".into(), "invalid_characters".into()),
+                ("metadata".into(), "invalid_characters".into()),
+                ("metadata.s".into(), "invalid_characters".into())
+            ]
         );
     }
 

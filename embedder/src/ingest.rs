@@ -20,7 +20,7 @@ use tracing::{Instrument, debug, info_span, warn};
 
 use crate::EmbedderError;
 use crate::metrics::{Metrics, Outcome};
-use crate::provider::{Provider, Purpose};
+use crate::provider::{Provider, ProviderError, Purpose};
 
 /// Transient failures (store, bus) are retried after a delay that doubles with every delivery,
 /// up to this cap, so an outage of many minutes does not exhaust a message's deliveries.
@@ -96,8 +96,16 @@ impl IngestWorker {
             // whatever is not acked by then is redelivered, and redelivery is harmless.
             let started = Instant::now();
             let n = batch.len();
-            if tokio::time::timeout(grace, self.handle(batch)).await.is_err() {
-                warn!(messages = n, "batch did not finish within the grace period; it will be redelivered");
+            let deadline = async {
+                shutdown.cancelled().await;
+                tokio::time::sleep(grace).await;
+            };
+            tokio::select! {
+                () = self.handle(batch) => {}
+                () = deadline => {
+                    warn!(messages = n, "batch did not finish within the grace period; it will be redelivered");
+                    break;
+                }
             }
             self.metrics.batch_size.observe(n as f64);
             self.metrics.batch_duration.observe(started.elapsed().as_secs_f64());
@@ -139,16 +147,54 @@ impl IngestWorker {
         self.store_and_embed(accepted).instrument(span).await;
     }
 
-    async fn store_and_embed(&self, accepted: Vec<Accepted>) {
+    /// Inserts the batch's rows. A row the database refuses (bad data) must not hold back the
+    /// others: the batch is then inserted row by row and only the refused rows are dead-lettered.
+    /// `None` when the batch was handed back for redelivery.
+    async fn insert(&self, accepted: Vec<Accepted>) -> Option<(Vec<Accepted>, HashMap<MessageId, Inserted>)> {
         let now = Utc::now();
-        let rows: Vec<NewRow> = accepted
-            .iter()
-            .map(|a| NewRow { message: a.message.clone(), importance: crate::importance::score(&a.message, now) })
-            .collect();
-        let stored = match self.deps.store.insert_messages(&rows).await {
-            Ok(rows) => rows.into_iter().map(|r| (r.row.id, r)).collect::<HashMap<MessageId, Inserted>>(),
-            Err(e) => return self.retry_all(accepted, "storing messages", &e).await,
-        };
+        let row =
+            |a: &Accepted| NewRow { message: a.message.clone(), importance: crate::importance::score(&a.message, now) };
+        let rows: Vec<NewRow> = accepted.iter().map(row).collect();
+        let by_id = |inserted: Vec<Inserted>| inserted.into_iter().map(|r| (r.row.id, r)).collect::<HashMap<_, _>>();
+        match self.deps.store.insert_messages(&rows).await {
+            Ok(inserted) => return Some((accepted, by_id(inserted))),
+            Err(e) if e.is_data_error() && accepted.len() > 1 => {
+                warn!(error = %e, "the database refused a row; inserting the batch row by row");
+            }
+            Err(e) => {
+                self.retry_all(accepted, "storing messages", &e).await;
+                return None;
+            }
+        }
+        let mut kept = Vec::with_capacity(accepted.len());
+        let mut stored = HashMap::with_capacity(accepted.len());
+        let mut pending = accepted.into_iter();
+        while let Some(a) = pending.next() {
+            match self.deps.store.insert_messages(&[row(&a)]).await {
+                Ok(inserted) => {
+                    stored.extend(by_id(inserted));
+                    kept.push(a);
+                }
+                Err(e) if e.is_data_error() => {
+                    self.metrics.count(Outcome::Rejected, 1);
+                    let reason = format!(
+                        "the database refused the message: {}",
+                        std::error::Error::source(&e).map_or_else(|| e.to_string(), ToString::to_string)
+                    );
+                    settle(a.delivery, Disposition::Reject(Rejection { code: "store_rejected", reason })).await;
+                }
+                Err(e) => {
+                    let rest: Vec<Accepted> = kept.into_iter().chain(std::iter::once(a)).chain(pending).collect();
+                    self.retry_all(rest, "storing messages", &e).await;
+                    return None;
+                }
+            }
+        }
+        Some((kept, stored))
+    }
+
+    async fn store_and_embed(&self, accepted: Vec<Accepted>) {
+        let Some((accepted, stored)) = self.insert(accepted).await else { return };
 
         // An id already stored for another tenant (a client-chosen id colliding) is never valid.
         let mut ready = Vec::with_capacity(accepted.len());
@@ -202,7 +248,15 @@ impl IngestWorker {
         if !to_embed.is_empty() {
             let texts: Vec<String> =
                 to_embed.iter().map(|r| common::domain::embedding_text(r.name.as_deref(), &r.content)).collect();
-            let vectors = match self.provider.embed(&texts, Purpose::Document).await {
+            let embedded = self.provider.embed(&texts, Purpose::Document).await.and_then(|v| {
+                // A short answer must not leave messages announced as embedded without a vector.
+                if v.len() == texts.len() {
+                    Ok(v)
+                } else {
+                    Err(ProviderError::Count { expected: texts.len(), got: v.len() })
+                }
+            });
+            let vectors = match embedded {
                 Ok(v) => v,
                 Err(e) => {
                     let accepted = ready.into_iter().map(|(a, _)| a).collect();
@@ -249,7 +303,7 @@ impl IngestWorker {
     ) -> Result<(), common::bus::BusError> {
         let publishes = ready.iter().map(|(_, Inserted { row, .. })| {
             let payload = serde_json::to_vec(&event(row)).expect("events serialise");
-            let envelope = Envelope::new(self.deps.subjects.event(&row.tenant_id, kind), payload);
+            let envelope = Envelope::new(self.deps.subjects.event(&row.tenant_id, kind, row.id), payload);
             let id = format!("{}-{}", kind.as_str(), row.id);
             async move { self.deps.bus.publish(envelope, Some(&id)).await }
         });

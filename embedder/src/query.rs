@@ -7,8 +7,8 @@ use bytes::Bytes;
 use common::Deps;
 use common::bus::Request;
 use common::contract::{EmbedQueryRequest, EmbedQueryResponse, RemoteError, RemoteErrorCode, Reply, VERSION};
-use futures::StreamExt;
 use futures::stream::BoxStream;
+use futures::{FutureExt, StreamExt};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::warn;
@@ -47,21 +47,30 @@ impl QueryService {
                     None => break,
                 },
             };
-            let (deps, provider, metrics) = (self.deps.clone(), self.provider.clone(), self.metrics.clone());
-            tasks.spawn(async move {
-                metrics.query_requests.inc();
-                let Some(reply) = request.reply else { return };
-                let answer = answer(provider.as_ref(), &request.message.payload).await;
-                let payload = Bytes::from(serde_json::to_vec(&answer).expect("replies serialise"));
-                if let Err(e) = deps.bus.respond(&reply, payload).await {
-                    warn!(error = %e, "answering a query-embedding request failed");
-                }
-            });
+            self.spawn(&tasks, request);
         }
+        // Answer what has already arrived, then unsubscribe so new requests go to other replicas.
+        while let Some(Some(request)) = self.requests.next().now_or_never() {
+            self.spawn(&tasks, request);
+        }
+        drop(self.requests);
         tasks.close();
         if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
             warn!(in_flight = tasks.len(), "query-embedding requests still running at the end of the grace period");
         }
+    }
+
+    fn spawn(&self, tasks: &TaskTracker, request: Request) {
+        let (deps, provider, metrics) = (self.deps.clone(), self.provider.clone(), self.metrics.clone());
+        tasks.spawn(async move {
+            metrics.query_requests.inc();
+            let Some(reply) = request.reply else { return };
+            let answer = answer(provider.as_ref(), &request.message.payload).await;
+            let payload = Bytes::from(serde_json::to_vec(&answer).expect("replies serialise"));
+            if let Err(e) = deps.bus.respond(&reply, payload).await {
+                warn!(error = %e, "answering a query-embedding request failed");
+            }
+        });
     }
 }
 

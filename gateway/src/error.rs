@@ -34,6 +34,16 @@ pub enum ApiError {
     WaitTimeout { message_id: MessageId },
     #[error("a backing service did not answer in time")]
     UpstreamTimeout,
+    #[error(
+        "message {message_id} may not have been accepted: the stream did not confirm in time; retry with this message_id, it is stored once"
+    )]
+    PublishTimeout { message_id: MessageId },
+    #[error(
+        "message {message_id} was not accepted: the message bus is unavailable; retry with this message_id, it is stored once"
+    )]
+    PublishFailed { message_id: MessageId },
+    #[error("the message is larger than the message bus accepts")]
+    MessageTooLarge,
     #[error("the service is temporarily unavailable: {0}")]
     Unavailable(String),
     #[error("the service is shutting down")]
@@ -54,7 +64,8 @@ pub struct Problem {
     /// Per-field problems, on `validation_failed`.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<FieldError>,
-    /// The message concerned, on `wait_timeout`.
+    /// The message concerned, on `wait_timeout`, `publish_timeout` and `publish_failed`: retry
+    /// with it as `message_id` and the message is stored once.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub message_id: Option<MessageId>,
 }
@@ -73,6 +84,9 @@ impl ApiError {
             Self::RouteNotFound => (StatusCode::NOT_FOUND, "route_not_found"),
             Self::WaitTimeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "wait_timeout"),
             Self::UpstreamTimeout => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout"),
+            Self::PublishTimeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "publish_timeout"),
+            Self::PublishFailed { .. } => (StatusCode::SERVICE_UNAVAILABLE, "publish_failed"),
+            Self::MessageTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Self::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
         }
@@ -91,7 +105,9 @@ impl ApiError {
                 _ => Vec::new(),
             },
             message_id: match self {
-                Self::WaitTimeout { message_id } => Some(*message_id),
+                Self::WaitTimeout { message_id }
+                | Self::PublishTimeout { message_id }
+                | Self::PublishFailed { message_id } => Some(*message_id),
                 _ => None,
             },
         }
@@ -103,6 +119,7 @@ impl From<BusError> for ApiError {
         match e {
             BusError::Timeout { .. } => Self::UpstreamTimeout,
             BusError::NoResponders { .. } => Self::Unavailable("no worker is serving this request".into()),
+            BusError::TooLarge => Self::MessageTooLarge,
             BusError::Closed | BusError::Connect { .. } | BusError::Nats { .. } => {
                 tracing::error!(error = %e, cause = ?std::error::Error::source(&e), "bus failure");
                 Self::Unavailable("the message bus is unreachable".into())

@@ -18,8 +18,8 @@ use common::contract::{
 };
 use common::domain::{MessageId, MessageView};
 use common::store::{StoreError, VectorQuery};
-use futures::StreamExt;
 use futures::stream::{BoxStream, select};
+use futures::{FutureExt, StreamExt};
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -81,12 +81,12 @@ impl Searcher {
                     None => break,
                 },
             };
-            let handler = self.handler.clone();
-            let span =
-                info_span!("request", ?endpoint, request_id = request.message.header(REQUEST_ID_HEADER).unwrap_or("-"));
-            tasks.spawn(handler.handle(endpoint, request).instrument(span));
+            self.handler.spawn(&tasks, endpoint, request);
         }
-        // Dropping the subscriptions stops new requests reaching this replica.
+        // Answer what has already arrived, then unsubscribe so new requests go to other replicas.
+        while let Some(Some((endpoint, request))) = self.requests.next().now_or_never() {
+            self.handler.spawn(&tasks, endpoint, request);
+        }
         drop(self.requests);
         tasks.close();
         if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
@@ -110,6 +110,12 @@ fn unavailable(what: &str, e: &dyn std::error::Error) -> RemoteError {
 }
 
 impl Handler {
+    fn spawn(&self, tasks: &TaskTracker, endpoint: Endpoint, request: Request) {
+        let span =
+            info_span!("request", ?endpoint, request_id = request.message.header(REQUEST_ID_HEADER).unwrap_or("-"));
+        tasks.spawn(self.clone().handle(endpoint, request).instrument(span));
+    }
+
     async fn handle(self, endpoint: Endpoint, request: Request) {
         let started = Instant::now();
         let payload = &request.message.payload;

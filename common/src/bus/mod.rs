@@ -33,6 +33,8 @@ pub enum BusError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    #[error("the message is larger than the server accepts")]
+    TooLarge,
     #[error("the bus is closed")]
     Closed,
 }

@@ -96,6 +96,23 @@ impl NatsBus {
     }
 }
 
+/// Longest dead-letter reason kept, in bytes.
+const REASON_MAX: usize = 512;
+
+/// A header value from free text (which may quote client input): no control characters (a CR or
+/// LF would be rejected by the client), at most [`REASON_MAX`] bytes.
+fn header_safe(text: &str) -> String {
+    let mut out = String::with_capacity(text.len().min(REASON_MAX));
+    for c in text.chars().map(|c| if c.is_control() { ' ' } else { c }) {
+        if out.len() + c.len_utf8() > REASON_MAX {
+            out.push('…');
+            break;
+        }
+        out.push(c);
+    }
+    out
+}
+
 fn header_map(headers: &[(String, String)]) -> HeaderMap {
     let mut map = HeaderMap::new();
     for (name, value) in headers {
@@ -305,7 +322,7 @@ impl Settle for NatsAck {
                 .map_err(|e| BusError::Nats { operation: "naking", source: e }),
             Disposition::Reject(rejection) => {
                 let mut headers = header_map(&message.headers);
-                headers.insert(DEAD_REASON_HEADER, rejection.reason.as_str());
+                headers.insert(DEAD_REASON_HEADER, header_safe(&rejection.reason).as_str());
                 headers.insert(DEAD_CODE_HEADER, rejection.code);
                 headers.insert(DEAD_SUBJECT_HEADER, message.subject.as_str());
                 headers.insert(DEAD_SEQUENCE_HEADER, sequence.to_string().as_str());
@@ -325,5 +342,20 @@ impl Settle for NatsAck {
                 self.acker.double_ack().await.map_err(|e| BusError::Nats { operation: "acking", source: e })
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_lose_control_characters_and_are_capped() {
+        assert_eq!(header_safe("unknown field `a\r\nb`"), "unknown field `a  b`");
+        let long = header_safe(&"é".repeat(1000));
+        assert!(long.len() <= REASON_MAX + '…'.len_utf8() && long.ends_with('…'));
+        // The client accepts the result as a header value.
+        let mut map = HeaderMap::new();
+        map.insert(DEAD_REASON_HEADER, header_safe("x\u{0}y\n").as_str());
     }
 }

@@ -25,6 +25,17 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// Whether the database refused the data itself (SQLSTATE class 22 or 23): retrying the same
+    /// row cannot succeed.
+    pub fn is_data_error(&self) -> bool {
+        match self {
+            Self::Database(sqlx::Error::Database(e)) => {
+                e.code().is_some_and(|code| code.starts_with("22") || code.starts_with("23"))
+            }
+            _ => false,
+        }
+    }
+
     /// Whether the database was unreachable or not ready yet, so trying again may succeed.
     pub fn is_unreachable(&self) -> bool {
         match self {

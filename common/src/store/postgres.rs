@@ -35,7 +35,8 @@ pub struct PgStore {
 }
 
 impl PgStore {
-    /// Connects a pool (lazily verified by `ping`) and applies pending migrations.
+    /// Connects a pool (opening one connection now, so a bad URL fails here) and applies pending
+    /// migrations.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self, StoreError> {
         let options = PgConnectOptions::from_str(url)?.application_name("memory-layer");
         let pool = PgPoolOptions::new()

@@ -8,7 +8,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use chrono::Utc;
-use common::bus::{Envelope, Published};
+use common::bus::{BusError, Envelope, Published};
 use common::contract::{EventKind, GetMessageRequest, GetMessageResponse, MessageReceived, REQUEST_ID_HEADER, VERSION};
 use common::domain::{
     BATCH_MAX, FieldError, MessageId, MessageInput, MessageStatus, MessageView, NewMessage, TenantId,
@@ -106,12 +106,22 @@ pub struct BatchResponse {
     results: Vec<BatchItem>,
 }
 
+/// Publishes to the ingest stream. A failure names the message id, so the client can retry with
+/// it and still have the message stored once.
 async fn publish(state: &AppState, m: &NewMessage, request_id: &str) -> Result<Published, ApiError> {
     let event = MessageReceived { v: VERSION, message: MessageInput::from(m) };
     let payload = serde_json::to_vec(&event).expect("events serialise");
     let envelope = Envelope::new(state.deps.subjects.ingest(&m.tenant_id, m.message_id), payload)
         .with_header(REQUEST_ID_HEADER, request_id);
-    Ok(state.deps.bus.publish(envelope, Some(&m.message_id.to_string())).await?)
+    let message_id = m.message_id;
+    state.deps.bus.publish(envelope, Some(&message_id.to_string())).await.map_err(|e| match e {
+        BusError::Timeout { .. } => ApiError::PublishTimeout { message_id },
+        BusError::TooLarge => ApiError::MessageTooLarge,
+        e => {
+            tracing::error!(error = %e, cause = ?std::error::Error::source(&e), "publishing to the ingest stream failed");
+            ApiError::PublishFailed { message_id }
+        }
+    })
 }
 
 async fn lookup(
@@ -138,8 +148,9 @@ fn location(id: MessageId) -> [(header::HeaderName, HeaderValue); 1] {
         (status = 202, description = "Queued: in the ingest stream, not yet stored", body = MessageView),
         (status = 201, description = "With `wait`: stored (or embedded)", body = MessageView),
         (status = 400, body = Problem), (status = 401, body = Problem), (status = 413, body = Problem),
-        (status = 415, body = Problem), (status = 422, body = Problem), (status = 503, body = Problem),
-        (status = 504, description = "The wait ran out; the message is still queued", body = Problem),
+        (status = 415, body = Problem), (status = 422, body = Problem),
+        (status = 503, description = "Not accepted (`publish_failed`, with `message_id` to retry with)", body = Problem),
+        (status = 504, description = "`wait_timeout`: the wait ran out, the message is still queued; `publish_timeout`: retry with `message_id`", body = Problem),
     ),
     security(("api_key" = []), ("bearer" = []))
 )]
@@ -156,8 +167,10 @@ pub async fn create_message(
         publish(&state, &message, &request_id).await?;
         return Ok((StatusCode::ACCEPTED, location(id), axum::Json(MessageView::queued(&message))).into_response());
     };
-    // Subscribe before publishing, so the event cannot slip past.
-    let mut events = state.deps.bus.subscribe(state.deps.subjects.event(&message.tenant_id, wait.event())).await?;
+    // Subscribe before publishing, so the event cannot slip past. The subject names this
+    // message, so the server delivers only its event.
+    let subject = state.deps.subjects.event(&message.tenant_id, wait.event(), id);
+    let mut events = state.deps.bus.subscribe(subject).await?;
     let published = publish(&state, &message, &request_id).await?;
     let tenant = Some(message.tenant_id.clone());
     if published.duplicate
@@ -166,20 +179,7 @@ pub async fn create_message(
     {
         return Ok((StatusCode::CREATED, location(id), axum::Json(view)).into_response());
     }
-    #[derive(Deserialize)]
-    struct EventId {
-        message_id: MessageId,
-    }
-    let arrived = tokio::time::timeout(state.wait_timeout, async {
-        while let Some(event) = events.next().await {
-            if serde_json::from_slice::<EventId>(&event.payload).is_ok_and(|e| e.message_id == id) {
-                return true;
-            }
-        }
-        false
-    })
-    .await
-    .unwrap_or(false);
+    let arrived = matches!(tokio::time::timeout(state.wait_timeout, events.next()).await, Ok(Some(_)));
     drop(events);
     // Whether or not the event arrived, the stored row is the truth (a duplicate's event may
     // have been published long ago).
@@ -205,6 +205,8 @@ pub async fn create_message(
         (status = 207, description = "Some items rejected: see `results`", body = BatchResponse),
         (status = 400, body = Problem), (status = 401, body = Problem), (status = 413, body = Problem),
         (status = 422, description = "Empty, or more than 100 items", body = Problem),
+        (status = 503, description = "The message bus is down: no item was accepted", body = BatchResponse),
+        (status = 504, description = "The stream did not confirm any item in time", body = BatchResponse),
     ),
     security(("api_key" = []), ("bearer" = []))
 )]
@@ -241,17 +243,32 @@ pub async fn create_messages(
         }
     }))
     .await;
-    let results: Vec<BatchItem> = outcomes
+    // Nothing accepted because the bus failed: one retryable error for the whole request.
+    if let Some(Err(first)) = outcomes.first()
+        && outcomes.iter().all(|o| matches!(o, Err(ApiError::PublishFailed { .. } | ApiError::PublishTimeout { .. })))
+    {
+        let status = first.status_and_code().0;
+        let body = axum::Json(BatchResponse { queued: 0, rejected: n, results: results(outcomes) });
+        return Ok((status, body).into_response());
+    }
+    let results = results(outcomes);
+    let queued = results.iter().filter(|r| r.status == ItemStatus::Queued).count();
+    let status = if queued == n { StatusCode::CREATED } else { StatusCode::MULTI_STATUS };
+    Ok((status, axum::Json(BatchResponse { queued, rejected: n - queued, results })).into_response())
+}
+
+fn results(outcomes: Vec<Result<MessageId, ApiError>>) -> Vec<BatchItem> {
+    outcomes
         .into_iter()
         .enumerate()
         .map(|(index, outcome)| match outcome {
             Ok(id) => BatchItem { index, status: ItemStatus::Queued, id: Some(id), error: None },
-            Err(e) => BatchItem { index, status: ItemStatus::Rejected, id: None, error: Some(e.problem()) },
+            Err(e) => {
+                let problem = e.problem();
+                BatchItem { index, status: ItemStatus::Rejected, id: problem.message_id, error: Some(problem) }
+            }
         })
-        .collect();
-    let queued = results.iter().filter(|r| r.status == ItemStatus::Queued).count();
-    let status = if queued == n { StatusCode::CREATED } else { StatusCode::MULTI_STATUS };
-    Ok((status, axum::Json(BatchResponse { queued, rejected: n - queued, results })).into_response())
+        .collect()
 }
 
 /// Read one message and where it is in the pipeline.

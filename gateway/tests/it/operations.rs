@@ -71,3 +71,24 @@ async fn health_readiness_metrics_and_docs_need_no_key() -> anyhow::Result<()> {
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
     app.finish().await
 }
+
+#[tokio::test]
+async fn when_the_ingest_stream_is_unavailable_nothing_is_accepted_and_the_id_to_retry_with_is_given()
+-> anyhow::Result<()> {
+    let app = App::without_workers(|_| {}).await?;
+    app.env.nats.jetstream().delete_stream(app.env.subjects.stream(common::contract::StreamKind::Ingest)).await?;
+    let r = app.post("/v1/messages", &message("acme", "nobody stores me")).await?;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{r:?}");
+    assert_eq!(r.body["code"], "publish_failed");
+    assert!(r.body["message_id"].is_string(), "{r:?}");
+
+    let batch = serde_json::json!({"messages": [message("acme", "one"), message("acme", "two")]});
+    let r = app.post("/v1/messages/batch", &batch).await?;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{r:?}");
+    assert_eq!(r.body["queued"], 0);
+    for item in r.body["results"].as_array().unwrap() {
+        assert_eq!(item["error"]["code"], "publish_failed");
+        assert_eq!(item["id"], item["error"]["message_id"]);
+    }
+    app.finish().await
+}
