@@ -99,7 +99,19 @@ async fn malformed_and_invalid_events_are_dead_lettered_with_their_reason() -> a
     publish(&app, format!("{prefix}.v1.ingest.future"), v2.to_string(), None).await?;
     assert_eq!(dead_letter(&app, "future").await?.header(DEAD_CODE_HEADER), Some("unsupported_version"));
 
-    for tenant in ["broken", "mismatch", "invalid", "future", "someone-else"] {
+    // Client text with CR/LF quoted in the reason must not break the dead-lettering (a header
+    // value cannot hold a line break), nor stop the embedder.
+    let mut hostile = event("hostile", "hi");
+    hostile["sneaky\r\nInjected: header"] = json!(1);
+    publish(&app, format!("{prefix}.v1.ingest.hostile"), hostile.to_string(), None).await?;
+    let dead = dead_letter(&app, "hostile").await?;
+    assert_eq!(dead.header(DEAD_CODE_HEADER), Some("malformed_json"));
+    assert!(dead.header(DEAD_REASON_HEADER).unwrap().contains("sneaky  Injected"), "{dead:?}");
+    assert_eq!(dead.header("Injected"), None);
+    let after = app.post("/v1/messages?wait=embedded", &crate::harness::message("acme", "still working")).await?;
+    assert_eq!(after.status, axum::http::StatusCode::CREATED, "{after:?}");
+
+    for tenant in ["broken", "mismatch", "invalid", "future", "someone-else", "hostile"] {
         assert_eq!(app.count_rows(tenant).await?, 0);
     }
     app.finish().await
