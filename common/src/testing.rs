@@ -39,6 +39,8 @@ pub fn with_database(url: &str, database: &str) -> String {
 
 pub struct TestEnv {
     pub config: Config,
+    /// The `MEMORY_*` variables `config` was read from, to start a binary with.
+    pub vars: BTreeMap<String, String>,
     pub deps: Deps,
     pub subjects: Subjects,
     /// The concrete handles, for tests that reach past the traits.
@@ -86,6 +88,7 @@ impl TestEnv {
         let deps = Deps { store: Arc::new(store.clone()), bus: Arc::new(nats.clone()), subjects: subjects.clone() };
         Ok(Self {
             config,
+            vars,
             deps,
             subjects,
             nats,
@@ -135,6 +138,61 @@ impl TestEnv {
             .execute(&mut admin)
             .await?;
         Ok(())
+    }
+}
+
+/// A loopback address that was free a moment ago.
+pub fn free_addr() -> anyhow::Result<std::net::SocketAddr> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+/// A plain HTTP/1.1 GET: status and body.
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes()).await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).context("no HTTP status line")?;
+    let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_owned();
+    Ok((status, body))
+}
+
+/// One of the service binaries, run as a child process with the test's variables.
+pub struct Process {
+    child: tokio::process::Child,
+}
+
+impl Process {
+    pub fn spawn(binary: &str, vars: &BTreeMap<String, String>) -> anyhow::Result<Self> {
+        let child = tokio::process::Command::new(binary)
+            .env_clear()
+            .envs(vars)
+            .env("MEMORY_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {binary}"))?;
+        Ok(Self { child })
+    }
+
+    /// Sends SIGTERM and waits for the exit, at most 30 s.
+    pub async fn terminate(mut self) -> anyhow::Result<std::process::ExitStatus> {
+        let pid = self.child.id().context("the process already exited")?;
+        let status = tokio::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status().await?;
+        anyhow::ensure!(status.success(), "kill -TERM {pid} failed");
+        Ok(tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .context("no exit within 30 s of SIGTERM")??)
+    }
+
+    /// Waits for the process to exit on its own; returns its status and what it wrote to stderr.
+    pub async fn exit(self) -> anyhow::Result<(std::process::ExitStatus, String)> {
+        let output = tokio::time::timeout(Duration::from_secs(30), self.child.wait_with_output())
+            .await
+            .context("the process did not exit within 30 s")??;
+        Ok((output.status, String::from_utf8_lossy(&output.stderr).into_owned()))
     }
 }
 

@@ -1,5 +1,6 @@
 //! Cross-service tests: the gateway, embedder and searcher against real NATS and Postgres.
 
+mod binary;
 mod harness;
 mod ingest;
 mod limits;
