@@ -220,9 +220,7 @@ impl Handler {
             return Ok(GetMessageResponse { message: visible(view) });
         }
         // Not stored: it may still wait in the ingest stream, where the subject names its id.
-        let tenant_token =
-            request.tenant_id.as_ref().map_or_else(|| "*".to_owned(), common::contract::Subjects::tenant_token);
-        let subject = format!("{}.v1.ingest.{tenant_token}.{}", self.deps.subjects.prefix(), request.message_id);
+        let subject = self.deps.subjects.ingest_lookup(request.tenant_id.as_ref(), request.message_id);
         let queued = self
             .deps
             .bus
