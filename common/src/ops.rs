@@ -49,11 +49,16 @@ pub async fn serve(
     axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await
 }
 
-async fn readyz(State(s): State<OpsState>) -> (StatusCode, String) {
-    if s.shutdown.is_cancelled() {
-        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down".into());
+/// Readiness of any worker: not shutting down, and Postgres and NATS answer. `Err` says why not.
+pub async fn readiness(deps: &Deps, shutdown: &CancellationToken) -> Result<(), String> {
+    if shutdown.is_cancelled() {
+        return Err("shutting down".into());
     }
-    match s.deps.ready().await {
+    deps.ready().await
+}
+
+async fn readyz(State(s): State<OpsState>) -> (StatusCode, String) {
+    match readiness(&s.deps, &s.shutdown).await {
         Ok(()) => (StatusCode::OK, "ok".into()),
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e),
     }

@@ -118,6 +118,16 @@ impl TestEnv {
         }
     }
 
+    /// Waits until the HTTP server at `addr` answers `/readyz` with 200.
+    pub async fn until_ready(&self, addr: std::net::SocketAddr) -> anyhow::Result<()> {
+        self.eventually(|| async {
+            let (status, body) = http_get(addr, "/readyz").await?;
+            anyhow::ensure!(status == 200, "{status} {body}");
+            Ok(())
+        })
+        .await
+    }
+
     /// Stops every task, checks the embedder left nothing pending or unacknowledged, then
     /// removes the test's streams and database.
     pub async fn finish(self) -> anyhow::Result<()> {

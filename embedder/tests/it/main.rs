@@ -12,12 +12,7 @@ async fn the_binary_stores_and_embeds_serves_ops_and_stops_cleanly_on_sigterm() 
     })
     .await?;
     let process = Process::spawn(env!("CARGO_BIN_EXE_memory-embedder"), &env.vars)?;
-    env.eventually(|| async {
-        let (status, body) = http_get(ops, "/readyz").await?;
-        anyhow::ensure!(status == 200, "{status} {body}");
-        Ok(())
-    })
-    .await?;
+    env.until_ready(ops).await?;
 
     let payload = json!({"v": 1, "tenant_id": "acme", "conversation_id": "c", "role": "user", "content": "hello"});
     let subject = format!("{}.v1.ingest.acme", env.subjects.prefix());

@@ -33,13 +33,7 @@ pub async fn healthz() -> axum::Json<Health> {
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses((status = 200, body = Health), (status = 503, body = Health)))]
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, axum::Json<Health>) {
-    if state.shutdown.is_cancelled() {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(Health { status: "unavailable", detail: Some("shutting down".into()) }),
-        );
-    }
-    match state.deps.ready().await {
+    match common::ops::readiness(&state.deps, &state.shutdown).await {
         Ok(()) => (StatusCode::OK, axum::Json(Health { status: "ok", detail: None })),
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, axum::Json(Health { status: "unavailable", detail: Some(e) })),
     }

@@ -11,12 +11,7 @@ async fn the_binary_serves_http_and_stops_cleanly_on_sigterm() -> anyhow::Result
     })
     .await?;
     let process = Process::spawn(env!("CARGO_BIN_EXE_memory-gateway"), &env.vars)?;
-    env.eventually(|| async {
-        let (status, body) = http_get(addr, "/readyz").await?;
-        anyhow::ensure!(status == 200, "{status} {body}");
-        Ok(())
-    })
-    .await?;
+    env.until_ready(addr).await?;
     let (status, body) = http_get(addr, "/v1/memory/search?tenant_id=a&query=b").await?;
     assert_eq!(status, 401, "{body}");
     let status = process.terminate().await?;

@@ -15,12 +15,7 @@ async fn the_binary_answers_requests_serves_ops_and_stops_cleanly_on_sigterm() -
     })
     .await?;
     let process = Process::spawn(env!("CARGO_BIN_EXE_memory-searcher"), &env.vars)?;
-    env.eventually(|| async {
-        let (status, body) = http_get(ops, "/readyz").await?;
-        anyhow::ensure!(status == 200, "{status} {body}");
-        Ok(())
-    })
-    .await?;
+    env.until_ready(ops).await?;
 
     let request = GetMessageRequest { v: VERSION, message_id: MessageId::new(), tenant_id: None };
     let envelope = Envelope::new(env.subjects.get_message(), serde_json::to_vec(&request)?);
