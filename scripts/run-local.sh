@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Brings up the whole local pipeline: NATS, PostgreSQL+pgvector and Redis on loopback
-# (scripts/services.sh), then the embedder, the searcher and the gateway on http://127.0.0.1:8080.
+# (scripts/services.sh), then the embedder (local all-MiniLM-L6-v2 embeddings, model fetched by
+# scripts/fetch-model.sh), the searcher and the gateway on http://127.0.0.1:8080.
 # Ctrl-C stops the three workers gracefully (the services keep running; scripts/services.sh down).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +15,13 @@ export MEMORY_DATABASE_URL=${MEMORY_DATABASE_URL:-postgres://postgres@127.0.0.1:
 export MEMORY_NATS_URL=${MEMORY_NATS_URL:-$MEMORY_TEST_NATS_URL}
 export MEMORY_ADMIN_API_KEY=${MEMORY_ADMIN_API_KEY:-local-dev-admin-key}
 export MEMORY_HTTP_ADDR=${MEMORY_HTTP_ADDR:-127.0.0.1:8080}
+export MEMORY_REDIS_URL=${MEMORY_REDIS_URL:-$MEMORY_TEST_REDIS_URL}
+# Local embeddings (all-MiniLM-L6-v2) unless told otherwise; the model is fetched once.
+export MEMORY_EMBEDDING_PROVIDER=${MEMORY_EMBEDDING_PROVIDER:-local}
+if [ "$MEMORY_EMBEDDING_PROVIDER" = local ] && [ -z "${MEMORY_MODEL_DIR:-}" ]; then
+  MEMORY_MODEL_DIR=$(scripts/fetch-model.sh)
+  export MEMORY_MODEL_DIR
+fi
 
 cargo build --locked --bins
 bin="$CARGO_TARGET_DIR/debug"

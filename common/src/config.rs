@@ -104,7 +104,8 @@ pub struct MetricsConfig {
 
 #[derive(Debug, Clone)]
 pub struct EmbedderConfig {
-    /// `MEMORY_EMBEDDING_PROVIDER`: `hash` (deterministic feature hashing).
+    /// `MEMORY_EMBEDDING_PROVIDER`: `gemini`, `local` (all-MiniLM-L6-v2 on the CPU) or `hash`
+    /// (deterministic feature hashing, for tests and benchmarks). Default `local`.
     pub provider: Provider,
     /// Most messages handled in one batch (`MEMORY_EMBEDDER_BATCH_SIZE`, 1–1000, default 64).
     pub batch_size: usize,
@@ -115,10 +116,87 @@ pub struct EmbedderConfig {
     /// Deliveries a message gets before the next one dead-letters it (`MEMORY_EMBEDDER_MAX_DELIVERIES`,
     /// default 20).
     pub max_deliveries: u64,
+    pub gemini: GeminiConfig,
+    pub local: LocalConfig,
+    pub breaker: BreakerConfig,
+    pub cache: QueryCacheConfig,
+    pub sweeper: SweeperConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct GeminiConfig {
+    /// `MEMORY_GEMINI_API_KEY`: required with the `gemini` provider (checked by the embedder).
+    pub api_key: Option<Secret>,
+    /// `MEMORY_GEMINI_MODEL`, default `gemini-embedding-001`.
+    pub model: String,
+    /// `outputDimensionality` (`MEMORY_GEMINI_DIMENSIONS`, 128–2000, default 768; HNSW indexes
+    /// at most 2000 dimensions).
+    pub dimensions: u32,
+    /// `MEMORY_GEMINI_BASE_URL`, default `https://generativelanguage.googleapis.com/v1beta`.
+    pub base_url: String,
+    /// Bound on one HTTP call (`MEMORY_GEMINI_TIMEOUT_MS`, default 20000).
+    pub timeout: Duration,
+    /// Retries of a call after a 429, a 5xx, a timeout or a network error (`MEMORY_GEMINI_MAX_RETRIES`,
+    /// 0–10, default 3). 400 and 403 are never retried.
+    pub max_retries: usize,
+    /// First retry delay (`MEMORY_GEMINI_RETRY_MIN_MS`, default 500); it doubles, with jitter.
+    pub retry_min: Duration,
+    /// Longest delay slept between retries (`MEMORY_GEMINI_RETRY_MAX_MS`, default 10000). A
+    /// `Retry-After` longer than this ends the retries: the batch waits in the stream instead.
+    pub retry_max: Duration,
+    /// Texts are cut to this many characters before sending, below the model's 2,048-token input
+    /// limit (`MEMORY_GEMINI_MAX_CHARS`, default 8000).
+    pub max_chars: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct LocalConfig {
+    /// `MEMORY_MODEL_DIR`: the all-MiniLM-L6-v2 files (`scripts/fetch-model.sh` puts them in
+    /// `$MEMORY_CACHE_DIR/models/all-MiniLM-L6-v2`). Required with the `local` provider (checked by
+    /// the embedder).
+    pub model_dir: Option<std::path::PathBuf>,
+    /// Texts per forward pass (`MEMORY_LOCAL_BATCH_SIZE`, 1–256, default 32).
+    pub batch_size: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct BreakerConfig {
+    /// Consecutive failed provider calls that open the circuit (`MEMORY_BREAKER_FAILURES`, default 5).
+    pub failures: u32,
+    /// How long the circuit stays open before a probe (`MEMORY_BREAKER_COOLDOWN_MS`, default 30000).
+    pub cooldown: Duration,
+    /// Successful probes that close it again (`MEMORY_BREAKER_SUCCESSES`, default 2).
+    pub successes: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct QueryCacheConfig {
+    /// `MEMORY_REDIS_URL`: a `redis://` URL. Optional: without it query vectors are cached in
+    /// process only.
+    pub redis_url: Option<Secret>,
+    /// How long a query vector stays in Redis (`MEMORY_QUERY_CACHE_TTL_SECS`, default 86400).
+    pub ttl: Duration,
+    /// Query vectors kept in process (`MEMORY_QUERY_CACHE_CAPACITY`, 0–1000000, default 10000; 0 turns
+    /// the in-process cache off).
+    pub capacity: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct SweeperConfig {
+    /// How often the sweeper looks for messages left `pending` or `failed`
+    /// (`MEMORY_SWEEP_INTERVAL_MS`, default 60000).
+    pub interval: Duration,
+    /// Only messages stored (or last tried) at least this long ago are swept
+    /// (`MEMORY_SWEEP_AFTER_MS`, default 300000).
+    pub after: Duration,
+    /// Embedding attempts a `failed` message gets in all (`MEMORY_SWEEP_MAX_ATTEMPTS`, default 3).
+    pub max_attempts: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Provider {
+    Gemini,
+    Local,
     Hash,
 }
 
@@ -126,8 +204,10 @@ impl FromStr for Provider {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
+            "gemini" => Ok(Self::Gemini),
+            "local" => Ok(Self::Local),
             "hash" => Ok(Self::Hash),
-            _ => Err("expected `hash`".into()),
+            _ => Err("expected `gemini`, `local` or `hash`".into()),
         }
     }
 }
@@ -253,11 +333,43 @@ impl Config {
                 addr: v.parse_or("MEMORY_METRICS_ADDR", SocketAddr::from(([127, 0, 0, 1], 9090))),
             },
             embedder: EmbedderConfig {
-                provider: v.parse_or("MEMORY_EMBEDDING_PROVIDER", Provider::Hash),
+                provider: v.parse_or("MEMORY_EMBEDDING_PROVIDER", Provider::Local),
                 batch_size: v.ranged("MEMORY_EMBEDDER_BATCH_SIZE", 64, 1, 1000),
                 batch_wait: v.millis("MEMORY_EMBEDDER_BATCH_WAIT_MS", 100, 1, 60_000),
                 ack_wait: v.secs("MEMORY_EMBEDDER_ACK_WAIT_SECS", 30, 1, 3600),
                 max_deliveries: v.ranged("MEMORY_EMBEDDER_MAX_DELIVERIES", 20, 1, 10_000),
+                gemini: GeminiConfig {
+                    api_key: v.secret("MEMORY_GEMINI_API_KEY"),
+                    model: v.raw("MEMORY_GEMINI_MODEL").unwrap_or_else(|| "gemini-embedding-001".into()),
+                    dimensions: v.ranged("MEMORY_GEMINI_DIMENSIONS", 768, 128, 2000),
+                    base_url: v
+                        .raw("MEMORY_GEMINI_BASE_URL")
+                        .unwrap_or_else(|| "https://generativelanguage.googleapis.com/v1beta".into()),
+                    timeout: v.millis("MEMORY_GEMINI_TIMEOUT_MS", 20_000, 10, 600_000),
+                    max_retries: v.ranged("MEMORY_GEMINI_MAX_RETRIES", 3, 0, 10),
+                    retry_min: v.millis("MEMORY_GEMINI_RETRY_MIN_MS", 500, 1, 60_000),
+                    retry_max: v.millis("MEMORY_GEMINI_RETRY_MAX_MS", 10_000, 1, 600_000),
+                    max_chars: v.ranged("MEMORY_GEMINI_MAX_CHARS", 8_000, 100, 100_000),
+                },
+                local: LocalConfig {
+                    model_dir: v.raw("MEMORY_MODEL_DIR").map(std::path::PathBuf::from),
+                    batch_size: v.ranged("MEMORY_LOCAL_BATCH_SIZE", 32, 1, 256),
+                },
+                breaker: BreakerConfig {
+                    failures: v.ranged("MEMORY_BREAKER_FAILURES", 5, 1, 1000),
+                    cooldown: v.millis("MEMORY_BREAKER_COOLDOWN_MS", 30_000, 1, 3_600_000),
+                    successes: v.ranged("MEMORY_BREAKER_SUCCESSES", 2, 1, 1000),
+                },
+                cache: QueryCacheConfig {
+                    redis_url: v.secret("MEMORY_REDIS_URL"),
+                    ttl: v.secs("MEMORY_QUERY_CACHE_TTL_SECS", 86_400, 1, 365 * 86_400),
+                    capacity: v.ranged("MEMORY_QUERY_CACHE_CAPACITY", 10_000, 0, 1_000_000),
+                },
+                sweeper: SweeperConfig {
+                    interval: v.millis("MEMORY_SWEEP_INTERVAL_MS", 60_000, 10, 86_400_000),
+                    after: v.millis("MEMORY_SWEEP_AFTER_MS", 300_000, 0, 30 * 86_400_000),
+                    max_attempts: v.ranged("MEMORY_SWEEP_MAX_ATTEMPTS", 3, 1, 100),
+                },
             },
             searcher: SearcherConfig { candidate_factor: v.ranged("MEMORY_SEARCH_CANDIDATE_FACTOR", 10, 1, 100) },
             shutdown_grace: v.secs("MEMORY_SHUTDOWN_GRACE_SECS", 20, 1, 3600),
@@ -274,6 +386,19 @@ impl Config {
         if config.embedder.batch_wait >= config.embedder.ack_wait {
             // A pull open longer than the ack wait would collect redeliveries of its own messages.
             v.errors.push("MEMORY_EMBEDDER_BATCH_WAIT_MS: must be shorter than MEMORY_EMBEDDER_ACK_WAIT_SECS".into());
+        }
+        let embedder = &config.embedder;
+        let base = &embedder.gemini.base_url;
+        if !(base.starts_with("https://") || base.starts_with("http://")) {
+            v.errors.push(format!("MEMORY_GEMINI_BASE_URL={base:?}: must be an http(s):// URL"));
+        }
+        if embedder.gemini.retry_min > embedder.gemini.retry_max {
+            v.errors.push("MEMORY_GEMINI_RETRY_MIN_MS: must not exceed MEMORY_GEMINI_RETRY_MAX_MS".into());
+        }
+        if let Some(url) = &embedder.cache.redis_url
+            && !(url.expose().starts_with("redis://") || url.expose().starts_with("rediss://"))
+        {
+            v.errors.push("MEMORY_REDIS_URL: must be a redis:// URL".into());
         }
         if let Some(url) = &config.database.url
             && !(url.expose().starts_with("postgres://") || url.expose().starts_with("postgresql://"))

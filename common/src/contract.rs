@@ -88,6 +88,10 @@ impl Subjects {
     pub fn event(&self, tenant: &TenantId, event: EventKind, id: MessageId) -> String {
         format!("{}.v1.events.{}.{}.{id}", self.prefix, Self::tenant_token(tenant), event.as_str())
     }
+    /// Every event about one message: `mem.v1.events.<tenant>.*.<id>`.
+    pub fn events_of(&self, tenant: &TenantId, id: MessageId) -> String {
+        format!("{}.v1.events.{}.*.{id}", self.prefix, Self::tenant_token(tenant))
+    }
     pub fn events_all(&self) -> String {
         format!("{}.v1.events.>", self.prefix)
     }
@@ -144,6 +148,7 @@ impl Subjects {
 pub enum EventKind {
     Stored,
     Embedded,
+    EmbeddingFailed,
 }
 
 impl EventKind {
@@ -151,6 +156,7 @@ impl EventKind {
         match self {
             Self::Stored => "stored",
             Self::Embedded => "embedded",
+            Self::EmbeddingFailed => "embedding_failed",
         }
     }
 }
@@ -186,6 +192,17 @@ pub struct MessageEmbedded {
     pub message_id: MessageId,
     pub tenant_id: TenantId,
     pub space: SpaceRef,
+}
+
+/// Published by the embedder when the provider refused a message: it is stored, `failed`, and
+/// found by lexical search only. The sweeper tries it again later.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MessageEmbeddingFailed {
+    pub v: u8,
+    pub message_id: MessageId,
+    pub tenant_id: TenantId,
+    pub space: SpaceRef,
+    pub reason: String,
 }
 
 /// An embedding space: vectors are only ever compared within one.

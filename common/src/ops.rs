@@ -26,21 +26,27 @@ pub fn render(registry: &Registry) -> impl IntoResponse + use<> {
     }
 }
 
+/// A worker's own readiness condition beyond its dependencies (an embedder's open circuit, say).
+/// `Err` says why the worker is not ready.
+pub type Check = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+
 #[derive(Clone)]
 struct OpsState {
     registry: Arc<Registry>,
     deps: Deps,
+    check: Option<Check>,
     shutdown: CancellationToken,
 }
 
-/// Serves the operations endpoints until `shutdown` is cancelled.
+/// Serves the operations endpoints until `shutdown` is cancelled. `/readyz` also asks `check`.
 pub async fn serve(
     listener: TcpListener,
     registry: Arc<Registry>,
     deps: Deps,
+    check: Option<Check>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let state = OpsState { registry, deps, shutdown: shutdown.clone() };
+    let state = OpsState { registry, deps, check, shutdown: shutdown.clone() };
     let app = axum::Router::new()
         .route("/metrics", get(|State(s): State<OpsState>| async move { render(&s.registry) }))
         .route("/healthz", get(|| async { "ok" }))
@@ -58,7 +64,8 @@ pub async fn readiness(deps: &Deps, shutdown: &CancellationToken) -> Result<(), 
 }
 
 async fn readyz(State(s): State<OpsState>) -> (StatusCode, String) {
-    match readiness(&s.deps, &s.shutdown).await {
+    let own = s.check.as_ref().map_or(Ok(()), |check| check());
+    match readiness(&s.deps, &s.shutdown).await.and(own) {
         Ok(()) => (StatusCode::OK, "ok".into()),
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e),
     }

@@ -3,7 +3,6 @@
 //! converges on the same rows and never duplicates one.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -11,16 +10,19 @@ use common::Deps;
 use common::bus::{Consumer, Delivery, Disposition, Envelope, Rejection};
 use common::config::Config;
 use common::contract::{
-    EventKind, MessageEmbedded, MessageReceived, MessageStored, REQUEST_ID_HEADER, StreamKind, Subjects, VERSION,
+    EventKind, MessageEmbedded, MessageEmbeddingFailed, MessageReceived, MessageStored, REQUEST_ID_HEADER, StreamKind,
+    Subjects, VERSION,
 };
 use common::domain::{MessageId, MessageStatus, NewMessage};
-use common::store::{Inserted, NewRow, NewVector, Space, StoredMessage};
+use common::store::{Failure, Inserted, NewRow, NewVector, Space, StoredMessage};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info_span, warn};
 
 use crate::EmbedderError;
+use crate::breaker::State;
+use crate::embed::Embeddings;
 use crate::metrics::{Metrics, Outcome};
-use crate::provider::{Provider, ProviderError, Purpose};
+use crate::provider::Purpose;
 
 /// Transient failures (store, bus) are retried after a delay that doubles with every delivery,
 /// up to this cap, so an outage of many minutes does not exhaust a message's deliveries.
@@ -36,7 +38,7 @@ fn retry_delay(delivered: u64) -> Duration {
 
 pub(crate) struct IngestWorker {
     deps: Deps,
-    provider: Arc<dyn Provider>,
+    embeddings: Embeddings,
     space: Space,
     consumer: Box<dyn Consumer>,
     metrics: Metrics,
@@ -55,14 +57,14 @@ impl IngestWorker {
     pub(crate) fn new(
         config: &Config,
         deps: Deps,
-        provider: Arc<dyn Provider>,
+        embeddings: Embeddings,
         space: Space,
         consumer: Box<dyn Consumer>,
         metrics: Metrics,
     ) -> Self {
         Self {
             deps,
-            provider,
+            embeddings,
             space,
             consumer,
             metrics,
@@ -74,6 +76,11 @@ impl IngestWorker {
 
     pub(crate) async fn run(mut self, shutdown: CancellationToken, grace: Duration) -> Result<(), EmbedderError> {
         loop {
+            // While the provider is down, messages wait in the stream: none is pulled, so none
+            // spends a delivery, and none is embedded by anything else.
+            if !self.provider_ready(&shutdown).await {
+                break;
+            }
             let fetched = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
@@ -111,6 +118,32 @@ impl IngestWorker {
             self.metrics.batch_duration.observe(started.elapsed().as_secs_f64());
         }
         Ok(())
+    }
+
+    /// Waits out an open circuit and probes the provider until it closes. `false` on shutdown.
+    async fn provider_ready(&self, shutdown: &CancellationToken) -> bool {
+        let breaker = self.embeddings.breaker();
+        loop {
+            if breaker.state() == State::Closed {
+                return true;
+            }
+            match breaker.open_for() {
+                Some(wait) if !wait.is_zero() => {
+                    tokio::select! {
+                        () = shutdown.cancelled() => return false,
+                        () = tokio::time::sleep(wait) => {}
+                    }
+                }
+                // Cool-down over (or half-open): probe. Success counts towards closing,
+                // failure opens the circuit again.
+                _ => {
+                    if shutdown.is_cancelled() {
+                        return false;
+                    }
+                    self.embeddings.probe().await;
+                }
+            }
+        }
     }
 
     async fn handle(&self, mut batch: Vec<Delivery>) {
@@ -245,45 +278,65 @@ impl IngestWorker {
             .map(|(_, i)| &i.row)
             .filter(|row| row.status != MessageStatus::Embedded && seen.insert(row.id))
             .collect();
+        let mut refused = HashMap::new();
         if !to_embed.is_empty() {
             let texts: Vec<String> =
                 to_embed.iter().map(|r| common::domain::embedding_text(r.name.as_deref(), &r.content)).collect();
-            let embedded = self.provider.embed(&texts, Purpose::Document).await.and_then(|v| {
-                // A short answer must not leave messages announced as embedded without a vector.
-                if v.len() == texts.len() {
-                    Ok(v)
-                } else {
-                    Err(ProviderError::Count { expected: texts.len(), got: v.len() })
-                }
-            });
-            let vectors = match embedded {
-                Ok(v) => v,
+            let answers = match self.embeddings.embed(&texts, Purpose::Document).await {
+                Ok(answers) => answers,
                 Err(e) => {
                     let accepted = ready.into_iter().map(|(a, _)| a).collect();
-                    return self.retry_all(accepted, "embedding", &e).await;
+                    return self.retry_all_after(accepted, "embedding", &e, e.retry_after()).await;
                 }
             };
-            let new_vectors: Vec<NewVector> = to_embed
-                .iter()
-                .zip(vectors)
-                .map(|(row, vector)| NewVector { message_id: row.id, tenant_id: row.tenant_id.clone(), vector })
-                .collect();
-            if let Err(e) = self.deps.store.save_vectors(&self.space, &new_vectors).await {
+            let mut vectors = Vec::with_capacity(answers.len());
+            let mut failures = Vec::new();
+            for (row, answer) in to_embed.iter().zip(answers) {
+                match answer {
+                    Ok(vector) => {
+                        vectors.push(NewVector { message_id: row.id, tenant_id: row.tenant_id.clone(), vector });
+                    }
+                    Err(refusal) => {
+                        warn!(message_id = %row.id, reason = %refusal, "the provider refused a message; it is marked failed");
+                        refused.insert(row.id, refusal.0.clone());
+                        failures.push(Failure { message_id: row.id, reason: refusal.0 });
+                    }
+                }
+            }
+            let saved = match self.deps.store.save_vectors(&self.space, &vectors).await {
+                Ok(()) => self.deps.store.mark_failed(&self.space, &failures).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = saved {
                 let accepted = ready.into_iter().map(|(a, _)| a).collect();
                 return self.retry_all(accepted, "storing vectors", &e).await;
             }
         }
 
-        let embedded = self.publish_events(EventKind::Embedded, &ready, |row| MessageEmbedded {
-            v: VERSION,
-            message_id: row.id,
-            tenant_id: row.tenant_id.clone(),
-            space: self.space.reference.clone(),
-        });
-        if let Err(e) = embedded.await {
+        let (failed, embedded): (Vec<_>, Vec<_>) =
+            ready.into_iter().partition(|(_, i)| refused.contains_key(&i.row.id));
+        let published = futures::future::try_join(
+            self.publish_events(EventKind::Embedded, &embedded, |row| MessageEmbedded {
+                v: VERSION,
+                message_id: row.id,
+                tenant_id: row.tenant_id.clone(),
+                space: self.space.reference.clone(),
+            }),
+            self.publish_events(EventKind::EmbeddingFailed, &failed, |row| MessageEmbeddingFailed {
+                v: VERSION,
+                message_id: row.id,
+                tenant_id: row.tenant_id.clone(),
+                space: self.space.reference.clone(),
+                reason: refused.get(&row.id).cloned().unwrap_or_default(),
+            }),
+        );
+        let published = published.await;
+        let ready: Vec<_> = embedded.into_iter().chain(failed).collect();
+        if let Err(e) = published {
             let accepted = ready.into_iter().map(|(a, _)| a).collect();
             return self.retry_all(accepted, "publishing MessageEmbedded", &e).await;
         }
+        self.metrics.count(Outcome::Failed, refused.len());
 
         let fresh = ready.iter().filter(|(_, i)| i.new).count();
         self.metrics.count(Outcome::Stored, fresh);
@@ -311,12 +364,25 @@ impl IngestWorker {
     }
 
     async fn retry_all(&self, accepted: Vec<Accepted>, step: &str, error: &(dyn std::error::Error + Send + Sync)) {
+        self.retry_all_after(accepted, step, error, None).await;
+    }
+
+    /// Hands the batch back for redelivery after its backoff, or after `at_least` when the
+    /// provider asked for more.
+    async fn retry_all_after(
+        &self,
+        accepted: Vec<Accepted>,
+        step: &str,
+        error: &(dyn std::error::Error + Send + Sync),
+        at_least: Option<Duration>,
+    ) {
         warn!(step, error = %error, cause = ?error.source(), messages = accepted.len(), "batch failed; it will be redelivered");
         self.metrics.count(Outcome::Retried, accepted.len());
-        for a in accepted {
-            let delay = retry_delay(a.delivery.delivered);
-            settle(a.delivery, Disposition::Retry(Some(delay))).await;
-        }
+        futures::future::join_all(accepted.into_iter().map(|a| {
+            let delay = retry_delay(a.delivery.delivered).max(at_least.unwrap_or_default());
+            settle(a.delivery, Disposition::Retry(Some(delay)))
+        }))
+        .await;
     }
 }
 

@@ -3,6 +3,9 @@
 //! `MessageStored` / `MessageEmbedded`, and acks only after the commit. It also answers query
 //! embedding requests (`mem.v1.embed.query`) so searchers embed in the same space.
 
+mod breaker;
+mod cache;
+mod embed;
 pub mod importance;
 mod ingest;
 mod metrics;
@@ -13,12 +16,14 @@ use std::sync::Arc;
 
 use common::Deps;
 use common::bus::{BusError, ConsumerSpec};
-use common::config::{Config, Provider as ProviderKind};
+use common::config::{Config, ConfigError};
 use common::contract::StreamKind;
 use common::store::{Space, StoreError};
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
+pub use breaker::State as BreakerState;
+pub use embed::Embeddings;
 pub use metrics::Metrics;
 pub use provider::{HashProvider, Provider, Purpose};
 
@@ -30,11 +35,9 @@ pub enum EmbedderError {
     Bus(#[from] BusError),
 }
 
-/// The provider named by the configuration.
-pub fn provider(config: &Config) -> Arc<dyn Provider> {
-    match config.embedder.provider {
-        ProviderKind::Hash => Arc::new(HashProvider::new()),
-    }
+/// The provider named by the configuration (loading the local model, if that is the one).
+pub fn provider(config: &Config) -> Result<Arc<dyn Provider>, ConfigError> {
+    provider::from_config(config)
 }
 
 /// The embedder's durable consumer on the ingest stream.
@@ -53,6 +56,7 @@ pub fn consumer_spec(config: &Config, subjects: &common::contract::Subjects) -> 
 pub struct Embedder {
     ingest: ingest::IngestWorker,
     query: query::QueryService,
+    embeddings: Embeddings,
 }
 
 impl Embedder {
@@ -65,14 +69,29 @@ impl Embedder {
         registry: &mut Registry,
     ) -> Result<Self, EmbedderError> {
         let metrics = Metrics::register(registry);
-        let space: Space = deps.store.register_space(&provider.space()).await?;
+        let embeddings = Embeddings::new(provider, config.embedder.breaker.clone(), metrics.clone());
+        let space: Space = deps.store.register_space(embeddings.space()).await?;
         let consumer = deps.bus.consumer(&consumer_spec(config, &deps.subjects)).await?;
         let requests = deps.bus.serve(deps.subjects.embed_query(), deps.subjects.embedder_group().to_owned()).await?;
+        let cache = cache::QueryCache::new(&config.embedder.cache, deps.subjects.prefix(), metrics.clone());
         tracing::info!(space = space.id, provider = %space.reference.provider, model = %space.reference.model, "embedder ready");
         Ok(Self {
-            ingest: ingest::IngestWorker::new(config, deps.clone(), provider.clone(), space, consumer, metrics.clone()),
-            query: query::QueryService::new(deps, provider, requests, metrics),
+            ingest: ingest::IngestWorker::new(
+                config,
+                deps.clone(),
+                embeddings.clone(),
+                space,
+                consumer,
+                metrics.clone(),
+            ),
+            query: query::QueryService::new(deps, embeddings.clone(), cache, requests, metrics),
+            embeddings,
         })
+    }
+
+    /// The provider calls of this embedder, for readiness (an open circuit is not ready).
+    pub fn embeddings(&self) -> &Embeddings {
+        &self.embeddings
     }
 
     /// Runs until `shutdown` is cancelled, then finishes the batch and requests in hand (up to the

@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
@@ -18,6 +19,8 @@ pub enum Outcome {
     Rejected,
     /// Left for redelivery after a transient failure.
     Retried,
+    /// Stored, but the provider refused to embed it.
+    Failed,
 }
 
 impl EncodeLabelValue for Outcome {
@@ -27,6 +30,7 @@ impl EncodeLabelValue for Outcome {
             Self::Duplicate => "duplicate",
             Self::Rejected => "rejected",
             Self::Retried => "retried",
+            Self::Failed => "failed",
         })
     }
 }
@@ -34,6 +38,86 @@ impl EncodeLabelValue for Outcome {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct OutcomeLabels {
     pub outcome: Outcome,
+}
+
+/// What became of one text sent to the provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EmbedOutcome {
+    Ok,
+    /// The provider refused this text.
+    Refused,
+    /// The call failed (or the circuit was open): nothing came back.
+    Failed,
+}
+
+impl EncodeLabelValue for EmbedOutcome {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        encoder.write_str(match self {
+            Self::Ok => "ok",
+            Self::Refused => "refused",
+            Self::Failed => "failed",
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct EmbedLabels {
+    pub provider: &'static str,
+    pub outcome: EmbedOutcome,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ProviderLabels {
+    pub provider: &'static str,
+}
+
+/// Where a query vector came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CacheResult {
+    /// The in-process cache.
+    Memory,
+    /// Redis.
+    Redis,
+    /// Neither: the provider embedded it.
+    Miss,
+}
+
+impl EncodeLabelValue for CacheResult {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        encoder.write_str(match self {
+            Self::Memory => "memory",
+            Self::Redis => "redis",
+            Self::Miss => "miss",
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct CacheLabels {
+    pub result: CacheResult,
+}
+
+/// Where a backlog is counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BacklogSource {
+    /// Messages waiting in the ingest stream for this embedder's consumer.
+    Stream,
+    /// Stored messages without a vector yet (`pending`).
+    Store,
+}
+
+impl EncodeLabelValue for BacklogSource {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        encoder.write_str(match self {
+            Self::Stream => "stream",
+            Self::Store => "store",
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct BacklogLabels {
+    pub source: BacklogSource,
 }
 
 #[derive(Clone)]
@@ -46,6 +130,24 @@ pub struct Metrics {
     pub batch_duration: Histogram,
     /// Query embedding requests served: `memory_embedder_query_requests_total`.
     pub query_requests: Counter,
+    /// Texts sent to the provider, by provider and outcome: `memory_embedder_embeddings_total`.
+    pub embeddings: Family<EmbedLabels, Counter>,
+    /// Texts per provider call: `memory_embedder_provider_batch_size`.
+    pub provider_batch_size: Histogram,
+    /// Time of one provider call, retries included: `memory_embedder_provider_duration_seconds`.
+    pub provider_duration: Family<ProviderLabels, Histogram>,
+    /// The circuit breaker: 0 closed, 1 open, 2 half-open (`memory_embedder_breaker_state`).
+    pub breaker_state: Gauge,
+    /// Query vectors by where they came from: `memory_embedder_query_cache_total`.
+    pub query_cache: Family<CacheLabels, Counter>,
+    /// Query-cache reads or writes that failed and were treated as misses:
+    /// `memory_embedder_query_cache_errors_total`.
+    pub query_cache_errors: Counter,
+    /// Messages waiting to be embedded: `memory_embedder_backlog_messages`.
+    pub backlog: Family<BacklogLabels, Gauge>,
+    /// Messages swept (re-embedded after being left `pending` or `failed`):
+    /// `memory_embedder_swept_messages_total`.
+    pub swept: Counter,
 }
 
 impl Metrics {
@@ -55,12 +157,37 @@ impl Metrics {
             batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 11)),
             batch_duration: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             query_requests: Counter::default(),
+            embeddings: Family::default(),
+            provider_batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 11)),
+            provider_duration: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.001, 2.0, 16))),
+            breaker_state: Gauge::default(),
+            query_cache: Family::default(),
+            query_cache_errors: Counter::default(),
+            backlog: Family::default(),
+            swept: Counter::default(),
         };
         let r = registry.sub_registry_with_prefix("embedder");
         r.register("messages", "Messages handled, by outcome", m.messages.clone());
         r.register("batch_size", "Messages per batch", m.batch_size.clone());
         r.register_with_unit("batch_duration", "Time to handle one batch", Unit::Seconds, m.batch_duration.clone());
         r.register("query_requests", "Query embedding requests served", m.query_requests.clone());
+        r.register("embeddings", "Texts sent to the embedding provider, by outcome", m.embeddings.clone());
+        r.register("provider_batch_size", "Texts per provider call", m.provider_batch_size.clone());
+        r.register_with_unit(
+            "provider_duration",
+            "Time of one provider call, retries included",
+            Unit::Seconds,
+            m.provider_duration.clone(),
+        );
+        r.register("breaker_state", "Provider circuit: 0 closed, 1 open, 2 half-open", m.breaker_state.clone());
+        r.register("query_cache", "Query vectors by where they came from", m.query_cache.clone());
+        r.register(
+            "query_cache_errors",
+            "Query-cache operations that failed (served as misses)",
+            m.query_cache_errors.clone(),
+        );
+        r.register("backlog_messages", "Messages waiting to be embedded", m.backlog.clone());
+        r.register("swept_messages", "Messages re-embedded by the sweeper", m.swept.clone());
         m
     }
 

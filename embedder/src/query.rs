@@ -1,6 +1,5 @@
 //! `mem.v1.embed.query`: embeds search queries in the embedder's space, for every searcher.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -13,15 +12,18 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::warn;
 
+use crate::cache::QueryCache;
+use crate::embed::Embeddings;
 use crate::metrics::Metrics;
-use crate::provider::{Provider, Purpose};
+use crate::provider::Purpose;
 
 /// Most texts in one query-embedding request.
 const MAX_TEXTS: usize = 100;
 
 pub(crate) struct QueryService {
     deps: Deps,
-    provider: Arc<dyn Provider>,
+    embeddings: Embeddings,
+    cache: QueryCache,
     requests: BoxStream<'static, Request>,
     metrics: Metrics,
 }
@@ -29,11 +31,12 @@ pub(crate) struct QueryService {
 impl QueryService {
     pub(crate) fn new(
         deps: Deps,
-        provider: Arc<dyn Provider>,
+        embeddings: Embeddings,
+        cache: QueryCache,
         requests: BoxStream<'static, Request>,
         metrics: Metrics,
     ) -> Self {
-        Self { deps, provider, requests, metrics }
+        Self { deps, embeddings, cache, requests, metrics }
     }
 
     pub(crate) async fn run(mut self, shutdown: CancellationToken, grace: Duration) {
@@ -61,37 +64,67 @@ impl QueryService {
     }
 
     fn spawn(&self, tasks: &TaskTracker, request: Request) {
-        let (deps, provider, metrics) = (self.deps.clone(), self.provider.clone(), self.metrics.clone());
+        let (deps, embeddings, cache) = (self.deps.clone(), self.embeddings.clone(), self.cache.clone());
+        self.metrics.query_requests.inc();
         tasks.spawn(async move {
-            metrics.query_requests.inc();
             let Some(reply) = request.reply else { return };
-            let answer = answer(provider.as_ref(), &request.message.payload).await;
+            let (answer, fresh) = answer(&embeddings, &cache, &request.message.payload).await;
             let payload = Bytes::from(serde_json::to_vec(&answer).expect("replies serialise"));
             if let Err(e) = deps.bus.respond(&reply, payload).await {
                 warn!(error = %e, "answering a query-embedding request failed");
+            }
+            // Fill the cache after answering: the caller does not wait for Redis.
+            for (text, vector) in fresh {
+                cache.put(embeddings.space(), &text, &vector).await;
             }
         });
     }
 }
 
-async fn answer(provider: &dyn Provider, payload: &[u8]) -> Reply<EmbedQueryResponse> {
-    let request: EmbedQueryRequest = match serde_json::from_slice(payload) {
-        Ok(r) => r,
-        Err(e) => {
-            return Reply::Error(RemoteError::new(RemoteErrorCode::BadRequest, format!("malformed request: {e}")));
-        }
-    };
+/// The reply, and the vectors the provider computed (to cache).
+async fn answer(
+    embeddings: &Embeddings,
+    cache: &QueryCache,
+    payload: &[u8],
+) -> (Reply<EmbedQueryResponse>, Vec<(String, Vec<f32>)>) {
+    match vectors(embeddings, cache, payload).await {
+        Ok((vectors, fresh)) => (Reply::Ok(EmbedQueryResponse { space: embeddings.space().clone(), vectors }), fresh),
+        Err(e) => (Reply::Error(e), Vec::new()),
+    }
+}
+
+type Vectors = (Vec<Vec<f32>>, Vec<(String, Vec<f32>)>);
+
+async fn vectors(embeddings: &Embeddings, cache: &QueryCache, payload: &[u8]) -> Result<Vectors, RemoteError> {
+    let bad_request = |message: String| RemoteError::new(RemoteErrorCode::BadRequest, message);
+    let request: EmbedQueryRequest =
+        serde_json::from_slice(payload).map_err(|e| bad_request(format!("malformed request: {e}")))?;
     if request.v != VERSION {
-        return Reply::Error(RemoteError::new(
-            RemoteErrorCode::BadRequest,
-            format!("unsupported version {}", request.v),
-        ));
+        return Err(bad_request(format!("unsupported version {}", request.v)));
     }
     if request.texts.is_empty() || request.texts.len() > MAX_TEXTS {
-        return Reply::Error(RemoteError::new(RemoteErrorCode::BadRequest, format!("send 1 to {MAX_TEXTS} texts")));
+        return Err(bad_request(format!("send 1 to {MAX_TEXTS} texts")));
     }
-    match provider.embed(&request.texts, Purpose::Query).await {
-        Ok(vectors) => Reply::Ok(EmbedQueryResponse { space: provider.space(), vectors }),
-        Err(e) => Reply::Error(RemoteError::new(RemoteErrorCode::Unavailable, e.to_string())),
+    let space = embeddings.space();
+    let mut vectors: Vec<Option<Vec<f32>>> = Vec::with_capacity(request.texts.len());
+    for text in &request.texts {
+        vectors.push(cache.get(space, text).await);
     }
+    let missing: Vec<String> =
+        request.texts.iter().zip(&vectors).filter(|(_, v)| v.is_none()).map(|(t, _)| t.clone()).collect();
+    let mut fresh = Vec::with_capacity(missing.len());
+    if !missing.is_empty() {
+        let answers = embeddings
+            .embed(&missing, Purpose::Query)
+            .await
+            .map_err(|e| RemoteError::new(RemoteErrorCode::Unavailable, e.to_string()))?;
+        let mut answers = missing.into_iter().zip(answers);
+        for slot in vectors.iter_mut().filter(|v| v.is_none()) {
+            let (text, answer) = answers.next().expect("one answer per missing text");
+            let vector = answer.map_err(|refused| bad_request(format!("the provider refused the text: {refused}")))?;
+            *slot = Some(vector.clone());
+            fresh.push((text, vector));
+        }
+    }
+    Ok((vectors.into_iter().map(|v| v.expect("every slot is filled")).collect(), fresh))
 }

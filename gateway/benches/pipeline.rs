@@ -44,7 +44,7 @@ async fn main() -> anyhow::Result<()> {
     let embedder = embedder::Embedder::build(
         &env.config,
         env.deps.clone(),
-        embedder::provider(&env.config),
+        embedder::provider(&env.config)?,
         &mut Registry::default(),
     )
     .await?;

@@ -12,7 +12,7 @@ async fn main() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.metrics.addr)
         .await
         .with_context(|| format!("binding MEMORY_METRICS_ADDR={}", config.metrics.addr))?;
-    let ops = tokio::spawn(common::ops::serve(listener, registry.into(), deps, shutdown.clone()));
+    let ops = tokio::spawn(common::ops::serve(listener, registry.into(), deps, None, shutdown.clone()));
     searcher.run(shutdown.clone(), config.shutdown_grace).await.context("searcher stopped")?;
     shutdown.cancel();
     ops.await?.context("ops endpoint stopped")

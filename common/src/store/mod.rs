@@ -117,6 +117,13 @@ pub struct NewVector {
     pub vector: Vec<f32>,
 }
 
+/// A message the provider refused to embed, and why.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    pub message_id: MessageId,
+    pub reason: String,
+}
+
 /// A nearest-neighbour query within one tenant.
 #[derive(Debug, Clone)]
 pub struct VectorQuery<'a> {
@@ -151,6 +158,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Stores vectors in `space` and marks their messages `embedded`, in one transaction.
     async fn save_vectors(&self, space: &Space, vectors: &[NewVector]) -> Result<(), StoreError>;
+
+    /// Records the provider's refusals in `space` and marks the messages `failed` with the reason.
+    async fn mark_failed(&self, space: &Space, failures: &[Failure]) -> Result<(), StoreError>;
 
     async fn get_message(&self, id: MessageId) -> Result<Option<StoredMessage>, StoreError>;
 

@@ -13,7 +13,7 @@ use sqlx::{AssertSqlSafe, FromRow, PgPool};
 use std::str::FromStr;
 use uuid::Uuid;
 
-use super::{Inserted, NewRow, NewVector, Space, Store, StoreError, StoredMessage, VectorHit, VectorQuery};
+use super::{Failure, Inserted, NewRow, NewVector, Space, Store, StoreError, StoredMessage, VectorHit, VectorQuery};
 use crate::contract::SpaceRef;
 use crate::domain::{ConversationId, MessageId, MessageStatus, Role, TenantId};
 
@@ -293,6 +293,42 @@ impl Store for PgStore {
              WHERE id = ANY($1) AND status <> 'embedded'",
         )
         .bind(&ids)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM embedding_failures WHERE space_id = $1 AND message_id = ANY($2)")
+            .bind(space.id)
+            .bind(&ids)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn mark_failed(&self, space: &Space, failures: &[Failure]) -> Result<(), StoreError> {
+        if failures.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<Uuid> = failures.iter().map(|f| f.message_id.0).collect();
+        let reasons: Vec<&str> = failures.iter().map(|f| f.reason.as_str()).collect();
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO embedding_failures (space_id, message_id, reason)
+             SELECT $1, * FROM UNNEST($2::uuid[], $3::text[])
+             ON CONFLICT (space_id, message_id) DO UPDATE SET reason = EXCLUDED.reason, failed_at = now()",
+        )
+        .bind(space.id)
+        .bind(&ids)
+        .bind(&reasons)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE messages m SET status = 'failed', failure_reason = u.reason,
+                                   embed_failures = m.embed_failures + 1, updated_at = now()
+             FROM UNNEST($1::uuid[], $2::text[]) AS u(id, reason)
+             WHERE m.id = u.id AND m.status <> 'embedded'",
+        )
+        .bind(&ids)
+        .bind(&reasons)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;

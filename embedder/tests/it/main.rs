@@ -1,44 +1,7 @@
-//! The `memory-embedder` binary against real NATS and Postgres.
+//! The embedder against real NATS, Postgres and Redis; Gemini is the only fake (wiremock).
 
-use common::bus::Envelope;
-use common::testing::{Process, TestEnv, free_addr, http_get};
-use serde_json::json;
-
-#[tokio::test]
-async fn the_binary_stores_and_embeds_serves_ops_and_stops_cleanly_on_sigterm() -> anyhow::Result<()> {
-    let ops = free_addr()?;
-    let env = TestEnv::start_with(|vars| {
-        vars.insert("MEMORY_METRICS_ADDR".into(), ops.to_string());
-    })
-    .await?;
-    let process = Process::spawn(env!("CARGO_BIN_EXE_memory-embedder"), &env.vars)?;
-    env.until_ready(ops).await?;
-
-    let payload = json!({"v": 1, "tenant_id": "acme", "conversation_id": "c", "role": "user", "content": "hello"});
-    let subject = format!("{}.v1.ingest.acme", env.subjects.prefix());
-    env.deps.bus.publish(Envelope::new(subject, payload.to_string()), None).await?;
-    env.eventually(|| async {
-        let embedded: i64 = sqlx::query_scalar("SELECT count(*) FROM messages WHERE status = 'embedded'")
-            .fetch_one(env.store.pool())
-            .await?;
-        anyhow::ensure!(embedded == 1, "not embedded yet");
-        Ok(())
-    })
-    .await?;
-    let (_, metrics) = http_get(ops, "/metrics").await?;
-    assert!(metrics.contains("memory_embedder_messages_total{outcome=\"stored\"} 1"), "{metrics}");
-    assert_eq!(http_get(ops, "/healthz").await?.0, 200);
-
-    let status = process.terminate().await?;
-    assert!(status.success(), "exit after SIGTERM: {status}");
-    env.finish().await
-}
-
-#[tokio::test]
-async fn the_binary_refuses_to_start_with_a_bad_variable_and_names_it() -> anyhow::Result<()> {
-    let vars = [("MEMORY_EMBEDDER_BATCH_SIZE".to_owned(), "lots".to_owned())].into();
-    let (status, stderr) = Process::spawn(env!("CARGO_BIN_EXE_memory-embedder"), &vars)?.exit().await?;
-    assert!(!status.success());
-    assert!(stderr.contains("MEMORY_EMBEDDER_BATCH_SIZE=\"lots\""), "{stderr}");
-    Ok(())
-}
+mod binary;
+mod gemini;
+mod local;
+mod query;
+mod support;

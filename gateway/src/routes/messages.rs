@@ -36,7 +36,8 @@ pub fn router() -> Router<AppState> {
 pub enum Wait {
     /// Until the embedder has stored the message (status `pending` or later).
     Stored,
-    /// Until the message is embedded, hence searchable by meaning (or `failed`).
+    /// Until the message is embedded, hence searchable by meaning, or `failed` (the provider
+    /// refused it).
     Embedded,
 }
 
@@ -47,11 +48,14 @@ impl Wait {
             Self::Embedded => matches!(status, MessageStatus::Embedded | MessageStatus::Failed),
         }
     }
-    fn event(self) -> EventKind {
-        match self {
-            Self::Stored => EventKind::Stored,
-            Self::Embedded => EventKind::Embedded,
-        }
+    /// Whether an event (by its subject) ends the wait.
+    fn ends(self, subject: &str) -> bool {
+        let kinds: &[EventKind] = match self {
+            Self::Stored => &[EventKind::Stored],
+            Self::Embedded => &[EventKind::Embedded, EventKind::EmbeddingFailed],
+        };
+        let kind = subject.rsplit('.').nth(1);
+        kinds.iter().any(|k| Some(k.as_str()) == kind)
     }
 }
 
@@ -168,9 +172,10 @@ pub async fn create_message(
         return Ok((StatusCode::ACCEPTED, location(id), axum::Json(MessageView::queued(&message))).into_response());
     };
     // Subscribe before publishing, so the event cannot slip past. The subject names this
-    // message, so the server delivers only its event.
-    let subject = state.deps.subjects.event(&message.tenant_id, wait.event(), id);
-    let mut events = state.deps.bus.subscribe(subject).await?;
+    // message, so the server delivers only its events.
+    let subject = state.deps.subjects.events_of(&message.tenant_id, id);
+    let mut events =
+        state.deps.bus.subscribe(subject).await?.filter(move |e| std::future::ready(wait.ends(&e.subject)));
     let published = publish(&state, &message, &request_id).await?;
     let tenant = Some(message.tenant_id.clone());
     if published.duplicate

@@ -56,7 +56,7 @@ impl App {
     /// Starts an embedder; cancel the returned token to stop just this one.
     pub(crate) async fn spawn_embedder(&self) -> anyhow::Result<CancellationToken> {
         let token = self.env.shutdown.child_token();
-        let provider = embedder::provider(&self.env.config);
+        let provider = embedder::provider(&self.env.config)?;
         let worker =
             embedder::Embedder::build(&self.env.config, self.env.deps.clone(), provider, &mut Registry::default())
                 .await?;

@@ -1,30 +1,11 @@
-//! Embedding providers. `hash` is deterministic feature hashing: every word token adds ±1 to one
+//! The `hash` provider: deterministic feature hashing: every word token adds ±1 to one
 //! of 384 buckets, and the vector is L2-normalised, so texts that share words are close. It needs
 //! no model and no network: tests and benchmarks use it.
 
 use async_trait::async_trait;
 use common::contract::SpaceRef;
 
-/// Whether a text is stored or searched for; real models embed the two differently.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Purpose {
-    Document,
-    Query,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ProviderError {
-    #[error("the provider returned {got} vectors for {expected} texts")]
-    Count { expected: usize, got: usize },
-}
-
-#[async_trait]
-pub trait Provider: Send + Sync + 'static {
-    /// The space this provider's vectors live in.
-    fn space(&self) -> SpaceRef;
-    /// One L2-normalised vector per text, in order.
-    async fn embed(&self, texts: &[String], purpose: Purpose) -> Result<Vec<Vec<f32>>, ProviderError>;
-}
+use super::{Embedding, Provider, ProviderError, Purpose};
 
 /// Deterministic feature hashing of word tokens.
 #[derive(Debug, Clone)]
@@ -79,12 +60,16 @@ fn fnv1a_64(bytes: &[u8]) -> u64 {
 
 #[async_trait]
 impl Provider for HashProvider {
-    fn space(&self) -> SpaceRef {
-        SpaceRef { provider: "hash".into(), model: Self::MODEL.into(), dimensions: self.dimensions as u32 }
+    fn name(&self) -> &'static str {
+        "hash"
     }
 
-    async fn embed(&self, texts: &[String], _purpose: Purpose) -> Result<Vec<Vec<f32>>, ProviderError> {
-        Ok(texts.iter().map(|t| self.vector(t)).collect())
+    fn space(&self) -> SpaceRef {
+        SpaceRef { provider: self.name().into(), model: Self::MODEL.into(), dimensions: self.dimensions as u32 }
+    }
+
+    async fn embed(&self, texts: &[String], _purpose: Purpose) -> Result<Vec<Embedding>, ProviderError> {
+        Ok(texts.iter().map(|t| Ok(self.vector(t))).collect())
     }
 }
 

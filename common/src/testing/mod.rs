@@ -2,6 +2,8 @@
 //! own streams), its own shutdown token and task tracker, against the real servers started by
 //! `scripts/services.sh up` (URLs from `MEMORY_TEST_*`).
 
+pub mod gemini;
+
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
@@ -79,6 +81,7 @@ impl TestEnv {
             ("MEMORY_DATABASE_MAX_CONNECTIONS".to_owned(), "4".to_owned()),
             ("MEMORY_EMBEDDER_BATCH_WAIT_MS".to_owned(), "20".to_owned()),
             ("MEMORY_SHUTDOWN_GRACE_SECS".to_owned(), "10".to_owned()),
+            ("MEMORY_EMBEDDING_PROVIDER".to_owned(), "hash".to_owned()),
         ]);
         configure(&mut vars);
         let config = Config::from_map(&vars)?;

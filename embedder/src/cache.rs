@@ -1,0 +1,189 @@
+//! The query-vector cache: an in-process LRU in front of Redis, keyed by the space and the
+//! SHA-256 of the text. Any cache failure is a miss, never an error: the provider answers instead.
+
+use std::fmt::Write as _;
+use std::num::NonZeroUsize;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::config::QueryCacheConfig;
+use common::contract::SpaceRef;
+use lru::LruCache;
+use redis::AsyncCommands as _;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use sha2::{Digest, Sha256};
+use tokio::sync::Mutex as AsyncMutex;
+use tokio::time::Instant;
+
+use crate::metrics::{CacheLabels, CacheResult, Metrics};
+
+/// A Redis call slower than this is a miss.
+const REDIS_TIMEOUT: Duration = Duration::from_millis(250);
+/// After a failed connection, Redis is skipped for this long.
+const REDIS_RETRY: Duration = Duration::from_secs(5);
+
+/// The in-process cache: SHA-256 key → vector.
+type Memory = Mutex<LruCache<[u8; 32], Arc<[f32]>>>;
+
+#[derive(Clone)]
+pub(crate) struct QueryCache {
+    memory: Option<Arc<Memory>>,
+    redis: Option<Arc<Redis>>,
+    /// Namespaces the Redis keys (the subject prefix), so deployments sharing a Redis do not mix.
+    namespace: String,
+    ttl: Duration,
+    metrics: Metrics,
+}
+
+struct Redis {
+    client: redis::Client,
+    connection: AsyncMutex<Connection>,
+}
+
+enum Connection {
+    None { retry_at: Option<Instant> },
+    Ready(ConnectionManager),
+}
+
+impl QueryCache {
+    /// A cache with an LRU of `config.capacity` entries and, given a URL, Redis. Never fails:
+    /// a bad Redis URL is reported and the cache runs in process only.
+    pub(crate) fn new(config: &QueryCacheConfig, namespace: &str, metrics: Metrics) -> Self {
+        let memory = NonZeroUsize::new(config.capacity).map(|n| Arc::new(Mutex::new(LruCache::new(n))));
+        let redis = config.redis_url.as_ref().and_then(|url| match redis::Client::open(url.expose()) {
+            Ok(client) => {
+                Some(Arc::new(Redis { client, connection: AsyncMutex::new(Connection::None { retry_at: None }) }))
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "MEMORY_REDIS_URL is not usable; query vectors are cached in process only");
+                None
+            }
+        });
+        Self { memory, redis, namespace: namespace.to_owned(), ttl: config.ttl, metrics }
+    }
+
+    /// The cached vector of `text` in `space`, if any.
+    pub(crate) async fn get(&self, space: &SpaceRef, text: &str) -> Option<Vec<f32>> {
+        let key = key(space, text);
+        if let Some(memory) = &self.memory
+            && let Some(v) = memory.lock().expect("cache lock").get(&key)
+        {
+            self.count(CacheResult::Memory);
+            return Some(v.to_vec());
+        }
+        if let Some(vector) = self.redis_get(space, &key).await {
+            if let Some(memory) = &self.memory {
+                memory.lock().expect("cache lock").put(key, vector.clone().into());
+            }
+            self.count(CacheResult::Redis);
+            return Some(vector);
+        }
+        self.count(CacheResult::Miss);
+        None
+    }
+
+    pub(crate) async fn put(&self, space: &SpaceRef, text: &str, vector: &[f32]) {
+        let key = key(space, text);
+        if let Some(memory) = &self.memory {
+            memory.lock().expect("cache lock").put(key, vector.into());
+        }
+        let Some(mut connection) = self.connection().await else { return };
+        let bytes: Vec<u8> = vector.iter().flat_map(|x| x.to_le_bytes()).collect();
+        let ttl = self.ttl.as_secs().max(1);
+        let set = connection.set_ex::<_, _, ()>(self.redis_key(&key), bytes, ttl);
+        match tokio::time::timeout(REDIS_TIMEOUT, set).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => self.redis_failed("writing", &e),
+            Err(_) => self.redis_failed("writing", &"timed out"),
+        }
+    }
+
+    async fn redis_get(&self, space: &SpaceRef, key: &[u8; 32]) -> Option<Vec<f32>> {
+        let mut connection = self.connection().await?;
+        let get = connection.get::<_, Option<Vec<u8>>>(self.redis_key(key));
+        let bytes = match tokio::time::timeout(REDIS_TIMEOUT, get).await {
+            Ok(Ok(bytes)) => bytes?,
+            Ok(Err(e)) => {
+                self.redis_failed("reading", &e);
+                return None;
+            }
+            Err(_) => {
+                self.redis_failed("reading", &"timed out");
+                return None;
+            }
+        };
+        if bytes.len() != space.dimensions as usize * 4 {
+            self.redis_failed("reading", &format!("an entry of {} bytes", bytes.len()));
+            return None;
+        }
+        Some(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+    }
+
+    /// The shared connection, connecting on first use. `None` while Redis is unreachable.
+    async fn connection(&self) -> Option<ConnectionManager> {
+        let redis = self.redis.as_ref()?;
+        let mut state = redis.connection.lock().await;
+        match &*state {
+            Connection::Ready(c) => return Some(c.clone()),
+            Connection::None { retry_at: Some(at) } if Instant::now() < *at => return None,
+            Connection::None { .. } => {}
+        }
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(REDIS_TIMEOUT))
+            .set_response_timeout(Some(REDIS_TIMEOUT))
+            .set_number_of_retries(1);
+        match ConnectionManager::new_with_config(redis.client.clone(), config).await {
+            Ok(c) => {
+                tracing::info!("query cache connected to Redis");
+                *state = Connection::Ready(c.clone());
+                Some(c)
+            }
+            Err(e) => {
+                self.redis_failed("connecting to", &e);
+                *state = Connection::None { retry_at: Some(Instant::now() + REDIS_RETRY) };
+                None
+            }
+        }
+    }
+
+    fn redis_key(&self, key: &[u8; 32]) -> String {
+        let mut s = format!("{}:query-vector:", self.namespace);
+        for b in key {
+            let _ = write!(s, "{b:02x}");
+        }
+        s
+    }
+
+    fn redis_failed(&self, what: &str, error: &dyn std::fmt::Display) {
+        self.metrics.query_cache_errors.inc();
+        tracing::warn!(error = %error, "{what} Redis failed; treating the query cache as a miss");
+    }
+
+    fn count(&self, result: CacheResult) {
+        self.metrics.query_cache.get_or_create(&CacheLabels { result }).inc();
+    }
+}
+
+/// SHA-256 over the space and the text, unambiguous because every part is length-prefixed.
+fn key(space: &SpaceRef, text: &str) -> [u8; 32] {
+    let mut hash = Sha256::new();
+    for part in [space.provider.as_bytes(), space.model.as_bytes(), &space.dimensions.to_le_bytes(), text.as_bytes()] {
+        hash.update((part.len() as u64).to_le_bytes());
+        hash.update(part);
+    }
+    hash.finalize().into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_differ_by_space_and_text() {
+        let a = SpaceRef { provider: "local".into(), model: "m".into(), dimensions: 384 };
+        let b = SpaceRef { dimensions: 768, ..a.clone() };
+        assert_ne!(key(&a, "hello"), key(&b, "hello"));
+        assert_ne!(key(&a, "hello"), key(&a, "hello!"));
+        assert_eq!(key(&a, "hello"), key(&a.clone(), "hello"));
+    }
+}

@@ -1,0 +1,101 @@
+//! Helpers: run an embedder in process, publish messages, read what it stored.
+
+use std::time::Duration;
+
+use common::bus::Envelope;
+use common::contract::{EmbedQueryRequest, EmbedQueryResponse, Reply, VERSION};
+use common::domain::{MessageId, TenantId};
+use common::testing::TestEnv;
+use embedder::{Embedder, Embeddings};
+use prometheus_client::registry::Registry;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+pub(crate) struct Running {
+    pub(crate) embeddings: Embeddings,
+    pub(crate) stop: CancellationToken,
+}
+
+/// Builds an embedder from the environment's configuration and runs it until the test ends
+/// (or `stop` is cancelled).
+pub(crate) async fn spawn_embedder(env: &TestEnv) -> anyhow::Result<Running> {
+    let provider = embedder::provider(&env.config)?;
+    let worker = Embedder::build(&env.config, env.deps.clone(), provider, &mut Registry::default()).await?;
+    let embeddings = worker.embeddings().clone();
+    let stop = env.shutdown.child_token();
+    let (t, grace) = (stop.clone(), env.config.shutdown_grace);
+    env.tasks.spawn(async move { worker.run(t, grace).await });
+    Ok(Running { embeddings, stop })
+}
+
+/// Publishes a message to the ingest stream as a direct NATS client would.
+pub(crate) async fn publish(env: &TestEnv, name: Option<&str>, content: &str) -> anyhow::Result<MessageId> {
+    let id = MessageId::new();
+    let tenant = TenantId::parse("acme".to_owned())?;
+    let payload = json!({
+        "v": 1, "message_id": id, "tenant_id": "acme", "conversation_id": "c1",
+        "role": "user", "name": name, "content": content,
+    });
+    env.deps
+        .bus
+        .publish(Envelope::new(env.subjects.ingest(&tenant, id), payload.to_string()), Some(&id.to_string()))
+        .await?;
+    Ok(id)
+}
+
+/// A message's status and failure reason.
+pub(crate) async fn status(env: &TestEnv, id: MessageId) -> anyhow::Result<Option<(String, Option<String>)>> {
+    Ok(sqlx::query_as("SELECT status, failure_reason FROM messages WHERE id = $1")
+        .bind(id.0)
+        .fetch_optional(env.store.pool())
+        .await?)
+}
+
+/// Waits until the message has `expected` status.
+pub(crate) async fn until_status(env: &TestEnv, id: MessageId, expected: &str) -> anyhow::Result<Option<String>> {
+    env.eventually(|| async {
+        match status(env, id).await? {
+            Some((s, reason)) if s == expected => Ok(reason),
+            other => anyhow::bail!("message {id} is {other:?}, not {expected}"),
+        }
+    })
+    .await
+}
+
+/// The vector stored for a message in the active space.
+pub(crate) async fn vector(env: &TestEnv, id: MessageId) -> anyhow::Result<Option<Vec<f32>>> {
+    let space = env.deps.store.active_space().await?.ok_or_else(|| anyhow::anyhow!("no active space"))?;
+    let row: Option<(pgvector::Vector,)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT embedding FROM message_vectors_{} WHERE message_id = $1",
+        space.id
+    )))
+    .bind(id.0)
+    .fetch_optional(env.store.pool())
+    .await?;
+    Ok(row.map(|(v,)| v.to_vec()))
+}
+
+/// Rows in every vector table.
+pub(crate) async fn vector_rows(env: &TestEnv) -> anyhow::Result<i64> {
+    let ids: Vec<i32> = sqlx::query_scalar("SELECT id FROM embedding_spaces").fetch_all(env.store.pool()).await?;
+    let mut total = 0;
+    for id in ids {
+        let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM message_vectors_{id}")))
+            .fetch_one(env.store.pool())
+            .await?;
+        total += n;
+    }
+    Ok(total)
+}
+
+/// Asks the embedder for query vectors over NATS.
+pub(crate) async fn embed_query(env: &TestEnv, texts: &[&str]) -> anyhow::Result<Reply<EmbedQueryResponse>> {
+    let request = EmbedQueryRequest { v: VERSION, texts: texts.iter().map(|t| (*t).to_owned()).collect() };
+    let envelope = Envelope::new(env.subjects.embed_query(), serde_json::to_vec(&request)?);
+    let bytes = env.deps.bus.request(envelope, Duration::from_secs(10)).await?;
+    Ok(serde_json::from_slice(&bytes)?)
+}
+
+pub(crate) fn norm(v: &[f32]) -> f32 {
+    v.iter().map(|x| x * x).sum::<f32>().sqrt()
+}
