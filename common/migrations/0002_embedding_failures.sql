@@ -19,3 +19,7 @@ ALTER TABLE embedding_spaces
     ADD COLUMN backfilled      bigint NOT NULL DEFAULT 0,
     ADD COLUMN activated_at    timestamptz;
 UPDATE embedding_spaces SET activated_at = created_at WHERE active;
+
+-- The sweeper looks for messages left unembedded, oldest change first.
+DROP INDEX messages_not_embedded;
+CREATE INDEX messages_unembedded ON messages (updated_at) WHERE status <> 'embedded';

@@ -116,6 +116,13 @@ pub struct EmbedderConfig {
     /// Deliveries a message gets before the next one dead-letters it (`MEMORY_EMBEDDER_MAX_DELIVERIES`,
     /// default 20).
     pub max_deliveries: u64,
+    /// Whether an embedder whose space is new backfills it and activates it on its own
+    /// (`MEMORY_EMBEDDER_AUTO_BACKFILL`, default true). Otherwise it waits for
+    /// `memory-embedder reembed`.
+    pub auto_backfill: bool,
+    /// How often a waiting embedder (its space not active) checks again
+    /// (`MEMORY_EMBEDDER_STANDBY_POLL_MS`, default 5000).
+    pub standby_poll: Duration,
     pub gemini: GeminiConfig,
     pub local: LocalConfig,
     pub breaker: BreakerConfig,
@@ -338,6 +345,8 @@ impl Config {
                 batch_wait: v.millis("MEMORY_EMBEDDER_BATCH_WAIT_MS", 100, 1, 60_000),
                 ack_wait: v.secs("MEMORY_EMBEDDER_ACK_WAIT_SECS", 30, 1, 3600),
                 max_deliveries: v.ranged("MEMORY_EMBEDDER_MAX_DELIVERIES", 20, 1, 10_000),
+                auto_backfill: v.parse_or("MEMORY_EMBEDDER_AUTO_BACKFILL", true),
+                standby_poll: v.millis("MEMORY_EMBEDDER_STANDBY_POLL_MS", 5_000, 10, 600_000),
                 gemini: GeminiConfig {
                     api_key: v.secret("MEMORY_GEMINI_API_KEY"),
                     model: v.raw("MEMORY_GEMINI_MODEL").unwrap_or_else(|| "gemini-embedding-001".into()),

@@ -115,8 +115,10 @@ impl Subjects {
     pub fn get_message(&self) -> String {
         format!("{}.v1.messages.get", self.prefix)
     }
-    pub fn embed_query(&self) -> String {
-        format!("{}.v1.embed.query", self.prefix)
+    /// `mem.v1.embed.query.<space id>`: query vectors in one embedding space, answered by the
+    /// embedders of that space. Searchers ask the active space's.
+    pub fn embed_query(&self, space_id: i32) -> String {
+        format!("{}.v1.embed.query.{space_id}", self.prefix)
     }
 
     /// `MEMORY_INGEST` for the production prefix `mem`, `<PREFIX>_INGEST` otherwise.

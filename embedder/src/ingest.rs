@@ -3,26 +3,24 @@
 //! converges on the same rows and never duplicates one.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use common::Deps;
-use common::bus::{Consumer, Delivery, Disposition, Envelope, Rejection};
+use common::bus::{Consumer, Delivery, Disposition, Rejection};
 use common::config::Config;
-use common::contract::{
-    EventKind, MessageEmbedded, MessageEmbeddingFailed, MessageReceived, MessageStored, REQUEST_ID_HEADER, StreamKind,
-    Subjects, VERSION,
-};
+use common::contract::{EventKind, MessageReceived, MessageStored, REQUEST_ID_HEADER, StreamKind, Subjects, VERSION};
 use common::domain::{MessageId, MessageStatus, NewMessage};
-use common::store::{Failure, Inserted, NewRow, NewVector, Space, StoredMessage};
+use common::store::{Inserted, NewRow, Space, StoreError, StoredMessage};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info_span, warn};
 
-use crate::EmbedderError;
 use crate::breaker::State;
 use crate::embed::Embeddings;
 use crate::metrics::{Metrics, Outcome};
-use crate::provider::Purpose;
+use crate::write::{self, WriteError};
 
 /// Transient failures (store, bus) are retried after a delay that doubles with every delivery,
 /// up to this cap, so an outage of many minutes does not exhaust a message's deliveries.
@@ -45,6 +43,16 @@ pub(crate) struct IngestWorker {
     batch_size: usize,
     batch_wait: Duration,
     max_deliveries: u64,
+    /// Set when a write found the space no longer active.
+    retired: Arc<AtomicBool>,
+}
+
+/// Why the ingest loop returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ended {
+    Shutdown,
+    /// Another space became active: this embedder must stop writing.
+    Retired,
 }
 
 /// A delivery that passed validation.
@@ -71,19 +79,27 @@ impl IngestWorker {
             batch_size: config.embedder.batch_size,
             batch_wait: config.embedder.batch_wait,
             max_deliveries: config.embedder.max_deliveries,
+            retired: Arc::new(AtomicBool::new(false)),
         }
     }
 
-    pub(crate) async fn run(mut self, shutdown: CancellationToken, grace: Duration) -> Result<(), EmbedderError> {
+    /// Pulls and handles batches while the space is active: until shutdown (finishing the batch
+    /// in hand within `grace`) or until a write finds another space active.
+    pub(crate) async fn run(&mut self, space: Space, shutdown: &CancellationToken, grace: Duration) -> Ended {
+        self.space = space;
+        self.retired.store(false, Ordering::Relaxed);
         loop {
+            if self.retired.load(Ordering::Relaxed) {
+                return Ended::Retired;
+            }
             // While the provider is down, messages wait in the stream: none is pulled, so none
             // spends a delivery, and none is embedded by anything else.
-            if !self.provider_ready(&shutdown).await {
-                break;
+            if !self.provider_ready(shutdown).await {
+                return Ended::Shutdown;
             }
             let fetched = tokio::select! {
                 biased;
-                () = shutdown.cancelled() => break,
+                () = shutdown.cancelled() => return Ended::Shutdown,
                 fetched = self.consumer.fetch(self.batch_size, self.batch_wait) => fetched,
             };
             let batch = match fetched {
@@ -91,7 +107,7 @@ impl IngestWorker {
                 Err(e) => {
                     warn!(error = %e, cause = ?std::error::Error::source(&e), "pulling from the ingest stream failed; retrying");
                     tokio::select! {
-                        () = shutdown.cancelled() => break,
+                        () = shutdown.cancelled() => return Ended::Shutdown,
                         () = tokio::time::sleep(PULL_RETRY) => continue,
                     }
                 }
@@ -111,13 +127,12 @@ impl IngestWorker {
                 () = self.handle(batch) => {}
                 () = deadline => {
                     warn!(messages = n, "batch did not finish within the grace period; it will be redelivered");
-                    break;
+                    return Ended::Shutdown;
                 }
             }
             self.metrics.batch_size.observe(n as f64);
             self.metrics.batch_duration.observe(started.elapsed().as_secs_f64());
         }
-        Ok(())
     }
 
     /// Waits out an open circuit and probes the provider until it closes. `false` on shutdown.
@@ -195,7 +210,7 @@ impl IngestWorker {
                 warn!(error = %e, "the database refused a row; inserting the batch row by row");
             }
             Err(e) => {
-                self.retry_all(accepted, "storing messages", &e).await;
+                self.retry_all(accepted, "storing messages", &e, None).await;
                 return None;
             }
         }
@@ -218,7 +233,7 @@ impl IngestWorker {
                 }
                 Err(e) => {
                     let rest: Vec<Accepted> = kept.into_iter().chain(std::iter::once(a)).chain(pending).collect();
-                    self.retry_all(rest, "storing messages", &e).await;
+                    self.retry_all(rest, "storing messages", &e, None).await;
                     return None;
                 }
             }
@@ -256,18 +271,21 @@ impl IngestWorker {
         }
 
         // Events are at-least-once; their ids let the events stream drop a repeat within its window.
-        let stored = self.publish_events(EventKind::Stored, &ready, |row| MessageStored {
-            v: VERSION,
-            message_id: row.id,
-            tenant_id: row.tenant_id.clone(),
-            conversation_id: row.conversation_id.clone(),
-            role: row.role,
-            importance: row.importance,
-            stored_at: row.stored_at,
-        });
+        let stored = futures::future::try_join_all(ready.iter().map(|(_, Inserted { row, .. })| {
+            let event = MessageStored {
+                v: VERSION,
+                message_id: row.id,
+                tenant_id: row.tenant_id.clone(),
+                conversation_id: row.conversation_id.clone(),
+                role: row.role,
+                importance: row.importance,
+                stored_at: row.stored_at,
+            };
+            write::publish(&self.deps, EventKind::Stored, row, serde_json::to_vec(&event).expect("events serialise"))
+        }));
         if let Err(e) = stored.await {
             let accepted = ready.into_iter().map(|(a, _)| a).collect();
-            return self.retry_all(accepted, "publishing MessageStored", &e).await;
+            return self.retry_all(accepted, "publishing MessageStored", &e, None).await;
         }
 
         // Two events may carry the same message id (a re-publish after the duplicate window):
@@ -278,63 +296,25 @@ impl IngestWorker {
             .map(|(_, i)| &i.row)
             .filter(|row| row.status != MessageStatus::Embedded && seen.insert(row.id))
             .collect();
-        let mut refused = HashMap::new();
-        if !to_embed.is_empty() {
-            let texts: Vec<String> =
-                to_embed.iter().map(|r| common::domain::embedding_text(r.name.as_deref(), &r.content)).collect();
-            let answers = match self.embeddings.embed(&texts, Purpose::Document).await {
-                Ok(answers) => answers,
-                Err(e) => {
-                    let accepted = ready.into_iter().map(|(a, _)| a).collect();
-                    return self.retry_all_after(accepted, "embedding", &e, e.retry_after()).await;
+        let refused = match write::embed_rows(&self.deps, &self.embeddings, &self.space, &to_embed).await {
+            Ok(refused) => refused,
+            Err(e) => {
+                if let WriteError::Store(StoreError::SpaceInactive(_)) = e {
+                    // Another space was activated: this embedder's provider is retired.
+                    self.retired.store(true, Ordering::Relaxed);
                 }
-            };
-            let mut vectors = Vec::with_capacity(answers.len());
-            let mut failures = Vec::new();
-            for (row, answer) in to_embed.iter().zip(answers) {
-                match answer {
-                    Ok(vector) => {
-                        vectors.push(NewVector { message_id: row.id, tenant_id: row.tenant_id.clone(), vector });
-                    }
-                    Err(refusal) => {
-                        warn!(message_id = %row.id, reason = %refusal, "the provider refused a message; it is marked failed");
-                        refused.insert(row.id, refusal.0.clone());
-                        failures.push(Failure { message_id: row.id, reason: refusal.0 });
-                    }
-                }
-            }
-            let saved = match self.deps.store.save_vectors(&self.space, &vectors).await {
-                Ok(()) => self.deps.store.mark_failed(&self.space, &failures).await,
-                Err(e) => Err(e),
-            };
-            if let Err(e) = saved {
+                let retry_after = match &e {
+                    WriteError::Provider(p) => p.retry_after(),
+                    WriteError::Store(_) => None,
+                };
                 let accepted = ready.into_iter().map(|(a, _)| a).collect();
-                return self.retry_all(accepted, "storing vectors", &e).await;
+                return self.retry_all(accepted, "embedding", &e, retry_after).await;
             }
-        }
-
-        let (failed, embedded): (Vec<_>, Vec<_>) =
-            ready.into_iter().partition(|(_, i)| refused.contains_key(&i.row.id));
-        let published = futures::future::try_join(
-            self.publish_events(EventKind::Embedded, &embedded, |row| MessageEmbedded {
-                v: VERSION,
-                message_id: row.id,
-                tenant_id: row.tenant_id.clone(),
-                space: self.space.reference.clone(),
-            }),
-            self.publish_events(EventKind::EmbeddingFailed, &failed, |row| MessageEmbeddingFailed {
-                v: VERSION,
-                message_id: row.id,
-                tenant_id: row.tenant_id.clone(),
-                space: self.space.reference.clone(),
-                reason: refused.get(&row.id).cloned().unwrap_or_default(),
-            }),
-        );
-        let published = published.await;
-        let ready: Vec<_> = embedded.into_iter().chain(failed).collect();
-        if let Err(e) = published {
+        };
+        let rows: Vec<&StoredMessage> = ready.iter().map(|(_, i)| &i.row).collect();
+        if let Err(e) = write::publish_outcomes(&self.deps, &self.space, &rows, &refused).await {
             let accepted = ready.into_iter().map(|(a, _)| a).collect();
-            return self.retry_all(accepted, "publishing MessageEmbedded", &e).await;
+            return self.retry_all(accepted, "publishing MessageEmbedded", &e, None).await;
         }
         self.metrics.count(Outcome::Failed, refused.len());
 
@@ -347,29 +327,9 @@ impl IngestWorker {
         futures::future::join_all(ready.into_iter().map(|(a, _)| settle(a.delivery, Disposition::Ack))).await;
     }
 
-    /// Publishes one event per row, concurrently, each with an id that deduplicates a repeat.
-    async fn publish_events<T: serde::Serialize>(
-        &self,
-        kind: EventKind,
-        ready: &[(Accepted, &Inserted)],
-        event: impl Fn(&StoredMessage) -> T,
-    ) -> Result<(), common::bus::BusError> {
-        let publishes = ready.iter().map(|(_, Inserted { row, .. })| {
-            let payload = serde_json::to_vec(&event(row)).expect("events serialise");
-            let envelope = Envelope::new(self.deps.subjects.event(&row.tenant_id, kind, row.id), payload);
-            let id = format!("{}-{}", kind.as_str(), row.id);
-            async move { self.deps.bus.publish(envelope, Some(&id)).await }
-        });
-        futures::future::try_join_all(publishes).await.map(|_| ())
-    }
-
-    async fn retry_all(&self, accepted: Vec<Accepted>, step: &str, error: &(dyn std::error::Error + Send + Sync)) {
-        self.retry_all_after(accepted, step, error, None).await;
-    }
-
     /// Hands the batch back for redelivery after its backoff, or after `at_least` when the
     /// provider asked for more.
-    async fn retry_all_after(
+    async fn retry_all(
         &self,
         accepted: Vec<Accepted>,
         step: &str,

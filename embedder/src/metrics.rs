@@ -148,6 +148,10 @@ pub struct Metrics {
     /// Messages swept (re-embedded after being left `pending` or `failed`):
     /// `memory_embedder_swept_messages_total`.
     pub swept: Counter,
+    /// Messages embedded into a new space by backfills: `memory_embedder_backfilled_messages_total`.
+    pub backfilled: Counter,
+    /// Messages a running backfill still has to embed: `memory_embedder_backfill_remaining_messages`.
+    pub backfill_remaining: Gauge,
 }
 
 impl Metrics {
@@ -165,6 +169,8 @@ impl Metrics {
             query_cache_errors: Counter::default(),
             backlog: Family::default(),
             swept: Counter::default(),
+            backfilled: Counter::default(),
+            backfill_remaining: Gauge::default(),
         };
         let r = registry.sub_registry_with_prefix("embedder");
         r.register("messages", "Messages handled, by outcome", m.messages.clone());
@@ -188,6 +194,12 @@ impl Metrics {
         );
         r.register("backlog_messages", "Messages waiting to be embedded", m.backlog.clone());
         r.register("swept_messages", "Messages re-embedded by the sweeper", m.swept.clone());
+        r.register("backfilled_messages", "Messages embedded into a new space by backfills", m.backfilled.clone());
+        r.register(
+            "backfill_remaining_messages",
+            "Messages a running backfill still has to embed",
+            m.backfill_remaining.clone(),
+        );
         m
     }
 

@@ -151,7 +151,6 @@ impl Handler {
             return Err(bad_request(format!("unsupported version {}", request.v)));
         }
         common::domain::check_search(&request.query, request.top_k).map_err(|e| bad_request(e.to_string()))?;
-        let embedded = self.embed_query(&request.query).await?;
         let space = self
             .deps
             .store
@@ -159,8 +158,9 @@ impl Handler {
             .await
             .map_err(|e| unavailable("reading the active embedding space", &e))?
             .ok_or_else(|| RemoteError::new(RemoteErrorCode::NoActiveSpace, "no embedding space is active yet"))?;
+        let embedded = self.embed_query(space.id, &request.query).await?;
         if space.reference != embedded.space {
-            // Never compare vectors of different models: the embedders are mid-switch.
+            // Never compare vectors of different models.
             return Err(RemoteError::new(
                 RemoteErrorCode::Unavailable,
                 format!("query embedded in {:?} but the active space is {:?}", embedded.space, space.reference),
@@ -191,12 +191,15 @@ impl Handler {
         Ok(SearchResponse { total: items.len(), items })
     }
 
-    async fn embed_query(&self, query: &str) -> Result<EmbedQueryResponse, RemoteError> {
+    async fn embed_query(&self, space_id: i32, query: &str) -> Result<EmbedQueryResponse, RemoteError> {
         let request = EmbedQueryRequest { v: VERSION, texts: vec![query.to_owned()] };
         let envelope =
-            Envelope::new(self.deps.subjects.embed_query(), serde_json::to_vec(&request).expect("serialise"));
+            Envelope::new(self.deps.subjects.embed_query(space_id), serde_json::to_vec(&request).expect("serialise"));
         let bytes = self.deps.bus.request(envelope, self.request_timeout).await.map_err(|e| match e {
-            BusError::NoResponders { .. } => RemoteError::new(RemoteErrorCode::Unavailable, "no embedder is running"),
+            BusError::NoResponders { .. } => RemoteError::new(
+                RemoteErrorCode::Unavailable,
+                format!("no embedder of the active space ({space_id}) is running"),
+            ),
             e => unavailable("embedding the query", &e),
         })?;
         match serde_json::from_slice::<Reply<EmbedQueryResponse>>(&bytes) {

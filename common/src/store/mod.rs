@@ -22,6 +22,9 @@ pub enum StoreError {
     Dimensions { space: i32, expected: u32, got: usize },
     #[error("stored row is corrupt: {0}")]
     Corrupt(String),
+    /// The space is not the active one (any more): its vectors are not written as current.
+    #[error("embedding space {0} is not active")]
+    SpaceInactive(i32),
 }
 
 impl StoreError {
@@ -53,6 +56,41 @@ pub struct Space {
     pub id: i32,
     pub reference: SpaceRef,
     pub active: bool,
+    /// When it last became active; a space that was active and is not any more is retired.
+    pub activated_at: Option<DateTime<Utc>>,
+    /// Where an interrupted backfill resumes: the last message id it finished.
+    pub backfill_cursor: Option<MessageId>,
+    /// Messages embedded (or refused) by backfills of this space so far.
+    pub backfilled: i64,
+}
+
+impl Space {
+    /// Active once, replaced since: it no longer backfills or activates on its own.
+    pub fn is_retired(&self) -> bool {
+        !self.active && self.activated_at.is_some()
+    }
+}
+
+/// How far a space is from holding every message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Coverage {
+    pub messages: i64,
+    /// Messages with neither a vector nor a recorded refusal in the space.
+    pub missing: i64,
+}
+
+/// A lock held across every replica until dropped (a Postgres session advisory lock on a
+/// connection of its own).
+pub trait Lock: Send + Sync {}
+
+/// The advisory-lock keys workers coordinate with.
+pub mod locks {
+    /// One backfill of a space at a time.
+    pub fn backfill(space_id: i32) -> i64 {
+        0x006d_656d_0002_0000_i64 | i64::from(space_id)
+    }
+    /// One sweeper at a time.
+    pub const SWEEPER: i64 = 0x006d_656d_0003;
 }
 
 /// A message as stored.
@@ -160,7 +198,52 @@ pub trait Store: Send + Sync + 'static {
     async fn save_vectors(&self, space: &Space, vectors: &[NewVector]) -> Result<(), StoreError>;
 
     /// Records the provider's refusals in `space` and marks the messages `failed` with the reason.
+    /// Like `save_vectors`, only for the active space (else `SpaceInactive`).
     async fn mark_failed(&self, space: &Space, failures: &[Failure]) -> Result<(), StoreError>;
+
+    /// The space with this id, as stored now.
+    async fn space(&self, id: i32) -> Result<Option<Space>, StoreError>;
+
+    /// Up to `limit` messages in id order after `after`, with neither a vector nor a recorded
+    /// refusal in `space`: what a backfill still has to embed.
+    async fn unembedded(
+        &self,
+        space: &Space,
+        after: Option<MessageId>,
+        limit: u32,
+    ) -> Result<Vec<StoredMessage>, StoreError>;
+
+    /// Saves a backfill batch into `space` (vectors, refusals, and the cursor to resume after),
+    /// in one transaction. Message statuses are untouched until the space is activated.
+    async fn save_backfill(
+        &self,
+        space: &Space,
+        vectors: &[NewVector],
+        failures: &[Failure],
+        cursor: MessageId,
+    ) -> Result<(), StoreError>;
+
+    async fn coverage(&self, space: &Space) -> Result<Coverage, StoreError>;
+
+    /// Makes `space` the active one if it covers every message, and sets every message's status
+    /// from it, in one transaction that waits for in-flight writes to the old space. `false`
+    /// when messages are still missing.
+    async fn activate_space(&self, space: &Space) -> Result<bool, StoreError>;
+
+    /// Messages of the active space left `pending` or `failed` (with fewer than `max_failures`
+    /// refusals) whose last change is older than `before`, oldest first.
+    async fn stale(
+        &self,
+        before: DateTime<Utc>,
+        max_failures: u32,
+        limit: u32,
+    ) -> Result<Vec<StoredMessage>, StoreError>;
+
+    /// Messages with status `pending`.
+    async fn pending_count(&self) -> Result<i64, StoreError>;
+
+    /// Takes the advisory lock `key` if no one holds it.
+    async fn try_lock(&self, key: i64) -> Result<Option<Box<dyn Lock>>, StoreError>;
 
     async fn get_message(&self, id: MessageId) -> Result<Option<StoredMessage>, StoreError>;
 

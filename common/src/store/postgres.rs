@@ -13,7 +13,10 @@ use sqlx::{AssertSqlSafe, FromRow, PgPool};
 use std::str::FromStr;
 use uuid::Uuid;
 
-use super::{Failure, Inserted, NewRow, NewVector, Space, Store, StoreError, StoredMessage, VectorHit, VectorQuery};
+use super::{
+    Coverage, Failure, Inserted, Lock, NewRow, NewVector, Space, Store, StoreError, StoredMessage, VectorHit,
+    VectorQuery,
+};
 use crate::contract::SpaceRef;
 use crate::domain::{ConversationId, MessageId, MessageStatus, Role, TenantId};
 
@@ -26,6 +29,12 @@ macro_rules! message_columns {
     () => {
         "m.id, m.tenant_id, m.conversation_id, m.role, m.name, m.content, m.metadata, m.importance, \
          m.importance_override, m.pinned, m.status, m.failure_reason, m.created_at, m.stored_at"
+    };
+}
+
+macro_rules! space_columns {
+    () => {
+        "id, provider, model, dimensions, active, activated_at, backfill_cursor, backfilled"
     };
 }
 
@@ -61,6 +70,61 @@ impl PgStore {
 
     fn vector_table(space: &Space) -> String {
         format!("message_vectors_{}", space.id)
+    }
+
+    async fn insert_vectors(
+        tx: &mut sqlx::PgConnection,
+        space: &Space,
+        ids: &[Uuid],
+        tenants: &[&str],
+        embeddings: &[Vector],
+    ) -> Result<(), StoreError> {
+        let table = Self::vector_table(space);
+        sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO {table} (message_id, tenant_id, embedding)
+             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::vector[])
+             ON CONFLICT (message_id) DO UPDATE SET embedding = EXCLUDED.embedding"
+        )))
+        .bind(ids)
+        .bind(tenants)
+        .bind(embeddings)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM embedding_failures WHERE space_id = $1 AND message_id = ANY($2)")
+            .bind(space.id)
+            .bind(ids)
+            .execute(tx)
+            .await?;
+        Ok(())
+    }
+
+    async fn insert_failures(
+        tx: &mut sqlx::PgConnection,
+        space: &Space,
+        ids: &[Uuid],
+        reasons: &[&str],
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO embedding_failures (space_id, message_id, reason)
+             SELECT $1, * FROM UNNEST($2::uuid[], $3::text[])
+             ON CONFLICT (space_id, message_id) DO UPDATE SET reason = EXCLUDED.reason, failed_at = now()",
+        )
+        .bind(space.id)
+        .bind(ids)
+        .bind(reasons)
+        .execute(tx)
+        .await?;
+        Ok(())
+    }
+
+    /// Messages with neither a vector nor a refusal in `space` (an SQL condition on `m`).
+    fn missing_in(space: &Space) -> String {
+        let table = Self::vector_table(space);
+        format!(
+            "NOT EXISTS (SELECT 1 FROM {table} v WHERE v.message_id = m.id)
+             AND NOT EXISTS (SELECT 1 FROM embedding_failures f WHERE f.space_id = {} AND f.message_id = m.id)",
+            space.id
+        )
     }
 }
 
@@ -113,6 +177,9 @@ struct SpaceRow {
     model: String,
     dimensions: i32,
     active: bool,
+    activated_at: Option<DateTime<Utc>>,
+    backfill_cursor: Option<Uuid>,
+    backfilled: i64,
 }
 
 impl From<SpaceRow> for Space {
@@ -121,8 +188,50 @@ impl From<SpaceRow> for Space {
             id: r.id,
             reference: SpaceRef { provider: r.provider, model: r.model, dimensions: r.dimensions.unsigned_abs() },
             active: r.active,
+            activated_at: r.activated_at,
+            backfill_cursor: r.backfill_cursor.map(MessageId),
+            backfilled: r.backfilled,
         }
     }
+}
+
+/// Vectors as the columns of an `UNNEST` insert: message ids, tenants, embeddings.
+type VectorColumns<'a> = (Vec<Uuid>, Vec<&'a str>, Vec<Vector>);
+
+/// The columns of vectors to insert into `space`, checked against its dimensions.
+fn columns<'a>(space: &Space, vectors: &'a [NewVector]) -> Result<VectorColumns<'a>, StoreError> {
+    if let Some(bad) = vectors.iter().find(|v| v.vector.len() != space.reference.dimensions as usize) {
+        return Err(StoreError::Dimensions {
+            space: space.id,
+            expected: space.reference.dimensions,
+            got: bad.vector.len(),
+        });
+    }
+    Ok((
+        vectors.iter().map(|v| v.message_id.0).collect(),
+        vectors.iter().map(|v| v.tenant_id.as_str()).collect(),
+        vectors.iter().map(|v| Vector::from(v.vector.clone())).collect(),
+    ))
+}
+
+/// A session advisory lock on a connection taken out of the pool: dropping it closes the
+/// connection, which releases the lock.
+struct PgLock {
+    _connection: sqlx::PgConnection,
+}
+
+impl Lock for PgLock {}
+
+/// Fails with `SpaceInactive` unless `space` is the active one. Taken inside a write
+/// transaction with the shared spaces lock, so activation (which takes it exclusively) waits
+/// for the write, and a write after activation sees the new state.
+async fn ensure_active(tx: &mut sqlx::PgConnection, space: &Space) -> Result<(), StoreError> {
+    sqlx::query("SELECT pg_advisory_xact_lock_shared($1)").bind(SPACES_LOCK).execute(&mut *tx).await?;
+    let active: Option<bool> = sqlx::query_scalar("SELECT active FROM embedding_spaces WHERE id = $1")
+        .bind(space.id)
+        .fetch_optional(tx)
+        .await?;
+    if active == Some(true) { Ok(()) } else { Err(StoreError::SpaceInactive(space.id)) }
 }
 
 #[derive(FromRow)]
@@ -144,8 +253,9 @@ impl Store for PgStore {
         let mut tx = self.pool.begin().await?;
         sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(SPACES_LOCK).execute(&mut *tx).await?;
         sqlx::query(
-            "INSERT INTO embedding_spaces (provider, model, dimensions, active)
-             VALUES ($1, $2, $3, NOT EXISTS (SELECT 1 FROM embedding_spaces WHERE active))
+            "INSERT INTO embedding_spaces (provider, model, dimensions, active, activated_at)
+             SELECT $1, $2, $3, first, CASE WHEN first THEN now() END
+             FROM (SELECT NOT EXISTS (SELECT 1 FROM embedding_spaces WHERE active) AS first) f
              ON CONFLICT (provider, model, dimensions) DO NOTHING",
         )
         .bind(&space.provider)
@@ -153,10 +263,11 @@ impl Store for PgStore {
         .bind(dimensions)
         .execute(&mut *tx)
         .await?;
-        let row: SpaceRow = sqlx::query_as(
-            "SELECT id, provider, model, dimensions, active FROM embedding_spaces
-             WHERE provider = $1 AND model = $2 AND dimensions = $3",
-        )
+        let row: SpaceRow = sqlx::query_as(concat!(
+            "SELECT ",
+            space_columns!(),
+            " FROM embedding_spaces WHERE provider = $1 AND model = $2 AND dimensions = $3"
+        ))
         .bind(&space.provider)
         .bind(&space.model)
         .bind(dimensions)
@@ -188,7 +299,7 @@ impl Store for PgStore {
 
     async fn active_space(&self) -> Result<Option<Space>, StoreError> {
         let row: Option<SpaceRow> =
-            sqlx::query_as("SELECT id, provider, model, dimensions, active FROM embedding_spaces WHERE active")
+            sqlx::query_as(concat!("SELECT ", space_columns!(), " FROM embedding_spaces WHERE active"))
                 .fetch_optional(&self.pool)
                 .await?;
         Ok(row.map(Space::from))
@@ -266,28 +377,10 @@ impl Store for PgStore {
         if vectors.is_empty() {
             return Ok(());
         }
-        if let Some(bad) = vectors.iter().find(|v| v.vector.len() != space.reference.dimensions as usize) {
-            return Err(StoreError::Dimensions {
-                space: space.id,
-                expected: space.reference.dimensions,
-                got: bad.vector.len(),
-            });
-        }
-        let ids: Vec<Uuid> = vectors.iter().map(|v| v.message_id.0).collect();
-        let tenants: Vec<&str> = vectors.iter().map(|v| v.tenant_id.as_str()).collect();
-        let embeddings: Vec<Vector> = vectors.iter().map(|v| Vector::from(v.vector.clone())).collect();
-        let table = Self::vector_table(space);
+        let (ids, tenants, embeddings) = columns(space, vectors)?;
         let mut tx = self.pool.begin().await?;
-        sqlx::query(AssertSqlSafe(format!(
-            "INSERT INTO {table} (message_id, tenant_id, embedding)
-             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::vector[])
-             ON CONFLICT (message_id) DO UPDATE SET embedding = EXCLUDED.embedding"
-        )))
-        .bind(&ids)
-        .bind(&tenants)
-        .bind(&embeddings)
-        .execute(&mut *tx)
-        .await?;
+        ensure_active(&mut tx, space).await?;
+        Self::insert_vectors(&mut tx, space, &ids, &tenants, &embeddings).await?;
         sqlx::query(
             "UPDATE messages SET status = 'embedded', failure_reason = NULL, updated_at = now()
              WHERE id = ANY($1) AND status <> 'embedded'",
@@ -295,11 +388,6 @@ impl Store for PgStore {
         .bind(&ids)
         .execute(&mut *tx)
         .await?;
-        sqlx::query("DELETE FROM embedding_failures WHERE space_id = $1 AND message_id = ANY($2)")
-            .bind(space.id)
-            .bind(&ids)
-            .execute(&mut *tx)
-            .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -311,16 +399,8 @@ impl Store for PgStore {
         let ids: Vec<Uuid> = failures.iter().map(|f| f.message_id.0).collect();
         let reasons: Vec<&str> = failures.iter().map(|f| f.reason.as_str()).collect();
         let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO embedding_failures (space_id, message_id, reason)
-             SELECT $1, * FROM UNNEST($2::uuid[], $3::text[])
-             ON CONFLICT (space_id, message_id) DO UPDATE SET reason = EXCLUDED.reason, failed_at = now()",
-        )
-        .bind(space.id)
-        .bind(&ids)
-        .bind(&reasons)
-        .execute(&mut *tx)
-        .await?;
+        ensure_active(&mut tx, space).await?;
+        Self::insert_failures(&mut tx, space, &ids, &reasons).await?;
         sqlx::query(
             "UPDATE messages m SET status = 'failed', failure_reason = u.reason,
                                    embed_failures = m.embed_failures + 1, updated_at = now()
@@ -333,6 +413,148 @@ impl Store for PgStore {
         .await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    async fn space(&self, id: i32) -> Result<Option<Space>, StoreError> {
+        let row: Option<SpaceRow> =
+            sqlx::query_as(concat!("SELECT ", space_columns!(), " FROM embedding_spaces WHERE id = $1"))
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row.map(Space::from))
+    }
+
+    async fn unembedded(
+        &self,
+        space: &Space,
+        after: Option<MessageId>,
+        limit: u32,
+    ) -> Result<Vec<StoredMessage>, StoreError> {
+        let rows: Vec<MessageRow> = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT {} FROM messages m
+             WHERE ($1::uuid IS NULL OR m.id > $1) AND {}
+             ORDER BY m.id LIMIT $2",
+            message_columns!(),
+            Self::missing_in(space)
+        )))
+        .bind(after.map(|id| id.0))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(StoredMessage::try_from).collect()
+    }
+
+    async fn save_backfill(
+        &self,
+        space: &Space,
+        vectors: &[NewVector],
+        failures: &[Failure],
+        cursor: MessageId,
+    ) -> Result<(), StoreError> {
+        let (ids, tenants, embeddings) = columns(space, vectors)?;
+        let failed: Vec<Uuid> = failures.iter().map(|f| f.message_id.0).collect();
+        let reasons: Vec<&str> = failures.iter().map(|f| f.reason.as_str()).collect();
+        let mut tx = self.pool.begin().await?;
+        if !ids.is_empty() {
+            Self::insert_vectors(&mut tx, space, &ids, &tenants, &embeddings).await?;
+        }
+        if !failed.is_empty() {
+            Self::insert_failures(&mut tx, space, &failed, &reasons).await?;
+        }
+        sqlx::query("UPDATE embedding_spaces SET backfill_cursor = $2, backfilled = backfilled + $3 WHERE id = $1")
+            .bind(space.id)
+            .bind(cursor.0)
+            .bind(i64::try_from(ids.len() + failed.len()).unwrap_or(i64::MAX))
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn coverage(&self, space: &Space) -> Result<Coverage, StoreError> {
+        let (messages, missing): (i64, i64) = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT count(*), count(*) FILTER (WHERE {}) FROM messages m",
+            Self::missing_in(space)
+        )))
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(Coverage { messages, missing })
+    }
+
+    async fn activate_space(&self, space: &Space) -> Result<bool, StoreError> {
+        let table = Self::vector_table(space);
+        let mut tx = self.pool.begin().await?;
+        // Exclusive: waits for writes to the old space in flight (they hold it shared), and
+        // every write after this commits sees the new active space.
+        sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(SPACES_LOCK).execute(&mut *tx).await?;
+        let missing: bool = sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT EXISTS (SELECT 1 FROM messages m WHERE {})",
+            Self::missing_in(space)
+        )))
+        .fetch_one(&mut *tx)
+        .await?;
+        if missing {
+            return Ok(false);
+        }
+        sqlx::query("UPDATE embedding_spaces SET active = false WHERE active AND id <> $1")
+            .bind(space.id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("UPDATE embedding_spaces SET active = true, activated_at = now() WHERE id = $1 AND NOT active")
+            .bind(space.id)
+            .execute(&mut *tx)
+            .await?;
+        // Statuses now describe the new space: a vector means embedded, a refusal failed.
+        sqlx::query(AssertSqlSafe(format!(
+            "UPDATE messages m SET status = 'embedded', failure_reason = NULL, updated_at = now()
+             WHERE m.status <> 'embedded' AND EXISTS (SELECT 1 FROM {table} v WHERE v.message_id = m.id)"
+        )))
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE messages m SET status = 'failed', failure_reason = f.reason, updated_at = now()
+             FROM embedding_failures f
+             WHERE f.space_id = $1 AND f.message_id = m.id
+               AND (m.status <> 'failed' OR m.failure_reason IS DISTINCT FROM f.reason)",
+        )
+        .bind(space.id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn stale(
+        &self,
+        before: DateTime<Utc>,
+        max_failures: u32,
+        limit: u32,
+    ) -> Result<Vec<StoredMessage>, StoreError> {
+        let rows: Vec<MessageRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            message_columns!(),
+            " FROM messages m
+             WHERE m.status <> 'embedded' AND m.updated_at < $1
+               AND (m.status = 'pending' OR m.embed_failures < $2)
+             ORDER BY m.updated_at LIMIT $3"
+        ))
+        .bind(before)
+        .bind(i32::try_from(max_failures).unwrap_or(i32::MAX))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(StoredMessage::try_from).collect()
+    }
+
+    async fn pending_count(&self) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar("SELECT count(*) FROM messages WHERE status = 'pending'").fetch_one(&self.pool).await?)
+    }
+
+    async fn try_lock(&self, key: i64) -> Result<Option<Box<dyn Lock>>, StoreError> {
+        let mut connection = self.pool.acquire().await?.detach();
+        let locked: bool =
+            sqlx::query_scalar("SELECT pg_try_advisory_lock($1)").bind(key).fetch_one(&mut connection).await?;
+        Ok(locked.then(|| Box::new(PgLock { _connection: connection }) as Box<dyn Lock>))
     }
 
     async fn get_message(&self, id: MessageId) -> Result<Option<StoredMessage>, StoreError> {

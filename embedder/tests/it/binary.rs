@@ -25,8 +25,18 @@ async fn the_binary_stores_and_embeds_serves_ops_and_stops_cleanly_on_sigterm() 
         Ok(())
     })
     .await?;
-    let (_, metrics) = http_get(ops, "/metrics").await?;
-    assert!(metrics.contains("memory_embedder_messages_total{outcome=\"stored\"} 1"), "{metrics}");
+    // The row commits before the events go out and the batch is counted.
+    env.eventually(|| async {
+        let (_, metrics) = http_get(ops, "/metrics").await?;
+        anyhow::ensure!(metrics.contains("memory_embedder_messages_total{outcome=\"stored\"} 1"), "{metrics}");
+        anyhow::ensure!(
+            metrics.contains("memory_embedder_embeddings_total{provider=\"hash\",outcome=\"ok\"} 1"),
+            "{metrics}"
+        );
+        anyhow::ensure!(metrics.contains("memory_embedder_breaker_state 0"), "{metrics}");
+        Ok(())
+    })
+    .await?;
     assert_eq!(http_get(ops, "/healthz").await?.0, 200);
 
     let status = process.terminate().await?;

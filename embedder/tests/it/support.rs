@@ -13,19 +13,41 @@ use tokio_util::sync::CancellationToken;
 
 pub(crate) struct Running {
     pub(crate) embeddings: Embeddings,
+    pub(crate) readiness: common::ops::Check,
     pub(crate) stop: CancellationToken,
 }
 
 /// Builds an embedder from the environment's configuration and runs it until the test ends
 /// (or `stop` is cancelled).
 pub(crate) async fn spawn_embedder(env: &TestEnv) -> anyhow::Result<Running> {
-    let provider = embedder::provider(&env.config)?;
-    let worker = Embedder::build(&env.config, env.deps.clone(), provider, &mut Registry::default()).await?;
+    spawn_embedder_with(env, &env.config).await
+}
+
+/// The same, with another configuration (another provider, say).
+pub(crate) async fn spawn_embedder_with(env: &TestEnv, config: &common::Config) -> anyhow::Result<Running> {
+    let provider = embedder::provider(config)?;
+    let worker = Embedder::build(config, env.deps.clone(), provider, &mut Registry::default()).await?;
     let embeddings = worker.embeddings().clone();
+    let readiness = worker.readiness();
     let stop = env.shutdown.child_token();
-    let (t, grace) = (stop.clone(), env.config.shutdown_grace);
+    let (t, grace) = (stop.clone(), config.shutdown_grace);
     env.tasks.spawn(async move { worker.run(t, grace).await });
-    Ok(Running { embeddings, stop })
+    Ok(Running { embeddings, readiness, stop })
+}
+
+/// The environment's configuration with some variables changed.
+pub(crate) fn config_with(
+    env: &TestEnv,
+    vars: impl IntoIterator<Item = (String, String)>,
+) -> anyhow::Result<common::Config> {
+    let mut all = env.vars.clone();
+    all.extend(vars);
+    Ok(common::Config::from_map(&all)?)
+}
+
+/// Waits until the embedder is ready (ingesting with a closed circuit).
+pub(crate) async fn until_ingesting(env: &TestEnv, running: &Running) -> anyhow::Result<()> {
+    env.eventually(|| async { (running.readiness)().map_err(anyhow::Error::msg) }).await
 }
 
 /// Publishes a message to the ingest stream as a direct NATS client would.
@@ -75,6 +97,22 @@ pub(crate) async fn vector(env: &TestEnv, id: MessageId) -> anyhow::Result<Optio
     Ok(row.map(|(v,)| v.to_vec()))
 }
 
+/// Rows in the vector table of the space of `provider`.
+pub(crate) async fn vectors_in(env: &TestEnv, provider: &str) -> anyhow::Result<i64> {
+    let id: i32 = sqlx::query_scalar("SELECT id FROM embedding_spaces WHERE provider = $1")
+        .bind(provider)
+        .fetch_one(env.store.pool())
+        .await?;
+    Ok(sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM message_vectors_{id}")))
+        .fetch_one(env.store.pool())
+        .await?)
+}
+
+/// The provider of the active space.
+pub(crate) async fn active_provider(env: &TestEnv) -> anyhow::Result<String> {
+    Ok(env.deps.store.active_space().await?.map(|s| s.reference.provider).unwrap_or_default())
+}
+
 /// Rows in every vector table.
 pub(crate) async fn vector_rows(env: &TestEnv) -> anyhow::Result<i64> {
     let ids: Vec<i32> = sqlx::query_scalar("SELECT id FROM embedding_spaces").fetch_all(env.store.pool()).await?;
@@ -91,7 +129,8 @@ pub(crate) async fn vector_rows(env: &TestEnv) -> anyhow::Result<i64> {
 /// Asks the embedder for query vectors over NATS.
 pub(crate) async fn embed_query(env: &TestEnv, texts: &[&str]) -> anyhow::Result<Reply<EmbedQueryResponse>> {
     let request = EmbedQueryRequest { v: VERSION, texts: texts.iter().map(|t| (*t).to_owned()).collect() };
-    let envelope = Envelope::new(env.subjects.embed_query(), serde_json::to_vec(&request)?);
+    let space = env.deps.store.active_space().await?.ok_or_else(|| anyhow::anyhow!("no active space"))?;
+    let envelope = Envelope::new(env.subjects.embed_query(space.id), serde_json::to_vec(&request)?);
     let bytes = env.deps.bus.request(envelope, Duration::from_secs(10)).await?;
     Ok(serde_json::from_slice(&bytes)?)
 }
