@@ -204,6 +204,10 @@ impl Handler {
         })?;
         match serde_json::from_slice::<Reply<EmbedQueryResponse>>(&bytes) {
             Ok(Reply::Ok(r)) => Ok(r),
+            // The provider refused this query text: the caller's to change, not a fault of ours.
+            Ok(Reply::Error(e)) if e.code == RemoteErrorCode::BadRequest => {
+                Err(bad_request(format!("the query cannot be embedded: {}", e.message)))
+            }
             Ok(Reply::Error(e)) => Err(RemoteError::new(RemoteErrorCode::Unavailable, format!("embedder: {e}"))),
             Err(e) => Err(unavailable("reading the embedder's reply", &e)),
         }

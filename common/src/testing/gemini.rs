@@ -92,9 +92,9 @@ impl FakeGemini {
         self.state.lock().expect("fake lock").always = fault;
     }
 
-    /// Refuses any batch holding a text that contains `marker`.
-    pub fn poison(&self, marker: &str) {
-        self.state.lock().expect("fake lock").poison = Some(marker.to_owned());
+    /// Refuses any batch holding a text that contains `marker` (`None`: refuse nothing).
+    pub fn poison(&self, marker: Option<&str>) {
+        self.state.lock().expect("fake lock").poison = marker.map(str::to_owned);
     }
 
     pub fn calls(&self) -> Vec<Call> {

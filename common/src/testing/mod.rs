@@ -178,11 +178,26 @@ pub struct Process {
 
 impl Process {
     pub fn spawn(binary: &str, vars: &BTreeMap<String, String>) -> anyhow::Result<Self> {
+        Self::start(binary, &[], vars, std::process::Stdio::null())
+    }
+
+    /// A command that runs to its end (a subcommand, say); `output` returns what it printed.
+    pub fn spawn_with_args(binary: &str, args: &[&str], vars: &BTreeMap<String, String>) -> anyhow::Result<Self> {
+        Self::start(binary, args, vars, std::process::Stdio::piped())
+    }
+
+    fn start(
+        binary: &str,
+        args: &[&str],
+        vars: &BTreeMap<String, String>,
+        stdout: std::process::Stdio,
+    ) -> anyhow::Result<Self> {
         let child = tokio::process::Command::new(binary)
+            .args(args)
             .env_clear()
             .envs(vars)
             .env("MEMORY_LOG", "warn")
-            .stdout(std::process::Stdio::null())
+            .stdout(stdout)
             .stderr(std::process::Stdio::piped())
             .kill_on_drop(true)
             .spawn()
@@ -202,10 +217,16 @@ impl Process {
 
     /// Waits for the process to exit on its own; returns its status and what it wrote to stderr.
     pub async fn exit(self) -> anyhow::Result<(std::process::ExitStatus, String)> {
-        let output = tokio::time::timeout(Duration::from_secs(30), self.child.wait_with_output())
-            .await
-            .context("the process did not exit within 30 s")??;
+        let output = self.output().await?;
         Ok((output.status, String::from_utf8_lossy(&output.stderr).into_owned()))
+    }
+
+    /// Waits for the process to exit on its own; returns everything it wrote.
+    pub async fn output(self) -> anyhow::Result<std::process::Output> {
+        tokio::time::timeout(Duration::from_secs(60), self.child.wait_with_output())
+            .await
+            .context("the process did not exit within 60 s")?
+            .context("waiting for the process")
     }
 }
 

@@ -15,7 +15,7 @@ use crate::support::{
 #[tokio::test]
 async fn a_new_provider_backfills_every_message_and_takes_over_only_when_complete() -> anyhow::Result<()> {
     let fake = FakeGemini::start().await;
-    fake.poison("UNEMBEDDABLE");
+    fake.poison(Some("UNEMBEDDABLE"));
     let env = TestEnv::start_with(|vars| {
         vars.insert("MEMORY_EMBEDDER_STANDBY_POLL_MS".into(), "50".into());
     })

@@ -158,7 +158,7 @@ async fn an_outage_opens_the_breaker_and_every_message_is_embedded_once_after_re
 #[tokio::test]
 async fn a_text_gemini_refuses_fails_alone_and_the_rest_of_its_batch_embeds() -> anyhow::Result<()> {
     let fake = FakeGemini::start().await;
-    fake.poison("FORBIDDEN-WORD");
+    fake.poison(Some("FORBIDDEN-WORD"));
     // A wide batch window, so the three arrive in one batch.
     let env = env(&fake, &[("MEMORY_EMBEDDER_BATCH_WAIT_MS", "500")]).await?;
     let good1 = publish(&env, None, "first good message").await?;

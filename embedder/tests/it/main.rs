@@ -6,3 +6,4 @@ mod gemini;
 mod local;
 mod query;
 mod support;
+mod sweeper;

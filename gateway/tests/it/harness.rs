@@ -28,7 +28,12 @@ pub(crate) struct Resp {
 impl App {
     /// Gateway, embedder and searcher on a fresh environment.
     pub(crate) async fn start() -> anyhow::Result<Self> {
-        let app = Self::without_workers(|_| {}).await?;
+        Self::start_with(|_| {}).await
+    }
+
+    /// The same, with extra `MEMORY_*` variables.
+    pub(crate) async fn start_with(configure: impl FnOnce(&mut BTreeMap<String, String>)) -> anyhow::Result<Self> {
+        let app = Self::without_workers(configure).await?;
         app.spawn_embedder().await?;
         app.spawn_searcher().await?;
         Ok(app)
@@ -55,12 +60,16 @@ impl App {
 
     /// Starts an embedder; cancel the returned token to stop just this one.
     pub(crate) async fn spawn_embedder(&self) -> anyhow::Result<CancellationToken> {
+        self.spawn_embedder_with(&self.env.config).await
+    }
+
+    /// Starts an embedder with another configuration (another provider, say).
+    pub(crate) async fn spawn_embedder_with(&self, config: &common::Config) -> anyhow::Result<CancellationToken> {
         let token = self.env.shutdown.child_token();
-        let provider = embedder::provider(&self.env.config)?;
+        let provider = embedder::provider(config)?;
         let worker =
-            embedder::Embedder::build(&self.env.config, self.env.deps.clone(), provider, &mut Registry::default())
-                .await?;
-        let (t, grace) = (token.clone(), self.env.config.shutdown_grace);
+            embedder::Embedder::build(config, self.env.deps.clone(), provider, &mut Registry::default()).await?;
+        let (t, grace) = (token.clone(), config.shutdown_grace);
         self.env.tasks.spawn(async move { worker.run(t, grace).await });
         Ok(token)
     }
