@@ -405,9 +405,9 @@ impl Config {
             v.errors.push("MEMORY_GEMINI_RETRY_MIN_MS: must not exceed MEMORY_GEMINI_RETRY_MAX_MS".into());
         }
         if let Some(url) = &embedder.cache.redis_url
-            && !(url.expose().starts_with("redis://") || url.expose().starts_with("rediss://"))
+            && !url.expose().starts_with("redis://")
         {
-            v.errors.push("MEMORY_REDIS_URL: must be a redis:// URL".into());
+            v.errors.push("MEMORY_REDIS_URL: must be a redis:// URL (rediss:// is not supported)".into());
         }
         if let Some(url) = &config.database.url
             && !(url.expose().starts_with("postgres://") || url.expose().starts_with("postgresql://"))

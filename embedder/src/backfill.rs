@@ -6,12 +6,13 @@
 use std::time::{Duration, Instant};
 
 use common::Deps;
-use common::store::{Failure, NewVector, Space, StoreError, locks};
+use common::store::{Failure, NewVector, Space, StoreError, StoredMessage, locks};
 use tokio_util::sync::CancellationToken;
 
 use crate::embed::Embeddings;
 use crate::metrics::Metrics;
 use crate::provider::{ProviderError, Purpose};
+use crate::write;
 
 /// Pause before trying again after a transient failure.
 const RETRY: Duration = Duration::from_secs(1);
@@ -89,12 +90,17 @@ impl Backfill {
                 if !self.activate {
                     return Ok(Outcome::Complete);
                 }
-                if store.activate_space(&space).await? {
-                    self.metrics.backfill_remaining.set(0);
-                    tracing::info!(space = space.id, done = state.done, "backfill complete; the space is active");
-                    return Ok(Outcome::Activated);
-                }
-                continue;
+                // Ingest goes on meanwhile: a few messages may have arrived since this pass.
+                let Some(leftovers) = store.activate_space(&space, self.batch_size).await? else { continue };
+                self.metrics.backfill_remaining.set(0);
+                tracing::info!(
+                    space = space.id,
+                    done = state.done,
+                    leftovers = leftovers.len(),
+                    "backfill complete; the space is active"
+                );
+                self.catch_up(&space, &leftovers, shutdown).await;
+                return Ok(Outcome::Activated);
             };
             let texts: Vec<String> =
                 rows.iter().map(|r| common::domain::embedding_text(r.name.as_deref(), &r.content)).collect();
@@ -128,6 +134,28 @@ impl Backfill {
             self.metrics.backfilled.inc_by(n as u64);
             self.metrics.backfill_remaining.set((state.missing_at_start - state.done).max(0));
             progress(&state);
+        }
+    }
+
+    /// Embeds the messages that arrived between the last pass and the activation, now into the
+    /// active space. What fails here is left `pending` for the ingest redelivery or the sweeper.
+    async fn catch_up(&self, space: &Space, leftovers: &[StoredMessage], shutdown: &CancellationToken) {
+        let space = Space { active: true, ..space.clone() };
+        for chunk in leftovers.chunks(self.batch_size.max(1) as usize) {
+            if shutdown.is_cancelled() {
+                return;
+            }
+            let rows: Vec<&StoredMessage> = chunk.iter().collect();
+            match write::embed_rows(&self.deps, &self.embeddings, &space, &rows).await {
+                Ok(refused) => {
+                    if let Err(e) = write::publish_outcomes(&self.deps, &space, &rows, &refused).await {
+                        tracing::warn!(error = %e, "announcing caught-up messages failed");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "embedding messages stored during the switch failed; the sweeper will retry")
+                }
+            }
         }
     }
 }

@@ -93,8 +93,8 @@ impl QueryCache {
         let set = connection.set_ex::<_, _, ()>(self.redis_key(&key), bytes, ttl);
         match tokio::time::timeout(REDIS_TIMEOUT, set).await {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => self.redis_failed("writing", &e),
-            Err(_) => self.redis_failed("writing", &"timed out"),
+            Ok(Err(e)) => self.redis_down("writing", &e).await,
+            Err(_) => self.redis_down("writing", &"timed out").await,
         }
     }
 
@@ -104,11 +104,11 @@ impl QueryCache {
         let bytes = match tokio::time::timeout(REDIS_TIMEOUT, get).await {
             Ok(Ok(bytes)) => bytes?,
             Ok(Err(e)) => {
-                self.redis_failed("reading", &e);
+                self.redis_down("reading", &e).await;
                 return None;
             }
             Err(_) => {
-                self.redis_failed("reading", &"timed out");
+                self.redis_down("reading", &"timed out").await;
                 return None;
             }
         };
@@ -157,6 +157,15 @@ impl QueryCache {
     fn redis_failed(&self, what: &str, error: &dyn std::fmt::Display) {
         self.metrics.query_cache_errors.inc();
         tracing::warn!(error = %error, "{what} Redis failed; treating the query cache as a miss");
+    }
+
+    /// A call on an open connection failed: skip Redis for a while rather than make every
+    /// request wait out the timeout.
+    async fn redis_down(&self, what: &str, error: &(dyn std::fmt::Display + Sync)) {
+        self.redis_failed(what, error);
+        if let Some(redis) = &self.redis {
+            *redis.connection.lock().await = Connection::None { retry_at: Some(Instant::now() + REDIS_RETRY) };
+        }
     }
 
     fn count(&self, result: CacheResult) {

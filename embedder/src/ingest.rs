@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use common::Deps;
-use common::bus::{Consumer, Delivery, Disposition, Rejection};
+use common::bus::{Consumer, Delivery, Disposition, KeepAlive, Rejection};
 use common::config::Config;
 use common::contract::{EventKind, MessageReceived, MessageStored, REQUEST_ID_HEADER, StreamKind, Subjects, VERSION};
 use common::domain::{MessageId, MessageStatus, NewMessage};
@@ -43,6 +43,7 @@ pub(crate) struct IngestWorker {
     batch_size: usize,
     batch_wait: Duration,
     max_deliveries: u64,
+    ack_wait: Duration,
     /// Set when a write found the space no longer active.
     retired: Arc<AtomicBool>,
 }
@@ -79,6 +80,7 @@ impl IngestWorker {
             batch_size: config.embedder.batch_size,
             batch_wait: config.embedder.batch_wait,
             max_deliveries: config.embedder.max_deliveries,
+            ack_wait: config.embedder.ack_wait,
             retired: Arc::new(AtomicBool::new(false)),
         }
     }
@@ -192,7 +194,19 @@ impl IngestWorker {
             messages = accepted.len(),
             request_ids = %accepted.iter().filter_map(|a| a.delivery.message.header(REQUEST_ID_HEADER)).collect::<Vec<_>>().join(","),
         );
-        self.store_and_embed(accepted).instrument(span).await;
+        // A slow provider (retries, backoff) may take longer than the ack wait: keep the
+        // batch's messages from being redelivered to another replica while we work on them.
+        let keepalives: Vec<KeepAlive> = accepted.iter().map(|a| a.delivery.keepalive()).collect();
+        let heartbeat = async {
+            loop {
+                tokio::time::sleep(self.ack_wait / 3).await;
+                futures::future::join_all(keepalives.iter().map(KeepAlive::in_progress)).await;
+            }
+        };
+        tokio::select! {
+            () = self.store_and_embed(accepted).instrument(span) => {}
+            () = heartbeat => {}
+        }
     }
 
     /// Inserts the batch's rows. A row the database refuses (bad data) must not hold back the

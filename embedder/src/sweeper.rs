@@ -65,7 +65,12 @@ impl Sweeper {
             if rows.is_empty() {
                 break;
             }
-            self.embed(&space, &rows).await?;
+            if let Err(e) = self.embed(&space, &rows).await {
+                // Whatever these rows hold, let the next round try others first.
+                let ids: Vec<_> = rows.iter().map(|r| r.id).collect();
+                store.touch(&ids).await?;
+                return Err(e);
+            }
             swept += rows.len();
             self.metrics.swept.inc_by(rows.len() as u64);
             if rows.len() < BATCH as usize {

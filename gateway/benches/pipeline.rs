@@ -1,7 +1,8 @@
 //! Pipeline throughput and search latency against the real services (`scripts/services.sh up`,
 //! then `export $(scripts/services.sh env)`): `cargo bench -p gateway --bench pipeline`.
 //! Ingest goes through the gateway's router in-process (batches of 100), the embedder (hash
-//! provider) and Postgres; search through the gateway, the searcher and the query embedder.
+//! provider, or `MEMORY_EMBEDDING_PROVIDER`) and Postgres; search through the gateway, the
+//! searcher and the query embedder.
 //! Sizes: `BENCH_MESSAGES` (default 20000), `BENCH_SEARCHES` (default 500).
 
 use std::time::{Duration, Instant};
@@ -39,6 +40,12 @@ async fn main() -> anyhow::Result<()> {
         vars.insert("MEMORY_ADMIN_API_KEY".into(), KEY.into());
         vars.insert("MEMORY_HTTP_ADDR".into(), "127.0.0.1:0".into());
         vars.insert("MEMORY_DATABASE_MAX_CONNECTIONS".into(), "10".into());
+        // `MEMORY_EMBEDDING_PROVIDER=local MEMORY_MODEL_DIR=…` measures the local model instead.
+        for name in ["MEMORY_EMBEDDING_PROVIDER", "MEMORY_MODEL_DIR"] {
+            if let Ok(value) = std::env::var(name) {
+                vars.insert(name.into(), value);
+            }
+        }
     })
     .await?;
     let embedder = embedder::Embedder::build(

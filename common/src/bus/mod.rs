@@ -107,7 +107,7 @@ pub struct Delivery {
     pub stream_sequence: u64,
     /// When the stream stored it.
     pub published_at: DateTime<Utc>,
-    pub(crate) settle: Box<dyn Settle>,
+    pub(crate) settle: std::sync::Arc<dyn Settle>,
 }
 
 impl std::fmt::Debug for Delivery {
@@ -125,11 +125,28 @@ impl Delivery {
     pub async fn settle(self, disposition: Disposition) -> Result<(), BusError> {
         self.settle.settle(&self.message, self.stream_sequence, disposition).await
     }
+
+    /// A handle that tells the server the message is still being worked on, so its ack wait
+    /// starts over and it is not redelivered meanwhile.
+    pub fn keepalive(&self) -> KeepAlive {
+        KeepAlive { settle: self.settle.clone() }
+    }
+}
+
+pub struct KeepAlive {
+    settle: std::sync::Arc<dyn Settle>,
+}
+
+impl KeepAlive {
+    pub async fn in_progress(&self) -> Result<(), BusError> {
+        self.settle.in_progress().await
+    }
 }
 
 #[async_trait]
 pub(crate) trait Settle: Send + Sync {
     async fn settle(&self, message: &Envelope, sequence: u64, disposition: Disposition) -> Result<(), BusError>;
+    async fn in_progress(&self) -> Result<(), BusError>;
 }
 
 /// A request received by a service; answer with [`Bus::respond`].

@@ -289,7 +289,7 @@ impl Consumer for NatsConsumer {
                 delivered,
                 stream_sequence,
                 published_at,
-                settle: Box::new(NatsAck { acker, inner: self.settle.clone() }),
+                settle: std::sync::Arc::new(NatsAck { acker, inner: self.settle.clone() }),
             });
         }
         Ok(out)
@@ -309,6 +309,13 @@ struct NatsAck {
 
 #[async_trait]
 impl Settle for NatsAck {
+    async fn in_progress(&self) -> Result<(), BusError> {
+        self.acker
+            .ack_with(AckKind::Progress)
+            .await
+            .map_err(|e| BusError::Nats { operation: "extending the ack wait", source: e })
+    }
+
     async fn settle(&self, message: &Envelope, sequence: u64, disposition: Disposition) -> Result<(), BusError> {
         match disposition {
             // A double ack waits for the server to confirm, so a lost ack cannot go unnoticed.

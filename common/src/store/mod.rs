@@ -225,10 +225,15 @@ pub trait Store: Send + Sync + 'static {
 
     async fn coverage(&self, space: &Space) -> Result<Coverage, StoreError>;
 
-    /// Makes `space` the active one if it covers every message, and sets every message's status
-    /// from it, in one transaction that waits for in-flight writes to the old space. `false`
-    /// when messages are still missing.
-    async fn activate_space(&self, space: &Space) -> Result<bool, StoreError>;
+    /// Makes `space` the active one if at most `leftover_limit` messages lack a vector or a
+    /// refusal in it, and sets every message's status from it, in one transaction that waits for
+    /// in-flight writes to the old space. Returns the leftovers (now `pending`) for the caller to
+    /// embed, or `None` (nothing changed) when more are missing.
+    async fn activate_space(
+        &self,
+        space: &Space,
+        leftover_limit: u32,
+    ) -> Result<Option<Vec<StoredMessage>>, StoreError>;
 
     /// Messages of the active space left `pending` or `failed` (with fewer than `max_failures`
     /// refusals) whose last change is older than `before`, oldest first.
@@ -238,6 +243,9 @@ pub trait Store: Send + Sync + 'static {
         max_failures: u32,
         limit: u32,
     ) -> Result<Vec<StoredMessage>, StoreError>;
+
+    /// Marks messages as just changed, which sends them to the back of the sweeper's queue.
+    async fn touch(&self, ids: &[MessageId]) -> Result<(), StoreError>;
 
     /// Messages with status `pending`.
     async fn pending_count(&self) -> Result<i64, StoreError>;

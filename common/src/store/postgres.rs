@@ -430,9 +430,12 @@ impl Store for PgStore {
         after: Option<MessageId>,
         limit: u32,
     ) -> Result<Vec<StoredMessage>, StoreError> {
+        // Two statements rather than `$1 IS NULL OR m.id > $1`, which a generic plan cannot use
+        // to start the index scan at the cursor.
+        let after_cursor = if after.is_some() { "m.id > $1 AND" } else { "$1::uuid IS NULL AND" };
         let rows: Vec<MessageRow> = sqlx::query_as(AssertSqlSafe(format!(
             "SELECT {} FROM messages m
-             WHERE ($1::uuid IS NULL OR m.id > $1) AND {}
+             WHERE {after_cursor} {}
              ORDER BY m.id LIMIT $2",
             message_columns!(),
             Self::missing_in(space)
@@ -481,20 +484,27 @@ impl Store for PgStore {
         Ok(Coverage { messages, missing })
     }
 
-    async fn activate_space(&self, space: &Space) -> Result<bool, StoreError> {
+    async fn activate_space(
+        &self,
+        space: &Space,
+        leftover_limit: u32,
+    ) -> Result<Option<Vec<StoredMessage>>, StoreError> {
         let table = Self::vector_table(space);
         let mut tx = self.pool.begin().await?;
         // Exclusive: waits for writes to the old space in flight (they hold it shared), and
         // every write after this commits sees the new active space.
         sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(SPACES_LOCK).execute(&mut *tx).await?;
-        let missing: bool = sqlx::query_scalar(AssertSqlSafe(format!(
-            "SELECT EXISTS (SELECT 1 FROM messages m WHERE {})",
+        // Messages stored since the backfill's last pass (ingest does not stop for it).
+        let leftovers: Vec<MessageRow> = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT {} FROM messages m WHERE {} ORDER BY m.id LIMIT $1",
+            message_columns!(),
             Self::missing_in(space)
         )))
-        .fetch_one(&mut *tx)
+        .bind(i64::from(leftover_limit) + 1)
+        .fetch_all(&mut *tx)
         .await?;
-        if missing {
-            return Ok(false);
+        if leftovers.len() > leftover_limit as usize {
+            return Ok(None);
         }
         sqlx::query("UPDATE embedding_spaces SET active = false WHERE active AND id <> $1")
             .bind(space.id)
@@ -504,7 +514,8 @@ impl Store for PgStore {
             .bind(space.id)
             .execute(&mut *tx)
             .await?;
-        // Statuses now describe the new space: a vector means embedded, a refusal failed.
+        // Statuses now describe the new space: a vector means embedded, a refusal failed, and
+        // the leftovers are pending until the caller embeds them.
         sqlx::query(AssertSqlSafe(format!(
             "UPDATE messages m SET status = 'embedded', failure_reason = NULL, updated_at = now()
              WHERE m.status <> 'embedded' AND EXISTS (SELECT 1 FROM {table} v WHERE v.message_id = m.id)"
@@ -520,8 +531,25 @@ impl Store for PgStore {
         .bind(space.id)
         .execute(&mut *tx)
         .await?;
+        let ids: Vec<Uuid> = leftovers.iter().map(|r| r.id).collect();
+        sqlx::query(
+            "UPDATE messages SET status = 'pending', failure_reason = NULL, updated_at = now() WHERE id = ANY($1)",
+        )
+        .bind(&ids)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
-        Ok(true)
+        leftovers
+            .into_iter()
+            .map(|r| {
+                StoredMessage::try_from(r).map(|m| StoredMessage {
+                    status: MessageStatus::Pending,
+                    failure_reason: None,
+                    ..m
+                })
+            })
+            .collect::<Result<_, _>>()
+            .map(Some)
     }
 
     async fn stale(
@@ -544,6 +572,12 @@ impl Store for PgStore {
         .fetch_all(&self.pool)
         .await?;
         rows.into_iter().map(StoredMessage::try_from).collect()
+    }
+
+    async fn touch(&self, ids: &[MessageId]) -> Result<(), StoreError> {
+        let ids: Vec<Uuid> = ids.iter().map(|id| id.0).collect();
+        sqlx::query("UPDATE messages SET updated_at = now() WHERE id = ANY($1)").bind(&ids).execute(&self.pool).await?;
+        Ok(())
     }
 
     async fn pending_count(&self) -> Result<i64, StoreError> {

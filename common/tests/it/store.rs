@@ -106,3 +106,58 @@ async fn connecting_to_an_unreachable_server_gives_up_after_the_startup_timeout(
     assert!(matches!(err, common::deps::ConnectError::Store(ref e) if e.is_unreachable()), "{err:?}");
     Ok(())
 }
+
+#[tokio::test]
+async fn activation_takes_over_statuses_and_retires_the_old_space() -> anyhow::Result<()> {
+    let env = TestEnv::start().await?;
+    let old = env.store.register_space(&space("old", 4)).await?;
+    let new = env.store.register_space(&space("new", 4)).await?;
+    assert!(old.active && !new.active);
+    let rows: Vec<NewRow> = (0..4).map(|i| row("acme", &format!("m{i}"))).collect();
+    env.store.insert_messages(&rows).await?;
+    let ids: Vec<MessageId> = rows.iter().map(|r| r.message.message_id).collect();
+    let tenant = TenantId::parse("acme")?;
+    let vector = |id: MessageId| NewVector { message_id: id, tenant_id: tenant.clone(), vector: unit(4, 0) };
+    env.store.save_vectors(&old, &ids.iter().map(|id| vector(*id)).collect::<Vec<_>>()).await?;
+
+    // The backfill covered two messages with vectors and refused one; one is still missing.
+    let refusal = common::store::Failure { message_id: ids[2], reason: "refused".into() };
+    env.store.save_backfill(&new, &[vector(ids[0]), vector(ids[1])], &[refusal], ids[2]).await?;
+    assert_eq!(env.store.coverage(&new).await?, common::store::Coverage { messages: 4, missing: 1 });
+    assert_eq!(env.store.unembedded(&new, None, 10).await?.iter().map(|m| m.id).collect::<Vec<_>>(), [ids[3]]);
+    assert!(env.store.activate_space(&new, 0).await?.is_none(), "one missing, none allowed: not activated");
+    assert!(env.store.active_space().await?.unwrap().id == old.id);
+
+    let leftovers = env.store.activate_space(&new, 1).await?.expect("activated");
+    assert_eq!(leftovers.iter().map(|m| m.id).collect::<Vec<_>>(), [ids[3]]);
+    let store = &env.store;
+    let status = |id| async move { store.get_message(id).await.map(|m| m.unwrap().status) };
+    assert_eq!(status(ids[0]).await?, MessageStatus::Embedded);
+    assert_eq!(status(ids[2]).await?, MessageStatus::Failed);
+    assert_eq!(status(ids[3]).await?, MessageStatus::Pending, "a leftover waits for its vector");
+    let retired = env.store.space(old.id).await?.unwrap();
+    assert!(retired.is_retired());
+
+    // The old space takes no more writes; the new one does.
+    let err = env.store.save_vectors(&old, &[vector(ids[3])]).await.unwrap_err();
+    assert!(matches!(err, StoreError::SpaceInactive(id) if id == old.id), "{err:?}");
+    let new = env.store.space(new.id).await?.unwrap();
+    env.store.save_vectors(&new, &[vector(ids[3])]).await?;
+    assert_eq!(status(ids[3]).await?, MessageStatus::Embedded);
+    env.finish().await
+}
+
+#[tokio::test]
+async fn an_advisory_lock_is_held_until_dropped() -> anyhow::Result<()> {
+    let env = TestEnv::start().await?;
+    let key = common::store::locks::backfill(42);
+    let held = env.store.try_lock(key).await?.expect("free");
+    assert!(env.store.try_lock(key).await?.is_none(), "held elsewhere");
+    drop(held);
+    env.eventually(|| async {
+        anyhow::ensure!(env.store.try_lock(key).await?.is_some(), "not released yet");
+        Ok(())
+    })
+    .await?;
+    env.finish().await
+}

@@ -19,6 +19,8 @@ use super::{Embedding, Provider, ProviderError, Purpose, Refused};
 
 /// The API's limit on requests in one `batchEmbedContents` call.
 const MAX_BATCH: usize = 100;
+/// A text any working deployment embeds.
+const PROBE_TEXT: &str = "hello";
 
 #[derive(Debug)]
 pub struct GeminiProvider {
@@ -205,21 +207,32 @@ impl GeminiProvider {
             .await
     }
 
-    /// Embeds `texts`, splitting the batch when Gemini refuses its content so that only the
-    /// texts at fault are refused.
+    /// Embeds `texts`; when Gemini refuses the batch's content, narrows it down to the texts at
+    /// fault.
     async fn embed_or_split(&self, texts: &[String], purpose: Purpose) -> Result<Vec<Embedding>, ProviderError> {
         match self.call_with_retries(texts, purpose).await {
             Ok(vectors) => Ok(vectors.into_iter().map(Ok).collect()),
-            Err(CallError::BadInput { reason }) if texts.len() == 1 => Ok(vec![Err(Refused(reason))]),
-            Err(CallError::BadInput { reason }) => {
-                tracing::info!(texts = texts.len(), %reason, "Gemini refused a batch; splitting it to find the texts at fault");
-                let (left, right) = texts.split_at(texts.len() / 2);
-                let mut answers = Box::pin(self.embed_or_split(left, purpose)).await?;
-                answers.extend(Box::pin(self.embed_or_split(right, purpose)).await?);
-                Ok(answers)
-            }
+            Err(CallError::BadInput { reason }) => self.narrow(texts, purpose, reason).await,
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// A batch Gemini refused as invalid: one text is refused with the reason; a larger batch is
+    /// split in two and each half tried on its own.
+    async fn narrow(
+        &self,
+        texts: &[String],
+        purpose: Purpose,
+        reason: String,
+    ) -> Result<Vec<Embedding>, ProviderError> {
+        if texts.len() == 1 {
+            return Ok(vec![Err(Refused(reason))]);
+        }
+        tracing::info!(texts = texts.len(), %reason, "Gemini refused a batch; splitting it to find the texts at fault");
+        let (left, right) = texts.split_at(texts.len() / 2);
+        let mut answers = Box::pin(self.embed_or_split(left, purpose)).await?;
+        answers.extend(Box::pin(self.embed_or_split(right, purpose)).await?);
+        Ok(answers)
     }
 }
 
@@ -241,7 +254,22 @@ impl Provider for GeminiProvider {
     async fn embed(&self, texts: &[String], purpose: Purpose) -> Result<Vec<Embedding>, ProviderError> {
         let mut answers = Vec::with_capacity(texts.len());
         for chunk in texts.chunks(MAX_BATCH) {
-            answers.extend(self.embed_or_split(chunk, purpose).await?);
+            let reason = match self.call_with_retries(chunk, purpose).await {
+                Ok(vectors) => {
+                    answers.extend(vectors.into_iter().map(Ok));
+                    continue;
+                }
+                Err(CallError::BadInput { reason }) => reason,
+                Err(e) => return Err(e.into()),
+            };
+            // Is it these texts, or would Gemini refuse any request (an unsupported
+            // dimensionality or task type, say)? A text that always embeds tells; blaming the
+            // messages for a deployment's fault would fail every one of them.
+            match self.call_with_retries(&[PROBE_TEXT.to_owned()], purpose).await {
+                Ok(_) => answers.extend(self.narrow(chunk, purpose, reason).await?),
+                Err(CallError::BadInput { reason }) => return Err(ProviderError::Rejected { reason }),
+                Err(e) => return Err(e.into()),
+            }
         }
         Ok(answers)
     }
@@ -261,8 +289,14 @@ fn classify(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> CallError {
             CallError::Transient { reason, retry_after }
         }
         s if s.is_server_error() => CallError::Transient { reason, retry_after: retry_after_header(headers) },
-        // A bad key is a 400 too; it is the deployment's fault, not the text's.
-        StatusCode::BAD_REQUEST if !error_reason_is(details, "API_KEY_INVALID") => CallError::BadInput { reason },
+        // A bad key is a 400 too; it is the deployment's fault, not the text's. So is a 400
+        // FAILED_PRECONDITION (an unsupported location, say).
+        StatusCode::BAD_REQUEST
+            if parsed.as_ref().is_some_and(|e| e.status == "INVALID_ARGUMENT")
+                && !error_reason_is(details, "API_KEY_INVALID") =>
+        {
+            CallError::BadInput { reason }
+        }
         _ => CallError::Rejected { reason },
     }
 }
@@ -325,6 +359,8 @@ mod tests {
         assert!(matches!(classify(StatusCode::BAD_REQUEST, &none, &bad_key), CallError::Rejected { .. }));
         let bad_text = body(400, "INVALID_ARGUMENT", json!([]));
         assert!(matches!(classify(StatusCode::BAD_REQUEST, &none, &bad_text), CallError::BadInput { .. }));
+        let location = body(400, "FAILED_PRECONDITION", json!([]));
+        assert!(matches!(classify(StatusCode::BAD_REQUEST, &none, &location), CallError::Rejected { .. }));
         assert!(matches!(classify(StatusCode::FORBIDDEN, &none, b"x"), CallError::Rejected { .. }));
         assert!(matches!(classify(StatusCode::SERVICE_UNAVAILABLE, &none, b""), CallError::Transient { .. }));
 

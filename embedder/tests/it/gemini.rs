@@ -255,3 +255,27 @@ async fn a_bad_key_is_the_deployments_fault_so_messages_wait_instead_of_failing(
     until_status(&env, id, "embedded").await?;
     env.finish().await
 }
+
+#[tokio::test]
+async fn a_400_for_every_request_is_the_deployments_fault_not_the_messages() -> anyhow::Result<()> {
+    let fake = FakeGemini::start().await;
+    // Gemini refuses everything as invalid (say, a dimensionality the model does not offer).
+    fake.poison(Some(""));
+    let env = env(&fake, &[("MEMORY_BREAKER_FAILURES", "1"), ("MEMORY_BREAKER_COOLDOWN_MS", "60000")]).await?;
+    let embedder = spawn_embedder(&env).await?;
+    let ids = [publish(&env, None, "one").await?, publish(&env, None, "two").await?];
+    env.eventually(|| async {
+        anyhow::ensure!(embedder.embeddings.breaker().state() == BreakerState::Open, "not open yet");
+        Ok(())
+    })
+    .await?;
+    for id in ids {
+        assert_eq!(status(&env, id).await?.unwrap().0, "pending", "no message is blamed");
+    }
+    let calls = fake.calls();
+    assert!(calls.len() <= 3, "one batch and one probe, not a split down to every text: {}", calls.len());
+    assert!(calls.iter().any(|c| c.texts == ["hello"]), "the known-good text was tried");
+    embedder.stop.cancel();
+    let _ = env.nats.jetstream().delete_stream(env.subjects.stream(common::contract::StreamKind::Ingest)).await;
+    env.finish().await
+}
