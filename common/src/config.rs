@@ -116,6 +116,7 @@ pub struct EmbedderConfig {
     /// Deliveries a message gets before the next one dead-letters it (`MEMORY_EMBEDDER_MAX_DELIVERIES`,
     /// default 20).
     pub max_deliveries: u64,
+    pub importance: ImportanceWeights,
     /// Whether an embedder whose space is new backfills it and activates it on its own
     /// (`MEMORY_EMBEDDER_AUTO_BACKFILL`, default true). Otherwise it waits for
     /// `memory-embedder reembed`.
@@ -221,9 +222,42 @@ impl FromStr for Provider {
 
 #[derive(Debug, Clone)]
 pub struct SearcherConfig {
-    /// Candidates fetched from the vector index per result before re-ranking
+    /// Candidates fetched from each retriever per result before re-ranking
     /// (`MEMORY_SEARCH_CANDIDATE_FACTOR`, 1–100, default 10).
     pub candidate_factor: u32,
+    /// Candidates each retriever contributes to fusion in lexical and hybrid modes, per result
+    /// (`MEMORY_SEARCH_FUSION_WINDOW`, 1–100, default 2: top_k 5 fuses the first 10 of each list).
+    pub fusion_window: u32,
+    /// HNSW's candidate list (`MEMORY_SEARCH_EF_SEARCH`, 1–1000, default 100).
+    pub ef_search: u32,
+    /// The deployment's ranking; a tenant may set its own (`MEMORY_RANK_RELEVANCE_WEIGHT` 0.6,
+    /// `MEMORY_RANK_IMPORTANCE_WEIGHT` 0.3, `MEMORY_RANK_RECENCY_WEIGHT` 0.1,
+    /// `MEMORY_RANK_DECAY_DAYS` 7, `MEMORY_RANK_RRF_K` 60).
+    pub ranking: crate::domain::Ranking,
+}
+
+/// Weights of the importance formula at ingest, normalised to sum to 1
+/// (`MEMORY_IMPORTANCE_RECENCY_WEIGHT` 0.4, `MEMORY_IMPORTANCE_ROLE_WEIGHT` 0.2,
+/// `MEMORY_IMPORTANCE_EXPLICIT_WEIGHT` 0.4).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ImportanceWeights {
+    pub recency: f64,
+    pub role: f64,
+    pub explicit: f64,
+}
+
+impl Default for ImportanceWeights {
+    fn default() -> Self {
+        Self { recency: 0.4, role: 0.2, explicit: 0.4 }
+    }
+}
+
+impl ImportanceWeights {
+    /// The weights scaled to sum to 1.
+    pub fn normalised(&self) -> Self {
+        let sum = self.recency + self.role + self.explicit;
+        Self { recency: self.recency / sum, role: self.role / sum, explicit: self.explicit / sum }
+    }
 }
 
 /// A value that never appears in logs or `Debug` output.
@@ -345,6 +379,11 @@ impl Config {
                 batch_wait: v.millis("MEMORY_EMBEDDER_BATCH_WAIT_MS", 100, 1, 60_000),
                 ack_wait: v.secs("MEMORY_EMBEDDER_ACK_WAIT_SECS", 30, 1, 3600),
                 max_deliveries: v.ranged("MEMORY_EMBEDDER_MAX_DELIVERIES", 20, 1, 10_000),
+                importance: ImportanceWeights {
+                    recency: v.ranged("MEMORY_IMPORTANCE_RECENCY_WEIGHT", 0.4, 0.0, 1000.0),
+                    role: v.ranged("MEMORY_IMPORTANCE_ROLE_WEIGHT", 0.2, 0.0, 1000.0),
+                    explicit: v.ranged("MEMORY_IMPORTANCE_EXPLICIT_WEIGHT", 0.4, 0.0, 1000.0),
+                },
                 auto_backfill: v.parse_or("MEMORY_EMBEDDER_AUTO_BACKFILL", true),
                 standby_poll: v.millis("MEMORY_EMBEDDER_STANDBY_POLL_MS", 5_000, 10, 600_000),
                 gemini: GeminiConfig {
@@ -380,7 +419,18 @@ impl Config {
                     max_attempts: v.ranged("MEMORY_SWEEP_MAX_ATTEMPTS", 3, 1, 100),
                 },
             },
-            searcher: SearcherConfig { candidate_factor: v.ranged("MEMORY_SEARCH_CANDIDATE_FACTOR", 10, 1, 100) },
+            searcher: SearcherConfig {
+                candidate_factor: v.ranged("MEMORY_SEARCH_CANDIDATE_FACTOR", 10, 1, 100),
+                fusion_window: v.ranged("MEMORY_SEARCH_FUSION_WINDOW", 2, 1, 100),
+                ef_search: v.ranged("MEMORY_SEARCH_EF_SEARCH", 100, 1, 1000),
+                ranking: crate::domain::Ranking {
+                    relevance_weight: v.ranged("MEMORY_RANK_RELEVANCE_WEIGHT", 0.6, 0.0, 1000.0),
+                    importance_weight: v.ranged("MEMORY_RANK_IMPORTANCE_WEIGHT", 0.3, 0.0, 1000.0),
+                    recency_weight: v.ranged("MEMORY_RANK_RECENCY_WEIGHT", 0.1, 0.0, 1000.0),
+                    decay_days: v.ranged("MEMORY_RANK_DECAY_DAYS", 7.0, 0.001, 36_500.0),
+                    rrf_k: v.ranged("MEMORY_RANK_RRF_K", 60.0, 1.0, 10_000.0),
+                },
+            },
             shutdown_grace: v.secs("MEMORY_SHUTDOWN_GRACE_SECS", 20, 1, 3600),
             startup_timeout: v.secs("MEMORY_STARTUP_TIMEOUT_SECS", 60, 0, 3600),
         };
@@ -397,6 +447,13 @@ impl Config {
             v.errors.push("MEMORY_EMBEDDER_BATCH_WAIT_MS: must be shorter than MEMORY_EMBEDDER_ACK_WAIT_SECS".into());
         }
         let embedder = &config.embedder;
+        let w = embedder.importance;
+        if w.recency + w.role + w.explicit <= 0.0 {
+            v.errors.push("MEMORY_IMPORTANCE_*_WEIGHT: the importance weights must not all be 0".into());
+        }
+        if let Err(e) = config.searcher.ranking.check() {
+            v.errors.extend(e.0.into_iter().map(|f| format!("MEMORY_RANK_*: {}: {}", f.field, f.message)));
+        }
         let base = &embedder.gemini.base_url;
         if !(base.starts_with("https://") || base.starts_with("http://")) {
             v.errors.push(format!("MEMORY_GEMINI_BASE_URL={base:?}: must be an http(s):// URL"));

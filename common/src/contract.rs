@@ -7,7 +7,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
-use crate::domain::{ConversationId, MessageId, MessageInput, MessageView, Role, TenantId};
+use crate::domain::{
+    ConversationId, MessageId, MessageInput, MessageView, Ranking, Role, SearchFilters, SearchMode, TenantId,
+};
 
 /// Payload version of every event and request defined here.
 pub const VERSION: u8 = 1;
@@ -222,8 +224,14 @@ pub struct SearchRequest {
     pub tenant_id: TenantId,
     pub query: String,
     pub top_k: u32,
+    /// Default `hybrid`.
     #[serde(default)]
-    pub conversation_id: Option<ConversationId>,
+    pub mode: SearchMode,
+    #[serde(default)]
+    pub filters: SearchFilters,
+    /// Each hit explains its score.
+    #[serde(default)]
+    pub explain: bool,
 }
 
 /// The reply to a search: the seed's `{total, items}` shape.
@@ -232,16 +240,22 @@ pub struct SearchResponse {
     /// Number of items returned.
     pub total: usize,
     pub items: Vec<SearchHit>,
+    /// Set when part of the retrieval failed and the items come from the rest (full-text search
+    /// while query embeddings are unavailable, say).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partial: Option<String>,
 }
 
-/// One ranked message. `score = 0.6·similarity + 0.3·importance + 0.1·decay`.
+/// One ranked message. `score = w_rel·relevance + w_imp·importance + w_rec·decay` (by default
+/// 0.6 / 0.3 / 0.1).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct SearchHit {
     pub message_id: MessageId,
     pub score: f64,
-    /// Cosine similarity of the query and the message, −1 to 1.
-    pub similarity: f64,
-    /// `exp(−age / 7 days)`.
+    /// Cosine similarity of the query and the message, −1 to 1; null when it has no vector (a
+    /// `failed` message found by its words) or in lexical mode.
+    pub similarity: Option<f64>,
+    /// `exp(−age / τ)`, τ = 7 days by default.
     pub decay: f64,
     pub importance: f64,
     pub content: String,
@@ -252,6 +266,34 @@ pub struct SearchHit {
     pub metadata: Map<String, Value>,
     pub created_at: DateTime<Utc>,
     pub conversation_id: ConversationId,
+    /// With `explain=true`: how the score was made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub explain: Option<Explain>,
+}
+
+/// The parts of a hit's score.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Explain {
+    pub mode: SearchMode,
+    /// Cosine similarity, when the message has a vector and the query was embedded.
+    pub similarity: Option<f64>,
+    /// 1-based rank among the vector candidates, if it was one.
+    pub vector_rank: Option<u32>,
+    /// 1-based rank among the full-text candidates, if it was one.
+    pub lexical_rank: Option<u32>,
+    /// Its full-text score: the summed rarity (BM25 inverse document frequency) of the query
+    /// words it contains, or `ts_rank_cd` for a query with operators.
+    pub lexical_score: Option<f64>,
+    /// The reciprocal-rank-fusion score, `Σ 1/(k + rank)`.
+    pub fused: f64,
+    /// What entered the score as relevance: the similarity in vector mode; otherwise the fused
+    /// position spread over 0–1 (the first of n candidates 1, the last 1/n).
+    pub relevance: f64,
+    pub importance: f64,
+    pub decay: f64,
+    pub score: f64,
+    /// The normalised weights and parameters used.
+    pub ranking: Ranking,
 }
 
 /// `mem.v1.messages.get`: one message by id, with its pipeline status.

@@ -1,12 +1,12 @@
 //! Importance at ingest, the original service's formula: recency 0.4 (linear over 24 h), role
-//! 0.2 (system 0.9, user 0.7, assistant 0.5), explicit 0.4. A given override *is* the importance;
+//! 0.2 (system 0.9, user 0.7, assistant 0.5), explicit 0.4, the weights configurable and
+//! normalised to sum to 1. A given override *is* the importance (explicit counts 0 otherwise);
 //! a pinned message is 1.0. Age at search time is the searcher's decay term, not this one.
 
 use chrono::{DateTime, Utc};
+use common::config::ImportanceWeights;
 use common::domain::{NewMessage, Role};
 
-const W_RECENCY: f64 = 0.4;
-const W_ROLE: f64 = 0.2;
 const DAY_SECS: f64 = 86_400.0;
 
 fn role_weight(role: Role) -> f64 {
@@ -18,16 +18,17 @@ fn role_weight(role: Role) -> f64 {
 }
 
 /// The importance of `m` as stored at `now`.
-pub fn score(m: &NewMessage, now: DateTime<Utc>) -> f64 {
+pub fn score(m: &NewMessage, now: DateTime<Utc>, weights: ImportanceWeights) -> f64 {
     if m.pinned {
         return 1.0;
     }
     if let Some(v) = m.importance_override {
         return v.clamp(0.0, 1.0);
     }
+    let w = weights.normalised();
     let age = (now - m.created_at).num_milliseconds().max(0) as f64 / 1000.0;
     let recency = (1.0 - age / DAY_SECS).max(0.0);
-    (W_RECENCY * recency + W_ROLE * role_weight(m.role)).clamp(0.0, 1.0)
+    (w.recency * recency + w.role * role_weight(m.role)).clamp(0.0, 1.0)
 }
 
 #[cfg(test)]
@@ -61,23 +62,34 @@ mod tests {
     fn fresh_messages_score_as_the_original_did() {
         for (role, expected) in [("user", 0.54), ("system", 0.58), ("assistant", 0.50)] {
             let (m, now) = message(role, 0, None, false);
-            assert!((score(&m, now) - expected).abs() < 1e-9, "{role}");
+            assert!((score(&m, now, ImportanceWeights::default()) - expected).abs() < 1e-9, "{role}");
         }
     }
 
     #[test]
     fn recency_falls_linearly_over_a_day() {
         let (m, now) = message("user", 12, None, false);
-        assert!((score(&m, now) - (0.4 * 0.5 + 0.2 * 0.7)).abs() < 1e-6);
+        assert!((score(&m, now, ImportanceWeights::default()) - (0.4 * 0.5 + 0.2 * 0.7)).abs() < 1e-6);
         let (m, now) = message("user", 48, None, false);
-        assert!((score(&m, now) - 0.14).abs() < 1e-9);
+        assert!((score(&m, now, ImportanceWeights::default()) - 0.14).abs() < 1e-9);
+    }
+
+    #[test]
+    fn weights_are_normalised() {
+        // 1 / 1 / 0 → 0.5 / 0.5 / 0: a fresh user message is 0.5·1 + 0.5·0.7.
+        let (m, now) = message("user", 0, None, false);
+        let w = ImportanceWeights { recency: 1.0, role: 1.0, explicit: 0.0 };
+        assert!((score(&m, now, w) - 0.85).abs() < 1e-9);
+        // Doubling every weight changes nothing.
+        let doubled = ImportanceWeights { recency: 0.8, role: 0.4, explicit: 0.8 };
+        assert!((score(&m, now, doubled) - 0.54).abs() < 1e-9);
     }
 
     #[test]
     fn override_and_pin_win() {
         let (m, now) = message("user", 0, Some(0.1), false);
-        assert_eq!(score(&m, now), 0.1);
+        assert_eq!(score(&m, now, ImportanceWeights::default()), 0.1);
         let (m, now) = message("assistant", 0, Some(0.1), true);
-        assert_eq!(score(&m, now), 1.0);
+        assert_eq!(score(&m, now, ImportanceWeights::default()), 1.0);
     }
 }

@@ -44,6 +44,7 @@ pub(crate) struct IngestWorker {
     batch_wait: Duration,
     max_deliveries: u64,
     ack_wait: Duration,
+    importance: common::config::ImportanceWeights,
     /// Set when a write found the space no longer active.
     retired: Arc<AtomicBool>,
 }
@@ -81,6 +82,7 @@ impl IngestWorker {
             batch_wait: config.embedder.batch_wait,
             max_deliveries: config.embedder.max_deliveries,
             ack_wait: config.embedder.ack_wait,
+            importance: config.embedder.importance,
             retired: Arc::new(AtomicBool::new(false)),
         }
     }
@@ -214,8 +216,10 @@ impl IngestWorker {
     /// `None` when the batch was handed back for redelivery.
     async fn insert(&self, accepted: Vec<Accepted>) -> Option<(Vec<Accepted>, HashMap<MessageId, Inserted>)> {
         let now = Utc::now();
-        let row =
-            |a: &Accepted| NewRow { message: a.message.clone(), importance: crate::importance::score(&a.message, now) };
+        let row = |a: &Accepted| NewRow {
+            message: a.message.clone(),
+            importance: crate::importance::score(&a.message, now, self.importance),
+        };
         let rows: Vec<NewRow> = accepted.iter().map(row).collect();
         let by_id = |inserted: Vec<Inserted>| inserted.into_iter().map(|r| (r.row.id, r)).collect::<HashMap<_, _>>();
         match self.deps.store.insert_messages(&rows).await {

@@ -54,6 +54,7 @@ pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .merge(routes::messages::router())
         .merge(routes::search::router())
+        .merge(routes::tenants::router())
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_api_key));
     Router::new()
         .merge(api)
@@ -109,6 +110,7 @@ impl Gateway {
             body_limit: config.http.body_limit,
             wait_timeout: config.http.wait_timeout,
             request_timeout: config.nats.request_timeout,
+            ranking: config.searcher.ranking,
             registry: Arc::new(registry),
             metrics,
             shutdown,

@@ -4,20 +4,23 @@
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{health, messages, search};
+use crate::routes::{health, messages, search, tenants};
 
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Memory Layer API", description = "Conversation memory for AI chat products: store messages, find the ones that matter."),
     paths(
         messages::create_message, messages::create_messages, messages::get_message,
-        search::search_memories,
+        search::search_memories, search::search_memories_post,
+        tenants::get_ranking, tenants::put_ranking, tenants::delete_ranking,
         health::healthz, health::readyz, health::metrics,
     ),
     components(schemas(
         common::domain::MessageInput, common::domain::MessageView, common::domain::MessageStatus,
         common::domain::Role, common::domain::FieldError,
-        common::contract::SearchResponse, common::contract::SearchHit,
+        common::contract::SearchResponse, common::contract::SearchHit, common::contract::Explain,
+        common::domain::SearchMode, common::domain::SearchFilters, common::domain::Ranking,
+        search::SearchBody, tenants::TenantRanking, tenants::RankingSource, tenants::RankingPatch,
         messages::BatchRequest, messages::BatchResponse, messages::BatchItem, messages::ItemStatus, messages::Wait,
         crate::error::Problem, health::Health,
     )),
@@ -25,6 +28,7 @@ use crate::routes::{health, messages, search};
     tags(
         (name = "messages", description = "Ingest and read messages"),
         (name = "search", description = "Find relevant messages"),
+        (name = "tenants", description = "Per-tenant settings"),
         (name = "operations", description = "Health, readiness, metrics"),
     )
 )]

@@ -17,6 +17,8 @@ pub struct AppState {
     pub body_limit: usize,
     pub wait_timeout: Duration,
     pub request_timeout: Duration,
+    /// The deployment's ranking, shown for tenants without their own.
+    pub ranking: common::domain::Ranking,
     pub registry: Arc<Registry>,
     pub metrics: Metrics,
     pub shutdown: CancellationToken,

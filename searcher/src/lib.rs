@@ -2,9 +2,12 @@
 //! queue group `searcher`, so any number of replicas share the load. Every request gets a reply,
 //! failures included, as a typed error.
 
+pub mod lexical;
 mod metrics;
 pub mod rank;
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -16,8 +19,8 @@ use common::contract::{
     EmbedQueryRequest, EmbedQueryResponse, GetMessageRequest, GetMessageResponse, MessageReceived, REQUEST_ID_HEADER,
     RemoteError, RemoteErrorCode, Reply, SearchRequest, SearchResponse, StreamKind, VERSION,
 };
-use common::domain::{MessageId, MessageView};
-use common::store::{StoreError, VectorQuery};
+use common::domain::{MessageId, MessageView, Ranking, SearchMode, TenantId};
+use common::store::{LexicalHit, LexicalQuery, StoreError, VectorQuery};
 use futures::stream::{BoxStream, select};
 use futures::{FutureExt, StreamExt};
 use prometheus_client::registry::Registry;
@@ -28,8 +31,20 @@ use tracing::{Instrument, info_span, warn};
 pub use metrics::Metrics;
 use metrics::{Endpoint, EndpointLabels, Outcome, RequestLabels};
 
-/// Most candidates fetched from the vector index for one search.
+/// Most candidates fetched from each retriever for one search.
 const CANDIDATES_MAX: u32 = 1_000;
+/// How long a tenant's ranking is reused before it is read again.
+const RANKING_CACHE: Duration = Duration::from_secs(5);
+
+/// Each tenant's own ranking (if any) and when it was read.
+type RankingCache = HashMap<TenantId, (Instant, Option<Ranking>)>;
+
+/// Vector candidates, the space they came from and the query vector.
+struct VectorCandidates {
+    hits: Vec<common::store::VectorHit>,
+    space: common::store::Space,
+    query: Vec<f32>,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum SearcherError {
@@ -42,6 +57,10 @@ struct Handler {
     deps: Deps,
     metrics: Metrics,
     candidate_factor: u32,
+    fusion_window: u32,
+    ef_search: u32,
+    ranking: Ranking,
+    rankings: Arc<Mutex<RankingCache>>,
     request_timeout: Duration,
 }
 
@@ -63,6 +82,10 @@ impl Searcher {
                 deps,
                 metrics,
                 candidate_factor: config.searcher.candidate_factor,
+                fusion_window: config.searcher.fusion_window,
+                ef_search: config.searcher.ef_search,
+                ranking: config.searcher.ranking,
+                rankings: Arc::default(),
                 request_timeout: config.nats.request_timeout,
             },
             requests,
@@ -151,6 +174,76 @@ impl Handler {
             return Err(bad_request(format!("unsupported version {}", request.v)));
         }
         common::domain::check_search(&request.query, request.top_k).map_err(|e| bad_request(e.to_string()))?;
+        request.filters.check().map_err(|e| bad_request(e.to_string()))?;
+        let ranking = self.ranking(&request.tenant_id).await?;
+        // Vector mode re-ranks a deep candidate list; fusion takes a shallow window of each.
+        let factor = if request.mode == SearchMode::Vector { self.candidate_factor } else { self.fusion_window };
+        let limit = request.top_k.saturating_mul(factor).min(CANDIDATES_MAX);
+        let mut mode = request.mode;
+        let mut partial = None;
+        let (vectors, lexical) = match mode {
+            SearchMode::Vector => (Some(self.vector_candidates(&request, limit).await?), Vec::new()),
+            SearchMode::Lexical => (None, self.lexical_candidates(&request, limit).await?),
+            SearchMode::Hybrid => {
+                let (vectors, lexical) =
+                    tokio::join!(self.vector_candidates(&request, limit), self.lexical_candidates(&request, limit));
+                let lexical = lexical?;
+                match vectors {
+                    Ok(v) => (Some(v), lexical),
+                    // Without query vectors (the provider is down, say), words still find messages.
+                    Err(e) if e.code == RemoteErrorCode::Unavailable => {
+                        warn!(error = %e, "vector retrieval failed; answering from full-text search alone");
+                        self.metrics.degraded.inc();
+                        partial = Some(format!("vector retrieval unavailable, ranked by words only: {}", e.message));
+                        mode = SearchMode::Lexical;
+                        (None, lexical)
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        };
+        let (vector_hits, space_and_query) = match vectors {
+            Some(VectorCandidates { hits, space, query }) => (hits, Some((space, query))),
+            None => (Vec::new(), None),
+        };
+        let mut candidates = rank::merge(vector_hits, lexical);
+        // Messages found only by their words get their similarity too, when they have a vector.
+        if let Some((space, query)) = &space_and_query {
+            let missing: Vec<MessageId> =
+                candidates.iter().filter(|c| c.similarity.is_none()).map(|c| c.message.id).collect();
+            let found = self
+                .deps
+                .store
+                .similarities(space, &missing, query)
+                .await
+                .map_err(|e| unavailable("reading similarities", &e))?;
+            let found: std::collections::HashMap<MessageId, f64> = found.into_iter().collect();
+            for c in candidates.iter_mut().filter(|c| c.similarity.is_none()) {
+                c.similarity = found.get(&c.message.id).copied();
+            }
+        }
+        let items = rank::rank(candidates, mode, &ranking, request.top_k as usize, Utc::now(), request.explain);
+        Ok(SearchResponse { total: items.len(), items, partial })
+    }
+
+    /// The tenant's own ranking, or the deployment's; cached briefly.
+    async fn ranking(&self, tenant: &TenantId) -> Result<Ranking, RemoteError> {
+        if let Some((at, ranking)) = self.rankings.lock().expect("ranking cache").get(tenant)
+            && at.elapsed() < RANKING_CACHE
+        {
+            return Ok(ranking.unwrap_or(self.ranking));
+        }
+        let own = self
+            .deps
+            .store
+            .tenant_ranking(tenant)
+            .await
+            .map_err(|e| unavailable("reading the tenant's ranking", &e))?;
+        self.rankings.lock().expect("ranking cache").insert(tenant.clone(), (Instant::now(), own));
+        Ok(own.unwrap_or(self.ranking))
+    }
+
+    async fn vector_candidates(&self, request: &SearchRequest, limit: u32) -> Result<VectorCandidates, RemoteError> {
         let space = self
             .deps
             .store
@@ -166,20 +259,20 @@ impl Handler {
                 format!("query embedded in {:?} but the active space is {:?}", embedded.space, space.reference),
             ));
         }
-        let vector = embedded.vectors.into_iter().next().ok_or_else(|| {
+        let query = embedded.vectors.into_iter().next().ok_or_else(|| {
             RemoteError::new(RemoteErrorCode::Unavailable, "the embedder returned no vector for the query")
         })?;
-        let limit = request.top_k.saturating_mul(self.candidate_factor).min(CANDIDATES_MAX);
-        let candidates = self
+        let hits = self
             .deps
             .store
             .search_vectors(
                 &space,
                 VectorQuery {
                     tenant_id: &request.tenant_id,
-                    vector: &vector,
+                    vector: &query,
                     limit,
-                    conversation_id: request.conversation_id.as_ref(),
+                    filters: &request.filters,
+                    ef_search: self.ef_search,
                 },
             )
             .await
@@ -187,8 +280,34 @@ impl Handler {
                 StoreError::Dimensions { .. } => RemoteError::new(RemoteErrorCode::Unavailable, e.to_string()),
                 e => unavailable("searching vectors", &e),
             })?;
-        let items = rank::rank(candidates, request.top_k as usize, Utc::now());
-        Ok(SearchResponse { total: items.len(), items })
+        Ok(VectorCandidates { hits, space, query })
+    }
+
+    async fn lexical_candidates(&self, request: &SearchRequest, limit: u32) -> Result<Vec<LexicalHit>, RemoteError> {
+        let lexemes =
+            self.deps.store.lexemes(&request.query).await.map_err(|e| unavailable("parsing the query", &e))?;
+        let query = match lexical::words(&request.query, lexemes) {
+            Err(typed) => typed,
+            Ok(words) => {
+                let (total, frequencies) = self
+                    .deps
+                    .store
+                    .document_frequencies(&request.tenant_id, &words)
+                    .await
+                    .map_err(|e| unavailable("counting words", &e))?;
+                lexical::weighted(words, total, &frequencies)
+            }
+        };
+        self.deps
+            .store
+            .search_lexical(LexicalQuery {
+                tenant_id: &request.tenant_id,
+                query: &query,
+                limit,
+                filters: &request.filters,
+            })
+            .await
+            .map_err(|e| unavailable("searching text", &e))
     }
 
     async fn embed_query(&self, space_id: i32, query: &str) -> Result<EmbedQueryResponse, RemoteError> {

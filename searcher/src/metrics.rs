@@ -57,6 +57,9 @@ pub struct Metrics {
     pub requests: Family<RequestLabels, Counter>,
     /// Time to answer: `memory_searcher_request_duration_seconds`.
     pub duration: Family<EndpointLabels, Histogram, fn() -> Histogram>,
+    /// Hybrid searches answered by full-text search alone because query vectors were unavailable:
+    /// `memory_searcher_degraded_searches_total`.
+    pub degraded: Counter,
 }
 
 impl Metrics {
@@ -64,10 +67,16 @@ impl Metrics {
         let m = Self {
             requests: Family::default(),
             duration: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.0005, 2.0, 16))),
+            degraded: Counter::default(),
         };
         let r = registry.sub_registry_with_prefix("searcher");
         r.register("requests", "Requests answered, by endpoint and outcome", m.requests.clone());
         r.register_with_unit("request_duration", "Time to answer a request", Unit::Seconds, m.duration.clone());
+        r.register(
+            "degraded_searches",
+            "Hybrid searches answered by full-text search alone (query vectors unavailable)",
+            m.degraded.clone(),
+        );
         m
     }
 }

@@ -206,6 +206,11 @@ impl MessageInput {
     }
 }
 
+/// The limits on a message's metadata, applied to a metadata filter too.
+pub(crate) fn check_metadata(map: &Map<String, Value>, errors: &mut Vec<FieldError>) {
+    check_metadata_object(map, "metadata", 1, errors);
+}
+
 fn check_metadata_object(map: &Map<String, Value>, path: &str, depth: usize, errors: &mut Vec<FieldError>) {
     if map.len() > METADATA_KEYS_MAX {
         errors.push(FieldError::new(

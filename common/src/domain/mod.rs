@@ -3,6 +3,7 @@
 //! published straight to NATS is held to exactly the rules REST enforces.
 
 mod message;
+mod search;
 
 use std::fmt;
 
@@ -12,6 +13,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 pub use message::{MessageInput, MessageView, NewMessage, check_search, embedding_text};
+pub use search::{Ranking, SearchFilters, SearchMode};
 
 /// Maximum length of a tenant id, in characters.
 pub const TENANT_ID_MAX: usize = 64;

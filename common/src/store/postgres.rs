@@ -14,11 +14,11 @@ use std::str::FromStr;
 use uuid::Uuid;
 
 use super::{
-    Coverage, Failure, Inserted, Lock, NewRow, NewVector, Space, Store, StoreError, StoredMessage, VectorHit,
-    VectorQuery,
+    Coverage, Failure, Inserted, LexicalHit, LexicalQuery, Lock, NewRow, NewVector, Space, Store, StoreError,
+    StoredMessage, TextQuery, VectorHit, VectorQuery,
 };
 use crate::contract::SpaceRef;
-use crate::domain::{ConversationId, MessageId, MessageStatus, Role, TenantId};
+use crate::domain::{ConversationId, MessageId, MessageStatus, Ranking, Role, TenantId};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -29,6 +29,32 @@ macro_rules! message_columns {
     () => {
         "m.id, m.tenant_id, m.conversation_id, m.role, m.name, m.content, m.metadata, m.importance, \
          m.importance_override, m.pinned, m.status, m.failure_reason, m.created_at, m.stored_at"
+    };
+}
+
+/// The search filters, at parameters $3 to $9 of every search statement (`bind_filters!`).
+macro_rules! filters {
+    () => {
+        "($3::text IS NULL OR m.conversation_id = $3)
+         AND ($4::text IS NULL OR m.role = $4)
+         AND ($5::timestamptz IS NULL OR m.created_at >= $5)
+         AND ($6::timestamptz IS NULL OR m.created_at < $6)
+         AND ($7::jsonb IS NULL OR m.metadata @> $7)
+         AND ($8::float8 IS NULL OR m.importance >= $8)
+         AND ($9::bool OR m.archived_at IS NULL)"
+    };
+}
+
+macro_rules! bind_filters {
+    ($query:expr, $f:expr) => {
+        $query
+            .bind($f.conversation_id.as_ref().map(ConversationId::as_str))
+            .bind($f.role.map(Role::as_str))
+            .bind($f.created_after)
+            .bind($f.created_before)
+            .bind($f.metadata.clone().map(|m| Json(Value::Object(m))))
+            .bind($f.min_importance)
+            .bind($f.include_archived)
     };
 }
 
@@ -195,6 +221,11 @@ impl From<SpaceRow> for Space {
     }
 }
 
+/// A lexeme as a `to_tsquery` operand: quoted, so that none of its characters is an operator.
+fn quote_lexeme(lexeme: &str) -> String {
+    format!("'{}'", lexeme.replace('\\', "\\\\").replace('\'', "''"))
+}
+
 /// Vectors as the columns of an `UNNEST` insert: message ids, tenants, embeddings.
 type VectorColumns<'a> = (Vec<Uuid>, Vec<&'a str>, Vec<Vector>);
 
@@ -239,6 +270,13 @@ struct HitRow {
     #[sqlx(flatten)]
     message: MessageRow,
     similarity: f64,
+}
+
+#[derive(FromRow)]
+struct LexicalRow {
+    #[sqlx(flatten)]
+    message: MessageRow,
+    rank: f64,
 }
 
 #[async_trait]
@@ -613,17 +651,22 @@ impl Store for PgStore {
         // A tenant filter applied after an HNSW scan returns short lists unless the scan may
         // continue past its first `ef_search` candidates (pgvector ≥ 0.8).
         sqlx::query("SET LOCAL hnsw.iterative_scan = strict_order").execute(&mut *tx).await?;
-        let rows: Vec<HitRow> = sqlx::query_as(AssertSqlSafe(format!(
+        // An integer, so no injection; SET takes no parameters.
+        let ef_search = query.ef_search.clamp(1, 1000);
+        sqlx::query(AssertSqlSafe(format!("SET LOCAL hnsw.ef_search = {ef_search}"))).execute(&mut *tx).await?;
+        let statement = AssertSqlSafe(format!(
             "SELECT {}, 1 - (v.embedding <=> $1) AS similarity
              FROM {table} v JOIN messages m ON m.id = v.message_id
-             WHERE v.tenant_id = $2 AND ($3::text IS NULL OR m.conversation_id = $3)
+             WHERE v.tenant_id = $2 AND {}
              ORDER BY v.embedding <=> $1
-             LIMIT $4",
-            message_columns!()
-        )))
-        .bind(Vector::from(query.vector.to_vec()))
-        .bind(query.tenant_id.as_str())
-        .bind(query.conversation_id.map(ConversationId::as_str))
+             LIMIT $10",
+            message_columns!(),
+            filters!()
+        ));
+        let rows: Vec<HitRow> = bind_filters!(
+            sqlx::query_as(statement).bind(Vector::from(query.vector.to_vec())).bind(query.tenant_id.as_str()),
+            query.filters
+        )
         .bind(i64::from(query.limit))
         .fetch_all(&mut *tx)
         .await?;
@@ -631,5 +674,117 @@ impl Store for PgStore {
         rows.into_iter()
             .map(|r| Ok(VectorHit { similarity: r.similarity, message: StoredMessage::try_from(r.message)? }))
             .collect()
+    }
+
+    async fn search_lexical(&self, query: LexicalQuery<'_>) -> Result<Vec<LexicalHit>, StoreError> {
+        let (function, text, terms, rank) = match query.query {
+            TextQuery::Websearch(text) => {
+                ("websearch_to_tsquery", text.clone(), Vec::new(), "ts_rank_cd(m.search_text, q)::float8")
+            }
+            TextQuery::AnyOf(terms) if terms.is_empty() => return Ok(Vec::new()),
+            TextQuery::AnyOf(terms) => (
+                "to_tsquery",
+                terms.iter().map(|t| quote_lexeme(&t.lexeme)).collect::<Vec<_>>().join(" | "),
+                terms.iter().map(|t| (quote_lexeme(&t.lexeme), t.weight)).collect::<Vec<_>>(),
+                "(SELECT coalesce(sum(w.weight), 0) FROM terms w WHERE m.search_text @@ w.q)::float8",
+            ),
+        };
+        let (words, weights): (Vec<String>, Vec<f64>) = terms.into_iter().unzip();
+        let statement = AssertSqlSafe(format!(
+            "WITH terms AS (
+                 SELECT to_tsquery('simple'::regconfig, t.word) AS q, t.weight
+                 FROM unnest($11::text[], $12::float8[]) AS t(word, weight)
+             )
+             SELECT {}, {rank} AS rank
+             FROM messages m, {function}('simple'::regconfig, $1) q
+             WHERE m.tenant_id = $2 AND m.search_text @@ q AND {}
+             ORDER BY rank DESC, m.created_at DESC
+             LIMIT $10",
+            message_columns!(),
+            filters!()
+        ));
+        let rows: Vec<LexicalRow> =
+            bind_filters!(sqlx::query_as(statement).bind(text).bind(query.tenant_id.as_str()), query.filters)
+                .bind(i64::from(query.limit))
+                .bind(&words)
+                .bind(&weights)
+                .fetch_all(&self.pool)
+                .await?;
+        rows.into_iter()
+            .map(|r| Ok(LexicalHit { rank: r.rank, message: StoredMessage::try_from(r.message)? }))
+            .collect()
+    }
+
+    async fn document_frequencies(&self, tenant: &TenantId, lexemes: &[String]) -> Result<(i64, Vec<i64>), StoreError> {
+        let quoted: Vec<String> = lexemes.iter().map(|l| quote_lexeme(l)).collect();
+        let total: i64 = sqlx::query_scalar("SELECT count(*) FROM messages WHERE tenant_id = $1")
+            .bind(tenant.as_str())
+            .fetch_one(&self.pool)
+            .await?;
+        let counts: Vec<(i64, i64)> = sqlx::query_as(
+            "SELECT t.i, (SELECT count(*) FROM messages m
+                          WHERE m.tenant_id = $1 AND m.search_text @@ to_tsquery('simple'::regconfig, t.word))
+             FROM unnest($2::text[]) WITH ORDINALITY AS t(word, i)",
+        )
+        .bind(tenant.as_str())
+        .bind(&quoted)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut frequencies = vec![0; lexemes.len()];
+        for (i, n) in counts {
+            if let Some(slot) = usize::try_from(i - 1).ok().and_then(|i| frequencies.get_mut(i)) {
+                *slot = n;
+            }
+        }
+        Ok((total, frequencies))
+    }
+
+    async fn lexemes(&self, text: &str) -> Result<Vec<String>, StoreError> {
+        Ok(sqlx::query_scalar("SELECT lexeme FROM unnest(to_tsvector('simple'::regconfig, $1))")
+            .bind(text)
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    async fn similarities(
+        &self,
+        space: &Space,
+        ids: &[MessageId],
+        vector: &[f32],
+    ) -> Result<Vec<(MessageId, f64)>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let table = Self::vector_table(space);
+        let ids: Vec<Uuid> = ids.iter().map(|id| id.0).collect();
+        let rows: Vec<(Uuid, f64)> = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT message_id, 1 - (embedding <=> $1) FROM {table} WHERE message_id = ANY($2)"
+        )))
+        .bind(Vector::from(vector.to_vec()))
+        .bind(&ids)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|(id, s)| (MessageId(id), s)).collect())
+    }
+
+    async fn tenant_ranking(&self, tenant: &TenantId) -> Result<Option<Ranking>, StoreError> {
+        let row: Option<Option<Json<Ranking>>> =
+            sqlx::query_scalar("SELECT ranking FROM tenant_settings WHERE tenant_id = $1")
+                .bind(tenant.as_str())
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row.flatten().map(|j| j.0))
+    }
+
+    async fn set_tenant_ranking(&self, tenant: &TenantId, ranking: Option<&Ranking>) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO tenant_settings (tenant_id, ranking) VALUES ($1, $2)
+             ON CONFLICT (tenant_id) DO UPDATE SET ranking = EXCLUDED.ranking, updated_at = now()",
+        )
+        .bind(tenant.as_str())
+        .bind(ranking.map(Json))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 }

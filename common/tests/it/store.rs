@@ -82,7 +82,10 @@ async fn vector_search_is_tenant_scoped_and_checks_dimensions() -> anyhow::Resul
     let query = unit(4, 1);
     let hits = env
         .store
-        .search_vectors(&s, VectorQuery { tenant_id: &tenant, vector: &query, limit: 10, conversation_id: None })
+        .search_vectors(
+            &s,
+            VectorQuery { tenant_id: &tenant, vector: &query, limit: 10, filters: &Default::default(), ef_search: 40 },
+        )
         .await?;
     let contents: Vec<&str> = hits.iter().map(|h| h.message.content.as_str()).collect();
     assert_eq!(contents, ["a1", "a0"], "tenant b's row must never appear");

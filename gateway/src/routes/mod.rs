@@ -3,6 +3,7 @@
 pub mod health;
 pub mod messages;
 pub mod search;
+pub mod tenants;
 
 use axum::http::HeaderMap;
 use common::bus::Envelope;

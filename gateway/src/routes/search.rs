@@ -1,23 +1,29 @@
-//! `GET /v1/memory/search`: the seed's search, answered by a searcher over NATS.
+//! Search: `GET /v1/memory/search` (the seed's, filters as query parameters) and
+//! `POST /v1/memory/search` (the same as a JSON body), answered by a searcher over NATS.
 
 use axum::Router;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::routing::get;
+use chrono::{DateTime, Utc};
 use common::contract::{SearchRequest, SearchResponse, VERSION};
-use common::domain::{ConversationId, TOP_K_DEFAULT, TenantId, check_search};
+use common::domain::{
+    ConversationId, FieldError, Role, SearchFilters, SearchMode, TOP_K_DEFAULT, TenantId, check_search,
+};
 use serde::Deserialize;
-use utoipa::IntoParams;
+use serde_json::{Map, Value};
+use utoipa::{IntoParams, ToSchema};
 
 use super::{call, request_id};
 use crate::error::{ApiError, Problem};
-use crate::extract::AppQuery;
+use crate::extract::{AppJson, AppQuery};
 use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
-    Router::new().route("/v1/memory/search", get(search_memories))
+    Router::new().route("/v1/memory/search", get(search_memories).post(search_memories_post))
 }
 
+/// Query parameters, read as text so that every bad value is reported with its field.
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
@@ -29,12 +35,47 @@ pub struct SearchParams {
     #[serde(default)]
     query: String,
     /// 1–50, default 5.
-    top_k: Option<u32>,
+    top_k: Option<String>,
+    /// `hybrid` (default), `vector` or `lexical`.
+    mode: Option<String>,
+    /// `true`: each hit explains its score.
+    explain: Option<String>,
     /// Only this conversation.
     conversation_id: Option<String>,
+    /// Only this role: `user`, `assistant` or `system`.
+    role: Option<String>,
+    /// Only messages created at or after this RFC 3339 instant.
+    created_after: Option<String>,
+    /// Only messages created before this RFC 3339 instant.
+    created_before: Option<String>,
+    /// Only messages whose metadata contains this JSON object, e.g. `{"topic":"travel"}`.
+    metadata: Option<String>,
+    /// Only messages of at least this importance (0–1).
+    min_importance: Option<String>,
+    /// `true`: archived messages too.
+    include_archived: Option<String>,
+}
+
+/// A search as a JSON body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SearchBody {
+    tenant_id: String,
+    query: String,
+    /// 1–50, default 5.
+    top_k: Option<u32>,
+    #[serde(default)]
+    mode: SearchMode,
+    #[serde(default)]
+    explain: bool,
+    #[serde(default)]
+    filters: SearchFilters,
 }
 
 /// Find a tenant's messages most relevant to a query.
+///
+/// Candidates come from the vector index and from full-text search (`mode`), fused by
+/// reciprocal-rank fusion and scored `w_rel·relevance + w_imp·importance + w_rec·decay`.
 #[utoipa::path(
     get, path = "/v1/memory/search", tag = "search",
     params(SearchParams),
@@ -50,18 +91,94 @@ pub async fn search_memories(
     headers: HeaderMap,
     AppQuery(params): AppQuery<SearchParams>,
 ) -> Result<axum::Json<SearchResponse>, ApiError> {
-    let top_k = params.top_k.unwrap_or(TOP_K_DEFAULT);
     let mut errors = Vec::new();
-    let tenant_id = TenantId::parse(params.tenant_id).map_err(|e| errors.extend(e.0)).ok();
-    let conversation_id =
-        params.conversation_id.map(ConversationId::parse).transpose().map_err(|e| errors.extend(e.0)).ok().flatten();
-    if let Err(e) = check_search(&params.query, top_k) {
+    let top_k = parse(&mut errors, "top_k", params.top_k, |v| v.parse::<u32>().ok()).unwrap_or(TOP_K_DEFAULT);
+    let mode = parse(&mut errors, "mode", params.mode, |v| serde_json::from_value(Value::String(v.to_owned())).ok())
+        .unwrap_or_default();
+    let explain = parse(&mut errors, "explain", params.explain, |v| v.parse::<bool>().ok()).unwrap_or(false);
+    let filters = SearchFilters {
+        conversation_id: params
+            .conversation_id
+            .map(ConversationId::parse)
+            .transpose()
+            .map_err(|e| errors.extend(e.0))
+            .ok()
+            .flatten(),
+        role: parse(&mut errors, "role", params.role, Role::parse),
+        created_after: parse(&mut errors, "created_after", params.created_after, instant),
+        created_before: parse(&mut errors, "created_before", params.created_before, instant),
+        metadata: parse(&mut errors, "metadata", params.metadata, |v| {
+            serde_json::from_str::<Map<String, Value>>(v).ok()
+        }),
+        min_importance: parse(&mut errors, "min_importance", params.min_importance, |v| v.parse::<f64>().ok()),
+        include_archived: parse(&mut errors, "include_archived", params.include_archived, |v| v.parse::<bool>().ok())
+            .unwrap_or(false),
+    };
+    search(&state, &headers, errors, params.tenant_id, params.query, top_k, mode, explain, filters).await
+}
+
+/// The same search, as a JSON body (convenient for metadata filters).
+#[utoipa::path(
+    post, path = "/v1/memory/search", tag = "search",
+    request_body = SearchBody,
+    responses(
+        (status = 200, body = SearchResponse),
+        (status = 400, body = Problem), (status = 401, body = Problem), (status = 422, body = Problem),
+        (status = 503, body = Problem), (status = 504, body = Problem),
+    ),
+    security(("api_key" = []), ("bearer" = []))
+)]
+pub async fn search_memories_post(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    AppJson(body): AppJson<SearchBody>,
+) -> Result<axum::Json<SearchResponse>, ApiError> {
+    let top_k = body.top_k.unwrap_or(TOP_K_DEFAULT);
+    search(&state, &headers, Vec::new(), body.tenant_id, body.query, top_k, body.mode, body.explain, body.filters).await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn search(
+    state: &AppState,
+    headers: &HeaderMap,
+    mut errors: Vec<FieldError>,
+    tenant_id: String,
+    query: String,
+    top_k: u32,
+    mode: SearchMode,
+    explain: bool,
+    filters: SearchFilters,
+) -> Result<axum::Json<SearchResponse>, ApiError> {
+    let tenant_id = TenantId::parse(tenant_id).map_err(|e| errors.extend(e.0)).ok();
+    if let Err(e) = check_search(&query, top_k) {
+        errors.extend(e.0);
+    }
+    if let Err(e) = filters.check() {
         errors.extend(e.0);
     }
     let Some(tenant_id) = tenant_id.filter(|_| errors.is_empty()) else {
         return Err(ApiError::Invalid(errors));
     };
-    let request = SearchRequest { v: VERSION, tenant_id, query: params.query, top_k, conversation_id };
-    let response: SearchResponse = call(&state, state.deps.subjects.search(), &request, &request_id(&headers)).await?;
+    let request = SearchRequest { v: VERSION, tenant_id, query, top_k, mode, filters, explain };
+    let response: SearchResponse = call(state, state.deps.subjects.search(), &request, &request_id(headers)).await?;
     Ok(axum::Json(response))
+}
+
+/// Parses an optional parameter; a value that does not parse is reported under its field.
+fn parse<T>(
+    errors: &mut Vec<FieldError>,
+    field: &str,
+    value: Option<String>,
+    f: impl FnOnce(&str) -> Option<T>,
+) -> Option<T> {
+    let value = value?;
+    let parsed = f(value.trim());
+    if parsed.is_none() {
+        errors.push(FieldError::new(field, "invalid", format!("{value:?} is not a valid {field}")));
+    }
+    parsed
+}
+
+fn instant(v: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(v).ok().map(|t| t.with_timezone(&Utc))
 }

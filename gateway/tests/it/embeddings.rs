@@ -49,8 +49,15 @@ async fn a_message_gemini_refuses_is_failed_with_its_reason_and_not_searchable()
     let got = app.get(&format!("/v1/messages/{id}")).await?;
     assert_eq!(got.body["status"], "failed");
     assert_eq!(got.body["failure_reason"], r.body["failure_reason"]);
-    let hits = app.search("acme", "a message").await?;
-    assert!(!hits.contains(&id.to_owned()), "a failed message has no vector to find");
+    // No vector, so vector search cannot find it; its words still can.
+    let vector = app.get("/v1/memory/search?tenant_id=acme&query=a%20message&mode=vector&top_k=10").await?;
+    let ids: Vec<&str> =
+        vector.body["items"].as_array().unwrap().iter().map(|h| h["message_id"].as_str().unwrap()).collect();
+    assert!(!ids.contains(&id), "{vector:?}");
+    let hybrid = app.get("/v1/memory/search?tenant_id=acme&query=a%20message&top_k=10").await?;
+    let hit =
+        hybrid.body["items"].as_array().unwrap().iter().find(|h| h["message_id"] == id).expect("found by its words");
+    assert!(hit["similarity"].is_null(), "{hit}");
     // A query the provider refuses is the caller's to change: 400, not 503.
     let refused = app.get("/v1/memory/search?tenant_id=acme&query=BLOCKED&top_k=5").await?;
     assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{refused:?}");

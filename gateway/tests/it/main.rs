@@ -7,3 +7,5 @@ mod ingest;
 mod limits;
 mod nats;
 mod operations;
+mod relevance;
+mod search;

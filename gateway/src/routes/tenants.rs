@@ -1,0 +1,119 @@
+//! A tenant's own ranking: `GET`, `PUT` and `DELETE /v1/tenants/{tenant_id}/ranking`. Searchers
+//! pick a change up within 5 seconds.
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::get;
+use common::domain::{Ranking, TenantId};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::error::{ApiError, Problem};
+use crate::extract::AppJson;
+use crate::state::AppState;
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/v1/tenants/{tenant_id}/ranking", get(get_ranking).put(put_ranking).delete(delete_ranking))
+}
+
+/// The ranking a tenant's searches use.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TenantRanking {
+    pub tenant_id: TenantId,
+    pub ranking: Ranking,
+    /// `tenant`: set for this tenant; `deployment`: the deployment's default.
+    pub source: RankingSource,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RankingSource {
+    Tenant,
+    Deployment,
+}
+
+/// A change of ranking; fields left out keep the deployment's value.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RankingPatch {
+    relevance_weight: Option<f64>,
+    importance_weight: Option<f64>,
+    recency_weight: Option<f64>,
+    decay_days: Option<f64>,
+    rrf_k: Option<f64>,
+}
+
+fn tenant(id: String) -> Result<TenantId, ApiError> {
+    TenantId::parse(id).map_err(|e| ApiError::Invalid(e.0))
+}
+
+fn unavailable(e: common::store::StoreError) -> ApiError {
+    tracing::warn!(error = %e, cause = ?std::error::Error::source(&e), "tenant settings unavailable");
+    ApiError::Unavailable("tenant settings cannot be read or written".into())
+}
+
+/// The ranking a tenant's searches use.
+#[utoipa::path(
+    get, path = "/v1/tenants/{tenant_id}/ranking", tag = "tenants",
+    params(("tenant_id" = String, Path)),
+    responses((status = 200, body = TenantRanking), (status = 401, body = Problem), (status = 422, body = Problem)),
+    security(("api_key" = []), ("bearer" = []))
+)]
+pub async fn get_ranking(
+    State(state): State<AppState>,
+    Path(tenant_id): Path<String>,
+) -> Result<axum::Json<TenantRanking>, ApiError> {
+    let tenant_id = tenant(tenant_id)?;
+    let own = state.deps.store.tenant_ranking(&tenant_id).await.map_err(unavailable)?;
+    Ok(axum::Json(match own {
+        Some(ranking) => TenantRanking { tenant_id, ranking, source: RankingSource::Tenant },
+        None => TenantRanking { tenant_id, ranking: state.ranking, source: RankingSource::Deployment },
+    }))
+}
+
+/// Sets the tenant's own ranking (weights need not sum to 1: they are normalised).
+#[utoipa::path(
+    put, path = "/v1/tenants/{tenant_id}/ranking", tag = "tenants",
+    params(("tenant_id" = String, Path)),
+    request_body = RankingPatch,
+    responses(
+        (status = 200, body = TenantRanking), (status = 400, body = Problem), (status = 401, body = Problem),
+        (status = 422, body = Problem), (status = 503, body = Problem),
+    ),
+    security(("api_key" = []), ("bearer" = []))
+)]
+pub async fn put_ranking(
+    State(state): State<AppState>,
+    Path(tenant_id): Path<String>,
+    AppJson(patch): AppJson<RankingPatch>,
+) -> Result<axum::Json<TenantRanking>, ApiError> {
+    let tenant_id = tenant(tenant_id)?;
+    let base = state.ranking;
+    let ranking = Ranking {
+        relevance_weight: patch.relevance_weight.unwrap_or(base.relevance_weight),
+        importance_weight: patch.importance_weight.unwrap_or(base.importance_weight),
+        recency_weight: patch.recency_weight.unwrap_or(base.recency_weight),
+        decay_days: patch.decay_days.unwrap_or(base.decay_days),
+        rrf_k: patch.rrf_k.unwrap_or(base.rrf_k),
+    };
+    ranking.check().map_err(|e| ApiError::Invalid(e.0))?;
+    state.deps.store.set_tenant_ranking(&tenant_id, Some(&ranking)).await.map_err(unavailable)?;
+    Ok(axum::Json(TenantRanking { tenant_id, ranking, source: RankingSource::Tenant }))
+}
+
+/// Back to the deployment's ranking.
+#[utoipa::path(
+    delete, path = "/v1/tenants/{tenant_id}/ranking", tag = "tenants",
+    params(("tenant_id" = String, Path)),
+    responses((status = 204), (status = 401, body = Problem), (status = 422, body = Problem), (status = 503, body = Problem)),
+    security(("api_key" = []), ("bearer" = []))
+)]
+pub async fn delete_ranking(
+    State(state): State<AppState>,
+    Path(tenant_id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let tenant_id = tenant(tenant_id)?;
+    state.deps.store.set_tenant_ranking(&tenant_id, None).await.map_err(unavailable)?;
+    Ok(StatusCode::NO_CONTENT)
+}

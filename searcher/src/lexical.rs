@@ -1,0 +1,257 @@
+//! What full-text search looks for. A query with web-search operators (`"a phrase"`, `or`,
+//! `-word`) is taken as typed (`websearch_to_tsquery`). A plain question matches any of its
+//! words except the commonest function words: requiring every word of "what did Priya say about
+//! the invoice" would find nothing, and matching "the" would find everything. The index itself
+//! keeps every word (the `simple` configuration), so names, numbers and codes match as typed.
+
+use common::store::{Term, TextQuery};
+
+/// Function words a plain question drops (English, the commonest in a few other languages).
+const STOP_WORDS: &[&str] = &[
+    "a",
+    "about",
+    "above",
+    "after",
+    "again",
+    "against",
+    "all",
+    "am",
+    "an",
+    "and",
+    "any",
+    "are",
+    "as",
+    "at",
+    "be",
+    "because",
+    "been",
+    "before",
+    "being",
+    "below",
+    "between",
+    "both",
+    "but",
+    "by",
+    "can",
+    "could",
+    "did",
+    "do",
+    "does",
+    "doing",
+    "down",
+    "during",
+    "each",
+    "few",
+    "for",
+    "from",
+    "further",
+    "had",
+    "has",
+    "have",
+    "having",
+    "he",
+    "her",
+    "here",
+    "hers",
+    "herself",
+    "him",
+    "himself",
+    "his",
+    "how",
+    "i",
+    "if",
+    "in",
+    "into",
+    "is",
+    "it",
+    "its",
+    "itself",
+    "just",
+    "me",
+    "more",
+    "most",
+    "my",
+    "myself",
+    "no",
+    "nor",
+    "not",
+    "now",
+    "of",
+    "off",
+    "on",
+    "once",
+    "only",
+    "or",
+    "other",
+    "our",
+    "ours",
+    "ourselves",
+    "out",
+    "over",
+    "own",
+    "same",
+    "she",
+    "should",
+    "so",
+    "some",
+    "such",
+    "than",
+    "that",
+    "the",
+    "their",
+    "theirs",
+    "them",
+    "themselves",
+    "then",
+    "there",
+    "these",
+    "they",
+    "this",
+    "those",
+    "through",
+    "to",
+    "too",
+    "under",
+    "until",
+    "up",
+    "very",
+    "was",
+    "we",
+    "were",
+    "what",
+    "when",
+    "where",
+    "which",
+    "while",
+    "who",
+    "whom",
+    "why",
+    "will",
+    "with",
+    "would",
+    "you",
+    "your",
+    "yours",
+    "yourself",
+    "yourselves",
+    "s",
+    "t",
+    "ll",
+    "re",
+    "ve",
+    "d",
+    "m",
+    "don",
+    "didn",
+    "doesn",
+    // es / pt / fr / de / it
+    "el",
+    "la",
+    "los",
+    "las",
+    "de",
+    "del",
+    "que",
+    "y",
+    "en",
+    "un",
+    "una",
+    "es",
+    "por",
+    "con",
+    "para",
+    "o",
+    "os",
+    "um",
+    "uma",
+    "do",
+    "da",
+    "le",
+    "les",
+    "des",
+    "du",
+    "et",
+    "est",
+    "une",
+    "der",
+    "die",
+    "das",
+    "und",
+    "ist",
+    "ein",
+    "eine",
+    "il",
+    "di",
+    "che",
+    "e",
+];
+
+/// Whether `query` uses web-search syntax.
+fn has_operators(query: &str) -> bool {
+    query.contains('"')
+        || query.split_whitespace().any(|w| w.eq_ignore_ascii_case("or") || (w.len() > 1 && w.starts_with('-')))
+}
+
+/// Whether `query` is taken as typed (`Some`), else the words to look for, given its lexemes as
+/// the index stores them.
+pub fn words(query: &str, lexemes: Vec<String>) -> Result<Vec<String>, TextQuery> {
+    if has_operators(query) {
+        return Err(TextQuery::Websearch(query.to_owned()));
+    }
+    let content: Vec<String> = lexemes.iter().filter(|l| !STOP_WORDS.contains(&l.as_str())).cloned().collect();
+    // A query of nothing but function words still looks for them.
+    Ok(if content.is_empty() { lexemes } else { content })
+}
+
+/// BM25's inverse document frequency: a word in few of the tenant's `total` messages counts for
+/// much, one in most counts for little.
+pub fn idf(total: i64, containing: i64) -> f64 {
+    let (n, df) = (total.max(0) as f64, containing.clamp(0, total.max(0)) as f64);
+    (1.0 + (n - df + 0.5) / (df + 0.5)).ln()
+}
+
+/// The words weighted by their rarity.
+pub fn weighted(words: Vec<String>, total: i64, frequencies: &[i64]) -> TextQuery {
+    TextQuery::AnyOf(
+        words.into_iter().zip(frequencies).map(|(lexeme, df)| Term { lexeme, weight: idf(total, *df) }).collect(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn list(words: &[&str]) -> Vec<String> {
+        words.iter().map(|w| (*w).to_owned()).collect()
+    }
+
+    #[test]
+    fn a_plain_question_matches_any_content_word() {
+        let lexemes = list(&["about", "did", "kx-4471", "priya", "say", "the", "what"]);
+        assert_eq!(words("What did Priya say about the KX-4471?", lexemes), Ok(list(&["kx-4471", "priya", "say"])));
+    }
+
+    #[test]
+    fn operators_are_taken_as_typed() {
+        for typed in ["\"return flight\" marco", "lisbon or porto", "tiles -kitchen"] {
+            assert_eq!(words(typed, vec![]), Err(TextQuery::Websearch(typed.to_owned())), "{typed}");
+        }
+        // A hyphenated word or a lone dash is not an operator.
+        assert!(words("well-known - thing", list(&["well-known", "thing"])).is_ok());
+    }
+
+    #[test]
+    fn only_function_words_are_kept_rather_than_nothing() {
+        assert_eq!(words("who is it", list(&["is", "it", "who"])), Ok(list(&["is", "it", "who"])));
+    }
+
+    #[test]
+    fn rare_words_weigh_more() {
+        // BM25: ln(1 + (N - df + 0.5) / (df + 0.5)).
+        assert!((idf(100, 1) - (1.0f64 + 99.5 / 1.5).ln()).abs() < 1e-12);
+        assert!(idf(100, 1) > idf(100, 50));
+        assert!(idf(100, 100) > 0.0, "a word in every message still counts a little");
+        let TextQuery::AnyOf(terms) = weighted(list(&["a", "b"]), 10, &[1, 9]) else { panic!("not weighted") };
+        assert!(terms[0].weight > terms[1].weight);
+    }
+}
