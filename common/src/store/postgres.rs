@@ -98,6 +98,48 @@ impl PgStore {
         format!("message_vectors_{}", space.id)
     }
 
+    /// The nearest-neighbour statement; `prefix` goes before it (`EXPLAIN`, say).
+    fn vector_search_sql(space: &Space, prefix: &str) -> String {
+        format!(
+            "{prefix} SELECT {}, 1 - (v.embedding <=> $1) AS similarity
+             FROM {} v JOIN messages m ON m.id = v.message_id
+             WHERE v.tenant_id = $2 AND {}
+             ORDER BY v.embedding <=> $1
+             LIMIT $10",
+            message_columns!(),
+            Self::vector_table(space),
+            filters!()
+        )
+    }
+
+    /// Search settings for this transaction: a tenant filter applied after an HNSW scan returns
+    /// short lists unless the scan may continue past its first `ef_search` candidates
+    /// (pgvector ≥ 0.8 iterative scans).
+    async fn hnsw_settings(tx: &mut sqlx::PgConnection, ef_search: u32) -> Result<(), StoreError> {
+        sqlx::query("SET LOCAL hnsw.iterative_scan = strict_order").execute(&mut *tx).await?;
+        // An integer, so no injection; SET takes no parameters.
+        let ef_search = ef_search.clamp(1, 1000);
+        sqlx::query(AssertSqlSafe(format!("SET LOCAL hnsw.ef_search = {ef_search}"))).execute(&mut *tx).await?;
+        Ok(())
+    }
+
+    /// The plan Postgres chooses for a vector search (`EXPLAIN`), to check that large tenants
+    /// use the HNSW index and small ones the exact per-tenant scan.
+    pub async fn explain_vector_search(&self, space: &Space, query: VectorQuery<'_>) -> Result<String, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        Self::hnsw_settings(&mut tx, query.ef_search).await?;
+        let statement = AssertSqlSafe(Self::vector_search_sql(space, "EXPLAIN (COSTS OFF)"));
+        let lines: Vec<String> = bind_filters!(
+            sqlx::query_scalar(statement).bind(Vector::from(query.vector.to_vec())).bind(query.tenant_id.as_str()),
+            query.filters
+        )
+        .bind(i64::from(query.limit))
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.rollback().await?;
+        Ok(lines.join("\n"))
+    }
+
     async fn insert_vectors(
         tx: &mut sqlx::PgConnection,
         space: &Space,
@@ -646,23 +688,9 @@ impl Store for PgStore {
                 got: query.vector.len(),
             });
         }
-        let table = Self::vector_table(space);
         let mut tx = self.pool.begin().await?;
-        // A tenant filter applied after an HNSW scan returns short lists unless the scan may
-        // continue past its first `ef_search` candidates (pgvector ≥ 0.8).
-        sqlx::query("SET LOCAL hnsw.iterative_scan = strict_order").execute(&mut *tx).await?;
-        // An integer, so no injection; SET takes no parameters.
-        let ef_search = query.ef_search.clamp(1, 1000);
-        sqlx::query(AssertSqlSafe(format!("SET LOCAL hnsw.ef_search = {ef_search}"))).execute(&mut *tx).await?;
-        let statement = AssertSqlSafe(format!(
-            "SELECT {}, 1 - (v.embedding <=> $1) AS similarity
-             FROM {table} v JOIN messages m ON m.id = v.message_id
-             WHERE v.tenant_id = $2 AND {}
-             ORDER BY v.embedding <=> $1
-             LIMIT $10",
-            message_columns!(),
-            filters!()
-        ));
+        Self::hnsw_settings(&mut tx, query.ef_search).await?;
+        let statement = AssertSqlSafe(Self::vector_search_sql(space, ""));
         let rows: Vec<HitRow> = bind_filters!(
             sqlx::query_as(statement).bind(Vector::from(query.vector.to_vec())).bind(query.tenant_id.as_str()),
             query.filters

@@ -1,4 +1,5 @@
 //! The Postgres store and the NATS bus against the real servers.
 
 mod bus;
+mod hnsw;
 mod store;

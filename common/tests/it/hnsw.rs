@@ -1,0 +1,101 @@
+//! The vector index at scale: a small tenant in a large table still gets full result lists
+//! (iterative scans), the planner takes HNSW for a large tenant and the exact per-tenant scan for
+//! a small one.
+
+use chrono::Utc;
+use common::contract::SpaceRef;
+use common::domain::{MessageId, MessageInput, SearchFilters, TenantId};
+use common::store::{NewRow, NewVector, Store, VectorQuery};
+use common::testing::TestEnv;
+
+const DIMENSIONS: usize = 32;
+
+/// A deterministic pseudo-random unit vector.
+fn vector(seed: u64) -> Vec<f32> {
+    let mut h = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let v: Vec<f32> = (0..DIMENSIONS)
+        .map(|_| {
+            h ^= h << 13;
+            h ^= h >> 7;
+            h ^= h << 17;
+            (h >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        })
+        .collect();
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    v.into_iter().map(|x| x / norm).collect()
+}
+
+async fn fill(env: &TestEnv, space: &common::store::Space, tenant: &str, n: usize, seed: u64) -> anyhow::Result<()> {
+    let tenant_id = TenantId::parse(tenant)?;
+    for chunk in (0..n).collect::<Vec<_>>().chunks(1000) {
+        let rows: Vec<NewRow> = chunk
+            .iter()
+            .map(|i| {
+                let message = MessageInput {
+                    tenant_id: tenant.into(),
+                    conversation_id: "c".into(),
+                    role: "user".into(),
+                    content: format!("message {i}"),
+                    ..MessageInput::default()
+                }
+                .validate(Utc::now(), MessageId::new)
+                .unwrap();
+                NewRow { message, importance: 0.5 }
+            })
+            .collect();
+        env.store.insert_messages(&rows).await?;
+        let vectors: Vec<NewVector> = rows
+            .iter()
+            .enumerate()
+            .map(|(j, r)| NewVector {
+                message_id: r.message.message_id,
+                tenant_id: tenant_id.clone(),
+                vector: vector(seed + (chunk[0] + j) as u64),
+            })
+            .collect();
+        env.store.save_vectors(space, &vectors).await?;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn small_tenants_get_full_lists_and_the_planner_picks_the_right_scan() -> anyhow::Result<()> {
+    let env = TestEnv::start().await?;
+    let space = env
+        .store
+        .register_space(&SpaceRef { provider: "test".into(), model: "random".into(), dimensions: DIMENSIONS as u32 })
+        .await?;
+    // 20,000 rows: one tenant with 95%, one with 5%, one with 40.
+    fill(&env, &space, "big", 19_000, 0).await?;
+    fill(&env, &space, "small", 1_000, 1_000_000).await?;
+    fill(&env, &space, "tiny", 40, 2_000_000).await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!("ANALYZE message_vectors_{}", space.id))).execute(env.store.pool()).await?;
+
+    let filters = SearchFilters::default();
+    let query = vector(42);
+    let search = |tenant: &'static TenantId, limit: u32, ef_search: u32| VectorQuery {
+        tenant_id: tenant,
+        vector: &query,
+        limit,
+        filters: &filters,
+        ef_search,
+    };
+    let small = Box::leak(Box::new(TenantId::parse("small")?));
+    let big = Box::leak(Box::new(TenantId::parse("big")?));
+    let tiny = Box::leak(Box::new(TenantId::parse("tiny")?));
+    // ef_search 10 would give a 5% tenant about half a result without iterative scans.
+    for (tenant, expected) in [(&*small, 50), (&*big, 50), (&*tiny, 40)] {
+        let hits = env.store.search_vectors(&space, search(tenant, 50, 10)).await?;
+        assert_eq!(hits.len(), expected, "tenant {tenant}");
+        assert!(hits.iter().all(|h| h.message.tenant_id == *tenant));
+        assert!(hits.windows(2).all(|w| w[0].similarity >= w[1].similarity), "best first");
+    }
+
+    let hnsw = format!("message_vectors_{}_hnsw", space.id);
+    let plan = env.store.explain_vector_search(&space, search(big, 50, 100)).await?;
+    assert!(plan.contains(&hnsw), "a large tenant uses the HNSW index:\n{plan}");
+    let plan = env.store.explain_vector_search(&space, search(tiny, 50, 100)).await?;
+    assert!(!plan.contains(&hnsw), "a tiny tenant is scanned exactly:\n{plan}");
+    println!("tiny tenant plan:\n{plan}");
+    env.finish().await
+}
