@@ -210,11 +210,21 @@ pub fn idf(total: i64, containing: i64) -> f64 {
     (1.0 + (n - df + 0.5) / (df + 0.5)).ln()
 }
 
-/// The words weighted by their rarity.
+/// A word in at least this many of a tenant's messages is too common to look for when the query
+/// has rarer ones: it would add thousands of weak matches to score (its weight is low anyway).
+pub const COMMON: i64 = 2_000;
+
+/// The words weighted by their rarity; words in `COMMON` or more messages are dropped unless
+/// the query has nothing rarer, then only the rarest is kept.
 pub fn weighted(words: Vec<String>, total: i64, frequencies: &[i64]) -> TextQuery {
-    TextQuery::AnyOf(
-        words.into_iter().zip(frequencies).map(|(lexeme, df)| Term { lexeme, weight: idf(total, *df) }).collect(),
-    )
+    let mut terms: Vec<(Term, i64)> =
+        words.into_iter().zip(frequencies).map(|(lexeme, &df)| (Term { lexeme, weight: idf(total, df) }, df)).collect();
+    if terms.iter().any(|(_, df)| *df < COMMON) {
+        terms.retain(|(_, df)| *df < COMMON);
+    } else if let Some(rarest) = terms.iter().min_by_key(|(_, df)| *df).cloned() {
+        terms = vec![rarest];
+    }
+    TextQuery::AnyOf(terms.into_iter().map(|(t, _)| t).collect())
 }
 
 #[cfg(test)]
@@ -253,5 +263,17 @@ mod tests {
         assert!(idf(100, 100) > 0.0, "a word in every message still counts a little");
         let TextQuery::AnyOf(terms) = weighted(list(&["a", "b"]), 10, &[1, 9]) else { panic!("not weighted") };
         assert!(terms[0].weight > terms[1].weight);
+    }
+
+    #[test]
+    fn common_words_give_way_to_rarer_ones() {
+        let lexemes = |q: TextQuery| match q {
+            TextQuery::AnyOf(terms) => terms.into_iter().map(|t| t.lexeme).collect::<Vec<_>>(),
+            TextQuery::Websearch(_) => panic!("not weighted"),
+        };
+        let q = weighted(list(&["ferry", "time", "kx-4471"]), 100_000, &[COMMON - 1, COMMON, 3]);
+        assert_eq!(lexemes(q), ["ferry", "kx-4471"]);
+        let q = weighted(list(&["the", "time"]), 100_000, &[COMMON, COMMON + 1]);
+        assert_eq!(lexemes(q), ["the"], "nothing rarer: the rarest alone");
     }
 }

@@ -292,7 +292,7 @@ impl Handler {
                 let (total, frequencies) = self
                     .deps
                     .store
-                    .document_frequencies(&request.tenant_id, &words)
+                    .document_frequencies(&request.tenant_id, &words, lexical::COMMON)
                     .await
                     .map_err(|e| unavailable("counting words", &e))?;
                 lexical::weighted(words, total, &frequencies)

@@ -302,8 +302,14 @@ pub trait Store: Send + Sync + 'static {
     /// The distinct words of `text` as the full-text index stores them (`simple` configuration).
     async fn lexemes(&self, text: &str) -> Result<Vec<String>, StoreError>;
 
-    /// How many of the tenant's messages there are, and how many contain each lexeme.
-    async fn document_frequencies(&self, tenant: &TenantId, lexemes: &[String]) -> Result<(i64, Vec<i64>), StoreError>;
+    /// How many of the tenant's messages there are, and how many contain each lexeme, counting
+    /// no further than `cap`.
+    async fn document_frequencies(
+        &self,
+        tenant: &TenantId,
+        lexemes: &[String],
+        cap: i64,
+    ) -> Result<(i64, Vec<i64>), StoreError>;
 
     /// Cosine similarity of `vector` to each of these messages that has a vector in `space`.
     async fn similarities(

@@ -743,19 +743,26 @@ impl Store for PgStore {
             .collect()
     }
 
-    async fn document_frequencies(&self, tenant: &TenantId, lexemes: &[String]) -> Result<(i64, Vec<i64>), StoreError> {
+    async fn document_frequencies(
+        &self,
+        tenant: &TenantId,
+        lexemes: &[String],
+        cap: i64,
+    ) -> Result<(i64, Vec<i64>), StoreError> {
         let quoted: Vec<String> = lexemes.iter().map(|l| quote_lexeme(l)).collect();
         let total: i64 = sqlx::query_scalar("SELECT count(*) FROM messages WHERE tenant_id = $1")
             .bind(tenant.as_str())
             .fetch_one(&self.pool)
             .await?;
         let counts: Vec<(i64, i64)> = sqlx::query_as(
-            "SELECT t.i, (SELECT count(*) FROM messages m
-                          WHERE m.tenant_id = $1 AND m.search_text @@ to_tsquery('simple'::regconfig, t.word))
+            "SELECT t.i, (SELECT count(*) FROM (SELECT 1 FROM messages m
+                          WHERE m.tenant_id = $1 AND m.search_text @@ to_tsquery('simple'::regconfig, t.word)
+                          LIMIT $3) s)
              FROM unnest($2::text[]) WITH ORDINALITY AS t(word, i)",
         )
         .bind(tenant.as_str())
         .bind(&quoted)
+        .bind(cap)
         .fetch_all(&self.pool)
         .await?;
         let mut frequencies = vec![0; lexemes.len()];
