@@ -93,6 +93,9 @@ pub struct HttpConfig {
     pub admin_api_key: Option<Secret>,
     /// Longest `?wait=stored|embedded` wait before a 504 (`MEMORY_HTTP_WAIT_TIMEOUT_MS`).
     pub wait_timeout: Duration,
+    /// How long a key lookup is reused (`MEMORY_AUTH_CACHE_TTL_SECS`, 0–3600, default 10): a
+    /// revoked key stops working on other gateways within this time.
+    pub auth_cache_ttl: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -369,6 +372,7 @@ impl Config {
                 body_limit: v.ranged("MEMORY_HTTP_BODY_LIMIT_BYTES", 1 << 20, 1024, 1 << 30),
                 admin_api_key: v.secret("MEMORY_ADMIN_API_KEY"),
                 wait_timeout: v.millis("MEMORY_HTTP_WAIT_TIMEOUT_MS", 10_000, 10, 300_000),
+                auth_cache_ttl: v.secs("MEMORY_AUTH_CACHE_TTL_SECS", 10, 0, 3600),
             },
             metrics: MetricsConfig {
                 addr: v.parse_or("MEMORY_METRICS_ADDR", SocketAddr::from(([127, 0, 0, 1], 9090))),

@@ -1,14 +1,187 @@
-//! Authentication. For now one operator key (`MEMORY_ADMIN_API_KEY`) acts for every tenant;
-//! tenant-bound keys come with the tenancy work. The key is compared in constant time.
+//! Authentication and authorisation. A request presents a key (`x-api-key`, or
+//! `Authorization: Bearer`): the operator key (`MEMORY_ADMIN_API_KEY`, every scope, every tenant)
+//! or a tenant's key (`mk_…`, its scopes, its tenant only). Keys are looked up by their SHA-256;
+//! lookups are cached for `MEMORY_AUTH_CACHE_TTL_SECS`, so a revocation reaches every gateway
+//! within that time (at once on the gateway that revoked it). Last-used times are written in
+//! batches, never on the request path.
+
+use std::collections::HashSet;
+use std::num::NonZeroUsize;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::extract::{Request, State};
 use axum::http::header;
 use axum::middleware::Next;
 use axum::response::Response;
+use chrono::Utc;
+use common::domain::{ApiKey, Scope, TenantId};
+use common::store::{Store, StoreError};
+use lru::LruCache;
+use rand::Rng;
+use rand::distr::Alphanumeric;
+use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+use uuid::Uuid;
 
 use crate::error::ApiError;
 use crate::state::AppState;
+
+/// Every tenant key starts with this.
+pub const KEY_PREFIX: &str = "mk_";
+/// Random characters after the prefix: 43 of 62 ≈ 256 bits.
+const KEY_RANDOM_CHARS: usize = 43;
+/// Characters of a key kept in clear, to recognise it in lists.
+const VISIBLE: usize = KEY_PREFIX.len() + 8;
+const CACHE_ENTRIES: usize = 10_000;
+
+/// Who is asking.
+#[derive(Debug, Clone)]
+pub enum Principal {
+    /// The operator key: every scope, every tenant.
+    Operator,
+    /// A tenant's key.
+    Key(Arc<ApiKey>),
+}
+
+impl Principal {
+    /// 403 `insufficient_scope` unless the principal holds `scope`.
+    pub fn require(&self, scope: Scope) -> Result<(), ApiError> {
+        match self {
+            Self::Operator => Ok(()),
+            Self::Key(key) if key.scopes.contains(&scope) => Ok(()),
+            Self::Key(_) => Err(ApiError::InsufficientScope(scope)),
+        }
+    }
+
+    /// 403 `operator_only` unless this is the operator key.
+    pub fn require_operator(&self) -> Result<(), ApiError> {
+        match self {
+            Self::Operator => Ok(()),
+            Self::Key(_) => Err(ApiError::OperatorOnly),
+        }
+    }
+
+    /// The tenant a request acts for. A tenant key implies its own tenant and may not name
+    /// another (403 `tenant_forbidden`); the operator must name one.
+    pub fn tenant(&self, requested: Option<&str>) -> Result<TenantId, ApiError> {
+        let requested = requested.filter(|t| !t.is_empty());
+        match (self, requested) {
+            (Self::Key(key), None) => Ok(key.tenant_id.clone()),
+            (Self::Key(key), Some(t)) if t == key.tenant_id.as_str() => Ok(key.tenant_id.clone()),
+            (Self::Key(_), Some(_)) => Err(ApiError::TenantForbidden),
+            (Self::Operator, t) => {
+                TenantId::parse(t.unwrap_or_default().to_owned()).map_err(|e| ApiError::Invalid(e.0))
+            }
+        }
+    }
+
+    /// For a body's `tenant_id`: a tenant key fills it in when empty and refuses another tenant;
+    /// the operator's is validated with the rest of the body.
+    pub fn bind_tenant(&self, tenant_id: &mut String) -> Result<(), ApiError> {
+        if let Self::Key(key) = self {
+            if tenant_id.is_empty() {
+                key.tenant_id.as_str().clone_into(tenant_id);
+            } else if tenant_id != key.tenant_id.as_str() {
+                return Err(ApiError::TenantForbidden);
+            }
+        }
+        Ok(())
+    }
+
+    /// The tenant a tenant key is bound to; `None` for the operator.
+    pub fn bound_tenant(&self) -> Option<&TenantId> {
+        match self {
+            Self::Operator => None,
+            Self::Key(key) => Some(&key.tenant_id),
+        }
+    }
+}
+
+/// A new key: the one copy of the key itself, and what is stored of it.
+pub struct MintedKey {
+    pub key: String,
+    pub prefix: String,
+    pub hash: [u8; 32],
+}
+
+/// A fresh random key.
+pub fn mint() -> MintedKey {
+    let random: String = rand::rng().sample_iter(Alphanumeric).take(KEY_RANDOM_CHARS).map(char::from).collect();
+    let key = format!("{KEY_PREFIX}{random}");
+    MintedKey { prefix: key[..VISIBLE].to_owned(), hash: hash(&key), key }
+}
+
+pub fn hash(key: &str) -> [u8; 32] {
+    Sha256::digest(key.as_bytes()).into()
+}
+
+type Cache = LruCache<[u8; 32], (Instant, Option<Arc<ApiKey>>)>;
+
+/// Key lookups, cached, and the keys used since the last flush.
+pub struct Keys {
+    store: Arc<dyn Store>,
+    operator: [u8; 32],
+    ttl: Duration,
+    cache: Mutex<Cache>,
+    used: Mutex<HashSet<Uuid>>,
+}
+
+impl Keys {
+    pub fn new(store: Arc<dyn Store>, operator_key: &str, ttl: Duration) -> Self {
+        Self {
+            store,
+            operator: hash(operator_key),
+            ttl,
+            cache: Mutex::new(LruCache::new(NonZeroUsize::new(CACHE_ENTRIES).expect("non-zero"))),
+            used: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// The principal of a presented key; `None` for a wrong, revoked or expired key.
+    pub async fn authenticate(&self, presented: &str) -> Result<Option<Principal>, StoreError> {
+        let hash = hash(presented);
+        // Compared as hashes: constant time whatever the lengths.
+        if bool::from(hash.ct_eq(&self.operator)) {
+            return Ok(Some(Principal::Operator));
+        }
+        if !presented.starts_with(KEY_PREFIX) {
+            return Ok(None);
+        }
+        let cached =
+            self.cache.lock().expect("key cache").get(&hash).filter(|(at, _)| at.elapsed() < self.ttl).cloned();
+        let key = match cached {
+            Some((_, key)) => key,
+            None => {
+                let key = self.store.key_by_hash(&hash).await?.map(Arc::new);
+                self.cache.lock().expect("key cache").put(hash, (Instant::now(), key.clone()));
+                key
+            }
+        };
+        Ok(key.filter(|k| k.is_live(Utc::now())).map(|k| {
+            self.used.lock().expect("used keys").insert(k.id);
+            Principal::Key(k)
+        }))
+    }
+
+    /// Forgets a key at once (it was revoked here).
+    pub fn forget(&self, id: Uuid) {
+        let mut cache = self.cache.lock().expect("key cache");
+        let stale: Vec<[u8; 32]> =
+            cache.iter().filter(|(_, (_, k))| k.as_ref().is_some_and(|k| k.id == id)).map(|(h, _)| *h).collect();
+        for h in stale {
+            cache.pop(&h);
+        }
+    }
+
+    /// Writes the last-used time of the keys used since the last flush.
+    pub async fn flush_last_used(&self) {
+        let ids: Vec<Uuid> = self.used.lock().expect("used keys").drain().collect();
+        if let Err(e) = self.store.touch_keys(&ids).await {
+            tracing::warn!(error = %e, keys = ids.len(), "recording when keys were last used failed");
+        }
+    }
+}
 
 /// The key a request presents: `x-api-key`, or `Authorization: Bearer <key>`.
 fn presented(req: &Request) -> Option<&str> {
@@ -20,14 +193,61 @@ fn presented(req: &Request) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then_some(token.trim())
 }
 
-pub(crate) async fn require_api_key(
+/// Authenticates every API request; handlers find the `Principal` in the request's extensions.
+pub(crate) async fn authenticate(
     State(state): State<AppState>,
-    req: Request,
+    mut req: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    let expected = state.admin_key.expose().as_bytes();
-    match presented(&req) {
-        Some(key) if bool::from(key.as_bytes().ct_eq(expected)) => Ok(next.run(req).await),
-        _ => Err(ApiError::Unauthorized),
+    let Some(key) = presented(&req) else { return Err(ApiError::Unauthorized) };
+    let principal = state.keys.authenticate(key).await.map_err(|e| {
+        tracing::warn!(error = %e, cause = ?std::error::Error::source(&e), "looking up an API key failed");
+        ApiError::Unavailable("keys cannot be checked right now".into())
+    })?;
+    let Some(principal) = principal else { return Err(ApiError::Unauthorized) };
+    req.extensions_mut().insert(principal);
+    Ok(next.run(req).await)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minted_keys_are_long_random_and_stored_as_hashes() {
+        let a = mint();
+        let b = mint();
+        assert_ne!(a.key, b.key);
+        assert_eq!(a.key.len(), KEY_PREFIX.len() + KEY_RANDOM_CHARS);
+        assert!(a.key.starts_with(KEY_PREFIX) && a.key[3..].chars().all(|c| c.is_ascii_alphanumeric()));
+        assert!(a.key.starts_with(&a.prefix) && a.prefix.len() == 11);
+        assert_eq!(a.hash, hash(&a.key));
+    }
+
+    fn key(tenant: &str, scopes: &[Scope]) -> Principal {
+        Principal::Key(Arc::new(ApiKey {
+            id: Uuid::nil(),
+            tenant_id: TenantId::parse(tenant).unwrap(),
+            name: None,
+            prefix: "mk_x".into(),
+            scopes: scopes.to_vec(),
+            created_at: Utc::now(),
+            expires_at: None,
+            revoked_at: None,
+            last_used_at: None,
+        }))
+    }
+
+    #[test]
+    fn a_key_acts_for_its_tenant_within_its_scopes() {
+        let reader = key("acme", &[Scope::Read]);
+        assert!(reader.require(Scope::Read).is_ok());
+        assert!(matches!(reader.require(Scope::Write), Err(ApiError::InsufficientScope(Scope::Write))));
+        assert!(matches!(reader.require_operator(), Err(ApiError::OperatorOnly)));
+        assert_eq!(reader.tenant(None).unwrap().as_str(), "acme");
+        assert_eq!(reader.tenant(Some("acme")).unwrap().as_str(), "acme");
+        assert!(matches!(reader.tenant(Some("globex")), Err(ApiError::TenantForbidden)));
+        assert!(Principal::Operator.tenant(Some("globex")).is_ok());
+        assert!(matches!(Principal::Operator.tenant(None), Err(ApiError::Invalid(_))));
     }
 }

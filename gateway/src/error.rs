@@ -6,7 +6,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use common::bus::BusError;
 use common::contract::{RemoteError, RemoteErrorCode};
-use common::domain::{FieldError, MessageId};
+use common::domain::{FieldError, MessageId, Scope};
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -14,6 +14,18 @@ use utoipa::ToSchema;
 pub enum ApiError {
     #[error("a valid API key is required (x-api-key or Authorization: Bearer)")]
     Unauthorized,
+    #[error("this key lacks the `{}` scope", .0.as_str())]
+    InsufficientScope(Scope),
+    #[error("this key may not act for that tenant")]
+    TenantForbidden,
+    #[error("only the operator key may do this")]
+    OperatorOnly,
+    #[error("tenant {0} was not found")]
+    TenantNotFound(String),
+    #[error("tenant {0} exists already")]
+    TenantExists(String),
+    #[error("key {0} was not found")]
+    KeyNotFound(String),
     #[error("the request has invalid fields")]
     Invalid(Vec<FieldError>),
     #[error("the request body is not valid JSON for this endpoint: {0}")]
@@ -74,6 +86,12 @@ impl ApiError {
     pub fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
             Self::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            Self::InsufficientScope(_) => (StatusCode::FORBIDDEN, "insufficient_scope"),
+            Self::TenantForbidden => (StatusCode::FORBIDDEN, "tenant_forbidden"),
+            Self::OperatorOnly => (StatusCode::FORBIDDEN, "operator_only"),
+            Self::TenantNotFound(_) => (StatusCode::NOT_FOUND, "tenant_not_found"),
+            Self::TenantExists(_) => (StatusCode::CONFLICT, "tenant_exists"),
+            Self::KeyNotFound(_) => (StatusCode::NOT_FOUND, "key_not_found"),
             Self::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
             Self::MalformedBody(_) => (StatusCode::BAD_REQUEST, "malformed_body"),
             Self::MalformedQuery(_) => (StatusCode::BAD_REQUEST, "invalid_query"),

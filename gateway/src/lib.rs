@@ -1,7 +1,7 @@
 //! The gateway: the HTTP face of the pipeline. It authenticates, validates, publishes to NATS and
 //! turns worker replies into HTTP responses. It never embeds and never writes a message.
 
-mod auth;
+pub mod auth;
 pub mod error;
 mod extract;
 mod metrics;
@@ -55,7 +55,8 @@ pub fn router(state: AppState) -> Router {
         .merge(routes::messages::router())
         .merge(routes::search::router())
         .merge(routes::tenants::router())
-        .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_api_key));
+        .merge(routes::admin::router())
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth::authenticate));
     Router::new()
         .merge(api)
         .merge(routes::health::router())
@@ -75,6 +76,9 @@ pub fn router(state: AppState) -> Router {
         ]))
         .with_state(state)
 }
+
+/// How often the last-used times of keys are written.
+const LAST_USED_FLUSH: std::time::Duration = std::time::Duration::from_secs(30);
 
 pub struct Gateway {
     listener: TcpListener,
@@ -105,8 +109,8 @@ impl Gateway {
             .await
             .map_err(|source| GatewayError::Bind { addr: config.http.addr, source })?;
         let state = AppState {
+            keys: Arc::new(auth::Keys::new(deps.store.clone(), admin_key.expose(), config.http.auth_cache_ttl)),
             deps,
-            admin_key,
             body_limit: config.http.body_limit,
             wait_timeout: config.http.wait_timeout,
             request_timeout: config.nats.request_timeout,
@@ -132,6 +136,19 @@ impl Gateway {
     pub async fn run(self) -> Result<(), GatewayError> {
         let shutdown = self.state.shutdown.clone();
         tracing::info!(addr = %self.local_addr(), "gateway listening");
+        // Last-used times of keys, written in batches.
+        let keys = self.state.keys.clone();
+        let flushing = shutdown.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(LAST_USED_FLUSH);
+            loop {
+                tokio::select! {
+                    () = flushing.cancelled() => break,
+                    _ = every.tick() => keys.flush_last_used().await,
+                }
+            }
+            keys.flush_last_used().await;
+        });
         let serve =
             axum::serve(self.listener, router(self.state)).with_graceful_shutdown(shutdown.clone().cancelled_owned());
         let deadline = async {

@@ -4,7 +4,7 @@
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{health, messages, search, tenants};
+use crate::routes::{admin, health, messages, search, tenants};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -13,6 +13,8 @@ use crate::routes::{health, messages, search, tenants};
         messages::create_message, messages::create_messages, messages::get_message,
         search::search_memories, search::search_memories_post,
         tenants::get_ranking, tenants::put_ranking, tenants::delete_ranking,
+        admin::create_tenant, admin::list_tenants, admin::get_tenant, admin::delete_tenant,
+        admin::create_key, admin::list_keys, admin::revoke_key,
         health::healthz, health::readyz, health::metrics,
     ),
     components(schemas(
@@ -21,6 +23,8 @@ use crate::routes::{health, messages, search, tenants};
         common::contract::SearchResponse, common::contract::SearchHit, common::contract::Explain,
         common::domain::SearchMode, common::domain::SearchFilters, common::domain::Ranking,
         search::SearchBody, tenants::TenantRanking, tenants::RankingSource, tenants::RankingPatch,
+        common::domain::Tenant, common::domain::ApiKey, common::domain::Scope,
+        admin::CreateTenant, admin::TenantList, admin::CreateKey, admin::CreatedKey,
         messages::BatchRequest, messages::BatchResponse, messages::BatchItem, messages::ItemStatus, messages::Wait,
         crate::error::Problem, health::Health,
     )),
@@ -29,6 +33,7 @@ use crate::routes::{health, messages, search, tenants};
         (name = "messages", description = "Ingest and read messages"),
         (name = "search", description = "Find relevant messages"),
         (name = "tenants", description = "Per-tenant settings"),
+        (name = "admin", description = "Tenants and API keys"),
         (name = "operations", description = "Health, readiness, metrics"),
     )
 )]

@@ -4,7 +4,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::Deps;
-use common::config::Secret;
+
+use crate::auth::Keys;
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
@@ -13,7 +14,8 @@ use crate::metrics::Metrics;
 #[derive(Clone)]
 pub struct AppState {
     pub deps: Deps,
-    pub admin_key: Secret,
+    /// Key lookups and the operator key.
+    pub keys: Arc<Keys>,
     pub body_limit: usize,
     pub wait_timeout: Duration,
     pub request_timeout: Duration,

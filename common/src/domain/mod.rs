@@ -4,6 +4,7 @@
 
 mod message;
 mod search;
+mod tenancy;
 
 use std::fmt;
 
@@ -14,6 +15,7 @@ use uuid::Uuid;
 
 pub use message::{MessageInput, MessageView, NewMessage, check_search, embedding_text};
 pub use search::{Ranking, SearchFilters, SearchMode};
+pub use tenancy::{ApiKey, NewApiKey, Scope, Tenant};
 
 /// Maximum length of a tenant id, in characters.
 pub const TENANT_ID_MAX: usize = 64;

@@ -9,7 +9,8 @@ use serde_json::{Map, Value};
 
 use crate::contract::SpaceRef;
 use crate::domain::{
-    ConversationId, MessageId, MessageStatus, MessageView, NewMessage, Ranking, Role, SearchFilters, TenantId,
+    ApiKey, ConversationId, MessageId, MessageStatus, MessageView, NewApiKey, NewMessage, Ranking, Role, SearchFilters,
+    Tenant, TenantId,
 };
 
 pub use postgres::PgStore;
@@ -27,6 +28,9 @@ pub enum StoreError {
     /// The space is not the active one (any more): its vectors are not written as current.
     #[error("embedding space {0} is not active")]
     SpaceInactive(i32),
+    /// A row with this key exists already.
+    #[error("{0} exists already")]
+    Exists(String),
 }
 
 impl StoreError {
@@ -321,6 +325,30 @@ pub trait Store: Send + Sync + 'static {
 
     /// A tenant's own ranking, if it set one.
     async fn tenant_ranking(&self, tenant: &TenantId) -> Result<Option<Ranking>, StoreError>;
+
+    /// Creates a tenant; `Exists` if the id is taken.
+    async fn create_tenant(&self, id: &TenantId, name: Option<&str>) -> Result<Tenant, StoreError>;
+
+    async fn tenant(&self, id: &TenantId) -> Result<Option<Tenant>, StoreError>;
+
+    /// Tenants in id order after `after`, at most `limit`.
+    async fn tenants(&self, after: Option<&TenantId>, limit: u32) -> Result<Vec<Tenant>, StoreError>;
+
+    /// Deletes a tenant and its keys (not its messages); `false` if there was none.
+    async fn delete_tenant(&self, id: &TenantId) -> Result<bool, StoreError>;
+
+    async fn create_key(&self, key: &NewApiKey) -> Result<ApiKey, StoreError>;
+
+    /// The key whose SHA-256 is `hash`, live or not.
+    async fn key_by_hash(&self, hash: &[u8; 32]) -> Result<Option<ApiKey>, StoreError>;
+
+    async fn keys(&self, tenant: &TenantId) -> Result<Vec<ApiKey>, StoreError>;
+
+    /// Revokes a key of the tenant; `false` if it has no such key.
+    async fn revoke_key(&self, tenant: &TenantId, id: uuid::Uuid) -> Result<bool, StoreError>;
+
+    /// Records that these keys were used now.
+    async fn touch_keys(&self, ids: &[uuid::Uuid]) -> Result<(), StoreError>;
 
     /// Sets (or, with `None`, removes) a tenant's own ranking.
     async fn set_tenant_ranking(&self, tenant: &TenantId, ranking: Option<&Ranking>) -> Result<(), StoreError>;

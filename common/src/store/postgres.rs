@@ -18,7 +18,9 @@ use super::{
     StoredMessage, TextQuery, VectorHit, VectorQuery,
 };
 use crate::contract::SpaceRef;
-use crate::domain::{ConversationId, MessageId, MessageStatus, Ranking, Role, TenantId};
+use crate::domain::{
+    ApiKey, ConversationId, MessageId, MessageStatus, NewApiKey, Ranking, Role, Scope, Tenant, TenantId,
+};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -312,6 +314,61 @@ struct HitRow {
     #[sqlx(flatten)]
     message: MessageRow,
     similarity: f64,
+}
+
+macro_rules! key_columns {
+    () => {
+        "id, tenant_id, name, prefix, scopes, created_at, expires_at, revoked_at, last_used_at"
+    };
+}
+
+#[derive(FromRow)]
+struct TenantRow {
+    id: String,
+    name: Option<String>,
+    created_at: DateTime<Utc>,
+}
+
+impl TryFrom<TenantRow> for Tenant {
+    type Error = StoreError;
+    fn try_from(r: TenantRow) -> Result<Self, StoreError> {
+        Ok(Tenant {
+            id: TenantId::parse(r.id.clone()).map_err(|_| StoreError::Corrupt(format!("tenant {}", r.id)))?,
+            name: r.name,
+            created_at: r.created_at,
+        })
+    }
+}
+
+#[derive(FromRow)]
+struct KeyRow {
+    id: Uuid,
+    tenant_id: String,
+    name: Option<String>,
+    prefix: String,
+    scopes: Vec<String>,
+    created_at: DateTime<Utc>,
+    expires_at: Option<DateTime<Utc>>,
+    revoked_at: Option<DateTime<Utc>>,
+    last_used_at: Option<DateTime<Utc>>,
+}
+
+impl TryFrom<KeyRow> for ApiKey {
+    type Error = StoreError;
+    fn try_from(r: KeyRow) -> Result<Self, StoreError> {
+        let corrupt = || StoreError::Corrupt(format!("api key {}", r.id));
+        Ok(ApiKey {
+            id: r.id,
+            tenant_id: TenantId::parse(r.tenant_id.clone()).map_err(|_| corrupt())?,
+            scopes: r.scopes.iter().map(|s| Scope::parse(s).ok_or_else(corrupt)).collect::<Result<_, _>>()?,
+            name: r.name,
+            prefix: r.prefix,
+            created_at: r.created_at,
+            expires_at: r.expires_at,
+            revoked_at: r.revoked_at,
+            last_used_at: r.last_used_at,
+        })
+    }
 }
 
 #[derive(FromRow)]
@@ -800,6 +857,105 @@ impl Store for PgStore {
         .fetch_all(&self.pool)
         .await?;
         Ok(rows.into_iter().map(|(id, s)| (MessageId(id), s)).collect())
+    }
+
+    async fn create_tenant(&self, id: &TenantId, name: Option<&str>) -> Result<Tenant, StoreError> {
+        let row: Option<TenantRow> = sqlx::query_as(
+            "INSERT INTO tenants (id, name) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING
+             RETURNING id, name, created_at",
+        )
+        .bind(id.as_str())
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.ok_or_else(|| StoreError::Exists(format!("tenant {id}")))?.try_into()
+    }
+
+    async fn tenant(&self, id: &TenantId) -> Result<Option<Tenant>, StoreError> {
+        let row: Option<TenantRow> = sqlx::query_as("SELECT id, name, created_at FROM tenants WHERE id = $1")
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(Tenant::try_from).transpose()
+    }
+
+    async fn tenants(&self, after: Option<&TenantId>, limit: u32) -> Result<Vec<Tenant>, StoreError> {
+        let rows: Vec<TenantRow> =
+            sqlx::query_as("SELECT id, name, created_at FROM tenants WHERE id > coalesce($1, '') ORDER BY id LIMIT $2")
+                .bind(after.map(TenantId::as_str))
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?;
+        rows.into_iter().map(Tenant::try_from).collect()
+    }
+
+    async fn delete_tenant(&self, id: &TenantId) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let deleted = sqlx::query("DELETE FROM tenants WHERE id = $1").bind(id.as_str()).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM tenant_settings WHERE tenant_id = $1").bind(id.as_str()).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(deleted.rows_affected() > 0)
+    }
+
+    async fn create_key(&self, key: &NewApiKey) -> Result<ApiKey, StoreError> {
+        let scopes: Vec<&str> = key.scopes.iter().map(|s| s.as_str()).collect();
+        let row: KeyRow = sqlx::query_as(concat!(
+            "INSERT INTO api_keys (id, tenant_id, name, prefix, hash, scopes, expires_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING ",
+            key_columns!()
+        ))
+        .bind(key.id)
+        .bind(key.tenant_id.as_str())
+        .bind(key.name.as_deref())
+        .bind(&key.prefix)
+        .bind(&key.hash[..])
+        .bind(&scopes)
+        .bind(key.expires_at)
+        .fetch_one(&self.pool)
+        .await?;
+        row.try_into()
+    }
+
+    async fn key_by_hash(&self, hash: &[u8; 32]) -> Result<Option<ApiKey>, StoreError> {
+        let row: Option<KeyRow> = sqlx::query_as(concat!("SELECT ", key_columns!(), " FROM api_keys WHERE hash = $1"))
+            .bind(&hash[..])
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(ApiKey::try_from).transpose()
+    }
+
+    async fn keys(&self, tenant: &TenantId) -> Result<Vec<ApiKey>, StoreError> {
+        let rows: Vec<KeyRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            key_columns!(),
+            " FROM api_keys WHERE tenant_id = $1 ORDER BY created_at"
+        ))
+        .bind(tenant.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(ApiKey::try_from).collect()
+    }
+
+    async fn revoke_key(&self, tenant: &TenantId, id: Uuid) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) WHERE tenant_id = $1 AND id = $2",
+        )
+        .bind(tenant.as_str())
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn touch_keys(&self, ids: &[Uuid]) -> Result<(), StoreError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        sqlx::query("UPDATE api_keys SET last_used_at = now() WHERE id = ANY($1)")
+            .bind(ids)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     async fn tenant_ranking(&self, tenant: &TenantId) -> Result<Option<Ranking>, StoreError> {

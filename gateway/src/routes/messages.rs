@@ -2,6 +2,7 @@
 //! writes a message: it validates, publishes `MessageReceived` to the ingest stream and answers
 //! once the stream has stored it (or, with `?wait=`, once the embedder reports progress).
 
+use axum::Extension;
 use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -11,7 +12,7 @@ use chrono::Utc;
 use common::bus::{BusError, Envelope, Published};
 use common::contract::{EventKind, GetMessageRequest, GetMessageResponse, MessageReceived, REQUEST_ID_HEADER, VERSION};
 use common::domain::{
-    BATCH_MAX, FieldError, MessageId, MessageInput, MessageStatus, MessageView, NewMessage, TenantId,
+    BATCH_MAX, FieldError, MessageId, MessageInput, MessageStatus, MessageView, NewMessage, Scope, TenantId,
 };
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -19,6 +20,7 @@ use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
 use super::{call, request_id};
+use crate::auth::Principal;
 use crate::error::{ApiError, Problem};
 use crate::extract::{AppJson, AppQuery};
 use crate::state::AppState;
@@ -160,10 +162,13 @@ fn location(id: MessageId) -> [(header::HeaderName, HeaderValue); 1] {
 )]
 pub async fn create_message(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     headers: HeaderMap,
     AppQuery(params): AppQuery<CreateParams>,
-    AppJson(input): AppJson<MessageInput>,
+    AppJson(mut input): AppJson<MessageInput>,
 ) -> Result<Response, ApiError> {
+    principal.require(Scope::Write)?;
+    principal.bind_tenant(&mut input.tenant_id)?;
     let request_id = request_id(&headers);
     let message = input.validate(Utc::now(), MessageId::new).map_err(|e| ApiError::Invalid(e.0))?;
     let id = message.message_id;
@@ -217,9 +222,11 @@ pub async fn create_message(
 )]
 pub async fn create_messages(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     headers: HeaderMap,
     AppJson(batch): AppJson<BatchRequest>,
 ) -> Result<Response, ApiError> {
+    principal.require(Scope::Write)?;
     let request_id = request_id(&headers);
     let n = batch.messages.len();
     if n == 0 || n > BATCH_MAX {
@@ -234,8 +241,9 @@ pub async fn create_messages(
         .messages
         .into_iter()
         .map(|item| {
-            let input: MessageInput =
+            let mut input: MessageInput =
                 serde_json::from_value(item).map_err(|e| ApiError::MalformedBody(e.to_string()))?;
+            principal.bind_tenant(&mut input.tenant_id)?;
             input.validate(now, MessageId::new).map_err(|e| ApiError::Invalid(e.0))
         })
         .collect();
@@ -289,12 +297,18 @@ fn results(outcomes: Vec<Result<MessageId, ApiError>>) -> Vec<BatchItem> {
 )]
 pub async fn get_message(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     headers: HeaderMap,
     Path(id): Path<String>,
     AppQuery(params): AppQuery<GetParams>,
 ) -> Result<axum::Json<MessageView>, ApiError> {
+    principal.require(Scope::Read)?;
     let message_id = MessageId::parse(&id).map_err(|_| ApiError::InvalidMessageId(id))?;
-    let tenant = params.tenant_id.map(TenantId::parse).transpose().map_err(|e| ApiError::Invalid(e.0))?;
+    // A tenant key sees only its tenant's messages: another tenant's is "not found".
+    let tenant = match principal.bound_tenant() {
+        Some(_) => Some(principal.tenant(params.tenant_id.as_deref())?),
+        None => params.tenant_id.map(TenantId::parse).transpose().map_err(|e| ApiError::Invalid(e.0))?,
+    };
     lookup(&state, message_id, tenant, &request_id(&headers))
         .await?
         .map(axum::Json)

@@ -1,5 +1,6 @@
 //! Route modules, each exposing `router()`, plus the request/reply call every handler uses.
 
+pub mod admin;
 pub mod health;
 pub mod messages;
 pub mod search;

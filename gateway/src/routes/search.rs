@@ -1,20 +1,21 @@
 //! Search: `GET /v1/memory/search` (the seed's, filters as query parameters) and
 //! `POST /v1/memory/search` (the same as a JSON body), answered by a searcher over NATS.
 
-use axum::Router;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::routing::get;
+use axum::{Extension, Router};
 use chrono::{DateTime, Utc};
 use common::contract::{SearchRequest, SearchResponse, VERSION};
 use common::domain::{
-    ConversationId, FieldError, Role, SearchFilters, SearchMode, TOP_K_DEFAULT, TenantId, check_search,
+    ConversationId, FieldError, Role, Scope, SearchFilters, SearchMode, TOP_K_DEFAULT, TenantId, check_search,
 };
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use utoipa::{IntoParams, ToSchema};
 
 use super::{call, request_id};
+use crate::auth::Principal;
 use crate::error::{ApiError, Problem};
 use crate::extract::{AppJson, AppQuery};
 use crate::state::AppState;
@@ -60,6 +61,8 @@ pub struct SearchParams {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SearchBody {
+    /// Implied by a tenant key.
+    #[serde(default)]
     tenant_id: String,
     query: String,
     /// 1–50, default 5.
@@ -88,9 +91,12 @@ pub struct SearchBody {
 )]
 pub async fn search_memories(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     headers: HeaderMap,
-    AppQuery(params): AppQuery<SearchParams>,
+    AppQuery(mut params): AppQuery<SearchParams>,
 ) -> Result<axum::Json<SearchResponse>, ApiError> {
+    principal.require(Scope::Read)?;
+    principal.bind_tenant(&mut params.tenant_id)?;
     let mut errors = Vec::new();
     let top_k = parse(&mut errors, "top_k", params.top_k, |v| v.parse::<u32>().ok()).unwrap_or(TOP_K_DEFAULT);
     let mode = parse(&mut errors, "mode", params.mode, |v| serde_json::from_value(Value::String(v.to_owned())).ok())
@@ -130,9 +136,12 @@ pub async fn search_memories(
 )]
 pub async fn search_memories_post(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     headers: HeaderMap,
-    AppJson(body): AppJson<SearchBody>,
+    AppJson(mut body): AppJson<SearchBody>,
 ) -> Result<axum::Json<SearchResponse>, ApiError> {
+    principal.require(Scope::Read)?;
+    principal.bind_tenant(&mut body.tenant_id)?;
     let top_k = body.top_k.unwrap_or(TOP_K_DEFAULT);
     search(&state, &headers, Vec::new(), body.tenant_id, body.query, top_k, body.mode, body.explain, body.filters).await
 }

@@ -1,14 +1,15 @@
 //! A tenant's own ranking: `GET`, `PUT` and `DELETE /v1/tenants/{tenant_id}/ranking`. Searchers
 //! pick a change up within 5 seconds.
 
-use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::get;
-use common::domain::{Ranking, TenantId};
+use axum::{Extension, Router};
+use common::domain::{Ranking, Scope, TenantId};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use crate::auth::Principal;
 use crate::error::{ApiError, Problem};
 use crate::extract::AppJson;
 use crate::state::AppState;
@@ -44,8 +45,10 @@ pub struct RankingPatch {
     rrf_k: Option<f64>,
 }
 
-fn tenant(id: String) -> Result<TenantId, ApiError> {
-    TenantId::parse(id).map_err(|e| ApiError::Invalid(e.0))
+/// The path's tenant, if the principal may act for it with `scope`.
+fn tenant(principal: &Principal, id: &str, scope: Scope) -> Result<TenantId, ApiError> {
+    principal.require(scope)?;
+    principal.tenant(Some(id))
 }
 
 fn unavailable(e: common::store::StoreError) -> ApiError {
@@ -62,9 +65,10 @@ fn unavailable(e: common::store::StoreError) -> ApiError {
 )]
 pub async fn get_ranking(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     Path(tenant_id): Path<String>,
 ) -> Result<axum::Json<TenantRanking>, ApiError> {
-    let tenant_id = tenant(tenant_id)?;
+    let tenant_id = tenant(&principal, &tenant_id, Scope::Read)?;
     let own = state.deps.store.tenant_ranking(&tenant_id).await.map_err(unavailable)?;
     Ok(axum::Json(match own {
         Some(ranking) => TenantRanking { tenant_id, ranking, source: RankingSource::Tenant },
@@ -85,10 +89,11 @@ pub async fn get_ranking(
 )]
 pub async fn put_ranking(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     Path(tenant_id): Path<String>,
     AppJson(patch): AppJson<RankingPatch>,
 ) -> Result<axum::Json<TenantRanking>, ApiError> {
-    let tenant_id = tenant(tenant_id)?;
+    let tenant_id = tenant(&principal, &tenant_id, Scope::Admin)?;
     let base = state.ranking;
     let ranking = Ranking {
         relevance_weight: patch.relevance_weight.unwrap_or(base.relevance_weight),
@@ -111,9 +116,10 @@ pub async fn put_ranking(
 )]
 pub async fn delete_ranking(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     Path(tenant_id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let tenant_id = tenant(tenant_id)?;
+    let tenant_id = tenant(&principal, &tenant_id, Scope::Admin)?;
     state.deps.store.set_tenant_ranking(&tenant_id, None).await.map_err(unavailable)?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -9,3 +9,4 @@ mod nats;
 mod operations;
 mod relevance;
 mod search;
+mod tenancy;

@@ -1,0 +1,281 @@
+//! Tenants and their keys: `/v1/admin/tenants…`. Creating, listing and deleting tenants takes the
+//! operator key; a tenant's own `admin` key may read its tenant and manage its keys.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get};
+use axum::{Extension, Router};
+use chrono::{DateTime, Utc};
+use common::domain::{ApiKey, FieldError, NewApiKey, Scope, Tenant, TenantId};
+use common::store::{Store, StoreError};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use crate::auth::{self, Principal};
+use crate::error::{ApiError, Problem};
+use crate::extract::{AppJson, AppQuery};
+use crate::state::AppState;
+
+const LIST_MAX: u32 = 1_000;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/admin/tenants", get(list_tenants).post(create_tenant))
+        .route("/v1/admin/tenants/{tenant_id}", get(get_tenant).delete(delete_tenant))
+        .route("/v1/admin/tenants/{tenant_id}/keys", get(list_keys).post(create_key))
+        .route("/v1/admin/tenants/{tenant_id}/keys/{key_id}", delete(revoke_key))
+}
+
+fn unavailable(e: StoreError) -> ApiError {
+    tracing::warn!(error = %e, cause = ?std::error::Error::source(&e), "tenant store unavailable");
+    ApiError::Unavailable("tenants and keys cannot be read or written right now".into())
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTenant {
+    /// 1–64 characters of `[A-Za-z0-9_.-]`.
+    pub id: String,
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListParams {
+    /// Tenants after this id (the last of the previous page).
+    after: Option<String>,
+    /// 1–1000, default 100.
+    limit: Option<u32>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TenantList {
+    pub items: Vec<Tenant>,
+    /// Pass as `after` for the next page; absent on the last.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next: Option<TenantId>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateKey {
+    /// What the key is for.
+    pub name: Option<String>,
+    /// `read`, `write`, `admin`: at least one.
+    pub scopes: Vec<Scope>,
+    /// When it stops working (RFC 3339); never, if absent.
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// A new key. `key` is shown this once: only its hash is kept.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CreatedKey {
+    pub key: String,
+    #[serde(flatten)]
+    pub api_key: ApiKey,
+}
+
+fn tenant_id(id: String) -> Result<TenantId, ApiError> {
+    TenantId::parse(id).map_err(|e| ApiError::Invalid(e.0))
+}
+
+/// The tenant of the path, if the principal may manage it: the operator, or its own admin key.
+fn managed(principal: &Principal, id: &str) -> Result<TenantId, ApiError> {
+    principal.require(Scope::Admin)?;
+    principal.tenant(Some(id))
+}
+
+async fn existing(state: &AppState, id: &TenantId) -> Result<Tenant, ApiError> {
+    state.deps.store.tenant(id).await.map_err(unavailable)?.ok_or_else(|| ApiError::TenantNotFound(id.to_string()))
+}
+
+/// Create a tenant (operator key).
+#[utoipa::path(
+    post, path = "/v1/admin/tenants", tag = "admin", request_body = CreateTenant,
+    responses(
+        (status = 201, body = Tenant), (status = 401, body = Problem), (status = 403, body = Problem),
+        (status = 409, body = Problem), (status = 422, body = Problem),
+    ),
+    security(("api_key" = []), ("bearer" = []))
+)]
+pub async fn create_tenant(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    AppJson(body): AppJson<CreateTenant>,
+) -> Result<Response, ApiError> {
+    principal.require_operator()?;
+    let id = tenant_id(body.id)?;
+    let tenant = state.deps.store.create_tenant(&id, body.name.as_deref()).await.map_err(|e| match e {
+        StoreError::Exists(_) => ApiError::TenantExists(id.to_string()),
+        e => unavailable(e),
+    })?;
+    Ok((StatusCode::CREATED, axum::Json(tenant)).into_response())
+}
+
+/// List tenants in id order (operator key).
+#[utoipa::path(
+    get, path = "/v1/admin/tenants", tag = "admin", params(ListParams),
+    responses((status = 200, body = TenantList), (status = 401, body = Problem), (status = 403, body = Problem)),
+    security(("api_key" = []), ("bearer" = []))
+)]
+pub async fn list_tenants(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    AppQuery(params): AppQuery<ListParams>,
+) -> Result<axum::Json<TenantList>, ApiError> {
+    principal.require_operator()?;
+    let limit = params.limit.unwrap_or(100);
+    if !(1..=LIST_MAX).contains(&limit) {
+        return Err(ApiError::Invalid(vec![FieldError::new(
+            "limit",
+            "out_of_range",
+            format!("must be between 1 and {LIST_MAX}"),
+        )]));
+    }
+    let after = params.after.map(tenant_id).transpose()?;
+    let items = state.deps.store.tenants(after.as_ref(), limit).await.map_err(unavailable)?;
+    let next = (items.len() == limit as usize).then(|| items.last().map(|t| t.id.clone())).flatten();
+    Ok(axum::Json(TenantList { items, next }))
+}
+
+/// One tenant (operator key, or the tenant's admin key).
+#[utoipa::path(
+    get, path = "/v1/admin/tenants/{tenant_id}", tag = "admin", params(("tenant_id" = String, Path)),
+    responses(
+        (status = 200, body = Tenant), (status = 401, body = Problem), (status = 403, body = Problem),
+        (status = 404, body = Problem),
+    ),
+    security(("api_key" = []), ("bearer" = []))
+)]
+pub async fn get_tenant(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<axum::Json<Tenant>, ApiError> {
+    let id = managed(&principal, &id)?;
+    Ok(axum::Json(existing(&state, &id).await?))
+}
+
+/// Delete a tenant and its keys (operator key). Its messages stay until erased.
+#[utoipa::path(
+    delete, path = "/v1/admin/tenants/{tenant_id}", tag = "admin", params(("tenant_id" = String, Path)),
+    responses(
+        (status = 204), (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem),
+    ),
+    security(("api_key" = []), ("bearer" = []))
+)]
+pub async fn delete_tenant(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    principal.require_operator()?;
+    let id = tenant_id(id)?;
+    let keys = state.deps.store.keys(&id).await.map_err(unavailable)?;
+    if !state.deps.store.delete_tenant(&id).await.map_err(unavailable)? {
+        return Err(ApiError::TenantNotFound(id.to_string()));
+    }
+    for key in keys {
+        state.keys.forget(key.id);
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Create a key for the tenant; the response holds the key, shown this once.
+#[utoipa::path(
+    post, path = "/v1/admin/tenants/{tenant_id}/keys", tag = "admin", params(("tenant_id" = String, Path)),
+    request_body = CreateKey,
+    responses(
+        (status = 201, body = CreatedKey), (status = 401, body = Problem), (status = 403, body = Problem),
+        (status = 404, body = Problem), (status = 422, body = Problem),
+    ),
+    security(("api_key" = []), ("bearer" = []))
+)]
+pub async fn create_key(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+    AppJson(body): AppJson<CreateKey>,
+) -> Result<Response, ApiError> {
+    let id = managed(&principal, &id)?;
+    let mut errors = Vec::new();
+    if body.scopes.is_empty() {
+        errors.push(FieldError::new("scopes", "empty", "give at least one of read, write, admin"));
+    }
+    if body.expires_at.is_some_and(|at| at <= Utc::now()) {
+        errors.push(FieldError::new("expires_at", "out_of_range", "must be in the future"));
+    }
+    if body.name.as_ref().is_some_and(|n| n.chars().count() > 128) {
+        errors.push(FieldError::new("name", "too_long", "must be at most 128 characters"));
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::Invalid(errors));
+    }
+    existing(&state, &id).await?;
+    let created =
+        issue(state.deps.store.as_ref(), id, body.name, body.scopes, body.expires_at).await.map_err(unavailable)?;
+    Ok((StatusCode::CREATED, axum::Json(created)).into_response())
+}
+
+/// Mints and stores a key for an existing tenant.
+pub async fn issue(
+    store: &dyn Store,
+    tenant_id: TenantId,
+    name: Option<String>,
+    mut scopes: Vec<Scope>,
+    expires_at: Option<DateTime<Utc>>,
+) -> Result<CreatedKey, StoreError> {
+    scopes.sort();
+    scopes.dedup();
+    let minted = auth::mint();
+    let new =
+        NewApiKey { id: Uuid::now_v7(), tenant_id, name, prefix: minted.prefix, hash: minted.hash, scopes, expires_at };
+    let api_key = store.create_key(&new).await?;
+    Ok(CreatedKey { key: minted.key, api_key })
+}
+
+/// The tenant's keys (never the keys themselves).
+#[utoipa::path(
+    get, path = "/v1/admin/tenants/{tenant_id}/keys", tag = "admin", params(("tenant_id" = String, Path)),
+    responses(
+        (status = 200, body = Vec<ApiKey>), (status = 401, body = Problem), (status = 403, body = Problem),
+        (status = 404, body = Problem),
+    ),
+    security(("api_key" = []), ("bearer" = []))
+)]
+pub async fn list_keys(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<axum::Json<Vec<ApiKey>>, ApiError> {
+    let id = managed(&principal, &id)?;
+    existing(&state, &id).await?;
+    Ok(axum::Json(state.deps.store.keys(&id).await.map_err(unavailable)?))
+}
+
+/// Revoke a key. It stops working here at once, on other gateways within
+/// `MEMORY_AUTH_CACHE_TTL_SECS`.
+#[utoipa::path(
+    delete, path = "/v1/admin/tenants/{tenant_id}/keys/{key_id}", tag = "admin",
+    params(("tenant_id" = String, Path), ("key_id" = String, Path)),
+    responses(
+        (status = 204), (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem),
+    ),
+    security(("api_key" = []), ("bearer" = []))
+)]
+pub async fn revoke_key(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path((id, key_id)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let id = managed(&principal, &id)?;
+    let key = Uuid::parse_str(&key_id).map_err(|_| ApiError::KeyNotFound(key_id.clone()))?;
+    if !state.deps.store.revoke_key(&id, key).await.map_err(unavailable)? {
+        return Err(ApiError::KeyNotFound(key_id));
+    }
+    state.keys.forget(key);
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,235 @@
+//! Tenants and keys: a key acts only for its tenant and within its scopes; revoked and expired
+//! keys stop working; keys are kept only as hashes; the operator's commands.
+
+use axum::body::Body;
+use axum::http::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::harness::{App, KEY, Resp};
+
+async fn as_key(app: &App, method: Method, uri: &str, body: Option<Value>, key: &str) -> anyhow::Result<Resp> {
+    app.send(method, uri, body.map(|b| Body::from(b.to_string())), Some(key)).await
+}
+
+/// Creates a tenant and a key for it with these scopes; returns the key.
+async fn tenant_key(app: &App, tenant: &str, scopes: &[&str]) -> anyhow::Result<String> {
+    let r = app.post("/v1/admin/tenants", &json!({"id": tenant})).await?;
+    anyhow::ensure!(r.status == StatusCode::CREATED || r.status == StatusCode::CONFLICT, "{r:?}");
+    let r = app.post(&format!("/v1/admin/tenants/{tenant}/keys"), &json!({"scopes": scopes})).await?;
+    anyhow::ensure!(r.status == StatusCode::CREATED, "{r:?}");
+    Ok(r.body["key"].as_str().unwrap().to_owned())
+}
+
+fn code(r: &Resp) -> (StatusCode, &str) {
+    (r.status, r.body["code"].as_str().unwrap_or(""))
+}
+
+#[tokio::test]
+async fn a_key_acts_only_for_its_own_tenant() -> anyhow::Result<()> {
+    let app = App::start().await?;
+    let acme = tenant_key(&app, "acme", &["read", "write"]).await?;
+    let globex = tenant_key(&app, "globex", &["read", "write"]).await?;
+
+    // tenant_id may be left out: the key implies it.
+    let body = json!({"conversation_id": "c", "role": "user", "content": "acme's secret plan"});
+    let r = as_key(&app, Method::POST, "/v1/messages?wait=embedded", Some(body.clone()), &acme).await?;
+    assert_eq!(r.status, StatusCode::CREATED, "{r:?}");
+    assert_eq!(r.body["tenant_id"], "acme");
+    let id = r.body["id"].as_str().unwrap().to_owned();
+
+    // Naming another tenant is forbidden, in every form.
+    let mut other = body.clone();
+    other["tenant_id"] = json!("acme");
+    assert_eq!(
+        code(&as_key(&app, Method::POST, "/v1/messages", Some(other.clone()), &globex).await?),
+        (StatusCode::FORBIDDEN, "tenant_forbidden")
+    );
+    let batch = json!({"messages": [{"conversation_id": "c", "role": "user", "content": "mine"}, other]});
+    let r = as_key(&app, Method::POST, "/v1/messages/batch", Some(batch), &globex).await?;
+    assert_eq!(r.status, StatusCode::MULTI_STATUS, "{r:?}");
+    assert_eq!(r.body["results"][1]["error"]["code"], "tenant_forbidden");
+    let r = as_key(&app, Method::GET, "/v1/memory/search?tenant_id=acme&query=secret", None, &globex).await?;
+    assert_eq!(code(&r), (StatusCode::FORBIDDEN, "tenant_forbidden"));
+    let r = as_key(&app, Method::GET, &format!("/v1/messages/{id}?tenant_id=acme"), None, &globex).await?;
+    assert_eq!(code(&r), (StatusCode::FORBIDDEN, "tenant_forbidden"));
+
+    // Another tenant's message does not exist for this key.
+    let r = as_key(&app, Method::GET, &format!("/v1/messages/{id}"), None, &globex).await?;
+    assert_eq!(code(&r), (StatusCode::NOT_FOUND, "message_not_found"));
+    assert!(!r.body.to_string().contains("secret"));
+    let r = as_key(&app, Method::GET, "/v1/memory/search?query=secret%20plan", None, &globex).await?;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(!r.body.to_string().contains("secret"), "{r:?}");
+
+    // The owner sees it.
+    let r = as_key(&app, Method::GET, &format!("/v1/messages/{id}"), None, &acme).await?;
+    assert_eq!(r.status, StatusCode::OK);
+    let r = as_key(&app, Method::GET, "/v1/memory/search?query=secret%20plan", None, &acme).await?;
+    assert_eq!(r.body["items"][0]["message_id"], id.as_str());
+    // The batch's accepted item is stored before the test ends.
+    app.env
+        .eventually(|| async {
+            anyhow::ensure!(app.count_rows("globex").await? == 1, "not stored yet");
+            Ok(())
+        })
+        .await?;
+    app.finish().await
+}
+
+#[tokio::test]
+async fn scopes_limit_what_a_key_may_do() -> anyhow::Result<()> {
+    let app = App::start().await?;
+    let reader = tenant_key(&app, "acme", &["read"]).await?;
+    let writer = tenant_key(&app, "acme", &["write"]).await?;
+    let admin = tenant_key(&app, "acme", &["admin"]).await?;
+    tenant_key(&app, "globex", &["read"]).await?;
+    let message = json!({"conversation_id": "c", "role": "user", "content": "hello"});
+
+    let forbidden = (StatusCode::FORBIDDEN, "insufficient_scope");
+    assert_eq!(code(&as_key(&app, Method::POST, "/v1/messages", Some(message.clone()), &reader).await?), forbidden);
+    assert_eq!(
+        as_key(&app, Method::POST, "/v1/messages?wait=embedded", Some(message), &writer).await?.status,
+        StatusCode::CREATED
+    );
+    assert_eq!(code(&as_key(&app, Method::GET, "/v1/memory/search?query=hello", None, &writer).await?), forbidden);
+    assert_eq!(as_key(&app, Method::GET, "/v1/memory/search?query=hello", None, &reader).await?.status, StatusCode::OK);
+    // Managing keys and settings takes admin; managing tenants takes the operator.
+    assert_eq!(code(&as_key(&app, Method::GET, "/v1/admin/tenants/acme/keys", None, &writer).await?), forbidden);
+    let put = Some(json!({"recency_weight": 0.2}));
+    assert_eq!(code(&as_key(&app, Method::PUT, "/v1/tenants/acme/ranking", put.clone(), &reader).await?), forbidden);
+    assert_eq!(as_key(&app, Method::PUT, "/v1/tenants/acme/ranking", put, &admin).await?.status, StatusCode::OK);
+    let keys = as_key(&app, Method::GET, "/v1/admin/tenants/acme/keys", None, &admin).await?;
+    assert_eq!(keys.body.as_array().unwrap().len(), 3);
+    let created =
+        as_key(&app, Method::POST, "/v1/admin/tenants/acme/keys", Some(json!({"scopes": ["read"]})), &admin).await?;
+    assert_eq!(created.status, StatusCode::CREATED);
+    let r =
+        as_key(&app, Method::POST, "/v1/admin/tenants/globex/keys", Some(json!({"scopes": ["read"]})), &admin).await?;
+    assert_eq!(code(&r), (StatusCode::FORBIDDEN, "tenant_forbidden"));
+    let r = as_key(&app, Method::POST, "/v1/admin/tenants", Some(json!({"id": "initech"})), &admin).await?;
+    assert_eq!(code(&r), (StatusCode::FORBIDDEN, "operator_only"));
+    assert_eq!(
+        code(&as_key(&app, Method::GET, "/v1/admin/tenants", None, &admin).await?),
+        (StatusCode::FORBIDDEN, "operator_only")
+    );
+    app.finish().await
+}
+
+#[tokio::test]
+async fn revoked_expired_and_unknown_keys_are_rejected() -> anyhow::Result<()> {
+    let app = App::start_with(|vars| {
+        vars.insert("MEMORY_AUTH_CACHE_TTL_SECS".into(), "0".into());
+    })
+    .await?;
+    let key = tenant_key(&app, "acme", &["read"]).await?;
+    let search = "/v1/memory/search?query=x";
+    assert_eq!(as_key(&app, Method::GET, search, None, &key).await?.status, StatusCode::OK);
+    let id = app.get("/v1/admin/tenants/acme/keys").await?.body[0]["id"].as_str().unwrap().to_owned();
+    let r = app.send(Method::DELETE, &format!("/v1/admin/tenants/acme/keys/{id}"), None, Some(KEY)).await?;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    assert_eq!(code(&as_key(&app, Method::GET, search, None, &key).await?), (StatusCode::UNAUTHORIZED, "unauthorized"));
+    let listed = app.get("/v1/admin/tenants/acme/keys").await?;
+    assert!(listed.body[0]["revoked_at"].is_string(), "{listed:?}");
+
+    let expiring = tenant_key(&app, "acme", &["read"]).await?;
+    assert_eq!(as_key(&app, Method::GET, search, None, &expiring).await?.status, StatusCode::OK);
+    sqlx::query("UPDATE api_keys SET expires_at = now() - interval '1 second' WHERE revoked_at IS NULL")
+        .execute(app.env.store.pool())
+        .await?;
+    assert_eq!(as_key(&app, Method::GET, search, None, &expiring).await?.status, StatusCode::UNAUTHORIZED);
+
+    for wrong in ["mk_nonsense", "not-a-key", &key[..key.len() - 1]] {
+        assert_eq!(as_key(&app, Method::GET, search, None, wrong).await?.status, StatusCode::UNAUTHORIZED, "{wrong}");
+    }
+    // Deleting a tenant ends its keys.
+    let live = tenant_key(&app, "globex", &["read"]).await?;
+    let r = app.send(Method::DELETE, "/v1/admin/tenants/globex", None, Some(KEY)).await?;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    assert_eq!(as_key(&app, Method::GET, search, None, &live).await?.status, StatusCode::UNAUTHORIZED);
+    app.finish().await
+}
+
+#[tokio::test]
+async fn keys_are_kept_only_as_hashes_and_their_use_is_recorded() -> anyhow::Result<()> {
+    let app = App::start().await?;
+    let key = tenant_key(&app, "acme", &["read"]).await?;
+    assert!(key.starts_with("mk_") && key.len() == 46, "{key}");
+    let rows: Vec<(String, Vec<u8>, String)> =
+        sqlx::query_as("SELECT prefix, hash, row_to_json(api_keys)::text FROM api_keys")
+            .fetch_all(app.env.store.pool())
+            .await?;
+    assert_eq!(rows.len(), 1);
+    let (prefix, hash, whole_row) = &rows[0];
+    assert_eq!(prefix, &key[..11]);
+    assert_eq!(hash.as_slice(), gateway::auth::hash(&key));
+    assert!(!whole_row.contains(&key[11..]), "the key's secret part is not stored: {whole_row}");
+    let listed = app.get("/v1/admin/tenants/acme/keys").await?;
+    assert!(!listed.body.to_string().contains(&key[11..]));
+
+    assert!(listed.body[0]["last_used_at"].is_null());
+    app.send(Method::GET, "/v1/memory/search?query=x", None, Some(&key)).await?;
+    app.state.keys.flush_last_used().await;
+    let listed = app.get("/v1/admin/tenants/acme/keys").await?;
+    assert!(listed.body[0]["last_used_at"].is_string(), "{listed:?}");
+    app.finish().await
+}
+
+#[tokio::test]
+async fn tenants_are_created_listed_and_deleted_by_the_operator() -> anyhow::Result<()> {
+    let app = App::without_workers(|_| {}).await?;
+    for id in ["a1", "b2", "c3"] {
+        let r = app.post("/v1/admin/tenants", &json!({"id": id, "name": format!("Tenant {id}")})).await?;
+        assert_eq!(r.status, StatusCode::CREATED, "{r:?}");
+    }
+    assert_eq!(
+        code(&app.post("/v1/admin/tenants", &json!({"id": "a1"})).await?),
+        (StatusCode::CONFLICT, "tenant_exists")
+    );
+    assert_eq!(app.post("/v1/admin/tenants", &json!({"id": "bad id"})).await?.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let page = app.get("/v1/admin/tenants?limit=2").await?;
+    let ids: Vec<&str> = page.body["items"].as_array().unwrap().iter().map(|t| t["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["a1", "b2"]);
+    let rest = app.get(&format!("/v1/admin/tenants?limit=2&after={}", page.body["next"].as_str().unwrap())).await?;
+    assert_eq!(rest.body["items"][0]["id"], "c3");
+    assert!(rest.body.get("next").is_none());
+    assert_eq!(app.get("/v1/admin/tenants/b2").await?.body["name"], "Tenant b2");
+    assert_eq!(code(&app.get("/v1/admin/tenants/zz").await?), (StatusCode::NOT_FOUND, "tenant_not_found"));
+    let r = app.post("/v1/admin/tenants/zz/keys", &json!({"scopes": ["read"]})).await?;
+    assert_eq!(code(&r), (StatusCode::NOT_FOUND, "tenant_not_found"));
+    let r = app.post("/v1/admin/tenants/a1/keys", &json!({"scopes": []})).await?;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let r = app.post("/v1/admin/tenants/a1/keys", &json!({"scopes": ["root"]})).await?;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(app.send(Method::DELETE, "/v1/admin/tenants/b2", None, Some(KEY)).await?.status, StatusCode::NO_CONTENT);
+    assert_eq!(app.send(Method::DELETE, "/v1/admin/tenants/b2", None, Some(KEY)).await?.status, StatusCode::NOT_FOUND);
+    app.finish().await
+}
+
+#[tokio::test]
+async fn the_operator_creates_keys_on_the_command_line() -> anyhow::Result<()> {
+    let app = App::start().await?;
+    let output = common::testing::Process::spawn_with_args(
+        env!("CARGO_BIN_EXE_memory-gateway"),
+        &["keys", "create", "--tenant", "cli-tenant", "--scopes", "read,write", "--name", "ci"],
+        &app.env.vars,
+    )?
+    .output()
+    .await?;
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let key = String::from_utf8(output.stdout)?.trim().to_owned();
+    assert!(key.starts_with("mk_"), "{key}");
+    let r = as_key(
+        &app,
+        Method::POST,
+        "/v1/messages?wait=embedded",
+        Some(json!({"conversation_id": "c", "role": "user", "content": "from the cli key"})),
+        &key,
+    )
+    .await?;
+    assert_eq!(r.status, StatusCode::CREATED, "{r:?}");
+    assert_eq!(r.body["tenant_id"], "cli-tenant");
+    let listed = app.get("/v1/admin/tenants/cli-tenant/keys").await?;
+    assert_eq!(listed.body[0]["name"], "ci");
+    assert_eq!(listed.body[0]["scopes"], json!(["read", "write"]));
+    app.finish().await
+}
