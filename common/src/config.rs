@@ -18,6 +18,10 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub embedder: EmbedderConfig,
     pub searcher: SearcherConfig,
+    /// `MEMORY_REDIS_URL`: a `redis://` URL, for rate limits (gateway) and the query-vector
+    /// cache (embedder). Optional: without it both work in process only.
+    pub redis_url: Option<Secret>,
+    pub rate_limit: RateLimitConfig,
     /// How long a stopping worker may take to finish its in-flight work (`MEMORY_SHUTDOWN_GRACE_SECS`).
     pub shutdown_grace: Duration,
     /// How long a starting worker keeps retrying unreachable Postgres and NATS before giving up
@@ -182,9 +186,6 @@ pub struct BreakerConfig {
 
 #[derive(Debug, Clone)]
 pub struct QueryCacheConfig {
-    /// `MEMORY_REDIS_URL`: a `redis://` URL. Optional: without it query vectors are cached in
-    /// process only.
-    pub redis_url: Option<Secret>,
     /// How long a query vector stays in Redis (`MEMORY_QUERY_CACHE_TTL_SECS`, default 86400).
     pub ttl: Duration,
     /// Query vectors kept in process (`MEMORY_QUERY_CACHE_CAPACITY`, 0–1000000, default 10000; 0 turns
@@ -260,6 +261,67 @@ impl ImportanceWeights {
     pub fn normalised(&self) -> Self {
         let sum = self.recency + self.role + self.explicit;
         Self { recency: self.recency / sum, role: self.role / sum, explicit: self.explicit / sum }
+    }
+}
+
+/// The gateway's rate limits (GCRA: `count` requests per `period`, bursts of up to `count`).
+#[derive(Debug, Clone, Copy)]
+pub struct RateLimitConfig {
+    /// Per client: an API key, or the IP of an unauthenticated request
+    /// (`MEMORY_RATE_LIMIT_CLIENT`, default `200/minute`).
+    pub client: RateLimit,
+    /// Per tenant, over all its keys (`MEMORY_RATE_LIMIT_TENANT`, default `120/minute`); a tenant
+    /// may get its own.
+    pub tenant: RateLimit,
+}
+
+/// `count` requests per `period`: "200/minute", "10 per second", "5 hours", "1000/day".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RateLimit {
+    pub count: u32,
+    pub period: Duration,
+}
+
+impl RateLimit {
+    pub fn per(count: u32, seconds: u64) -> Self {
+        Self { count, period: Duration::from_secs(seconds) }
+    }
+}
+
+impl FromStr for RateLimit {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("{s:?} is not a rate limit like \"200/minute\" or \"10 per second\"");
+        let lower = s.trim().to_ascii_lowercase();
+        let digits = lower.chars().take_while(char::is_ascii_digit).count();
+        let count: u32 = lower[..digits].parse().map_err(|_| bad())?;
+        let rest = lower[digits..].trim();
+        let rest = rest.strip_prefix('/').or_else(|| rest.strip_prefix("per ")).unwrap_or(rest).trim();
+        let unit = rest.strip_suffix('s').filter(|u| !u.is_empty()).unwrap_or(rest);
+        let seconds = match unit {
+            "second" | "sec" | "s" => 1,
+            "minute" | "min" | "m" => 60,
+            "hour" | "h" => 3600,
+            "day" | "d" => 86_400,
+            _ => return Err(bad()),
+        };
+        if count == 0 {
+            return Err(format!("{s:?}: the count must be at least 1"));
+        }
+        Ok(Self::per(count, seconds))
+    }
+}
+
+impl fmt::Display for RateLimit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let unit = match self.period.as_secs() {
+            1 => "second",
+            60 => "minute",
+            3600 => "hour",
+            86_400 => "day",
+            other => return write!(f, "{}/{other}s", self.count),
+        };
+        write!(f, "{}/{unit}", self.count)
     }
 }
 
@@ -413,7 +475,6 @@ impl Config {
                     successes: v.ranged("MEMORY_BREAKER_SUCCESSES", 2, 1, 1000),
                 },
                 cache: QueryCacheConfig {
-                    redis_url: v.secret("MEMORY_REDIS_URL"),
                     ttl: v.secs("MEMORY_QUERY_CACHE_TTL_SECS", 86_400, 1, 365 * 86_400),
                     capacity: v.ranged("MEMORY_QUERY_CACHE_CAPACITY", 10_000, 0, 1_000_000),
                 },
@@ -434,6 +495,11 @@ impl Config {
                     decay_days: v.ranged("MEMORY_RANK_DECAY_DAYS", 7.0, 0.001, 36_500.0),
                     rrf_k: v.ranged("MEMORY_RANK_RRF_K", 60.0, 1.0, 10_000.0),
                 },
+            },
+            redis_url: v.secret("MEMORY_REDIS_URL"),
+            rate_limit: RateLimitConfig {
+                client: v.parse_or("MEMORY_RATE_LIMIT_CLIENT", RateLimit::per(200, 60)),
+                tenant: v.parse_or("MEMORY_RATE_LIMIT_TENANT", RateLimit::per(120, 60)),
             },
             shutdown_grace: v.secs("MEMORY_SHUTDOWN_GRACE_SECS", 20, 1, 3600),
             startup_timeout: v.secs("MEMORY_STARTUP_TIMEOUT_SECS", 60, 0, 3600),
@@ -465,7 +531,7 @@ impl Config {
         if embedder.gemini.retry_min > embedder.gemini.retry_max {
             v.errors.push("MEMORY_GEMINI_RETRY_MIN_MS: must not exceed MEMORY_GEMINI_RETRY_MAX_MS".into());
         }
-        if let Some(url) = &embedder.cache.redis_url
+        if let Some(url) = &config.redis_url
             && !url.expose().starts_with("redis://")
         {
             v.errors.push("MEMORY_REDIS_URL: must be a redis:// URL (rediss:// is not supported)".into());
@@ -534,6 +600,24 @@ mod tests {
         assert!(config(&[("MEMORY_SUBJECT_PREFIX", "Memory")]).is_err());
         assert!(config(&[("MEMORY_SUBJECT_PREFIX", "")]).is_ok(), "empty means the default");
         assert!(config(&[("MEMORY_SUBJECT_PREFIX", "staging")]).is_ok());
+    }
+
+    #[test]
+    fn rate_limits_read_like_the_original() {
+        for (text, count, seconds) in [
+            ("200/minute", 200, 60),
+            ("10 per second", 10, 1),
+            ("5 hours", 5, 3600),
+            ("1000/day", 1000, 86_400),
+            (" 3/Seconds ", 3, 1),
+            ("7/min", 7, 60),
+        ] {
+            assert_eq!(text.parse::<RateLimit>(), Ok(RateLimit::per(count, seconds)), "{text}");
+        }
+        for bad in ["", "minute", "0/minute", "10/fortnight", "-1/second", "1.5/second"] {
+            assert!(bad.parse::<RateLimit>().is_err(), "{bad}");
+        }
+        assert_eq!(RateLimit::per(200, 60).to_string(), "200/minute");
     }
 
     #[test]

@@ -48,9 +48,14 @@ enum Connection {
 impl QueryCache {
     /// A cache with an LRU of `config.capacity` entries and, given a URL, Redis. Never fails:
     /// a bad Redis URL is reported and the cache runs in process only.
-    pub(crate) fn new(config: &QueryCacheConfig, namespace: &str, metrics: Metrics) -> Self {
+    pub(crate) fn new(
+        config: &QueryCacheConfig,
+        redis_url: Option<&common::config::Secret>,
+        namespace: &str,
+        metrics: Metrics,
+    ) -> Self {
         let memory = NonZeroUsize::new(config.capacity).map(|n| Arc::new(Mutex::new(LruCache::new(n))));
-        let redis = config.redis_url.as_ref().and_then(|url| match redis::Client::open(url.expose()) {
+        let redis = redis_url.and_then(|url| match redis::Client::open(url.expose()) {
             Ok(client) => {
                 Some(Arc::new(Redis { client, connection: AsyncMutex::new(Connection::None { retry_at: None }) }))
             }

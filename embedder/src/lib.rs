@@ -105,7 +105,12 @@ impl Embedder {
         let consumer = deps.bus.consumer(&consumer_spec(config, &deps.subjects)).await?;
         let requests =
             deps.bus.serve(deps.subjects.embed_query(space.id), deps.subjects.embedder_group().to_owned()).await?;
-        let cache = cache::QueryCache::new(&config.embedder.cache, deps.subjects.prefix(), metrics.clone());
+        let cache = cache::QueryCache::new(
+            &config.embedder.cache,
+            config.redis_url.as_ref(),
+            deps.subjects.prefix(),
+            metrics.clone(),
+        );
         tracing::info!(space = space.id, provider = %space.reference.provider, model = %space.reference.model, dimensions = space.reference.dimensions, active = space.active, "embedder built");
         Ok(Self {
             query: query::QueryService::new(deps.clone(), embeddings.clone(), cache, requests, metrics.clone()),

@@ -10,10 +10,13 @@ use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::extract::{Request, State};
-use axum::http::header;
+use std::net::SocketAddr;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{Method, header};
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use common::domain::{ApiKey, Scope, TenantId};
 use common::store::{Store, StoreError};
@@ -193,20 +196,64 @@ fn presented(req: &Request) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then_some(token.trim())
 }
 
-/// Authenticates every API request; handlers find the `Principal` in the request's extensions.
-pub(crate) async fn authenticate(
-    State(state): State<AppState>,
-    mut req: Request,
-    next: Next,
-) -> Result<Response, ApiError> {
-    let Some(key) = presented(&req) else { return Err(ApiError::Unauthorized) };
-    let principal = state.keys.authenticate(key).await.map_err(|e| {
-        tracing::warn!(error = %e, cause = ?std::error::Error::source(&e), "looking up an API key failed");
-        ApiError::Unavailable("keys cannot be checked right now".into())
-    })?;
-    let Some(principal) = principal else { return Err(ApiError::Unauthorized) };
-    req.extensions_mut().insert(principal);
-    Ok(next.run(req).await)
+/// Authenticates and rate-limits every API request; handlers find the `Principal` in the
+/// request's extensions. A request is charged to its key (or its IP when it has no valid key)
+/// and its key's tenant; a batch costs its item count. Every answer carries the limit headers.
+pub(crate) async fn authenticate(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let principal = match presented(&req) {
+        Some(key) => match state.keys.authenticate(key).await {
+            Ok(principal) => principal,
+            Err(e) => {
+                tracing::warn!(error = %e, cause = ?std::error::Error::source(&e), "looking up an API key failed");
+                return ApiError::Unavailable("keys cannot be checked right now".into()).into_response();
+            }
+        },
+        None => None,
+    };
+    let (client, tenant) = match &principal {
+        Some(Principal::Operator) => ("operator".to_owned(), None),
+        Some(Principal::Key(key)) => (format!("key:{}", key.id), Some(key.tenant_id.clone())),
+        None => {
+            let ip = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip().to_string());
+            (format!("ip:{}", ip.as_deref().unwrap_or("unknown")), None)
+        }
+    };
+    let (req, cost) = if principal.is_some() && req.method() == Method::POST && req.uri().path() == BATCH_PATH {
+        match batch_cost(req, state.body_limit).await {
+            Ok(counted) => counted,
+            Err(e) => return e.into_response(),
+        }
+    } else {
+        (req, 1)
+    };
+    let decision = state.limiter.check(&client, tenant.as_ref(), cost).await;
+    let mut response = match principal {
+        _ if !decision.allowed => ApiError::RateLimited(decision.clone()).into_response(),
+        None => ApiError::Unauthorized.into_response(),
+        Some(principal) => {
+            let mut req = req;
+            req.extensions_mut().insert(principal);
+            next.run(req).await
+        }
+    };
+    crate::limit::headers(response.headers_mut(), &decision);
+    response
+}
+
+const BATCH_PATH: &str = "/v1/messages/batch";
+
+/// A batch costs one request per item; its body is read here and handed on.
+async fn batch_cost(req: Request, limit: usize) -> Result<(Request, u32), ApiError> {
+    #[derive(serde::Deserialize)]
+    struct Items {
+        #[serde(default)]
+        messages: Vec<serde::de::IgnoredAny>,
+    }
+    let (parts, body) = req.into_parts();
+    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| ApiError::PayloadTooLarge { limit })?;
+    let items = serde_json::from_slice::<Items>(&bytes).map_or(1, |i| i.messages.len());
+    let cost = u32::try_from(items.clamp(1, common::domain::BATCH_MAX)).unwrap_or(1);
+    Ok((Request::from_parts(parts, Body::from(bytes)), cost))
 }
 
 #[cfg(test)]

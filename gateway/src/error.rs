@@ -60,6 +60,18 @@ pub enum ApiError {
     Unavailable(String),
     #[error("the service is shutting down")]
     ShuttingDown,
+    #[error("rate limit exceeded: {} per {} ({})", .0.limit.count, describe_period(.0.limit.period), match .0.scope { crate::limit::Scope::Client => "this client", crate::limit::Scope::Tenant => "this tenant" })]
+    RateLimited(crate::limit::Decision),
+}
+
+fn describe_period(period: std::time::Duration) -> String {
+    match period.as_secs() {
+        1 => "second".into(),
+        60 => "minute".into(),
+        3600 => "hour".into(),
+        86_400 => "day".into(),
+        s => format!("{s} seconds"),
+    }
 }
 
 /// The RFC 9457 body.
@@ -80,6 +92,9 @@ pub struct Problem {
     /// with it as `message_id` and the message is stored once.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub message_id: Option<MessageId>,
+    /// On `rate_limited`: seconds until the request would pass (also in `Retry-After`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -107,6 +122,7 @@ impl ApiError {
             Self::MessageTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Self::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+            Self::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
         }
     }
 
@@ -126,6 +142,12 @@ impl ApiError {
                 Self::WaitTimeout { message_id }
                 | Self::PublishTimeout { message_id }
                 | Self::PublishFailed { message_id } => Some(*message_id),
+                _ => None,
+            },
+            retry_after: match self {
+                Self::RateLimited(d) => {
+                    Some((d.retry_after.as_secs() + u64::from(d.retry_after.subsec_nanos() > 0)).max(1))
+                }
                 _ => None,
             },
         }

@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod error;
 mod extract;
+pub mod limit;
 mod metrics;
 pub mod openapi;
 pub mod routes;
@@ -108,8 +109,17 @@ impl Gateway {
         let listener = TcpListener::bind(config.http.addr)
             .await
             .map_err(|source| GatewayError::Bind { addr: config.http.addr, source })?;
+        let limiter = limit::Limiter::new(
+            config.rate_limit,
+            config.redis_url.as_ref(),
+            deps.subjects.prefix(),
+            deps.store.clone(),
+            metrics.clone(),
+        );
         let state = AppState {
             keys: Arc::new(auth::Keys::new(deps.store.clone(), admin_key.expose(), config.http.auth_cache_ttl)),
+            limiter: Arc::new(limiter),
+            rate_limit: config.rate_limit,
             deps,
             body_limit: config.http.body_limit,
             wait_timeout: config.http.wait_timeout,
@@ -149,8 +159,8 @@ impl Gateway {
             }
             keys.flush_last_used().await;
         });
-        let serve =
-            axum::serve(self.listener, router(self.state)).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        let serve = axum::serve(self.listener, router(self.state).into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned());
         let deadline = async {
             shutdown.cancelled().await;
             tokio::time::sleep(self.grace).await;

@@ -9,6 +9,7 @@ use axum::response::Response;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
@@ -27,8 +28,21 @@ pub struct RouteLabels {
     pub route: String,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct LimitLabels {
+    /// `client` or `tenant`.
+    pub scope: &'static str,
+}
+
 #[derive(Clone)]
 pub struct Metrics {
+    /// Requests refused by a rate limit: `memory_gateway_rate_limited_total{scope}`.
+    pub rate_limited: Family<LimitLabels, Counter>,
+    /// Where rate limits are kept: 1 Redis (shared), 0 in process (`memory_gateway_rate_limiter_redis`).
+    pub limiter_backend: Gauge,
+    /// Times Redis failed and the in-process limiter answered:
+    /// `memory_gateway_rate_limiter_fallbacks_total`.
+    pub limiter_fallbacks: Counter,
     /// `memory_gateway_http_requests_total`.
     pub requests: Family<RequestLabels, Counter>,
     /// `memory_gateway_http_request_duration_seconds`.
@@ -38,11 +52,25 @@ pub struct Metrics {
 impl Metrics {
     pub fn register(registry: &mut Registry) -> Self {
         let m = Self {
+            rate_limited: Family::default(),
+            limiter_backend: Gauge::default(),
+            limiter_fallbacks: Counter::default(),
             requests: Family::default(),
             duration: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.0005, 2.0, 16))),
         };
         let r = registry.sub_registry_with_prefix("gateway");
         r.register("http_requests", "HTTP requests answered, by method, route and status", m.requests.clone());
+        r.register("rate_limited", "Requests refused by a rate limit", m.rate_limited.clone());
+        r.register(
+            "rate_limiter_redis",
+            "1 while rate limits are kept in Redis, 0 in process",
+            m.limiter_backend.clone(),
+        );
+        r.register(
+            "rate_limiter_fallbacks",
+            "Times Redis failed and the in-process limiter answered",
+            m.limiter_fallbacks.clone(),
+        );
         r.register_with_unit(
             "http_request_duration",
             "Time to answer an HTTP request",

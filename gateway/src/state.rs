@@ -16,6 +16,9 @@ pub struct AppState {
     pub deps: Deps,
     /// Key lookups and the operator key.
     pub keys: Arc<Keys>,
+    pub limiter: Arc<crate::limit::Limiter>,
+    /// The deployment's rate limits, shown for tenants without their own.
+    pub rate_limit: common::config::RateLimitConfig,
     pub body_limit: usize,
     pub wait_timeout: Duration,
     pub request_timeout: Duration,

@@ -7,6 +7,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
+use crate::config::RateLimit;
 use crate::contract::SpaceRef;
 use crate::domain::{
     ApiKey, ConversationId, MessageId, MessageStatus, MessageView, NewApiKey, NewMessage, Ranking, Role, SearchFilters,
@@ -349,6 +350,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// Records that these keys were used now.
     async fn touch_keys(&self, ids: &[uuid::Uuid]) -> Result<(), StoreError>;
+
+    /// A tenant's own rate limit, if the operator set one.
+    async fn tenant_rate_limit(&self, tenant: &TenantId) -> Result<Option<RateLimit>, StoreError>;
+
+    /// Sets (or, with `None`, removes) a tenant's own rate limit.
+    async fn set_tenant_rate_limit(&self, tenant: &TenantId, limit: Option<RateLimit>) -> Result<(), StoreError>;
 
     /// Sets (or, with `None`, removes) a tenant's own ranking.
     async fn set_tenant_ranking(&self, tenant: &TenantId, ranking: Option<&Ranking>) -> Result<(), StoreError>;

@@ -17,6 +17,7 @@ use super::{
     Coverage, Failure, Inserted, LexicalHit, LexicalQuery, Lock, NewRow, NewVector, Space, Store, StoreError,
     StoredMessage, TextQuery, VectorHit, VectorQuery,
 };
+use crate::config::RateLimit;
 use crate::contract::SpaceRef;
 use crate::domain::{
     ApiKey, ConversationId, MessageId, MessageStatus, NewApiKey, Ranking, Role, Scope, Tenant, TenantId,
@@ -955,6 +956,29 @@ impl Store for PgStore {
             .bind(ids)
             .execute(&self.pool)
             .await?;
+        Ok(())
+    }
+
+    async fn tenant_rate_limit(&self, tenant: &TenantId) -> Result<Option<RateLimit>, StoreError> {
+        let row: Option<Option<String>> =
+            sqlx::query_scalar("SELECT rate_limit FROM tenant_settings WHERE tenant_id = $1")
+                .bind(tenant.as_str())
+                .fetch_optional(&self.pool)
+                .await?;
+        row.flatten()
+            .map(|text| text.parse().map_err(|e| StoreError::Corrupt(format!("rate limit of tenant {tenant}: {e}"))))
+            .transpose()
+    }
+
+    async fn set_tenant_rate_limit(&self, tenant: &TenantId, limit: Option<RateLimit>) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO tenant_settings (tenant_id, rate_limit) VALUES ($1, $2)
+             ON CONFLICT (tenant_id) DO UPDATE SET rate_limit = EXCLUDED.rate_limit, updated_at = now()",
+        )
+        .bind(tenant.as_str())
+        .bind(limit.map(|l| l.to_string()))
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 

@@ -5,6 +5,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Extension, Router};
+use common::config::RateLimit;
 use common::domain::{Ranking, Scope, TenantId};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -15,7 +16,93 @@ use crate::extract::AppJson;
 use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
-    Router::new().route("/v1/tenants/{tenant_id}/ranking", get(get_ranking).put(put_ranking).delete(delete_ranking))
+    Router::new()
+        .route("/v1/tenants/{tenant_id}/ranking", get(get_ranking).put(put_ranking).delete(delete_ranking))
+        .route("/v1/tenants/{tenant_id}/rate-limit", get(get_rate_limit).put(put_rate_limit).delete(delete_rate_limit))
+}
+
+/// A tenant's rate limit over all its keys.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TenantRateLimit {
+    pub tenant_id: TenantId,
+    /// E.g. `120/minute`.
+    pub limit: String,
+    pub source: RankingSource,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitChange {
+    /// E.g. `1000/minute`, `10 per second`.
+    pub limit: String,
+}
+
+/// The rate limit over all of a tenant's keys.
+#[utoipa::path(
+    get, path = "/v1/tenants/{tenant_id}/rate-limit", tag = "tenants",
+    params(("tenant_id" = String, Path)),
+    responses((status = 200, body = TenantRateLimit), (status = 401, body = Problem), (status = 403, body = Problem)),
+    security(("api_key" = []), ("bearer" = []))
+)]
+pub async fn get_rate_limit(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path(tenant_id): Path<String>,
+) -> Result<axum::Json<TenantRateLimit>, ApiError> {
+    let tenant_id = tenant(&principal, &tenant_id, Scope::Read)?;
+    let own = state.deps.store.tenant_rate_limit(&tenant_id).await.map_err(unavailable)?;
+    Ok(axum::Json(match own {
+        Some(limit) => TenantRateLimit { tenant_id, limit: limit.to_string(), source: RankingSource::Tenant },
+        None => {
+            TenantRateLimit { tenant_id, limit: state.rate_limit.tenant.to_string(), source: RankingSource::Deployment }
+        }
+    }))
+}
+
+/// Give a tenant its own rate limit (operator key).
+#[utoipa::path(
+    put, path = "/v1/tenants/{tenant_id}/rate-limit", tag = "tenants",
+    params(("tenant_id" = String, Path)), request_body = RateLimitChange,
+    responses(
+        (status = 200, body = TenantRateLimit), (status = 401, body = Problem), (status = 403, body = Problem),
+        (status = 422, body = Problem),
+    ),
+    security(("api_key" = []), ("bearer" = []))
+)]
+pub async fn put_rate_limit(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path(tenant_id): Path<String>,
+    AppJson(change): AppJson<RateLimitChange>,
+) -> Result<axum::Json<TenantRateLimit>, ApiError> {
+    principal.require_operator()?;
+    let tenant_id = TenantId::parse(tenant_id).map_err(|e| ApiError::Invalid(e.0))?;
+    let limit: RateLimit = change
+        .limit
+        .parse()
+        .map_err(|e: String| ApiError::Invalid(vec![common::domain::FieldError::new("limit", "invalid", e)]))?;
+    state.deps.store.set_tenant_rate_limit(&tenant_id, Some(limit)).await.map_err(unavailable)?;
+    state.limiter.forget(&tenant_id);
+    Ok(axum::Json(TenantRateLimit { tenant_id, limit: limit.to_string(), source: RankingSource::Tenant }))
+}
+
+/// Back to the deployment's rate limit (operator key).
+#[utoipa::path(
+    delete, path = "/v1/tenants/{tenant_id}/rate-limit", tag = "tenants",
+    params(("tenant_id" = String, Path)),
+    responses((status = 204), (status = 401, body = Problem), (status = 403, body = Problem)),
+    security(("api_key" = []), ("bearer" = []))
+)]
+pub async fn delete_rate_limit(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path(tenant_id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    principal.require_operator()?;
+    let tenant_id = TenantId::parse(tenant_id).map_err(|e| ApiError::Invalid(e.0))?;
+    state.deps.store.set_tenant_rate_limit(&tenant_id, None).await.map_err(unavailable)?;
+    state.limiter.forget(&tenant_id);
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// The ranking a tenant's searches use.

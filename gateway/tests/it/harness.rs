@@ -44,6 +44,9 @@ impl App {
         let env = TestEnv::start_with(|vars| {
             vars.insert("MEMORY_ADMIN_API_KEY".into(), KEY.into());
             vars.insert("MEMORY_HTTP_ADDR".into(), "127.0.0.1:0".into());
+            // Tests send many requests; the rate-limit tests set their own limits.
+            vars.insert("MEMORY_RATE_LIMIT_CLIENT".into(), "100000/minute".into());
+            vars.insert("MEMORY_RATE_LIMIT_TENANT".into(), "100000/minute".into());
             configure(vars);
         })
         .await?;

@@ -7,6 +7,7 @@ mod ingest;
 mod limits;
 mod nats;
 mod operations;
+mod ratelimit;
 mod relevance;
 mod search;
 mod tenancy;
