@@ -110,6 +110,27 @@ impl App {
         Ok(Resp { status, headers, body })
     }
 
+    /// Sends with the key as `Authorization: Bearer`.
+    pub(crate) async fn send_bearer(
+        &self,
+        method: Method,
+        uri: &str,
+        body: Option<Body>,
+        key: &str,
+    ) -> anyhow::Result<Resp> {
+        let mut req = Request::builder().method(method).uri(uri).header("authorization", format!("Bearer {key}"));
+        if body.is_some() {
+            req = req.header("content-type", "application/json");
+        }
+        let response = gateway::router(self.state.clone()).oneshot(req.body(body.unwrap_or_else(Body::empty))?).await?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await?;
+        let body =
+            serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
+        Ok(Resp { status, headers, body })
+    }
+
     pub(crate) async fn post(&self, uri: &str, body: &Value) -> anyhow::Result<Resp> {
         self.send(Method::POST, uri, Some(Body::from(body.to_string())), Some(KEY)).await
     }

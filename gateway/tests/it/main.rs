@@ -4,6 +4,7 @@ mod binary;
 mod embeddings;
 mod harness;
 mod ingest;
+mod isolation;
 mod limits;
 mod nats;
 mod operations;
