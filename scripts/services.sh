@@ -158,6 +158,7 @@ print_env() {
   echo "MEMORY_TEST_NATS_URL=nats://127.0.0.1:$NATS_PORT"
   echo "MEMORY_TEST_DATABASE_URL=postgres://postgres@127.0.0.1:$PG_PORT/postgres"
   echo "MEMORY_TEST_REDIS_URL=redis://127.0.0.1:$REDIS_PORT"
+  echo "MEMORY_TEST_NATS_SERVER=$VENV/bin/nats-server"
 }
 
 case "${1:-}" in

@@ -161,9 +161,29 @@ pub fn free_addr() -> anyhow::Result<std::net::SocketAddr> {
 
 /// A plain HTTP/1.1 GET: status and body.
 pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+    http(addr, "GET", path, &[], None).await
+}
+
+/// A plain HTTP/1.1 request with headers and an optional JSON body: status and body.
+pub async fn http(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> anyhow::Result<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await?;
-    stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes()).await?;
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    if let Some(body) = body {
+        head.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n", body.len()));
+    }
+    head.push_str("\r\n");
+    head.push_str(body.unwrap_or_default());
+    stream.write_all(head.as_bytes()).await?;
     let mut response = String::new();
     stream.read_to_string(&mut response).await?;
     let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).context("no HTTP status line")?;
@@ -174,11 +194,42 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> anyhow::Result<
 /// One of the service binaries, run as a child process with the test's variables.
 pub struct Process {
     child: tokio::process::Child,
+    /// What it logged, when started with `spawn_logging`.
+    log: Option<tokio::task::JoinHandle<String>>,
 }
 
 impl Process {
     pub fn spawn(binary: &str, vars: &BTreeMap<String, String>) -> anyhow::Result<Self> {
         Self::start(binary, &[], vars, std::process::Stdio::null())
+    }
+
+    /// A service whose log (stdout, at `MEMORY_LOG` as given in `vars`) is kept; `terminate_logged`
+    /// returns it.
+    pub fn spawn_logging(binary: &str, vars: &BTreeMap<String, String>) -> anyhow::Result<Self> {
+        use tokio::io::AsyncReadExt;
+        let mut child = tokio::process::Command::new(binary)
+            .env_clear()
+            .envs(vars)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {binary}"))?;
+        let mut stdout = child.stdout.take().context("no stdout")?;
+        // Read as it comes, so a verbose log never fills the pipe and blocks the process.
+        let log = tokio::spawn(async move {
+            let mut text = String::new();
+            let _ = stdout.read_to_string(&mut text).await;
+            text
+        });
+        Ok(Self { child, log: Some(log) })
+    }
+
+    /// Sends SIGTERM, waits for the exit, and returns what the process logged.
+    pub async fn terminate_logged(mut self) -> anyhow::Result<(std::process::ExitStatus, String)> {
+        let log = self.log.take().context("started without spawn_logging")?;
+        let status = self.terminate().await?;
+        Ok((status, log.await?))
     }
 
     /// A command that runs to its end (a subcommand, say); `output` returns what it printed.
@@ -202,7 +253,7 @@ impl Process {
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("starting {binary}"))?;
-        Ok(Self { child })
+        Ok(Self { child, log: None })
     }
 
     /// Sends SIGTERM and waits for the exit, at most 30 s.

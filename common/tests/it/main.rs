@@ -2,4 +2,5 @@
 
 mod bus;
 mod hnsw;
+mod nats_permissions;
 mod store;
