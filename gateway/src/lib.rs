@@ -5,7 +5,7 @@ pub mod auth;
 pub mod error;
 mod extract;
 pub mod limit;
-mod metrics;
+pub mod metrics;
 pub mod openapi;
 pub mod routes;
 mod state;

@@ -107,6 +107,8 @@ pub struct Limiter {
     overrides: Mutex<HashMap<TenantId, (Instant, Option<RateLimit>)>>,
     store: Arc<dyn Store>,
     metrics: Metrics,
+    /// Made once: a clock calibrates itself when made.
+    clock: DefaultClock,
 }
 
 /// One limit to charge: its Redis key and quota.
@@ -141,6 +143,7 @@ impl Limiter {
             overrides: Mutex::new(HashMap::new()),
             store,
             metrics,
+            clock: DefaultClock::default(),
         }
     }
 
@@ -281,7 +284,7 @@ impl Limiter {
     /// refusal by a later one leaves the earlier charged, as every hit counts.
     fn memory_check(&self, charges: &[Charge], cost: u32) -> Decision {
         let n = NonZeroU32::new(cost).expect("cost is at least 1");
-        let clock = DefaultClock::default();
+        let clock = &self.clock;
         let mut decisions = Vec::with_capacity(charges.len());
         for c in charges {
             let interval = c.limit.period / c.limit.count;
