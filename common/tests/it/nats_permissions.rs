@@ -55,13 +55,22 @@ async fn connect(server: &Server, user: &str, password: &str, inbox: &str) -> an
         .await?)
 }
 
-/// Everything a subscription receives until `quiet` passes without a message.
-async fn drain(sub: &mut async_nats::Subscriber, quiet: Duration) -> Vec<String> {
+/// Everything a subscription receives up to and including `sentinel` (published last by the same
+/// client, so nothing published before it can still be on its way).
+async fn until(sub: &mut async_nats::Subscriber, sentinel: &str) -> anyhow::Result<Vec<String>> {
     let mut got = Vec::new();
-    while let Ok(Some(m)) = tokio::time::timeout(quiet, sub.next()).await {
-        got.push(String::from_utf8_lossy(&m.payload).into_owned());
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(10), sub.next())
+            .await
+            .context("the sentinel never arrived")?
+            .context("subscription closed")?;
+        let text = String::from_utf8_lossy(&m.payload).into_owned();
+        let done = text == sentinel;
+        got.push(text);
+        if done {
+            return Ok(got);
+        }
     }
-    got
 }
 
 #[tokio::test]
@@ -72,24 +81,26 @@ async fn a_tenant_user_publishes_only_its_own_messages() -> anyhow::Result<()> {
     assert!(connect(&server, "tenant-acme", "wrong", "_INBOX_acme").await.is_err(), "a wrong password is refused");
 
     let mut ingest = service.subscribe("mem.v1.ingest.>").await?;
-    service.flush().await?;
+    // The subscription is live once it receives the service's own probe.
+    service.publish("mem.v1.ingest.probe", "probe".into()).await?;
+    assert_eq!(until(&mut ingest, "probe").await?, ["probe"]);
     acme.publish("mem.v1.ingest.acme", "acme's own".into()).await?;
     acme.publish("mem.v1.ingest.acme.0193d1d0-0000-7000-8000-000000000000", "acme's own, with an id".into()).await?;
     acme.publish("mem.v1.ingest.globex", "posing as globex".into()).await?;
     acme.publish("mem.v1.search", "asking the searcher".into()).await?;
+    acme.publish("mem.v1.ingest.acme", "sentinel".into()).await?;
     acme.flush().await?;
-    let got = drain(&mut ingest, Duration::from_millis(500)).await;
-    assert_eq!(got, ["acme's own", "acme's own, with an id"], "only its own ingest subjects get through");
+    let got = until(&mut ingest, "sentinel").await?;
+    assert_eq!(got, ["acme's own", "acme's own, with an id", "sentinel"], "only its own ingest subjects get through");
 
-    // It cannot listen to events, nor to other clients' inboxes.
+    // It cannot listen to events, nor to other clients' inboxes (checked below, once a later
+    // message has reached it).
     let mut events = acme.subscribe("mem.v1.events.>").await?;
     let mut inboxes = acme.subscribe("_INBOX.>").await?;
     acme.flush().await?;
     service.publish("mem.v1.events.globex.stored.x", "globex's event".into()).await?;
     service.publish("_INBOX.someone", "someone's reply".into()).await?;
     service.flush().await?;
-    assert!(drain(&mut events, Duration::from_millis(300)).await.is_empty());
-    assert!(drain(&mut inboxes, Duration::from_millis(300)).await.is_empty());
 
     // Through JetStream: the services create the stream; the tenant's publish is acknowledged on
     // its own inbox, and a publish for another tenant never is.
@@ -104,6 +115,10 @@ async fn a_tenant_user_publishes_only_its_own_messages() -> anyhow::Result<()> {
     tenant_js.set_timeout(Duration::from_millis(500));
     let ack = tenant_js.publish("mem.v1.ingest.acme", "stored".into()).await?.await?;
     assert_eq!(ack.stream, "MEMORY_INGEST");
+    // The ack came on its own inbox after the event and the reply above: neither reached it.
+    let nothing = |sub: &mut async_nats::Subscriber| futures::FutureExt::now_or_never(sub.next()).is_none();
+    assert!(nothing(&mut events), "it received an event");
+    assert!(nothing(&mut inboxes), "it received another client's reply");
     let refused = tenant_js.publish("mem.v1.ingest.globex", "not stored".into()).await;
     let refused = match refused {
         Ok(future) => future.await.is_err(),
