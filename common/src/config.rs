@@ -305,8 +305,8 @@ impl FromStr for RateLimit {
             "day" | "d" => 86_400,
             _ => return Err(bad()),
         };
-        if count == 0 {
-            return Err(format!("{s:?}: the count must be at least 1"));
+        if count == 0 || count > 1_000_000 {
+            return Err(format!("{s:?}: the count must be between 1 and 1000000"));
         }
         Ok(Self::per(count, seconds))
     }
@@ -614,7 +614,7 @@ mod tests {
         ] {
             assert_eq!(text.parse::<RateLimit>(), Ok(RateLimit::per(count, seconds)), "{text}");
         }
-        for bad in ["", "minute", "0/minute", "10/fortnight", "-1/second", "1.5/second"] {
+        for bad in ["", "minute", "0/minute", "10/fortnight", "-1/second", "1.5/second", "9999999999/second"] {
             assert!(bad.parse::<RateLimit>().is_err(), "{bad}");
         }
         assert_eq!(RateLimit::per(200, 60).to_string(), "200/minute");

@@ -148,7 +148,11 @@ impl Keys {
         if bool::from(hash.ct_eq(&self.operator)) {
             return Ok(Some(Principal::Operator));
         }
-        if !presented.starts_with(KEY_PREFIX) {
+        // Anything not shaped like a key is refused without a lookup.
+        let shaped = presented.len() == KEY_PREFIX.len() + KEY_RANDOM_CHARS
+            && presented.starts_with(KEY_PREFIX)
+            && presented[KEY_PREFIX.len()..].bytes().all(|b| b.is_ascii_alphanumeric());
+        if !shaped {
             return Ok(None);
         }
         let cached =
@@ -218,7 +222,9 @@ pub(crate) async fn authenticate(State(state): State<AppState>, req: Request, ne
             (format!("ip:{}", ip.as_deref().unwrap_or("unknown")), None)
         }
     };
-    let (req, cost) = if principal.is_some() && req.method() == Method::POST && req.uri().path() == BATCH_PATH {
+    // A batch costs its items; its body is read only for a key that may write.
+    let may_write = principal.as_ref().is_some_and(|p| p.require(Scope::Write).is_ok());
+    let (req, cost) = if may_write && req.method() == Method::POST && req.uri().path() == BATCH_PATH {
         match batch_cost(req, state.body_limit).await {
             Ok(counted) => counted,
             Err(e) => return e.into_response(),

@@ -109,6 +109,8 @@ pub struct Limiter {
     metrics: Metrics,
     /// Made once: a clock calibrates itself when made.
     clock: DefaultClock,
+    /// In-process checks since the in-process limiters last dropped keys with a full quota.
+    memory_checks: std::sync::atomic::AtomicU32,
 }
 
 /// One limit to charge: its Redis key and quota.
@@ -144,6 +146,7 @@ impl Limiter {
             store,
             metrics,
             clock: DefaultClock::default(),
+            memory_checks: std::sync::atomic::AtomicU32::new(0),
         }
     }
 
@@ -283,6 +286,14 @@ impl Limiter {
     /// The same limits, in this process only. Limits are charged in order (client first); a
     /// refusal by a later one leaves the earlier charged, as every hit counts.
     fn memory_check(&self, charges: &[Charge], cost: u32) -> Decision {
+        // Keys whose quota is full again carry no state: drop them now and then, so that many
+        // clients (rotating IPs, say) do not grow the process while Redis is away.
+        if self.memory_checks.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 10_000 == 9_999 {
+            for limiter in self.memory.lock().expect("memory limiters").values() {
+                limiter.retain_recent();
+                limiter.shrink_to_fit();
+            }
+        }
         let n = NonZeroU32::new(cost).expect("cost is at least 1");
         let clock = &self.clock;
         let mut decisions = Vec::with_capacity(charges.len());
