@@ -7,6 +7,7 @@
 
 use std::collections::HashSet;
 use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -127,6 +128,8 @@ pub struct Keys {
     operator: [u8; 32],
     ttl: Duration,
     cache: Mutex<Cache>,
+    /// Counts revocations made here, so a lookup racing one is not cached.
+    revocations: AtomicU64,
     used: Mutex<HashSet<Uuid>>,
 }
 
@@ -137,6 +140,7 @@ impl Keys {
             operator: hash(operator_key),
             ttl,
             cache: Mutex::new(LruCache::new(NonZeroUsize::new(CACHE_ENTRIES).expect("non-zero"))),
+            revocations: AtomicU64::new(0),
             used: Mutex::new(HashSet::new()),
         }
     }
@@ -160,8 +164,13 @@ impl Keys {
         let key = match cached {
             Some((_, key)) => key,
             None => {
+                // A revocation here while the lookup runs must not be cached over.
+                let generation = self.revocations.load(Ordering::Acquire);
                 let key = self.store.key_by_hash(&hash).await?.map(Arc::new);
-                self.cache.lock().expect("key cache").put(hash, (Instant::now(), key.clone()));
+                let mut cache = self.cache.lock().expect("key cache");
+                if self.revocations.load(Ordering::Acquire) == generation {
+                    cache.put(hash, (Instant::now(), key.clone()));
+                }
                 key
             }
         };
@@ -174,6 +183,7 @@ impl Keys {
     /// Forgets a key at once (it was revoked here).
     pub fn forget(&self, id: Uuid) {
         let mut cache = self.cache.lock().expect("key cache");
+        self.revocations.fetch_add(1, Ordering::AcqRel);
         let stale: Vec<[u8; 32]> =
             cache.iter().filter(|(_, (_, k))| k.as_ref().is_some_and(|k| k.id == id)).map(|(h, _)| *h).collect();
         for h in stale {
@@ -234,6 +244,18 @@ pub(crate) async fn authenticate(State(state): State<AppState>, req: Request, ne
     };
     let decision = state.limiter.check(&client, tenant.as_ref(), cost).await;
     let mut response = match principal {
+        _ if !decision.allowed && decision.retry_after == Duration::MAX => {
+            ApiError::Invalid(vec![common::domain::FieldError::new(
+                "messages",
+                "exceeds_rate_limit",
+                format!(
+                    "{cost} items exceed the rate limit of {} per {}s",
+                    decision.limit.count,
+                    decision.limit.period.as_secs()
+                ),
+            )])
+            .into_response()
+        }
         _ if !decision.allowed => ApiError::RateLimited(decision.clone()).into_response(),
         None => ApiError::Unauthorized.into_response(),
         Some(principal) => {

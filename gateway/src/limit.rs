@@ -165,6 +165,17 @@ impl Limiter {
             });
         }
         let cost = cost.max(1);
+        // More than a whole quota at once never passes: say so rather than invite retries.
+        if let Some(c) = charges.iter().find(|c| cost > c.limit.count) {
+            return Decision {
+                allowed: false,
+                scope: c.scope,
+                limit: c.limit,
+                remaining: 0,
+                reset: Duration::ZERO,
+                retry_after: Duration::MAX,
+            };
+        }
         let decision = match self.redis_check(&charges, cost).await {
             Some(decision) => decision,
             None => self.memory_check(&charges, cost),
@@ -364,7 +375,7 @@ pub fn headers(headers: &mut HeaderMap, d: &Decision) {
     set("x-ratelimit-limit", u64::from(d.limit.count));
     set("x-ratelimit-remaining", d.remaining);
     set("x-ratelimit-reset", epoch);
-    if !d.allowed {
+    if !d.allowed && d.retry_after != Duration::MAX {
         set("retry-after", secs(d.retry_after).max(1));
     }
     let policy = format!("{};w={}", d.limit.count, d.limit.period.as_secs());

@@ -203,3 +203,19 @@ async fn without_redis_limits_hold_in_process_and_shared_limits_resume_when_it_r
         .await?;
     app.finish().await
 }
+
+#[tokio::test]
+async fn a_batch_larger_than_the_quota_is_refused_for_good() -> anyhow::Result<()> {
+    let app = app("5/minute", "1000/minute", None).await?;
+    let key = key_for(&app, "acme").await?;
+    let items: Vec<_> =
+        (0..6).map(|i| json!({"conversation_id": "c", "role": "user", "content": format!("m{i}")})).collect();
+    let body = Body::from(json!({"messages": items}).to_string());
+    let r = app.send(Method::POST, "/v1/messages/batch", Some(body), Some(&key)).await?;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "retrying could never help: {r:?}");
+    assert_eq!(r.body["errors"][0]["code"], "exceeds_rate_limit");
+    assert!(r.headers.get("retry-after").is_none());
+    // Nothing was charged.
+    assert_eq!(header(&probe(&app, &key).await?, "ratelimit-remaining"), 4);
+    app.finish().await
+}
