@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Brings up the whole local pipeline: NATS, PostgreSQL+pgvector and Redis on loopback
 # (scripts/services.sh), then the embedder (local all-MiniLM-L6-v2 embeddings, model fetched by
-# scripts/fetch-model.sh), the searcher and the gateway on http://127.0.0.1:8080.
+# scripts/fetch-model.sh), the searcher, the retention service and the gateway on http://127.0.0.1:8080.
 # Ctrl-C stops the three workers gracefully (the services keep running; scripts/services.sh down).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,6 +38,7 @@ trap stop INT TERM
 
 MEMORY_METRICS_ADDR=127.0.0.1:9091 "$bin/memory-embedder" & pids+=($!)
 MEMORY_METRICS_ADDR=127.0.0.1:9092 "$bin/memory-searcher" & pids+=($!)
+MEMORY_METRICS_ADDR=127.0.0.1:9093 "$bin/memory-retention" & pids+=($!)
 "$bin/memory-gateway" & pids+=($!)
 
 for _ in $(seq 1 100); do

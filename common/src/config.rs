@@ -22,6 +22,7 @@ pub struct Config {
     /// cache (embedder). Optional: without it both work in process only.
     pub redis_url: Option<Secret>,
     pub rate_limit: RateLimitConfig,
+    pub retention: RetentionConfig,
     /// How long a stopping worker may take to finish its in-flight work (`MEMORY_SHUTDOWN_GRACE_SECS`).
     pub shutdown_grace: Duration,
     /// How long a starting worker keeps retrying unreachable Postgres and NATS before giving up
@@ -264,6 +265,21 @@ impl ImportanceWeights {
     }
 }
 
+/// The retention service.
+#[derive(Debug, Clone)]
+pub struct RetentionConfig {
+    /// The default policy (`MEMORY_RETENTION_ARCHIVE_AFTER_DAYS` 30,
+    /// `MEMORY_RETENTION_ARCHIVE_BELOW_IMPORTANCE` 0.3, `MEMORY_RETENTION_MAX_AGE_DAYS` off,
+    /// `MEMORY_RETENTION_DELETE_ARCHIVED_AFTER_DAYS` 90, `MEMORY_RETENTION_MAX_MESSAGES_PER_CONVERSATION`
+    /// off; 0 turns a rule off).
+    pub policy: crate::domain::RetentionPolicy,
+    /// When scheduled runs start: a cron expression with seconds (`MEMORY_RETENTION_SCHEDULE`,
+    /// default `0 0 * * * *`, hourly).
+    pub schedule: String,
+    /// Messages archived or deleted per statement (`MEMORY_RETENTION_BATCH_SIZE`, 1–100000, default 1000).
+    pub batch_size: u32,
+}
+
 /// The gateway's rate limits (GCRA: `count` requests per `period`, bursts of up to `count`).
 #[derive(Debug, Clone, Copy)]
 pub struct RateLimitConfig {
@@ -500,6 +516,30 @@ impl Config {
             rate_limit: RateLimitConfig {
                 client: v.parse_or("MEMORY_RATE_LIMIT_CLIENT", RateLimit::per(200, 60)),
                 tenant: v.parse_or("MEMORY_RATE_LIMIT_TENANT", RateLimit::per(120, 60)),
+            },
+            retention: RetentionConfig {
+                policy: crate::domain::RetentionPolicy {
+                    archive_after_days: Some(v.ranged("MEMORY_RETENTION_ARCHIVE_AFTER_DAYS", 30, 0, 36_500))
+                        .filter(|d| *d > 0),
+                    archive_below_importance: v.ranged("MEMORY_RETENTION_ARCHIVE_BELOW_IMPORTANCE", 0.3, 0.0, 1.0),
+                    max_age_days: Some(v.ranged("MEMORY_RETENTION_MAX_AGE_DAYS", 0, 0, 36_500)).filter(|d| *d > 0),
+                    delete_archived_after_days: Some(v.ranged(
+                        "MEMORY_RETENTION_DELETE_ARCHIVED_AFTER_DAYS",
+                        90,
+                        0,
+                        36_500,
+                    ))
+                    .filter(|d| *d > 0),
+                    max_messages_per_conversation: Some(v.ranged(
+                        "MEMORY_RETENTION_MAX_MESSAGES_PER_CONVERSATION",
+                        0,
+                        0,
+                        10_000_000,
+                    ))
+                    .filter(|n| *n > 0),
+                },
+                schedule: v.raw("MEMORY_RETENTION_SCHEDULE").unwrap_or_else(|| "0 0 * * * *".into()),
+                batch_size: v.ranged("MEMORY_RETENTION_BATCH_SIZE", 1000, 1, 100_000),
             },
             shutdown_grace: v.secs("MEMORY_SHUTDOWN_GRACE_SECS", 20, 1, 3600),
             startup_timeout: v.secs("MEMORY_STARTUP_TIMEOUT_SECS", 60, 0, 3600),

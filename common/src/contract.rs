@@ -8,7 +8,8 @@ use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
 use crate::domain::{
-    ConversationId, MessageId, MessageInput, MessageView, Ranking, Role, SearchFilters, SearchMode, TenantId,
+    ConversationId, MessageId, MessageInput, MessageView, Ranking, RetentionAction, Role, SearchFilters, SearchMode,
+    TenantId, TenantRetention,
 };
 
 /// Payload version of every event and request defined here.
@@ -139,6 +140,13 @@ impl Subjects {
         "embedder"
     }
     /// Queue groups: every replica of a service joins the same one.
+    /// `mem.v1.retention.run`: a retention run, answered by the retention service.
+    pub fn retention_run(&self) -> String {
+        format!("{}.v1.retention.run", self.prefix)
+    }
+    pub fn retention_group(&self) -> &'static str {
+        "retention"
+    }
     pub fn searcher_group(&self) -> &'static str {
         "searcher"
     }
@@ -294,6 +302,25 @@ pub struct Explain {
     pub score: f64,
     /// The normalised weights and parameters used.
     pub ranking: Ranking,
+}
+
+/// `mem.v1.retention.run`: apply the retention policy to one tenant, or to every tenant.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RetentionRunRequest {
+    pub v: u8,
+    #[serde(default)]
+    pub tenant_id: Option<TenantId>,
+    pub actions: Vec<RetentionAction>,
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RetentionRunResponse {
+    pub dry_run: bool,
+    pub archived: u64,
+    pub deleted: u64,
+    pub tenants: Vec<TenantRetention>,
 }
 
 /// `mem.v1.messages.get`: one message by id, with its pipeline status.

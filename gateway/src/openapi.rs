@@ -15,7 +15,7 @@ use crate::routes::{admin, health, messages, search, tenants};
         tenants::get_ranking, tenants::put_ranking, tenants::delete_ranking,
         tenants::get_rate_limit, tenants::put_rate_limit, tenants::delete_rate_limit,
         admin::create_tenant, admin::list_tenants, admin::get_tenant, admin::delete_tenant,
-        admin::create_key, admin::list_keys, admin::revoke_key,
+        admin::create_key, admin::list_keys, admin::revoke_key, admin::run_retention,
         health::healthz, health::readyz, health::metrics,
     ),
     components(schemas(
@@ -26,7 +26,8 @@ use crate::routes::{admin, health, messages, search, tenants};
         search::SearchBody, tenants::TenantRanking, tenants::RankingSource, tenants::RankingPatch,
         tenants::TenantRateLimit, tenants::RateLimitChange,
         common::domain::Tenant, common::domain::ApiKey, common::domain::Scope,
-        admin::CreateTenant, admin::TenantList, admin::CreateKey, admin::CreatedKey,
+        admin::CreateTenant, admin::TenantList, admin::CreateKey, admin::CreatedKey, admin::RetentionRun,
+        common::contract::RetentionRunResponse, common::domain::TenantRetention, common::domain::RetentionAction,
         messages::BatchRequest, messages::BatchResponse, messages::BatchItem, messages::ItemStatus, messages::Wait,
         crate::error::Problem, health::Health,
     )),

@@ -3,6 +3,7 @@
 //! published straight to NATS is held to exactly the rules REST enforces.
 
 mod message;
+mod retention;
 mod search;
 mod tenancy;
 
@@ -14,6 +15,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 pub use message::{MessageInput, MessageView, NewMessage, check_search, embedding_text};
+pub use retention::{RetentionAction, RetentionPolicy, TenantRetention};
 pub use search::{Ranking, SearchFilters, SearchMode};
 pub use tenancy::{ApiKey, NewApiKey, Scope, Tenant};
 

@@ -10,8 +10,8 @@ use serde_json::{Map, Value};
 use crate::config::RateLimit;
 use crate::contract::SpaceRef;
 use crate::domain::{
-    ApiKey, ConversationId, MessageId, MessageStatus, MessageView, NewApiKey, NewMessage, Ranking, Role, SearchFilters,
-    Tenant, TenantId,
+    ApiKey, ConversationId, MessageId, MessageStatus, MessageView, NewApiKey, NewMessage, Ranking, RetentionAction,
+    RetentionPolicy, Role, SearchFilters, Tenant, TenantId,
 };
 
 pub use postgres::PgStore;
@@ -98,6 +98,16 @@ pub mod locks {
     }
     /// One sweeper at a time.
     pub const SWEEPER: i64 = 0x006d_656d_0003;
+
+    /// One retention run per tenant at a time.
+    pub fn retention(tenant: &crate::domain::TenantId) -> i64 {
+        // FNV-1a of the id, in a range of its own.
+        let h = tenant
+            .as_str()
+            .bytes()
+            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+        (0x6d04_i64 << 48) | i64::try_from(h & 0xFFFF_FFFF_FFFF).unwrap_or(0)
+    }
 }
 
 /// A message as stored.
@@ -350,6 +360,31 @@ pub trait Store: Send + Sync + 'static {
 
     /// Records that these keys were used now.
     async fn touch_keys(&self, ids: &[uuid::Uuid]) -> Result<(), StoreError>;
+
+    /// Tenants that have messages.
+    async fn tenants_with_messages(&self) -> Result<Vec<TenantId>, StoreError>;
+
+    /// Up to `limit` (or all) of the tenant's messages the policy would archive or delete at `now`,
+    /// oldest first.
+    async fn retention_candidates(
+        &self,
+        tenant: &TenantId,
+        policy: &RetentionPolicy,
+        action: RetentionAction,
+        now: DateTime<Utc>,
+        limit: Option<u32>,
+    ) -> Result<Vec<MessageId>, StoreError>;
+
+    /// Archives these live, unpinned messages of the tenant at `now`; how many it archived.
+    async fn archive_messages(
+        &self,
+        tenant: &TenantId,
+        ids: &[MessageId],
+        now: DateTime<Utc>,
+    ) -> Result<u64, StoreError>;
+
+    /// Deletes these archived, unpinned messages of the tenant (their vectors with them); how many.
+    async fn delete_messages(&self, tenant: &TenantId, ids: &[MessageId]) -> Result<u64, StoreError>;
 
     /// A tenant's own rate limit, if the operator set one.
     async fn tenant_rate_limit(&self, tenant: &TenantId) -> Result<Option<RateLimit>, StoreError>;

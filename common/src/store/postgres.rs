@@ -20,7 +20,8 @@ use super::{
 use crate::config::RateLimit;
 use crate::contract::SpaceRef;
 use crate::domain::{
-    ApiKey, ConversationId, MessageId, MessageStatus, NewApiKey, Ranking, Role, Scope, Tenant, TenantId,
+    ApiKey, ConversationId, MessageId, MessageStatus, NewApiKey, Ranking, RetentionAction, RetentionPolicy, Role,
+    Scope, Tenant, TenantId,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -957,6 +958,103 @@ impl Store for PgStore {
             .execute(&self.pool)
             .await?;
         Ok(())
+    }
+
+    async fn tenants_with_messages(&self) -> Result<Vec<TenantId>, StoreError> {
+        let ids: Vec<String> = sqlx::query_scalar("SELECT DISTINCT tenant_id FROM messages ORDER BY tenant_id")
+            .fetch_all(&self.pool)
+            .await?;
+        ids.into_iter()
+            .map(|id| TenantId::parse(id.clone()).map_err(|_| StoreError::Corrupt(format!("tenant {id}"))))
+            .collect()
+    }
+
+    async fn retention_candidates(
+        &self,
+        tenant: &TenantId,
+        policy: &RetentionPolicy,
+        action: RetentionAction,
+        now: DateTime<Utc>,
+        limit: Option<u32>,
+    ) -> Result<Vec<MessageId>, StoreError> {
+        let days = |d: Option<u32>| d.map(|d| i32::try_from(d).unwrap_or(i32::MAX));
+        let limit = limit.map_or(i64::MAX, i64::from);
+        let ids: Vec<Uuid> = match action {
+            RetentionAction::Archive => {
+                // The per-conversation rank is computed only when there is a cap.
+                let newest = if policy.max_messages_per_conversation.is_some() {
+                    "row_number() OVER (PARTITION BY conversation_id ORDER BY created_at DESC, id DESC)"
+                } else {
+                    "0"
+                };
+                sqlx::query_scalar(AssertSqlSafe(format!(
+                    "WITH live AS (
+                         SELECT id, created_at, importance, {newest} AS newest
+                         FROM messages WHERE tenant_id = $1 AND archived_at IS NULL AND NOT pinned)
+                     SELECT id FROM live
+                     WHERE ($2::int IS NOT NULL AND created_at < $6 - make_interval(days => $2) AND importance < $3)
+                        OR ($4::int IS NOT NULL AND created_at < $6 - make_interval(days => $4))
+                        OR ($5::int IS NOT NULL AND newest > $5)
+                     ORDER BY created_at, id LIMIT $7"
+                )))
+                .bind(tenant.as_str())
+                .bind(days(policy.archive_after_days))
+                .bind(policy.archive_below_importance)
+                .bind(days(policy.max_age_days))
+                .bind(days(policy.max_messages_per_conversation))
+                .bind(now)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?
+            }
+            RetentionAction::Delete => {
+                let Some(after) = days(policy.delete_archived_after_days) else { return Ok(Vec::new()) };
+                sqlx::query_scalar(
+                    "SELECT id FROM messages
+                     WHERE tenant_id = $1 AND archived_at IS NOT NULL AND NOT pinned
+                       AND archived_at < $3 - make_interval(days => $2)
+                     ORDER BY archived_at, id LIMIT $4",
+                )
+                .bind(tenant.as_str())
+                .bind(after)
+                .bind(now)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?
+            }
+        };
+        Ok(ids.into_iter().map(MessageId).collect())
+    }
+
+    async fn archive_messages(
+        &self,
+        tenant: &TenantId,
+        ids: &[MessageId],
+        now: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        let ids: Vec<Uuid> = ids.iter().map(|id| id.0).collect();
+        let done = sqlx::query(
+            "UPDATE messages SET archived_at = $3, updated_at = now()
+             WHERE tenant_id = $1 AND id = ANY($2) AND archived_at IS NULL AND NOT pinned",
+        )
+        .bind(tenant.as_str())
+        .bind(&ids)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn delete_messages(&self, tenant: &TenantId, ids: &[MessageId]) -> Result<u64, StoreError> {
+        let ids: Vec<Uuid> = ids.iter().map(|id| id.0).collect();
+        let done = sqlx::query(
+            "DELETE FROM messages WHERE tenant_id = $1 AND id = ANY($2) AND archived_at IS NOT NULL AND NOT pinned",
+        )
+        .bind(tenant.as_str())
+        .bind(&ids)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
     }
 
     async fn tenant_rate_limit(&self, tenant: &TenantId) -> Result<Option<RateLimit>, StoreError> {

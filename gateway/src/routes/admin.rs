@@ -2,17 +2,20 @@
 //! operator key; a tenant's own `admin` key may read its tenant and manage its keys.
 
 use axum::extract::{Path, State};
+use axum::http::HeaderMap;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get};
+use axum::routing::{delete, get, post};
 use axum::{Extension, Router};
 use chrono::{DateTime, Utc};
-use common::domain::{ApiKey, FieldError, NewApiKey, Scope, Tenant, TenantId};
+use common::contract::{RetentionRunRequest, RetentionRunResponse, VERSION};
+use common::domain::{ApiKey, FieldError, NewApiKey, RetentionAction, Scope, Tenant, TenantId};
 use common::store::{Store, StoreError};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
+use super::{call, request_id};
 use crate::auth::{self, Principal};
 use crate::error::{ApiError, Problem};
 use crate::extract::{AppJson, AppQuery};
@@ -26,6 +29,56 @@ pub fn router() -> Router<AppState> {
         .route("/v1/admin/tenants/{tenant_id}", get(get_tenant).delete(delete_tenant))
         .route("/v1/admin/tenants/{tenant_id}/keys", get(list_keys).post(create_key))
         .route("/v1/admin/tenants/{tenant_id}/keys/{key_id}", delete(revoke_key))
+        .route("/v1/admin/retention/run", post(run_retention))
+}
+
+/// A retention run.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionRun {
+    /// One tenant; every tenant when absent (operator key). A tenant's admin key implies its own.
+    pub tenant_id: Option<String>,
+    /// `archive`, `delete`; both when absent.
+    pub actions: Option<Vec<RetentionAction>>,
+    /// Report what would change, change nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// Apply the retention policy now: archive old, unimportant messages and delete long-archived
+/// ones (pinned messages exempt). A dry run reports counts and a sample of ids and changes nothing.
+#[utoipa::path(
+    post, path = "/v1/admin/retention/run", tag = "admin", request_body = RetentionRun,
+    responses(
+        (status = 200, body = RetentionRunResponse), (status = 400, body = Problem), (status = 401, body = Problem),
+        (status = 403, body = Problem), (status = 422, body = Problem), (status = 503, body = Problem),
+    ),
+    security(("api_key" = []), ("bearer" = []))
+)]
+pub async fn run_retention(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    headers: HeaderMap,
+    AppJson(body): AppJson<RetentionRun>,
+) -> Result<axum::Json<RetentionRunResponse>, ApiError> {
+    principal.require(Scope::Admin)?;
+    let tenant_id = match (principal.bound_tenant(), body.tenant_id) {
+        (Some(_), requested) => Some(principal.tenant(requested.as_deref())?),
+        (None, Some(t)) => Some(tenant_id(t)?),
+        (None, None) => None,
+    };
+    let actions = body.actions.unwrap_or_else(|| vec![RetentionAction::Archive, RetentionAction::Delete]);
+    if actions.is_empty() {
+        return Err(ApiError::Invalid(vec![FieldError::new(
+            "actions",
+            "empty",
+            "give at least one action: archive, delete",
+        )]));
+    }
+    let request = RetentionRunRequest { v: VERSION, tenant_id, actions, dry_run: body.dry_run };
+    let report: RetentionRunResponse =
+        call(&state, state.deps.subjects.retention_run(), &request, &request_id(&headers)).await?;
+    Ok(axum::Json(report))
 }
 
 fn unavailable(e: StoreError) -> ApiError {

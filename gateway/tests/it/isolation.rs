@@ -31,6 +31,7 @@ fn body(method: &str, path: &str) -> Option<Value> {
         ("put", "/v1/tenants/{tenant_id}/rate-limit") => Some(json!({"limit": "100000/minute"})),
         ("post", "/v1/admin/tenants") => Some(json!({"id": "globex-2"})),
         ("post", "/v1/admin/tenants/{tenant_id}/keys") => Some(json!({"scopes": ["read"]})),
+        ("post", "/v1/admin/retention/run") => Some(json!({"tenant_id": "globex", "dry_run": true})),
         (_, _) => None,
     }
 }

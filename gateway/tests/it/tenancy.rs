@@ -233,3 +233,55 @@ async fn the_operator_creates_keys_on_the_command_line() -> anyhow::Result<()> {
     assert_eq!(listed.body[0]["scopes"], json!(["read", "write"]));
     app.finish().await
 }
+
+#[tokio::test]
+async fn retention_runs_over_rest_for_the_operator_or_a_tenants_admin() -> anyhow::Result<()> {
+    let app = App::start().await?;
+    let service = retention::Retention::build(
+        &app.env.config,
+        app.env.deps.clone(),
+        &mut prometheus_client::registry::Registry::default(),
+    )
+    .await?;
+    let (t, grace) = (app.env.shutdown.clone(), app.env.config.shutdown_grace);
+    app.env.tasks.spawn(async move { service.run(t, grace).await });
+    let old = json!({"tenant_id": "acme", "conversation_id": "c", "role": "user", "content": "long ago",
+        "created_at": (chrono::Utc::now() - chrono::Duration::days(60)).to_rfc3339(), "importance_override": 0.1});
+    let r = app.post("/v1/messages?wait=embedded", &old).await?;
+    assert_eq!(r.status, StatusCode::CREATED, "{r:?}");
+    let id = r.body["id"].as_str().unwrap().to_owned();
+
+    let dry = app.post("/v1/admin/retention/run", &json!({"tenant_id": "acme", "dry_run": true})).await?;
+    assert_eq!(dry.status, StatusCode::OK, "{dry:?}");
+    assert_eq!((dry.body["archived"].as_u64(), dry.body["dry_run"].as_bool()), (Some(1), Some(true)));
+    assert_eq!(dry.body["tenants"][0]["sample_archived"][0], id.as_str());
+    assert_eq!(
+        app.post("/v1/admin/retention/run", &json!({"actions": []})).await?.status,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+    assert_eq!(
+        app.post("/v1/admin/retention/run", &json!({"actions": ["shred"]})).await?.status,
+        StatusCode::BAD_REQUEST
+    );
+
+    // A tenant's admin key runs its own tenant's retention, and no other's.
+    let admin = tenant_key(&app, "acme", &["admin"]).await?;
+    let reader = tenant_key(&app, "acme", &["read"]).await?;
+    let run = json!({"actions": ["archive"]});
+    assert_eq!(
+        code(&as_key(&app, Method::POST, "/v1/admin/retention/run", Some(run.clone()), &reader).await?),
+        (StatusCode::FORBIDDEN, "insufficient_scope")
+    );
+    let other = json!({"tenant_id": "globex"});
+    assert_eq!(
+        code(&as_key(&app, Method::POST, "/v1/admin/retention/run", Some(other), &admin).await?),
+        (StatusCode::FORBIDDEN, "tenant_forbidden")
+    );
+    let r = as_key(&app, Method::POST, "/v1/admin/retention/run", Some(run), &admin).await?;
+    assert_eq!((r.status, r.body["archived"].as_u64()), (StatusCode::OK, Some(1)), "{r:?}");
+    // Archived: out of search, still readable by id.
+    let hits = app.search("acme", "long ago").await?;
+    assert!(!hits.contains(&id), "{hits:?}");
+    assert_eq!(app.get(&format!("/v1/messages/{id}")).await?.status, StatusCode::OK);
+    app.finish().await
+}

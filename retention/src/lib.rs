@@ -1,0 +1,224 @@
+//! The retention service: applies each tenant's retention policy on a schedule
+//! (`MEMORY_RETENTION_SCHEDULE`, hourly by default) and on request (`mem.v1.retention.run`, queue
+//! group `retention`). Each tenant's run holds a Postgres advisory lock, so any number of replicas
+//! never work on the same tenant at once, and rows change in bounded batches, so a run never holds
+//! long locks.
+
+mod metrics;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use common::Deps;
+use common::bus::{BusError, Request};
+use common::config::Config;
+use common::contract::{RemoteError, RemoteErrorCode, Reply, RetentionRunRequest, RetentionRunResponse, VERSION};
+use common::domain::{MessageId, RetentionAction, RetentionPolicy, TenantId, TenantRetention};
+use common::store::{StoreError, locks};
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use prometheus_client::registry::Registry;
+use tokio_cron_scheduler::{Job, JobScheduler};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+pub use metrics::Metrics;
+
+/// Ids kept per tenant and action for a run's report.
+const SAMPLE: usize = 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RetentionError {
+    #[error("cannot subscribe to requests")]
+    Bus(#[from] BusError),
+    #[error("MEMORY_RETENTION_SCHEDULE is not a usable cron expression: {0}")]
+    Schedule(String),
+}
+
+/// Runs retention; cheap to clone.
+#[derive(Clone)]
+pub struct Runner {
+    deps: Deps,
+    policy: RetentionPolicy,
+    batch_size: u32,
+    metrics: Metrics,
+}
+
+impl Runner {
+    /// Applies `actions` to one tenant, or to every tenant with messages.
+    pub async fn run(&self, request: &RetentionRunRequest) -> Result<RetentionRunResponse, StoreError> {
+        let now = Utc::now();
+        let tenants = match &request.tenant_id {
+            Some(t) => vec![t.clone()],
+            None => self.deps.store.tenants_with_messages().await?,
+        };
+        let mut report =
+            RetentionRunResponse { dry_run: request.dry_run, archived: 0, deleted: 0, tenants: Vec::new() };
+        for tenant in tenants {
+            let done = self.run_tenant(&tenant, &request.actions, request.dry_run, now).await?;
+            report.archived += done.archived;
+            report.deleted += done.deleted;
+            report.tenants.push(done);
+        }
+        Ok(report)
+    }
+
+    async fn run_tenant(
+        &self,
+        tenant: &TenantId,
+        actions: &[RetentionAction],
+        dry_run: bool,
+        now: DateTime<Utc>,
+    ) -> Result<TenantRetention, StoreError> {
+        let started = std::time::Instant::now();
+        let mut report = TenantRetention { tenant_id: Some(tenant.clone()), ..TenantRetention::default() };
+        let Some(_lock) = self.deps.store.try_lock(locks::retention(tenant)).await? else {
+            self.metrics.busy.inc();
+            report.busy = true;
+            return Ok(report);
+        };
+        // Archive before delete: what is archived now is not old enough to delete in this run,
+        // so a dry run reports exactly what the real run then does.
+        for action in [RetentionAction::Archive, RetentionAction::Delete] {
+            if !actions.contains(&action) {
+                continue;
+            }
+            let (count, sample) = if dry_run {
+                let ids = self.deps.store.retention_candidates(tenant, &self.policy, action, now, None).await?;
+                (ids.len() as u64, ids.into_iter().take(SAMPLE).collect())
+            } else {
+                self.apply(tenant, action, now).await?
+            };
+            match action {
+                RetentionAction::Archive => (report.archived, report.sample_archived) = (count, sample),
+                RetentionAction::Delete => (report.deleted, report.sample_deleted) = (count, sample),
+            }
+        }
+        if !dry_run {
+            self.metrics.record(tenant, report.archived, report.deleted, started.elapsed());
+        }
+        info!(%tenant, dry_run, archived = report.archived, deleted = report.deleted, "retention applied");
+        Ok(report)
+    }
+
+    /// Archives or deletes in batches until nothing is left to do.
+    async fn apply(
+        &self,
+        tenant: &TenantId,
+        action: RetentionAction,
+        now: DateTime<Utc>,
+    ) -> Result<(u64, Vec<MessageId>), StoreError> {
+        let store = &self.deps.store;
+        let (mut total, mut sample) = (0, Vec::new());
+        loop {
+            let ids = store.retention_candidates(tenant, &self.policy, action, now, Some(self.batch_size)).await?;
+            if ids.is_empty() {
+                return Ok((total, sample));
+            }
+            let changed = match action {
+                RetentionAction::Archive => store.archive_messages(tenant, &ids, now).await?,
+                RetentionAction::Delete => store.delete_messages(tenant, &ids).await?,
+            };
+            total += changed;
+            sample.extend(ids.iter().take(SAMPLE.saturating_sub(sample.len())));
+            if ids.len() < self.batch_size as usize || changed == 0 {
+                return Ok((total, sample));
+            }
+        }
+    }
+}
+
+pub struct Retention {
+    runner: Runner,
+    requests: BoxStream<'static, Request>,
+    schedule: String,
+}
+
+impl Retention {
+    /// Joins the `retention` queue group; the schedule starts with `run`.
+    pub async fn build(config: &Config, deps: Deps, registry: &mut Registry) -> Result<Self, RetentionError> {
+        let requests =
+            deps.bus.serve(deps.subjects.retention_run(), deps.subjects.retention_group().to_owned()).await?;
+        Ok(Self {
+            runner: Runner {
+                deps,
+                policy: config.retention.policy,
+                batch_size: config.retention.batch_size,
+                metrics: Metrics::register(registry),
+            },
+            requests,
+            schedule: config.retention.schedule.clone(),
+        })
+    }
+
+    pub fn runner(&self) -> Runner {
+        self.runner.clone()
+    }
+
+    /// Serves requests and scheduled runs until `shutdown`; finishes what is in hand within `grace`.
+    pub async fn run(mut self, shutdown: CancellationToken, grace: Duration) -> Result<(), RetentionError> {
+        let mut scheduler = JobScheduler::new().await.map_err(|e| RetentionError::Schedule(e.to_string()))?;
+        let runner = self.runner.clone();
+        let job = Job::new_async(self.schedule.as_str(), move |_, _| {
+            let runner = runner.clone();
+            Box::pin(async move {
+                let all = RetentionRunRequest {
+                    v: VERSION,
+                    tenant_id: None,
+                    actions: vec![RetentionAction::Archive, RetentionAction::Delete],
+                    dry_run: false,
+                };
+                if let Err(e) = runner.run(&all).await {
+                    warn!(error = %e, "a scheduled retention run failed");
+                }
+            })
+        })
+        .map_err(|e| RetentionError::Schedule(e.to_string()))?;
+        scheduler.add(job).await.map_err(|e| RetentionError::Schedule(e.to_string()))?;
+        scheduler.start().await.map_err(|e| RetentionError::Schedule(e.to_string()))?;
+
+        let tasks = TaskTracker::new();
+        loop {
+            let request = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                next = self.requests.next() => match next {
+                    Some(r) => r,
+                    None => break,
+                },
+            };
+            let runner = self.runner.clone();
+            tasks.spawn(async move { answer(&runner, request).await });
+        }
+        drop(self.requests);
+        let _ = scheduler.shutdown().await;
+        tasks.close();
+        if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
+            warn!("retention runs still going at the end of the grace period");
+        }
+        Ok(())
+    }
+}
+
+async fn answer(runner: &Runner, request: Request) {
+    let Some(reply) = request.reply.clone() else { return };
+    let bad = |m: String| Reply::Error(RemoteError::new(RemoteErrorCode::BadRequest, m));
+    let outcome = match serde_json::from_slice::<RetentionRunRequest>(&request.message.payload) {
+        Err(e) => bad(format!("malformed retention request: {e}")),
+        Ok(r) if r.v != VERSION => bad(format!("unsupported version {}", r.v)),
+        Ok(r) if r.actions.is_empty() => bad("give at least one action: archive, delete".into()),
+        Ok(r) => match runner.run(&r).await {
+            Ok(report) => Reply::Ok(report),
+            Err(e) => {
+                warn!(error = %e, cause = ?std::error::Error::source(&e), "a retention run failed");
+                Reply::Error(RemoteError::new(RemoteErrorCode::Unavailable, format!("retention failed: {e}")))
+            }
+        },
+    };
+    let payload = Bytes::from(serde_json::to_vec(&outcome).expect("replies serialise"));
+    if let Err(e) = runner.deps.bus.respond(&reply, payload).await {
+        warn!(error = %e, "answering a retention request failed");
+    }
+}

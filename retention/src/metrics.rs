@@ -1,0 +1,56 @@
+//! The retention service's metrics, registered under `memory_retention_*`.
+
+use std::time::Duration;
+
+use common::domain::TenantId;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct TenantLabels {
+    pub tenant: String,
+}
+
+#[derive(Clone)]
+pub struct Metrics {
+    /// Tenant runs done: `memory_retention_runs_total`.
+    pub runs: Counter,
+    /// Time of one tenant's run: `memory_retention_run_duration_seconds`.
+    pub duration: Histogram,
+    /// Messages archived, by tenant: `memory_retention_archived_messages_total`.
+    pub archived: Family<TenantLabels, Counter>,
+    /// Messages deleted, by tenant: `memory_retention_deleted_messages_total`.
+    pub deleted: Family<TenantLabels, Counter>,
+    /// Tenant runs skipped because another run held the tenant: `memory_retention_busy_total`.
+    pub busy: Counter,
+}
+
+impl Metrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self {
+            runs: Counter::default(),
+            duration: Histogram::new(exponential_buckets(0.001, 2.0, 20)),
+            archived: Family::default(),
+            deleted: Family::default(),
+            busy: Counter::default(),
+        };
+        let r = registry.sub_registry_with_prefix("retention");
+        r.register("runs", "Tenant retention runs done", m.runs.clone());
+        r.register_with_unit("run_duration", "Time of one tenant's retention run", Unit::Seconds, m.duration.clone());
+        r.register("archived_messages", "Messages archived by retention", m.archived.clone());
+        r.register("deleted_messages", "Messages deleted by retention", m.deleted.clone());
+        r.register("busy", "Tenant runs skipped: another run held the tenant", m.busy.clone());
+        m
+    }
+
+    pub(crate) fn record(&self, tenant: &TenantId, archived: u64, deleted: u64, took: Duration) {
+        self.runs.inc();
+        self.duration.observe(took.as_secs_f64());
+        let labels = TenantLabels { tenant: tenant.to_string() };
+        self.archived.get_or_create(&labels).inc_by(archived);
+        self.deleted.get_or_create(&labels).inc_by(deleted);
+    }
+}

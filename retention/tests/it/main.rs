@@ -1,0 +1,193 @@
+//! Retention against a real Postgres and NATS: the policy's rules with controlled timestamps, dry
+//! runs that match real runs, concurrent runs, and the NATS service.
+
+use std::time::Duration;
+
+use chrono::{Duration as Days, Utc};
+use common::contract::{Reply, RetentionRunRequest, RetentionRunResponse, VERSION};
+use common::domain::{MessageId, MessageInput, RetentionAction, TenantId};
+use common::store::{NewRow, Store as _};
+use common::testing::TestEnv;
+use prometheus_client::registry::Registry;
+
+/// Stores a message `age_days` old with this importance, in `conversation`.
+async fn message(
+    env: &TestEnv,
+    conversation: &str,
+    age_days: i64,
+    importance: f64,
+    pinned: bool,
+) -> anyhow::Result<MessageId> {
+    let message = MessageInput {
+        tenant_id: "acme".into(),
+        conversation_id: conversation.into(),
+        role: "user".into(),
+        content: format!("{age_days} days old, importance {importance}"),
+        created_at: Some(Utc::now() - Days::days(age_days) - Days::minutes(1)),
+        pinned: Some(pinned),
+        ..MessageInput::default()
+    }
+    .validate(Utc::now(), MessageId::new)
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let id = message.message_id;
+    env.store.insert_messages(&[NewRow { message, importance }]).await?;
+    Ok(id)
+}
+
+async fn archived(env: &TestEnv, id: MessageId) -> anyhow::Result<Option<bool>> {
+    let row: Option<(Option<chrono::DateTime<Utc>>,)> =
+        sqlx::query_as("SELECT archived_at FROM messages WHERE id = $1")
+            .bind(id.0)
+            .fetch_optional(env.store.pool())
+            .await?;
+    Ok(row.map(|(at,)| at.is_some()))
+}
+
+fn request(dry_run: bool) -> RetentionRunRequest {
+    RetentionRunRequest {
+        v: VERSION,
+        tenant_id: Some(TenantId::parse("acme").unwrap()),
+        actions: vec![RetentionAction::Archive, RetentionAction::Delete],
+        dry_run,
+    }
+}
+
+async fn runner(env: &TestEnv, vars: &[(&str, &str)]) -> anyhow::Result<retention::Runner> {
+    let mut all = env.vars.clone();
+    all.extend(vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+    let config = common::Config::from_map(&all)?;
+    Ok(retention::Retention::build(&config, env.deps.clone(), &mut Registry::default()).await?.runner())
+}
+
+#[tokio::test]
+async fn the_policy_archives_old_unimportant_messages_and_deletes_long_archived_ones() -> anyhow::Result<()> {
+    let env = TestEnv::start().await?;
+    // Defaults: archive after 30 days below importance 0.3; delete 90 days after archiving.
+    let old_low = message(&env, "c", 40, 0.1, false).await?;
+    let old_high = message(&env, "c", 40, 0.8, false).await?;
+    let fresh_low = message(&env, "c", 1, 0.1, false).await?;
+    let pinned = message(&env, "c", 400, 0.0, true).await?;
+    let long_archived = message(&env, "c", 200, 0.1, false).await?;
+    sqlx::query("UPDATE messages SET archived_at = now() - interval '100 days' WHERE id = $1")
+        .bind(long_archived.0)
+        .execute(env.store.pool())
+        .await?;
+    let runner = runner(&env, &[]).await?;
+
+    let dry = runner.run(&request(true)).await?;
+    assert_eq!((dry.archived, dry.deleted), (1, 1), "{dry:?}");
+    assert_eq!(dry.tenants[0].sample_archived, [old_low]);
+    assert_eq!(dry.tenants[0].sample_deleted, [long_archived]);
+    assert_eq!(archived(&env, old_low).await?, Some(false), "a dry run changes nothing");
+    assert_eq!(archived(&env, long_archived).await?, Some(true));
+
+    let real = runner.run(&request(false)).await?;
+    assert_eq!((real.archived, real.deleted), (dry.archived, dry.deleted), "the real run does what the dry run said");
+    assert_eq!(real.tenants[0].sample_archived, dry.tenants[0].sample_archived);
+    assert_eq!(archived(&env, old_low).await?, Some(true));
+    assert_eq!(archived(&env, old_high).await?, Some(false), "old but important: kept (AND, not OR)");
+    assert_eq!(archived(&env, fresh_low).await?, Some(false), "unimportant but fresh: kept");
+    assert_eq!(archived(&env, pinned).await?, Some(false), "pinned: exempt");
+    assert_eq!(archived(&env, long_archived).await?, None, "deleted for real");
+    let again = runner.run(&request(false)).await?;
+    assert_eq!((again.archived, again.deleted), (0, 0), "nothing left to do");
+    env.finish().await
+}
+
+#[tokio::test]
+async fn max_age_and_the_conversation_cap_archive_regardless_of_importance() -> anyhow::Result<()> {
+    let env = TestEnv::start().await?;
+    let ancient = message(&env, "a", 200, 0.9, false).await?;
+    let mut chatty = Vec::new();
+    for age in [5, 4, 3, 2, 1] {
+        chatty.push(message(&env, "b", age, 0.9, false).await?);
+    }
+    let pinned_old = message(&env, "b", 10, 0.9, true).await?;
+    let runner = runner(
+        &env,
+        &[("MEMORY_RETENTION_MAX_AGE_DAYS", "100"), ("MEMORY_RETENTION_MAX_MESSAGES_PER_CONVERSATION", "3")],
+    )
+    .await?;
+    let report = runner.run(&request(false)).await?;
+    assert_eq!(report.archived, 3, "{report:?}");
+    assert_eq!(archived(&env, ancient).await?, Some(true), "older than max_age");
+    assert_eq!(archived(&env, chatty[0]).await?, Some(true), "the oldest beyond the cap");
+    assert_eq!(archived(&env, chatty[1]).await?, Some(true));
+    for id in &chatty[2..] {
+        assert_eq!(archived(&env, *id).await?, Some(false), "the newest three stay");
+    }
+    assert_eq!(archived(&env, pinned_old).await?, Some(false), "pinned: exempt, and not counted");
+    env.finish().await
+}
+
+#[tokio::test]
+async fn concurrent_runs_archive_each_message_once() -> anyhow::Result<()> {
+    let env = TestEnv::start().await?;
+    for _ in 0..300 {
+        message(&env, "c", 60, 0.05, false).await?;
+    }
+    let a = runner(&env, &[("MEMORY_RETENTION_BATCH_SIZE", "25")]).await?;
+    let b = runner(&env, &[("MEMORY_RETENTION_BATCH_SIZE", "25")]).await?;
+    let run = request(false);
+    let (ra, rb) = tokio::join!(a.run(&run), b.run(&run));
+    let (ra, rb) = (ra?, rb?);
+    assert_eq!(ra.archived + rb.archived, 300, "{ra:?} {rb:?}");
+    assert!(ra.tenants[0].busy || rb.tenants[0].busy || ra.archived == 0 || rb.archived == 0);
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM messages WHERE archived_at IS NOT NULL")
+        .fetch_one(env.store.pool())
+        .await?;
+    assert_eq!(count, 300);
+    env.finish().await
+}
+
+#[tokio::test]
+async fn the_nats_service_runs_retention_and_refuses_bad_requests() -> anyhow::Result<()> {
+    let env = TestEnv::start().await?;
+    let old = message(&env, "c", 45, 0.1, false).await?;
+    let service = retention::Retention::build(&env.config, env.deps.clone(), &mut Registry::default()).await?;
+    let (t, grace) = (env.shutdown.clone(), env.config.shutdown_grace);
+    env.tasks.spawn(async move { service.run(t, grace).await });
+    let ask = |payload: serde_json::Value| {
+        let envelope = common::bus::Envelope::new(env.subjects.retention_run(), payload.to_string());
+        env.deps.bus.request(envelope, Duration::from_secs(10))
+    };
+    let reply: Reply<RetentionRunResponse> =
+        serde_json::from_slice(&ask(serde_json::json!({"v": 1, "actions": ["archive"], "dry_run": false})).await?)?;
+    let Reply::Ok(report) = reply else { anyhow::bail!("{reply:?}") };
+    assert_eq!(report.archived, 1, "every tenant when none is named");
+    assert_eq!(archived(&env, old).await?, Some(true));
+    let reply: Reply<RetentionRunResponse> =
+        serde_json::from_slice(&ask(serde_json::json!({"v": 1, "actions": []})).await?)?;
+    assert!(matches!(reply, Reply::Error(e) if e.message.contains("at least one action")));
+    let reply: Reply<RetentionRunResponse> =
+        serde_json::from_slice(&ask(serde_json::json!({"v": 1, "actions": ["shred"]})).await?)?;
+    assert!(matches!(reply, Reply::Error(e) if e.message.contains("malformed")));
+    env.finish().await
+}
+
+#[tokio::test]
+async fn the_binary_serves_ops_and_stops_cleanly_on_sigterm() -> anyhow::Result<()> {
+    let ops = common::testing::free_addr()?;
+    let env = TestEnv::start_with(|vars| {
+        vars.insert("MEMORY_METRICS_ADDR".into(), ops.to_string());
+    })
+    .await?;
+    let process = common::testing::Process::spawn(env!("CARGO_BIN_EXE_memory-retention"), &env.vars)?;
+    env.until_ready(ops).await?;
+    let (_, metrics) = common::testing::http_get(ops, "/metrics").await?;
+    assert!(metrics.contains("memory_retention_runs_total"), "{metrics}");
+    assert!(process.terminate().await?.success());
+    env.finish().await
+}
+
+#[tokio::test]
+async fn a_bad_schedule_stops_the_service_with_a_clear_error() -> anyhow::Result<()> {
+    let env = TestEnv::start_with(|vars| {
+        vars.insert("MEMORY_RETENTION_SCHEDULE".into(), "every full moon".into());
+    })
+    .await?;
+    let service = retention::Retention::build(&env.config, env.deps.clone(), &mut Registry::default()).await?;
+    let err = service.run(env.shutdown.clone(), Duration::from_secs(1)).await.unwrap_err();
+    assert!(err.to_string().contains("MEMORY_RETENTION_SCHEDULE"), "{err}");
+    env.finish().await
+}
