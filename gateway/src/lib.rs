@@ -120,6 +120,7 @@ impl Gateway {
             keys: Arc::new(auth::Keys::new(deps.store.clone(), admin_key.expose(), config.http.auth_cache_ttl)),
             limiter: Arc::new(limiter),
             rate_limit: config.rate_limit,
+            retention: config.retention.policy,
             deps,
             body_limit: config.http.body_limit,
             wait_timeout: config.http.wait_timeout,

@@ -17,6 +17,8 @@ pub struct AppState {
     /// Key lookups and the operator key.
     pub keys: Arc<Keys>,
     pub limiter: Arc<crate::limit::Limiter>,
+    /// The deployment's retention policy, shown for tenants without their own.
+    pub retention: common::domain::RetentionPolicy,
     /// The deployment's rate limits, shown for tenants without their own.
     pub rate_limit: common::config::RateLimitConfig,
     pub body_limit: usize,

@@ -79,6 +79,8 @@ impl Runner {
             report.busy = true;
             return Ok(report);
         };
+        // The tenant's own policy, else the deployment's.
+        let policy = self.deps.store.tenant_retention(tenant).await?.unwrap_or(self.policy);
         // Archive before delete: what is archived now is not old enough to delete in this run,
         // so a dry run reports exactly what the real run then does.
         for action in [RetentionAction::Archive, RetentionAction::Delete] {
@@ -86,10 +88,10 @@ impl Runner {
                 continue;
             }
             let (count, sample) = if dry_run {
-                let ids = self.deps.store.retention_candidates(tenant, &self.policy, action, now, None).await?;
+                let ids = self.deps.store.retention_candidates(tenant, &policy, action, now, None).await?;
                 (ids.len() as u64, ids.into_iter().take(SAMPLE).collect())
             } else {
-                self.apply(tenant, action, now).await?
+                self.apply(tenant, &policy, action, now).await?
             };
             match action {
                 RetentionAction::Archive => (report.archived, report.sample_archived) = (count, sample),
@@ -107,13 +109,14 @@ impl Runner {
     async fn apply(
         &self,
         tenant: &TenantId,
+        policy: &RetentionPolicy,
         action: RetentionAction,
         now: DateTime<Utc>,
     ) -> Result<(u64, Vec<MessageId>), StoreError> {
         let store = &self.deps.store;
         let (mut total, mut sample) = (0, Vec::new());
         loop {
-            let ids = store.retention_candidates(tenant, &self.policy, action, now, Some(self.batch_size)).await?;
+            let ids = store.retention_candidates(tenant, policy, action, now, Some(self.batch_size)).await?;
             if ids.is_empty() {
                 return Ok((total, sample));
             }

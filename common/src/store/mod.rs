@@ -386,6 +386,13 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes these archived, unpinned messages of the tenant (their vectors with them); how many.
     async fn delete_messages(&self, tenant: &TenantId, ids: &[MessageId]) -> Result<u64, StoreError>;
 
+    /// A tenant's own retention policy, if it set one.
+    async fn tenant_retention(&self, tenant: &TenantId) -> Result<Option<RetentionPolicy>, StoreError>;
+
+    /// Sets (or, with `None`, removes) a tenant's own retention policy.
+    async fn set_tenant_retention(&self, tenant: &TenantId, policy: Option<&RetentionPolicy>)
+    -> Result<(), StoreError>;
+
     /// A tenant's own rate limit, if the operator set one.
     async fn tenant_rate_limit(&self, tenant: &TenantId) -> Result<Option<RateLimit>, StoreError>;
 

@@ -1057,6 +1057,31 @@ impl Store for PgStore {
         Ok(done.rows_affected())
     }
 
+    async fn tenant_retention(&self, tenant: &TenantId) -> Result<Option<RetentionPolicy>, StoreError> {
+        let row: Option<Option<Json<RetentionPolicy>>> =
+            sqlx::query_scalar("SELECT retention FROM tenant_settings WHERE tenant_id = $1")
+                .bind(tenant.as_str())
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row.flatten().map(|j| j.0))
+    }
+
+    async fn set_tenant_retention(
+        &self,
+        tenant: &TenantId,
+        policy: Option<&RetentionPolicy>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO tenant_settings (tenant_id, retention) VALUES ($1, $2)
+             ON CONFLICT (tenant_id) DO UPDATE SET retention = EXCLUDED.retention, updated_at = now()",
+        )
+        .bind(tenant.as_str())
+        .bind(policy.map(Json))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     async fn tenant_rate_limit(&self, tenant: &TenantId) -> Result<Option<RateLimit>, StoreError> {
         let row: Option<Option<String>> =
             sqlx::query_scalar("SELECT rate_limit FROM tenant_settings WHERE tenant_id = $1")

@@ -6,7 +6,7 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Extension, Router};
 use common::config::RateLimit;
-use common::domain::{Ranking, Scope, TenantId};
+use common::domain::{Ranking, RetentionPolicy, Scope, TenantId};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -19,6 +19,77 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/tenants/{tenant_id}/ranking", get(get_ranking).put(put_ranking).delete(delete_ranking))
         .route("/v1/tenants/{tenant_id}/rate-limit", get(get_rate_limit).put(put_rate_limit).delete(delete_rate_limit))
+        .route(
+            "/v1/tenants/{tenant_id}/retention-policy",
+            get(get_retention).put(put_retention).delete(delete_retention),
+        )
+}
+
+/// The retention policy a tenant's runs apply.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TenantRetentionPolicy {
+    pub tenant_id: TenantId,
+    pub policy: RetentionPolicy,
+    pub source: RankingSource,
+}
+
+/// The retention policy a tenant's runs apply.
+#[utoipa::path(
+    get, path = "/v1/tenants/{tenant_id}/retention-policy", tag = "tenants",
+    params(("tenant_id" = String, Path)),
+    responses((status = 200, body = TenantRetentionPolicy), (status = 401, body = Problem), (status = 403, body = Problem)),
+    security(("api_key" = []), ("bearer" = []))
+)]
+pub async fn get_retention(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path(tenant_id): Path<String>,
+) -> Result<axum::Json<TenantRetentionPolicy>, ApiError> {
+    let tenant_id = tenant(&principal, &tenant_id, Scope::Read)?;
+    let own = state.deps.store.tenant_retention(&tenant_id).await.map_err(unavailable)?;
+    Ok(axum::Json(match own {
+        Some(policy) => TenantRetentionPolicy { tenant_id, policy, source: RankingSource::Tenant },
+        None => TenantRetentionPolicy { tenant_id, policy: state.retention, source: RankingSource::Deployment },
+    }))
+}
+
+/// Sets the tenant's own retention policy (the whole policy; `null` turns a rule off).
+#[utoipa::path(
+    put, path = "/v1/tenants/{tenant_id}/retention-policy", tag = "tenants",
+    params(("tenant_id" = String, Path)), request_body = RetentionPolicy,
+    responses(
+        (status = 200, body = TenantRetentionPolicy), (status = 400, body = Problem), (status = 401, body = Problem),
+        (status = 403, body = Problem), (status = 422, body = Problem),
+    ),
+    security(("api_key" = []), ("bearer" = []))
+)]
+pub async fn put_retention(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path(tenant_id): Path<String>,
+    AppJson(policy): AppJson<RetentionPolicy>,
+) -> Result<axum::Json<TenantRetentionPolicy>, ApiError> {
+    let tenant_id = tenant(&principal, &tenant_id, Scope::Admin)?;
+    policy.check().map_err(|e| ApiError::Invalid(e.0))?;
+    state.deps.store.set_tenant_retention(&tenant_id, Some(&policy)).await.map_err(unavailable)?;
+    Ok(axum::Json(TenantRetentionPolicy { tenant_id, policy, source: RankingSource::Tenant }))
+}
+
+/// Back to the deployment's retention policy.
+#[utoipa::path(
+    delete, path = "/v1/tenants/{tenant_id}/retention-policy", tag = "tenants",
+    params(("tenant_id" = String, Path)),
+    responses((status = 204), (status = 401, body = Problem), (status = 403, body = Problem)),
+    security(("api_key" = []), ("bearer" = []))
+)]
+pub async fn delete_retention(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path(tenant_id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let tenant_id = tenant(&principal, &tenant_id, Scope::Admin)?;
+    state.deps.store.set_tenant_retention(&tenant_id, None).await.map_err(unavailable)?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// A tenant's rate limit over all its keys.

@@ -31,6 +31,9 @@ fn body(method: &str, path: &str) -> Option<Value> {
         ("put", "/v1/tenants/{tenant_id}/rate-limit") => Some(json!({"limit": "100000/minute"})),
         ("post", "/v1/admin/tenants") => Some(json!({"id": "globex-2"})),
         ("post", "/v1/admin/tenants/{tenant_id}/keys") => Some(json!({"scopes": ["read"]})),
+        ("put", "/v1/tenants/{tenant_id}/retention-policy") => Some(json!({
+            "archive_after_days": 1, "archive_below_importance": 1.0, "max_age_days": 1,
+            "delete_archived_after_days": 1, "max_messages_per_conversation": 1})),
         ("post", "/v1/admin/retention/run") => Some(json!({"tenant_id": "globex", "dry_run": true})),
         (_, _) => None,
     }

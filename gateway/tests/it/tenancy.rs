@@ -285,3 +285,40 @@ async fn retention_runs_over_rest_for_the_operator_or_a_tenants_admin() -> anyho
     assert_eq!(app.get(&format!("/v1/messages/{id}")).await?.status, StatusCode::OK);
     app.finish().await
 }
+
+#[tokio::test]
+async fn a_tenant_sets_its_own_retention_policy() -> anyhow::Result<()> {
+    let app = App::start().await?;
+    let service = retention::Retention::build(
+        &app.env.config,
+        app.env.deps.clone(),
+        &mut prometheus_client::registry::Registry::default(),
+    )
+    .await?;
+    let (t, grace) = (app.env.shutdown.clone(), app.env.config.shutdown_grace);
+    app.env.tasks.spawn(async move { service.run(t, grace).await });
+    let recent = json!({"tenant_id": "acme", "conversation_id": "c", "role": "user", "content": "two days ago",
+        "created_at": (chrono::Utc::now() - chrono::Duration::days(2)).to_rfc3339(), "importance_override": 0.9});
+    assert_eq!(app.post("/v1/messages?wait=embedded", &recent).await?.status, StatusCode::CREATED);
+    let dry = json!({"tenant_id": "acme", "dry_run": true});
+    assert_eq!(app.post("/v1/admin/retention/run", &dry).await?.body["archived"], 0, "the default keeps it");
+
+    let admin = tenant_key(&app, "acme", &["admin"]).await?;
+    let strict = json!({"archive_after_days": 1, "archive_below_importance": 0.95, "max_age_days": null,
+        "delete_archived_after_days": 30, "max_messages_per_conversation": null});
+    let r = as_key(&app, Method::PUT, "/v1/tenants/acme/retention-policy", Some(strict), &admin).await?;
+    assert_eq!((r.status, r.body["source"].as_str()), (StatusCode::OK, Some("tenant")), "{r:?}");
+    assert_eq!(app.post("/v1/admin/retention/run", &dry).await?.body["archived"], 1, "its own policy applies");
+    assert_eq!(app.get("/v1/tenants/globex/retention-policy").await?.body["source"], "deployment");
+
+    let bad = json!({"archive_after_days": 0, "archive_below_importance": 2, "max_age_days": null,
+        "delete_archived_after_days": null, "max_messages_per_conversation": null});
+    let r = as_key(&app, Method::PUT, "/v1/tenants/acme/retention-policy", Some(bad), &admin).await?;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{r:?}");
+    let fields: Vec<&str> = r.body["errors"].as_array().unwrap().iter().map(|e| e["field"].as_str().unwrap()).collect();
+    assert_eq!(fields, ["archive_after_days", "archive_below_importance"]);
+    let r = as_key(&app, Method::DELETE, "/v1/tenants/acme/retention-policy", None, &admin).await?;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    assert_eq!(app.post("/v1/admin/retention/run", &dry).await?.body["archived"], 0);
+    app.finish().await
+}
