@@ -161,6 +161,8 @@ pub enum EventKind {
     Stored,
     Embedded,
     EmbeddingFailed,
+    Archived,
+    Deleted,
 }
 
 impl EventKind {
@@ -169,6 +171,8 @@ impl EventKind {
             Self::Stored => "stored",
             Self::Embedded => "embedded",
             Self::EmbeddingFailed => "embedding_failed",
+            Self::Archived => "archived",
+            Self::Deleted => "deleted",
         }
     }
 }
@@ -215,6 +219,23 @@ pub struct MessageEmbeddingFailed {
     pub tenant_id: TenantId,
     pub space: SpaceRef,
     pub reason: String,
+}
+
+/// Published on `mem.v1.events.<tenant>.archived.<batch id>` when retention archived messages.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MessagesArchived {
+    pub v: u8,
+    pub tenant_id: TenantId,
+    pub message_ids: Vec<MessageId>,
+    pub archived_at: DateTime<Utc>,
+}
+
+/// Published on `mem.v1.events.<tenant>.deleted.<batch id>` when messages were deleted for good.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MessagesDeleted {
+    pub v: u8,
+    pub tenant_id: TenantId,
+    pub message_ids: Vec<MessageId>,
 }
 
 /// An embedding space: vectors are only ever compared within one.

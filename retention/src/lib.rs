@@ -11,9 +11,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use common::Deps;
-use common::bus::{BusError, Request};
+use common::bus::{BusError, Envelope, Request};
 use common::config::Config;
-use common::contract::{RemoteError, RemoteErrorCode, Reply, RetentionRunRequest, RetentionRunResponse, VERSION};
+use common::contract::{
+    EventKind, MessagesArchived, MessagesDeleted, RemoteError, RemoteErrorCode, Reply, RetentionRunRequest,
+    RetentionRunResponse, VERSION,
+};
 use common::domain::{MessageId, RetentionAction, RetentionPolicy, TenantId, TenantRetention};
 use common::store::{StoreError, locks};
 use futures::StreamExt;
@@ -105,6 +108,32 @@ impl Runner {
         Ok(report)
     }
 
+    /// Publishes `MessagesArchived` or `MessagesDeleted` for a committed batch. The change is made
+    /// whatever happens to the event: a failure is logged.
+    async fn announce(&self, tenant: &TenantId, action: RetentionAction, ids: &[MessageId], now: DateTime<Utc>) {
+        let message_ids = ids.to_vec();
+        let (kind, payload) = match action {
+            RetentionAction::Archive => (
+                EventKind::Archived,
+                serde_json::to_vec(&MessagesArchived {
+                    v: VERSION,
+                    tenant_id: tenant.clone(),
+                    message_ids,
+                    archived_at: now,
+                }),
+            ),
+            RetentionAction::Delete => (
+                EventKind::Deleted,
+                serde_json::to_vec(&MessagesDeleted { v: VERSION, tenant_id: tenant.clone(), message_ids }),
+            ),
+        };
+        let batch = MessageId::new();
+        let envelope = Envelope::new(self.deps.subjects.event(tenant, kind, batch), payload.expect("events serialise"));
+        if let Err(e) = self.deps.bus.publish(envelope, Some(&format!("{}-{batch}", kind.as_str()))).await {
+            warn!(error = %e, %tenant, "announcing a retention batch failed");
+        }
+    }
+
     /// Archives or deletes in batches until nothing is left to do.
     async fn apply(
         &self,
@@ -124,6 +153,7 @@ impl Runner {
                 RetentionAction::Archive => store.archive_messages(tenant, &ids, now).await?,
                 RetentionAction::Delete => store.delete_messages(tenant, &ids).await?,
             };
+            self.announce(tenant, action, &ids, now).await;
             total += changed;
             sample.extend(ids.iter().take(SAMPLE.saturating_sub(sample.len())));
             if ids.len() < self.batch_size as usize || changed == 0 {

@@ -81,8 +81,16 @@ async fn the_policy_archives_old_unimportant_messages_and_deletes_long_archived_
     assert_eq!(archived(&env, old_low).await?, Some(false), "a dry run changes nothing");
     assert_eq!(archived(&env, long_archived).await?, Some(true));
 
+    let mut events = env.deps.bus.subscribe(format!("{}.v1.events.acme.>", env.subjects.prefix())).await?;
     let real = runner.run(&request(false)).await?;
     assert_eq!((real.archived, real.deleted), (dry.archived, dry.deleted), "the real run does what the dry run said");
+    // Each change is announced.
+    for (kind, id) in [("archived", old_low), ("deleted", long_archived)] {
+        let event = tokio::time::timeout(Duration::from_secs(5), futures::StreamExt::next(&mut events)).await?.unwrap();
+        assert!(event.subject.contains(&format!(".{kind}.")), "{}", event.subject);
+        let body: serde_json::Value = serde_json::from_slice(&event.payload)?;
+        assert_eq!(body["message_ids"], serde_json::json!([id]));
+    }
     assert_eq!(real.tenants[0].sample_archived, dry.tenants[0].sample_archived);
     assert_eq!(archived(&env, old_low).await?, Some(true));
     assert_eq!(archived(&env, old_high).await?, Some(false), "old but important: kept (AND, not OR)");
