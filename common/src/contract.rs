@@ -144,6 +144,13 @@ impl Subjects {
     pub fn retention_run(&self) -> String {
         format!("{}.v1.retention.run", self.prefix)
     }
+    /// `mem.v1.messages.archive` and `mem.v1.messages.restore`: one message, answered by retention.
+    pub fn archive_message(&self) -> String {
+        format!("{}.v1.messages.archive", self.prefix)
+    }
+    pub fn restore_message(&self) -> String {
+        format!("{}.v1.messages.restore", self.prefix)
+    }
     pub fn retention_group(&self) -> &'static str {
         "retention"
     }
@@ -162,6 +169,7 @@ pub enum EventKind {
     Embedded,
     EmbeddingFailed,
     Archived,
+    Restored,
     Deleted,
 }
 
@@ -172,6 +180,7 @@ impl EventKind {
             Self::Embedded => "embedded",
             Self::EmbeddingFailed => "embedding_failed",
             Self::Archived => "archived",
+            Self::Restored => "restored",
             Self::Deleted => "deleted",
         }
     }
@@ -228,6 +237,14 @@ pub struct MessagesArchived {
     pub tenant_id: TenantId,
     pub message_ids: Vec<MessageId>,
     pub archived_at: DateTime<Utc>,
+}
+
+/// Published on `mem.v1.events.<tenant>.restored.<id>` when an archived message was restored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MessagesRestored {
+    pub v: u8,
+    pub tenant_id: TenantId,
+    pub message_ids: Vec<MessageId>,
 }
 
 /// Published on `mem.v1.events.<tenant>.deleted.<batch id>` when messages were deleted for good.

@@ -11,6 +11,7 @@ use crate::routes::{admin, health, messages, search, tenants};
     info(title = "Memory Layer API", description = "Conversation memory for AI chat products: store messages, find the ones that matter."),
     paths(
         messages::create_message, messages::create_messages, messages::get_message,
+        messages::archive_message, messages::restore_message,
         search::search_memories, search::search_memories_post,
         tenants::get_ranking, tenants::put_ranking, tenants::delete_ranking,
         tenants::get_rate_limit, tenants::put_rate_limit, tenants::delete_rate_limit,

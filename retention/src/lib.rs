@@ -14,11 +14,11 @@ use common::Deps;
 use common::bus::{BusError, Envelope, Request};
 use common::config::Config;
 use common::contract::{
-    EventKind, MessagesArchived, MessagesDeleted, RemoteError, RemoteErrorCode, Reply, RetentionRunRequest,
-    RetentionRunResponse, VERSION,
+    EventKind, GetMessageRequest, GetMessageResponse, MessagesArchived, MessagesDeleted, MessagesRestored, RemoteError,
+    RemoteErrorCode, Reply, RetentionRunRequest, RetentionRunResponse, VERSION,
 };
 use common::domain::{MessageId, RetentionAction, RetentionPolicy, TenantId, TenantRetention};
-use common::store::{StoreError, locks};
+use common::store::{StoreError, StoredMessage, locks};
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use prometheus_client::registry::Registry;
@@ -134,6 +134,17 @@ impl Runner {
         }
     }
 
+    async fn announce_restored(&self, tenant: &TenantId, ids: &[MessageId]) {
+        let payload =
+            serde_json::to_vec(&MessagesRestored { v: VERSION, tenant_id: tenant.clone(), message_ids: ids.to_vec() })
+                .expect("events serialise");
+        let batch = MessageId::new();
+        let envelope = Envelope::new(self.deps.subjects.event(tenant, EventKind::Restored, batch), payload);
+        if let Err(e) = self.deps.bus.publish(envelope, Some(&format!("restored-{batch}"))).await {
+            warn!(error = %e, %tenant, "announcing a restore failed");
+        }
+    }
+
     /// Archives or deletes in batches until nothing is left to do.
     async fn apply(
         &self,
@@ -163,17 +174,33 @@ impl Runner {
     }
 }
 
+/// What a request asks for.
+#[derive(Debug, Clone, Copy)]
+enum Command {
+    Run,
+    Archive,
+    Restore,
+}
+
 pub struct Retention {
     runner: Runner,
-    requests: BoxStream<'static, Request>,
+    requests: BoxStream<'static, (Command, Request)>,
     schedule: String,
 }
 
 impl Retention {
     /// Joins the `retention` queue group; the schedule starts with `run`.
     pub async fn build(config: &Config, deps: Deps, registry: &mut Registry) -> Result<Self, RetentionError> {
-        let requests =
-            deps.bus.serve(deps.subjects.retention_run(), deps.subjects.retention_group().to_owned()).await?;
+        let group = deps.subjects.retention_group().to_owned();
+        let run = deps.bus.serve(deps.subjects.retention_run(), group.clone()).await?;
+        let archive = deps.bus.serve(deps.subjects.archive_message(), group.clone()).await?;
+        let restore = deps.bus.serve(deps.subjects.restore_message(), group).await?;
+        let requests = futures::stream::select_all([
+            run.map(|r| (Command::Run, r)).boxed(),
+            archive.map(|r| (Command::Archive, r)).boxed(),
+            restore.map(|r| (Command::Restore, r)).boxed(),
+        ])
+        .boxed();
         Ok(Self {
             runner: Runner {
                 deps,
@@ -223,7 +250,14 @@ impl Retention {
                 },
             };
             let runner = self.runner.clone();
-            tasks.spawn(async move { answer(&runner, request).await });
+            let (command, request) = request;
+            tasks.spawn(async move {
+                match command {
+                    Command::Run => answer(&runner, request).await,
+                    Command::Archive => archive_or_restore(&runner, request, true).await,
+                    Command::Restore => archive_or_restore(&runner, request, false).await,
+                }
+            });
         }
         drop(self.requests);
         let _ = scheduler.shutdown().await;
@@ -253,5 +287,34 @@ async fn answer(runner: &Runner, request: Request) {
     let payload = Bytes::from(serde_json::to_vec(&outcome).expect("replies serialise"));
     if let Err(e) = runner.deps.bus.respond(&reply, payload).await {
         warn!(error = %e, "answering a retention request failed");
+    }
+}
+
+/// Archives or restores one message (of the named tenant only, when one is named).
+async fn archive_or_restore(runner: &Runner, request: Request, archive: bool) {
+    let Some(reply) = request.reply.clone() else { return };
+    let outcome = match serde_json::from_slice::<GetMessageRequest>(&request.message.payload) {
+        Err(e) => Reply::Error(RemoteError::new(RemoteErrorCode::BadRequest, format!("malformed request: {e}"))),
+        Ok(r) => {
+            let now = Utc::now();
+            match runner.deps.store.set_archived(r.message_id, r.tenant_id.as_ref(), archive, now).await {
+                Ok(message) => {
+                    if let Some(m) = &message {
+                        let ids = [m.id];
+                        if archive {
+                            runner.announce(&m.tenant_id, RetentionAction::Archive, &ids, now).await;
+                        } else {
+                            runner.announce_restored(&m.tenant_id, &ids).await;
+                        }
+                    }
+                    Reply::Ok(GetMessageResponse { message: message.map(StoredMessage::view) })
+                }
+                Err(e) => Reply::Error(RemoteError::new(RemoteErrorCode::Unavailable, format!("{e}"))),
+            }
+        }
+    };
+    let payload = Bytes::from(serde_json::to_vec(&outcome).expect("replies serialise"));
+    if let Err(e) = runner.deps.bus.respond(&reply, payload).await {
+        warn!(error = %e, "answering an archive or restore request failed");
     }
 }

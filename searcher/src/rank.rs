@@ -163,6 +163,7 @@ mod tests {
             failure_reason: None,
             created_at: now - age,
             stored_at: now - age,
+            archived_at: None,
         }
     }
 

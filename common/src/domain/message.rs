@@ -298,6 +298,9 @@ pub struct MessageView {
     /// When the embedder stored it; absent while queued.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stored_at: Option<DateTime<Utc>>,
+    /// When it was archived: out of search (unless asked for), still readable, restorable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archived_at: Option<DateTime<Utc>>,
 }
 
 impl MessageView {
@@ -318,6 +321,7 @@ impl MessageView {
             failure_reason: None,
             created_at: m.created_at,
             stored_at: None,
+            archived_at: None,
         }
     }
 }

@@ -127,6 +127,7 @@ pub struct StoredMessage {
     pub failure_reason: Option<String>,
     pub created_at: DateTime<Utc>,
     pub stored_at: DateTime<Utc>,
+    pub archived_at: Option<DateTime<Utc>>,
 }
 
 impl StoredMessage {
@@ -146,6 +147,7 @@ impl StoredMessage {
             failure_reason: self.failure_reason,
             created_at: self.created_at,
             stored_at: Some(self.stored_at),
+            archived_at: self.archived_at,
         }
     }
 }
@@ -382,6 +384,16 @@ pub trait Store: Send + Sync + 'static {
         ids: &[MessageId],
         now: DateTime<Utc>,
     ) -> Result<u64, StoreError>;
+
+    /// Archives (at `now`) or restores one message, of `tenant` when given; the message as it is
+    /// now, or `None` if there is no such message.
+    async fn set_archived(
+        &self,
+        id: MessageId,
+        tenant: Option<&TenantId>,
+        archived: bool,
+        now: DateTime<Utc>,
+    ) -> Result<Option<StoredMessage>, StoreError>;
 
     /// Deletes these archived, unpinned messages of the tenant (their vectors with them); how many.
     async fn delete_messages(&self, tenant: &TenantId, ids: &[MessageId]) -> Result<u64, StoreError>;

@@ -32,7 +32,7 @@ const SPACES_LOCK: i64 = 0x006d_656d_0001;
 macro_rules! message_columns {
     () => {
         "m.id, m.tenant_id, m.conversation_id, m.role, m.name, m.content, m.metadata, m.importance, \
-         m.importance_override, m.pinned, m.status, m.failure_reason, m.created_at, m.stored_at"
+         m.importance_override, m.pinned, m.status, m.failure_reason, m.created_at, m.stored_at, m.archived_at"
     };
 }
 
@@ -216,6 +216,7 @@ struct MessageRow {
     failure_reason: Option<String>,
     created_at: DateTime<Utc>,
     stored_at: DateTime<Utc>,
+    archived_at: Option<DateTime<Utc>>,
 }
 
 impl TryFrom<MessageRow> for StoredMessage {
@@ -238,6 +239,7 @@ impl TryFrom<MessageRow> for StoredMessage {
             failure_reason: r.failure_reason,
             created_at: r.created_at,
             stored_at: r.stored_at,
+            archived_at: r.archived_at,
         })
     }
 }
@@ -1043,6 +1045,28 @@ impl Store for PgStore {
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected())
+    }
+
+    async fn set_archived(
+        &self,
+        id: MessageId,
+        tenant: Option<&TenantId>,
+        archived: bool,
+        now: DateTime<Utc>,
+    ) -> Result<Option<StoredMessage>, StoreError> {
+        let row: Option<MessageRow> = sqlx::query_as(concat!(
+            "UPDATE messages m SET archived_at = CASE WHEN $3 THEN coalesce(m.archived_at, $4) END, updated_at = now()
+             WHERE m.id = $1 AND ($2::text IS NULL OR m.tenant_id = $2)
+             RETURNING ",
+            message_columns!()
+        ))
+        .bind(id.0)
+        .bind(tenant.map(TenantId::as_str))
+        .bind(archived)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(StoredMessage::try_from).transpose()
     }
 
     async fn delete_messages(&self, tenant: &TenantId, ids: &[MessageId]) -> Result<u64, StoreError> {

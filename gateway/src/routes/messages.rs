@@ -30,6 +30,8 @@ pub fn router() -> Router<AppState> {
         .route("/v1/messages", post(create_message))
         .route("/v1/messages/batch", post(create_messages))
         .route("/v1/messages/{id}", get(get_message))
+        .route("/v1/messages/{id}/archive", post(archive_message))
+        .route("/v1/messages/{id}/restore", post(restore_message))
 }
 
 /// How long `POST /v1/messages` waits before answering.
@@ -313,4 +315,64 @@ pub async fn get_message(
         .await?
         .map(axum::Json)
         .ok_or(ApiError::MessageNotFound(message_id))
+}
+
+/// Archive one message: out of search (unless `include_archived`), still readable, restorable.
+#[utoipa::path(
+    post, path = "/v1/messages/{id}/archive", tag = "messages",
+    params(("id" = String, Path, description = "The message id (UUID)"), GetParams),
+    responses(
+        (status = 200, body = MessageView), (status = 400, body = Problem), (status = 401, body = Problem),
+        (status = 403, body = Problem), (status = 404, body = Problem), (status = 503, body = Problem),
+    ),
+    security(("api_key" = []), ("bearer" = []))
+)]
+pub async fn archive_message(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    AppQuery(params): AppQuery<GetParams>,
+) -> Result<axum::Json<MessageView>, ApiError> {
+    set_archived(&state, &principal, &headers, id, params, true).await
+}
+
+/// Restore an archived message.
+#[utoipa::path(
+    post, path = "/v1/messages/{id}/restore", tag = "messages",
+    params(("id" = String, Path, description = "The message id (UUID)"), GetParams),
+    responses(
+        (status = 200, body = MessageView), (status = 400, body = Problem), (status = 401, body = Problem),
+        (status = 403, body = Problem), (status = 404, body = Problem), (status = 503, body = Problem),
+    ),
+    security(("api_key" = []), ("bearer" = []))
+)]
+pub async fn restore_message(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    AppQuery(params): AppQuery<GetParams>,
+) -> Result<axum::Json<MessageView>, ApiError> {
+    set_archived(&state, &principal, &headers, id, params, false).await
+}
+
+async fn set_archived(
+    state: &AppState,
+    principal: &Principal,
+    headers: &HeaderMap,
+    id: String,
+    params: GetParams,
+    archive: bool,
+) -> Result<axum::Json<MessageView>, ApiError> {
+    principal.require(Scope::Write)?;
+    let message_id = MessageId::parse(&id).map_err(|_| ApiError::InvalidMessageId(id))?;
+    let tenant_id = match principal.bound_tenant() {
+        Some(_) => Some(principal.tenant(params.tenant_id.as_deref())?),
+        None => params.tenant_id.map(TenantId::parse).transpose().map_err(|e| ApiError::Invalid(e.0))?,
+    };
+    let subject = if archive { state.deps.subjects.archive_message() } else { state.deps.subjects.restore_message() };
+    let request = GetMessageRequest { v: VERSION, message_id, tenant_id };
+    let response: GetMessageResponse = call(state, subject, &request, &request_id(headers)).await?;
+    response.message.map(axum::Json).ok_or(ApiError::MessageNotFound(message_id))
 }

@@ -322,3 +322,37 @@ async fn a_tenant_sets_its_own_retention_policy() -> anyhow::Result<()> {
     assert_eq!(app.post("/v1/admin/retention/run", &dry).await?.body["archived"], 0);
     app.finish().await
 }
+
+#[tokio::test]
+async fn a_message_is_archived_and_restored_by_its_tenant_only() -> anyhow::Result<()> {
+    let app = App::start().await?;
+    let service = retention::Retention::build(
+        &app.env.config,
+        app.env.deps.clone(),
+        &mut prometheus_client::registry::Registry::default(),
+    )
+    .await?;
+    let (t, grace) = (app.env.shutdown.clone(), app.env.config.shutdown_grace);
+    app.env.tasks.spawn(async move { service.run(t, grace).await });
+    let acme = tenant_key(&app, "acme", &["read", "write"]).await?;
+    let globex = tenant_key(&app, "globex", &["read", "write"]).await?;
+    let body = json!({"conversation_id": "c", "role": "user", "content": "the blue door code is 4417"});
+    let r = as_key(&app, Method::POST, "/v1/messages?wait=embedded", Some(body), &acme).await?;
+    let id = r.body["id"].as_str().unwrap().to_owned();
+    let search = "/v1/memory/search?query=blue%20door%20code";
+    let found =
+        |r: &crate::harness::Resp| r.body["items"].as_array().unwrap().iter().any(|h| h["message_id"] == id.as_str());
+
+    let r = as_key(&app, Method::POST, &format!("/v1/messages/{id}/archive"), None, &globex).await?;
+    assert_eq!(code(&r), (StatusCode::NOT_FOUND, "message_not_found"), "another tenant's message does not exist");
+    let r = as_key(&app, Method::POST, &format!("/v1/messages/{id}/archive"), None, &acme).await?;
+    assert_eq!(r.status, StatusCode::OK, "{r:?}");
+    assert!(r.body["archived_at"].is_string());
+    assert!(!found(&as_key(&app, Method::GET, search, None, &acme).await?), "archived: out of search");
+    assert!(found(&as_key(&app, Method::GET, &format!("{search}&include_archived=true"), None, &acme).await?));
+    assert_eq!(as_key(&app, Method::GET, &format!("/v1/messages/{id}"), None, &acme).await?.status, StatusCode::OK);
+    let r = as_key(&app, Method::POST, &format!("/v1/messages/{id}/restore"), None, &acme).await?;
+    assert!(r.body.get("archived_at").is_none(), "{r:?}");
+    assert!(found(&as_key(&app, Method::GET, search, None, &acme).await?), "restored: back in search");
+    app.finish().await
+}
