@@ -80,6 +80,15 @@ impl Principal {
         }
     }
 
+    /// The tenant a request is narrowed to: a tenant key's own (naming another is
+    /// `tenant_forbidden`); for the operator, the one it names, or none (every tenant).
+    pub fn tenant_filter(&self, requested: Option<String>) -> Result<Option<TenantId>, ApiError> {
+        match self {
+            Self::Key(_) => self.tenant(requested.as_deref()).map(Some),
+            Self::Operator => requested.map(TenantId::parse).transpose().map_err(|e| ApiError::Invalid(e.0)),
+        }
+    }
+
     /// For a body's `tenant_id`: a tenant key fills it in when empty and refuses another tenant;
     /// the operator's is validated with the rest of the body.
     pub fn bind_tenant(&self, tenant_id: &mut String) -> Result<(), ApiError> {

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use super::{call, request_id};
+use super::{call, request_id, store_unavailable as unavailable};
 use crate::auth::{self, Principal};
 use crate::error::{ApiError, Problem};
 use crate::extract::{AppJson, AppQuery};
@@ -62,11 +62,7 @@ pub async fn run_retention(
     AppJson(body): AppJson<RetentionRun>,
 ) -> Result<axum::Json<RetentionRunResponse>, ApiError> {
     principal.require(Scope::Admin)?;
-    let tenant_id = match (principal.bound_tenant(), body.tenant_id) {
-        (Some(_), requested) => Some(principal.tenant(requested.as_deref())?),
-        (None, Some(t)) => Some(tenant_id(t)?),
-        (None, None) => None,
-    };
+    let tenant_id = principal.tenant_filter(body.tenant_id)?;
     let actions = body.actions.unwrap_or_else(|| vec![RetentionAction::Archive, RetentionAction::Delete]);
     if actions.is_empty() {
         return Err(ApiError::Invalid(vec![FieldError::new(
@@ -79,11 +75,6 @@ pub async fn run_retention(
     let report: RetentionRunResponse =
         call(&state, state.deps.subjects.retention_run(), &request, &request_id(&headers)).await?;
     Ok(axum::Json(report))
-}
-
-fn unavailable(e: StoreError) -> ApiError {
-    tracing::warn!(error = %e, cause = ?std::error::Error::source(&e), "tenant store unavailable");
-    ApiError::Unavailable("tenants and keys cannot be read or written right now".into())
 }
 
 #[derive(Debug, Deserialize, ToSchema)]

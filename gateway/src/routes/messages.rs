@@ -307,10 +307,7 @@ pub async fn get_message(
     principal.require(Scope::Read)?;
     let message_id = MessageId::parse(&id).map_err(|_| ApiError::InvalidMessageId(id))?;
     // A tenant key sees only its tenant's messages: another tenant's is "not found".
-    let tenant = match principal.bound_tenant() {
-        Some(_) => Some(principal.tenant(params.tenant_id.as_deref())?),
-        None => params.tenant_id.map(TenantId::parse).transpose().map_err(|e| ApiError::Invalid(e.0))?,
-    };
+    let tenant = principal.tenant_filter(params.tenant_id)?;
     lookup(&state, message_id, tenant, &request_id(&headers))
         .await?
         .map(axum::Json)
@@ -367,10 +364,7 @@ async fn set_archived(
 ) -> Result<axum::Json<MessageView>, ApiError> {
     principal.require(Scope::Write)?;
     let message_id = MessageId::parse(&id).map_err(|_| ApiError::InvalidMessageId(id))?;
-    let tenant_id = match principal.bound_tenant() {
-        Some(_) => Some(principal.tenant(params.tenant_id.as_deref())?),
-        None => params.tenant_id.map(TenantId::parse).transpose().map_err(|e| ApiError::Invalid(e.0))?,
-    };
+    let tenant_id = principal.tenant_filter(params.tenant_id)?;
     let subject = if archive { state.deps.subjects.archive_message() } else { state.deps.subjects.restore_message() };
     let request = GetMessageRequest { v: VERSION, message_id, tenant_id };
     let response: GetMessageResponse = call(state, subject, &request, &request_id(headers)).await?;

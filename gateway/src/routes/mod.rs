@@ -20,6 +20,12 @@ pub fn request_id(headers: &HeaderMap) -> String {
     headers.get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("-").to_owned()
 }
 
+/// A store the gateway reads for tenants, keys and settings did not answer.
+pub(crate) fn store_unavailable(e: common::store::StoreError) -> ApiError {
+    tracing::warn!(error = %e, cause = ?std::error::Error::source(&e), "the tenant store is unavailable");
+    ApiError::Unavailable("tenants, keys and settings cannot be read or written right now".into())
+}
+
 /// Sends a request to a worker and maps its typed reply.
 pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
     state: &AppState,

@@ -10,6 +10,7 @@ use common::domain::{Ranking, RetentionPolicy, Scope, TenantId};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use super::store_unavailable as unavailable;
 use crate::auth::Principal;
 use crate::error::{ApiError, Problem};
 use crate::extract::AppJson;
@@ -207,11 +208,6 @@ pub struct RankingPatch {
 fn tenant(principal: &Principal, id: &str, scope: Scope) -> Result<TenantId, ApiError> {
     principal.require(scope)?;
     principal.tenant(Some(id))
-}
-
-fn unavailable(e: common::store::StoreError) -> ApiError {
-    tracing::warn!(error = %e, cause = ?std::error::Error::source(&e), "tenant settings unavailable");
-    ApiError::Unavailable("tenant settings cannot be read or written".into())
 }
 
 /// The ranking a tenant's searches use.

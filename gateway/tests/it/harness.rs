@@ -158,6 +158,24 @@ impl App {
             .await
     }
 
+    /// Creates the tenant (if new) and a key for it with these scopes; returns the key.
+    pub(crate) async fn tenant_key(&self, tenant: &str, scopes: &[&str]) -> anyhow::Result<String> {
+        let r = self.post("/v1/admin/tenants", &serde_json::json!({"id": tenant})).await?;
+        anyhow::ensure!(r.status == StatusCode::CREATED || r.status == StatusCode::CONFLICT, "{r:?}");
+        let r = self.post(&format!("/v1/admin/tenants/{tenant}/keys"), &serde_json::json!({"scopes": scopes})).await?;
+        anyhow::ensure!(r.status == StatusCode::CREATED, "{r:?}");
+        Ok(r.body["key"].as_str().unwrap().to_owned())
+    }
+
+    /// Starts a retention service on this environment.
+    pub(crate) async fn spawn_retention(&self) -> anyhow::Result<()> {
+        let service =
+            retention::Retention::build(&self.env.config, self.env.deps.clone(), &mut Registry::default()).await?;
+        let (t, grace) = (self.env.shutdown.child_token(), self.env.config.shutdown_grace);
+        self.env.tasks.spawn(async move { service.run(t, grace).await });
+        Ok(())
+    }
+
     /// Rows stored for a tenant.
     pub(crate) async fn count_rows(&self, tenant: &str) -> anyhow::Result<i64> {
         Ok(sqlx::query_scalar("SELECT count(*) FROM messages WHERE tenant_id = $1")

@@ -24,14 +24,6 @@ async fn app(client: &str, tenant: &str, redis: Option<String>) -> anyhow::Resul
     .await
 }
 
-async fn key_for(app: &App, tenant: &str) -> anyhow::Result<String> {
-    app.post("/v1/admin/tenants", &json!({"id": tenant})).await?;
-    let r =
-        app.post(&format!("/v1/admin/tenants/{tenant}/keys"), &json!({"scopes": ["read", "write", "admin"]})).await?;
-    anyhow::ensure!(r.status == StatusCode::CREATED, "{r:?}");
-    Ok(r.body["key"].as_str().unwrap().to_owned())
-}
-
 async fn probe(app: &App, key: &str) -> anyhow::Result<Resp> {
     app.send(Method::GET, "/v1/tenants/acme/ranking", None, Some(key)).await
 }
@@ -43,7 +35,7 @@ fn header(r: &Resp, name: &str) -> u64 {
 #[tokio::test]
 async fn a_burst_is_allowed_then_refused_with_headers_then_refilled() -> anyhow::Result<()> {
     let app = app("3/minute", "1000/minute", None).await?;
-    let key = key_for(&app, "acme").await?;
+    let key = app.tenant_key("acme", &["read", "write", "admin"]).await?;
     for remaining in [2, 1, 0] {
         let r = probe(&app, &key).await?;
         assert_eq!(r.status, StatusCode::OK, "{r:?}");
@@ -68,7 +60,7 @@ async fn a_burst_is_allowed_then_refused_with_headers_then_refilled() -> anyhow:
 
     // Refill, measured on a faster limit: 2 per second is one every 500 ms.
     let fast = self::app("2/second", "1000/minute", None).await?;
-    let key = key_for(&fast, "acme").await?;
+    let key = fast.tenant_key("acme", &["read", "write", "admin"]).await?;
     assert_eq!(probe(&fast, &key).await?.status, StatusCode::OK);
     assert_eq!(probe(&fast, &key).await?.status, StatusCode::OK);
     assert_eq!(probe(&fast, &key).await?.status, StatusCode::TOO_MANY_REQUESTS);
@@ -82,7 +74,7 @@ async fn a_burst_is_allowed_then_refused_with_headers_then_refilled() -> anyhow:
 #[tokio::test]
 async fn a_batch_costs_one_request_per_item() -> anyhow::Result<()> {
     let app = app("10/minute", "1000/minute", None).await?;
-    let key = key_for(&app, "acme").await?;
+    let key = app.tenant_key("acme", &["read", "write", "admin"]).await?;
     let batch = |n: usize| {
         let items: Vec<_> =
             (0..n).map(|i| json!({"conversation_id": "c", "role": "user", "content": format!("m{i}")})).collect();
@@ -101,8 +93,8 @@ async fn a_batch_costs_one_request_per_item() -> anyhow::Result<()> {
 #[tokio::test]
 async fn a_tenant_limit_spans_its_keys_and_can_be_set_per_tenant() -> anyhow::Result<()> {
     let app = app("1000/minute", "4/minute", None).await?;
-    let first = key_for(&app, "acme").await?;
-    let second = key_for(&app, "acme").await?;
+    let first = app.tenant_key("acme", &["read", "write", "admin"]).await?;
+    let second = app.tenant_key("acme", &["read", "write", "admin"]).await?;
     for key in [&first, &second, &first, &second] {
         assert_eq!(probe(&app, key).await?.status, StatusCode::OK);
     }
@@ -111,12 +103,12 @@ async fn a_tenant_limit_spans_its_keys_and_can_be_set_per_tenant() -> anyhow::Re
     assert!(r.body["detail"].as_str().unwrap().contains("this tenant"), "{r:?}");
 
     // The operator raises globex's limit; a tenant key may not.
-    let initech = key_for(&app, "initech").await?;
+    let initech = app.tenant_key("initech", &["read", "write", "admin"]).await?;
     assert_eq!(put(&app, &initech, "1000/minute").await?.status, StatusCode::FORBIDDEN);
     assert_eq!(put(&app, KEY, "one hundred").await?.status, StatusCode::UNPROCESSABLE_ENTITY);
     let r = put(&app, KEY, "6 per minute").await?;
     assert_eq!((r.status, r.body["limit"].as_str()), (StatusCode::OK, Some("6/minute")), "{r:?}");
-    let globex = key_for(&app, "globex").await?;
+    let globex = app.tenant_key("globex", &["read", "write", "admin"]).await?;
     for _ in 0..6 {
         let r = app.send(Method::GET, "/v1/tenants/globex/rate-limit", None, Some(&globex)).await?;
         assert_eq!(r.status, StatusCode::OK, "{r:?}");
@@ -176,7 +168,7 @@ async fn without_redis_limits_hold_in_process_and_shared_limits_resume_when_it_r
     let port = common::testing::free_addr()?.port();
     let redis = PrivateRedis::start(port).await?;
     let app = app("4/minute", "1000/minute", Some(format!("redis://127.0.0.1:{port}"))).await?;
-    let key = key_for(&app, "acme").await?;
+    let key = app.tenant_key("acme", &["read", "write", "admin"]).await?;
     let r = probe(&app, &key).await?;
     assert_eq!((r.status, header(&r, "ratelimit-remaining")), (StatusCode::OK, 3));
     assert_eq!(app.state.metrics.limiter_backend.get(), 1);
@@ -207,7 +199,7 @@ async fn without_redis_limits_hold_in_process_and_shared_limits_resume_when_it_r
 #[tokio::test]
 async fn a_batch_larger_than_the_quota_is_refused_for_good() -> anyhow::Result<()> {
     let app = app("5/minute", "1000/minute", None).await?;
-    let key = key_for(&app, "acme").await?;
+    let key = app.tenant_key("acme", &["read", "write", "admin"]).await?;
     let items: Vec<_> =
         (0..6).map(|i| json!({"conversation_id": "c", "role": "user", "content": format!("m{i}")})).collect();
     let body = Body::from(json!({"messages": items}).to_string());

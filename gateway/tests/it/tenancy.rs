@@ -11,15 +11,6 @@ async fn as_key(app: &App, method: Method, uri: &str, body: Option<Value>, key: 
     app.send(method, uri, body.map(|b| Body::from(b.to_string())), Some(key)).await
 }
 
-/// Creates a tenant and a key for it with these scopes; returns the key.
-async fn tenant_key(app: &App, tenant: &str, scopes: &[&str]) -> anyhow::Result<String> {
-    let r = app.post("/v1/admin/tenants", &json!({"id": tenant})).await?;
-    anyhow::ensure!(r.status == StatusCode::CREATED || r.status == StatusCode::CONFLICT, "{r:?}");
-    let r = app.post(&format!("/v1/admin/tenants/{tenant}/keys"), &json!({"scopes": scopes})).await?;
-    anyhow::ensure!(r.status == StatusCode::CREATED, "{r:?}");
-    Ok(r.body["key"].as_str().unwrap().to_owned())
-}
-
 fn code(r: &Resp) -> (StatusCode, &str) {
     (r.status, r.body["code"].as_str().unwrap_or(""))
 }
@@ -27,8 +18,8 @@ fn code(r: &Resp) -> (StatusCode, &str) {
 #[tokio::test]
 async fn a_key_acts_only_for_its_own_tenant() -> anyhow::Result<()> {
     let app = App::start().await?;
-    let acme = tenant_key(&app, "acme", &["read", "write"]).await?;
-    let globex = tenant_key(&app, "globex", &["read", "write"]).await?;
+    let acme = app.tenant_key("acme", &["read", "write"]).await?;
+    let globex = app.tenant_key("globex", &["read", "write"]).await?;
 
     // tenant_id may be left out: the key implies it.
     let body = json!({"conversation_id": "c", "role": "user", "content": "acme's secret plan"});
@@ -79,10 +70,10 @@ async fn a_key_acts_only_for_its_own_tenant() -> anyhow::Result<()> {
 #[tokio::test]
 async fn scopes_limit_what_a_key_may_do() -> anyhow::Result<()> {
     let app = App::start().await?;
-    let reader = tenant_key(&app, "acme", &["read"]).await?;
-    let writer = tenant_key(&app, "acme", &["write"]).await?;
-    let admin = tenant_key(&app, "acme", &["admin"]).await?;
-    tenant_key(&app, "globex", &["read"]).await?;
+    let reader = app.tenant_key("acme", &["read"]).await?;
+    let writer = app.tenant_key("acme", &["write"]).await?;
+    let admin = app.tenant_key("acme", &["admin"]).await?;
+    app.tenant_key("globex", &["read"]).await?;
     let message = json!({"conversation_id": "c", "role": "user", "content": "hello"});
 
     let forbidden = (StatusCode::FORBIDDEN, "insufficient_scope");
@@ -121,7 +112,7 @@ async fn revoked_expired_and_unknown_keys_are_rejected() -> anyhow::Result<()> {
         vars.insert("MEMORY_AUTH_CACHE_TTL_SECS".into(), "0".into());
     })
     .await?;
-    let key = tenant_key(&app, "acme", &["read"]).await?;
+    let key = app.tenant_key("acme", &["read"]).await?;
     let search = "/v1/memory/search?query=x";
     assert_eq!(as_key(&app, Method::GET, search, None, &key).await?.status, StatusCode::OK);
     let id = app.get("/v1/admin/tenants/acme/keys").await?.body[0]["id"].as_str().unwrap().to_owned();
@@ -131,7 +122,7 @@ async fn revoked_expired_and_unknown_keys_are_rejected() -> anyhow::Result<()> {
     let listed = app.get("/v1/admin/tenants/acme/keys").await?;
     assert!(listed.body[0]["revoked_at"].is_string(), "{listed:?}");
 
-    let expiring = tenant_key(&app, "acme", &["read"]).await?;
+    let expiring = app.tenant_key("acme", &["read"]).await?;
     assert_eq!(as_key(&app, Method::GET, search, None, &expiring).await?.status, StatusCode::OK);
     sqlx::query("UPDATE api_keys SET expires_at = now() - interval '1 second' WHERE revoked_at IS NULL")
         .execute(app.env.store.pool())
@@ -142,7 +133,7 @@ async fn revoked_expired_and_unknown_keys_are_rejected() -> anyhow::Result<()> {
         assert_eq!(as_key(&app, Method::GET, search, None, wrong).await?.status, StatusCode::UNAUTHORIZED, "{wrong}");
     }
     // Deleting a tenant ends its keys.
-    let live = tenant_key(&app, "globex", &["read"]).await?;
+    let live = app.tenant_key("globex", &["read"]).await?;
     let r = app.send(Method::DELETE, "/v1/admin/tenants/globex", None, Some(KEY)).await?;
     assert_eq!(r.status, StatusCode::NO_CONTENT);
     assert_eq!(as_key(&app, Method::GET, search, None, &live).await?.status, StatusCode::UNAUTHORIZED);
@@ -152,7 +143,7 @@ async fn revoked_expired_and_unknown_keys_are_rejected() -> anyhow::Result<()> {
 #[tokio::test]
 async fn keys_are_kept_only_as_hashes_and_their_use_is_recorded() -> anyhow::Result<()> {
     let app = App::start().await?;
-    let key = tenant_key(&app, "acme", &["read"]).await?;
+    let key = app.tenant_key("acme", &["read"]).await?;
     assert!(key.starts_with("mk_") && key.len() == 46, "{key}");
     let rows: Vec<(String, Vec<u8>, String)> =
         sqlx::query_as("SELECT prefix, hash, row_to_json(api_keys)::text FROM api_keys")
@@ -237,14 +228,7 @@ async fn the_operator_creates_keys_on_the_command_line() -> anyhow::Result<()> {
 #[tokio::test]
 async fn retention_runs_over_rest_for_the_operator_or_a_tenants_admin() -> anyhow::Result<()> {
     let app = App::start().await?;
-    let service = retention::Retention::build(
-        &app.env.config,
-        app.env.deps.clone(),
-        &mut prometheus_client::registry::Registry::default(),
-    )
-    .await?;
-    let (t, grace) = (app.env.shutdown.clone(), app.env.config.shutdown_grace);
-    app.env.tasks.spawn(async move { service.run(t, grace).await });
+    app.spawn_retention().await?;
     let old = json!({"tenant_id": "acme", "conversation_id": "c", "role": "user", "content": "long ago",
         "created_at": (chrono::Utc::now() - chrono::Duration::days(60)).to_rfc3339(), "importance_override": 0.1});
     let r = app.post("/v1/messages?wait=embedded", &old).await?;
@@ -265,8 +249,8 @@ async fn retention_runs_over_rest_for_the_operator_or_a_tenants_admin() -> anyho
     );
 
     // A tenant's admin key runs its own tenant's retention, and no other's.
-    let admin = tenant_key(&app, "acme", &["admin"]).await?;
-    let reader = tenant_key(&app, "acme", &["read"]).await?;
+    let admin = app.tenant_key("acme", &["admin"]).await?;
+    let reader = app.tenant_key("acme", &["read"]).await?;
     let run = json!({"actions": ["archive"]});
     assert_eq!(
         code(&as_key(&app, Method::POST, "/v1/admin/retention/run", Some(run.clone()), &reader).await?),
@@ -289,21 +273,14 @@ async fn retention_runs_over_rest_for_the_operator_or_a_tenants_admin() -> anyho
 #[tokio::test]
 async fn a_tenant_sets_its_own_retention_policy() -> anyhow::Result<()> {
     let app = App::start().await?;
-    let service = retention::Retention::build(
-        &app.env.config,
-        app.env.deps.clone(),
-        &mut prometheus_client::registry::Registry::default(),
-    )
-    .await?;
-    let (t, grace) = (app.env.shutdown.clone(), app.env.config.shutdown_grace);
-    app.env.tasks.spawn(async move { service.run(t, grace).await });
+    app.spawn_retention().await?;
     let recent = json!({"tenant_id": "acme", "conversation_id": "c", "role": "user", "content": "two days ago",
         "created_at": (chrono::Utc::now() - chrono::Duration::days(2)).to_rfc3339(), "importance_override": 0.9});
     assert_eq!(app.post("/v1/messages?wait=embedded", &recent).await?.status, StatusCode::CREATED);
     let dry = json!({"tenant_id": "acme", "dry_run": true});
     assert_eq!(app.post("/v1/admin/retention/run", &dry).await?.body["archived"], 0, "the default keeps it");
 
-    let admin = tenant_key(&app, "acme", &["admin"]).await?;
+    let admin = app.tenant_key("acme", &["admin"]).await?;
     let strict = json!({"archive_after_days": 1, "archive_below_importance": 0.95, "max_age_days": null,
         "delete_archived_after_days": 30, "max_messages_per_conversation": null});
     let r = as_key(&app, Method::PUT, "/v1/tenants/acme/retention-policy", Some(strict), &admin).await?;
@@ -326,16 +303,9 @@ async fn a_tenant_sets_its_own_retention_policy() -> anyhow::Result<()> {
 #[tokio::test]
 async fn a_message_is_archived_and_restored_by_its_tenant_only() -> anyhow::Result<()> {
     let app = App::start().await?;
-    let service = retention::Retention::build(
-        &app.env.config,
-        app.env.deps.clone(),
-        &mut prometheus_client::registry::Registry::default(),
-    )
-    .await?;
-    let (t, grace) = (app.env.shutdown.clone(), app.env.config.shutdown_grace);
-    app.env.tasks.spawn(async move { service.run(t, grace).await });
-    let acme = tenant_key(&app, "acme", &["read", "write"]).await?;
-    let globex = tenant_key(&app, "globex", &["read", "write"]).await?;
+    app.spawn_retention().await?;
+    let acme = app.tenant_key("acme", &["read", "write"]).await?;
+    let globex = app.tenant_key("globex", &["read", "write"]).await?;
     let body = json!({"conversation_id": "c", "role": "user", "content": "the blue door code is 4417"});
     let r = as_key(&app, Method::POST, "/v1/messages?wait=embedded", Some(body), &acme).await?;
     let id = r.body["id"].as_str().unwrap().to_owned();
