@@ -8,8 +8,8 @@ use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
 use crate::domain::{
-    ConversationId, MessageId, MessageInput, MessageView, Ranking, RetentionAction, Role, SearchFilters, SearchMode,
-    TenantId, TenantRetention,
+    ConversationId, MessageId, MessageInput, MessageUpdate, MessageView, Ranking, RetentionAction, Role, SearchFilters,
+    SearchMode, TenantId, TenantRetention,
 };
 
 /// Payload version of every event and request defined here.
@@ -28,6 +28,18 @@ pub const DEAD_SEQUENCE_HEADER: &str = "Memory-Dead-Sequence";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Subjects {
     prefix: String,
+}
+
+/// The Redis key of a cached query vector: `<namespace>:query-vector:<tenant>:<hash>` (`_` for
+/// no tenant; tenant ids hold no glob characters). Shared by the embedders that fill the cache
+/// and the retention service that erases a tenant's entries.
+pub fn query_cache_key(namespace: &str, tenant: Option<&TenantId>, hash_hex: &str) -> String {
+    format!("{namespace}:query-vector:{}:{hash_hex}", tenant.map_or("_", TenantId::as_str))
+}
+
+/// The `SCAN MATCH` pattern of every cached query vector of a tenant.
+pub fn query_cache_pattern(namespace: &str, tenant: &TenantId) -> String {
+    query_cache_key(namespace, Some(tenant), "*")
 }
 
 /// Which stream a name is for.
@@ -57,6 +69,17 @@ impl Subjects {
     /// Direct publishers may also use `mem.v1.ingest.<tenant>`.
     pub fn ingest(&self, tenant: &TenantId, id: MessageId) -> String {
         self.ingest_lookup(Some(tenant), id)
+    }
+    /// Every subject a tenant's data may sit on in each stream, for erasing it: ingest with and
+    /// without a message id, events, dead letters.
+    pub fn tenant_subjects(&self, tenant: &TenantId) -> [(StreamKind, String); 4] {
+        let (p, t) = (&self.prefix, Self::tenant_token(tenant));
+        [
+            (StreamKind::Ingest, format!("{p}.v1.ingest.{t}")),
+            (StreamKind::Ingest, format!("{p}.v1.ingest.{t}.>")),
+            (StreamKind::Events, format!("{p}.v1.events.{t}.>")),
+            (StreamKind::Dead, format!("{p}.v1.dead.{t}")),
+        ]
     }
     /// The ingest subject of a message, for looking it up in the stream: any tenant when `None`.
     pub fn ingest_lookup(&self, tenant: Option<&TenantId>, id: MessageId) -> String {
@@ -151,6 +174,30 @@ impl Subjects {
     pub fn restore_message(&self) -> String {
         format!("{}.v1.messages.restore", self.prefix)
     }
+    /// `mem.v1.messages.update` and `mem.v1.messages.delete`: edits and deletes, by id.
+    pub fn update_messages(&self) -> String {
+        format!("{}.v1.messages.update", self.prefix)
+    }
+    pub fn delete_messages(&self) -> String {
+        format!("{}.v1.messages.delete", self.prefix)
+    }
+    /// `mem.v1.conversations.delete`: every message of one conversation.
+    pub fn delete_conversation(&self) -> String {
+        format!("{}.v1.conversations.delete", self.prefix)
+    }
+    /// `mem.v1.tenants.erase`: every message, vector and cache entry of a tenant.
+    pub fn erase_tenant(&self) -> String {
+        format!("{}.v1.tenants.erase", self.prefix)
+    }
+    /// `mem.v1.tenants.export`: one page of a tenant's messages.
+    pub fn export_tenant(&self) -> String {
+        format!("{}.v1.tenants.export", self.prefix)
+    }
+    /// `mem.v1.cache.purge`: a broadcast (no queue group) telling every embedder to drop a
+    /// tenant's cached query vectors.
+    pub fn cache_purge(&self) -> String {
+        format!("{}.v1.cache.purge", self.prefix)
+    }
     pub fn retention_group(&self) -> &'static str {
         "retention"
     }
@@ -171,6 +218,8 @@ pub enum EventKind {
     Archived,
     Restored,
     Deleted,
+    Updated,
+    Erased,
 }
 
 impl EventKind {
@@ -182,6 +231,8 @@ impl EventKind {
             Self::Archived => "archived",
             Self::Restored => "restored",
             Self::Deleted => "deleted",
+            Self::Updated => "updated",
+            Self::Erased => "erased",
         }
     }
 }
@@ -196,6 +247,10 @@ pub struct MessageReceived {
     /// The message, as a client submits it. Re-validated by the embedder.
     #[serde(flatten)]
     pub message: MessageInput,
+    /// 0–1: the importance it had when it was exported, kept by an import. Computed at ingest
+    /// when absent (and ignored for pinned messages or with an override).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub importance: Option<f64>,
 }
 
 /// Published by the embedder once a message is committed to the store.
@@ -253,6 +308,33 @@ pub struct MessagesDeleted {
     pub v: u8,
     pub tenant_id: TenantId,
     pub message_ids: Vec<MessageId>,
+}
+
+/// Published on `mem.v1.events.<tenant>.updated.<id>` when a message was edited.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MessageUpdated {
+    pub v: u8,
+    pub message_id: MessageId,
+    pub tenant_id: TenantId,
+    /// Content edits so far; a content change means the message is being embedded again.
+    pub revision: i32,
+    pub content_changed: bool,
+}
+
+/// Published on `mem.v1.events.<tenant>.erased.<id>` once every message of a tenant was erased
+/// (after the tenant's earlier events were purged from the events stream).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TenantErased {
+    pub v: u8,
+    pub tenant_id: TenantId,
+    pub deleted: u64,
+}
+
+/// Broadcast on `mem.v1.cache.purge`: drop the tenant's cached query vectors.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CachePurge {
+    pub v: u8,
+    pub tenant_id: TenantId,
 }
 
 /// An embedding space: vectors are only ever compared within one.
@@ -382,6 +464,124 @@ pub struct GetMessageResponse {
 pub struct EmbedQueryRequest {
     pub v: u8,
     pub texts: Vec<String>,
+    /// Whose queries these are: cached vectors are kept per tenant, so erasing a tenant erases
+    /// its cached queries too, and no tenant can time another's cache.
+    #[serde(default)]
+    pub tenant_id: Option<TenantId>,
+}
+
+/// `mem.v1.messages.update`: edit messages (of `tenant_id` only, when given).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct UpdateMessagesRequest {
+    pub v: u8,
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    pub tenant_id: Option<TenantId>,
+    pub updates: Vec<MessageEdit>,
+}
+
+/// One message's edit.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MessageEdit {
+    #[schema(value_type = String, format = Uuid)]
+    pub message_id: MessageId,
+    pub update: MessageUpdate,
+}
+
+/// One result per edit, in order: the message as it is now, or why it was not edited.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UpdateMessagesResponse {
+    pub results: Vec<Reply<MessageView>>,
+}
+
+/// `mem.v1.messages.delete`: delete messages by id (of `tenant_id` only, when given), stored or
+/// still queued.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeleteMessagesRequest {
+    pub v: u8,
+    #[serde(default)]
+    pub tenant_id: Option<TenantId>,
+    pub message_ids: Vec<MessageId>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct DeleteMessagesResponse {
+    /// Deleted (stored or still queued), in request order.
+    #[schema(value_type = Vec<String>)]
+    pub deleted: Vec<MessageId>,
+    /// No such message (of this tenant).
+    #[schema(value_type = Vec<String>)]
+    pub not_found: Vec<MessageId>,
+}
+
+/// `mem.v1.conversations.delete`: every message of one conversation, stored or queued.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeleteConversationRequest {
+    pub v: u8,
+    pub tenant_id: TenantId,
+    pub conversation_id: ConversationId,
+}
+
+/// `mem.v1.tenants.erase`: every message, vector, queued event and cached query of a tenant;
+/// with `settings`, its ranking, rate limit and retention policy too.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EraseTenantRequest {
+    pub v: u8,
+    pub tenant_id: TenantId,
+    #[serde(default)]
+    pub settings: bool,
+}
+
+/// How many stored messages a delete removed, and how many queued events it dropped.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Deleted {
+    pub deleted: u64,
+    pub dropped_queued: u64,
+}
+
+/// Most messages in one export page.
+pub const EXPORT_PAGE_MAX: u32 = 1_000;
+
+/// `mem.v1.tenants.export`: a page of a tenant's messages in id order, after `after`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExportRequest {
+    pub v: u8,
+    pub tenant_id: TenantId,
+    #[serde(default)]
+    pub after: Option<MessageId>,
+    pub limit: u32,
+    #[serde(default)]
+    pub include_vectors: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExportPage {
+    pub records: Vec<ExportRecord>,
+    /// Where the next page starts; `None` at the end.
+    pub next: Option<MessageId>,
+}
+
+/// One exported message: one line of `GET /v1/tenants/{id}/export`, and what
+/// `POST /v1/tenants/{id}/import` reads back (the message fields, archive state included; the
+/// computed ones are informative and ignored on import).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ExportRecord {
+    #[serde(flatten)]
+    pub message: MessageView,
+    /// Content edits so far.
+    #[serde(default)]
+    pub revision: i32,
+    /// With `include_vectors=true`: the vector in the active space.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vector: Option<ExportVector>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ExportVector {
+    #[schema(value_type = Object)]
+    pub space: SpaceRef,
+    pub values: Vec<f32>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -415,6 +615,10 @@ pub enum RemoteErrorCode {
     Unavailable,
     /// No embedding space is active yet: nothing has been embedded.
     NoActiveSpace,
+    /// No such message (of this tenant).
+    NotFound,
+    /// The message is accepted but not stored yet.
+    Queued,
 }
 
 impl std::fmt::Display for RemoteErrorCode {
@@ -423,6 +627,8 @@ impl std::fmt::Display for RemoteErrorCode {
             Self::BadRequest => "bad_request",
             Self::Unavailable => "unavailable",
             Self::NoActiveSpace => "no_active_space",
+            Self::NotFound => "not_found",
+            Self::Queued => "queued",
         })
     }
 }

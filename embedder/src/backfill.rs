@@ -122,9 +122,16 @@ impl Backfill {
             for (row, answer) in rows.iter().zip(answers) {
                 match answer {
                     Ok(vector) => {
-                        vectors.push(NewVector { message_id: row.id, tenant_id: row.tenant_id.clone(), vector });
+                        vectors.push(NewVector {
+                            message_id: row.id,
+                            tenant_id: row.tenant_id.clone(),
+                            vector,
+                            revision: row.revision,
+                        });
                     }
-                    Err(refused) => failures.push(Failure { message_id: row.id, reason: refused.0 }),
+                    Err(refused) => {
+                        failures.push(Failure { message_id: row.id, reason: refused.0, revision: row.revision })
+                    }
                 }
             }
             store.save_backfill(&space, &vectors, &failures, last).await?;

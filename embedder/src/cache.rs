@@ -1,5 +1,7 @@
-//! The query-vector cache: an in-process LRU in front of Redis, keyed by the space and the
-//! SHA-256 of the text. Any cache failure is a miss, never an error: the provider answers instead.
+//! The query-vector cache: an in-process LRU in front of Redis, keyed by the tenant, the space and
+//! the SHA-256 of the text. Entries are per tenant, so erasing a tenant erases its cached queries
+//! (the Redis keys carry the tenant for that) and no tenant can tell from timing what another
+//! asked. Any cache failure is a miss, never an error: the provider answers instead.
 
 use std::fmt::Write as _;
 use std::num::NonZeroUsize;
@@ -8,6 +10,7 @@ use std::time::Duration;
 
 use common::config::QueryCacheConfig;
 use common::contract::SpaceRef;
+use common::domain::TenantId;
 use lru::LruCache;
 use redis::AsyncCommands as _;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -22,8 +25,8 @@ const REDIS_TIMEOUT: Duration = Duration::from_millis(250);
 /// After a failed connection, Redis is skipped for this long.
 const REDIS_RETRY: Duration = Duration::from_secs(5);
 
-/// The in-process cache: SHA-256 key → vector.
-type Memory = Mutex<LruCache<[u8; 32], Arc<[f32]>>>;
+/// The in-process cache: SHA-256 key → the tenant and the vector.
+type Memory = Mutex<LruCache<[u8; 32], (Option<TenantId>, Arc<[f32]>)>>;
 
 #[derive(Clone)]
 pub(crate) struct QueryCache {
@@ -67,18 +70,18 @@ impl QueryCache {
         Self { memory, redis, namespace: namespace.to_owned(), ttl: config.ttl, metrics }
     }
 
-    /// The cached vector of `text` in `space`, if any.
-    pub(crate) async fn get(&self, space: &SpaceRef, text: &str) -> Option<Vec<f32>> {
-        let key = key(space, text);
+    /// The cached vector of `tenant`'s `text` in `space`, if any.
+    pub(crate) async fn get(&self, space: &SpaceRef, tenant: Option<&TenantId>, text: &str) -> Option<Vec<f32>> {
+        let key = key(space, tenant, text);
         if let Some(memory) = &self.memory
-            && let Some(v) = memory.lock().expect("cache lock").get(&key)
+            && let Some((_, v)) = memory.lock().expect("cache lock").get(&key)
         {
             self.count(CacheResult::Memory);
             return Some(v.to_vec());
         }
-        if let Some(vector) = self.redis_get(space, &key).await {
+        if let Some(vector) = self.redis_get(space, tenant, &key).await {
             if let Some(memory) = &self.memory {
-                memory.lock().expect("cache lock").put(key, vector.clone().into());
+                memory.lock().expect("cache lock").put(key, (tenant.cloned(), vector.clone().into()));
             }
             self.count(CacheResult::Redis);
             return Some(vector);
@@ -87,15 +90,15 @@ impl QueryCache {
         None
     }
 
-    pub(crate) async fn put(&self, space: &SpaceRef, text: &str, vector: &[f32]) {
-        let key = key(space, text);
+    pub(crate) async fn put(&self, space: &SpaceRef, tenant: Option<&TenantId>, text: &str, vector: &[f32]) {
+        let key = key(space, tenant, text);
         if let Some(memory) = &self.memory {
-            memory.lock().expect("cache lock").put(key, vector.into());
+            memory.lock().expect("cache lock").put(key, (tenant.cloned(), vector.into()));
         }
         let Some(mut connection) = self.connection().await else { return };
         let bytes: Vec<u8> = vector.iter().flat_map(|x| x.to_le_bytes()).collect();
         let ttl = self.ttl.as_secs().max(1);
-        let set = connection.set_ex::<_, _, ()>(self.redis_key(&key), bytes, ttl);
+        let set = connection.set_ex::<_, _, ()>(self.redis_key(tenant, &key), bytes, ttl);
         match tokio::time::timeout(REDIS_TIMEOUT, set).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => self.redis_down("writing", &e).await,
@@ -103,9 +106,22 @@ impl QueryCache {
         }
     }
 
-    async fn redis_get(&self, space: &SpaceRef, key: &[u8; 32]) -> Option<Vec<f32>> {
+    /// Drops the tenant's entries from the in-process cache (Redis is purged by whoever erases
+    /// the tenant).
+    pub(crate) fn purge(&self, tenant: &TenantId) -> usize {
+        let Some(memory) = &self.memory else { return 0 };
+        let mut memory = memory.lock().expect("cache lock");
+        let keys: Vec<[u8; 32]> =
+            memory.iter().filter(|(_, (t, _))| t.as_ref() == Some(tenant)).map(|(k, _)| *k).collect();
+        for k in &keys {
+            memory.pop(k);
+        }
+        keys.len()
+    }
+
+    async fn redis_get(&self, space: &SpaceRef, tenant: Option<&TenantId>, key: &[u8; 32]) -> Option<Vec<f32>> {
         let mut connection = self.connection().await?;
-        let get = connection.get::<_, Option<Vec<u8>>>(self.redis_key(key));
+        let get = connection.get::<_, Option<Vec<u8>>>(self.redis_key(tenant, key));
         let bytes = match tokio::time::timeout(REDIS_TIMEOUT, get).await {
             Ok(Ok(bytes)) => bytes?,
             Ok(Err(e)) => {
@@ -151,12 +167,12 @@ impl QueryCache {
         }
     }
 
-    fn redis_key(&self, key: &[u8; 32]) -> String {
-        let mut s = format!("{}:query-vector:", self.namespace);
+    fn redis_key(&self, tenant: Option<&TenantId>, key: &[u8; 32]) -> String {
+        let mut hex = String::with_capacity(64);
         for b in key {
-            let _ = write!(s, "{b:02x}");
+            let _ = write!(hex, "{b:02x}");
         }
-        s
+        common::contract::query_cache_key(&self.namespace, tenant, &hex)
     }
 
     fn redis_failed(&self, what: &str, error: &dyn std::fmt::Display) {
@@ -178,10 +194,14 @@ impl QueryCache {
     }
 }
 
-/// SHA-256 over the space and the text, unambiguous because every part is length-prefixed.
-fn key(space: &SpaceRef, text: &str) -> [u8; 32] {
+/// SHA-256 over the space, the tenant and the text, unambiguous because every part is
+/// length-prefixed.
+fn key(space: &SpaceRef, tenant: Option<&TenantId>, text: &str) -> [u8; 32] {
     let mut hash = Sha256::new();
-    for part in [space.provider.as_bytes(), space.model.as_bytes(), &space.dimensions.to_le_bytes(), text.as_bytes()] {
+    let tenant = tenant.map_or(&[][..], |t| t.as_str().as_bytes());
+    for part in
+        [space.provider.as_bytes(), space.model.as_bytes(), &space.dimensions.to_le_bytes(), tenant, text.as_bytes()]
+    {
         hash.update((part.len() as u64).to_le_bytes());
         hash.update(part);
     }
@@ -196,8 +216,10 @@ mod tests {
     fn keys_differ_by_space_and_text() {
         let a = SpaceRef { provider: "local".into(), model: "m".into(), dimensions: 384 };
         let b = SpaceRef { dimensions: 768, ..a.clone() };
-        assert_ne!(key(&a, "hello"), key(&b, "hello"));
-        assert_ne!(key(&a, "hello"), key(&a, "hello!"));
-        assert_eq!(key(&a, "hello"), key(&a.clone(), "hello"));
+        let acme = TenantId::parse("acme").unwrap();
+        assert_ne!(key(&a, None, "hello"), key(&b, None, "hello"));
+        assert_ne!(key(&a, None, "hello"), key(&a, None, "hello!"));
+        assert_ne!(key(&a, Some(&acme), "hello"), key(&a, None, "hello"));
+        assert_eq!(key(&a, Some(&acme), "hello"), key(&a.clone(), Some(&acme), "hello"));
     }
 }

@@ -13,7 +13,7 @@ use common::bus::{Consumer, Delivery, Disposition, KeepAlive, Rejection};
 use common::config::Config;
 use common::contract::{EventKind, MessageReceived, MessageStored, REQUEST_ID_HEADER, StreamKind, Subjects, VERSION};
 use common::domain::{MessageId, MessageStatus, NewMessage};
-use common::store::{Inserted, NewRow, Space, StoreError, StoredMessage};
+use common::store::{Inserted, NewRow, Origin, Space, StoreError, StoredMessage};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info_span, warn};
 
@@ -61,6 +61,8 @@ pub(crate) enum Ended {
 struct Accepted {
     delivery: Delivery,
     message: NewMessage,
+    /// The importance it had when exported (an import), if given.
+    importance: Option<f64>,
 }
 
 impl IngestWorker {
@@ -180,7 +182,7 @@ impl IngestWorker {
                 parse(&self.deps.subjects, &delivery)
             };
             match parsed {
-                Ok(message) => accepted.push(Accepted { delivery, message }),
+                Ok((message, importance)) => accepted.push(Accepted { delivery, message, importance }),
                 Err(rejection) => {
                     warn!(subject = %delivery.message.subject, code = rejection.code, reason = %rejection.reason, "dead-lettering an invalid event");
                     self.metrics.count(Outcome::Rejected, 1);
@@ -218,7 +220,11 @@ impl IngestWorker {
         let now = Utc::now();
         let row = |a: &Accepted| NewRow {
             message: a.message.clone(),
-            importance: crate::importance::score(&a.message, now, self.importance),
+            importance: match a.importance {
+                Some(kept) if !a.message.pinned && a.message.importance_override.is_none() => kept,
+                _ => common::domain::importance::score(&a.message, now, self.importance),
+            },
+            origin: Some(Origin { sequence: a.delivery.stream_sequence, published_at: a.delivery.published_at }),
         };
         let rows: Vec<NewRow> = accepted.iter().map(row).collect();
         let by_id = |inserted: Vec<Inserted>| inserted.into_iter().map(|r| (r.row.id, r)).collect::<HashMap<_, _>>();
@@ -261,6 +267,7 @@ impl IngestWorker {
 
     async fn store_and_embed(&self, accepted: Vec<Accepted>) {
         let Some((accepted, stored)) = self.insert(accepted).await else { return };
+        let Some(accepted) = self.drop_deleted(accepted, &stored).await else { return };
 
         // An id already stored for another tenant (a client-chosen id colliding) is never valid.
         let mut ready = Vec::with_capacity(accepted.len());
@@ -345,6 +352,46 @@ impl IngestWorker {
         futures::future::join_all(ready.into_iter().map(|(a, _)| settle(a.delivery, Disposition::Ack))).await;
     }
 
+    /// Acks, without storing, the events a tombstone stopped (their message, conversation or
+    /// tenant was deleted after they were accepted) and returns the rest. `None` when the batch
+    /// was handed back for redelivery.
+    async fn drop_deleted(
+        &self,
+        accepted: Vec<Accepted>,
+        stored: &HashMap<MessageId, Inserted>,
+    ) -> Option<Vec<Accepted>> {
+        let missing: Vec<NewRow> = accepted
+            .iter()
+            .filter(|a| !stored.contains_key(&a.message.message_id))
+            .map(|a| NewRow {
+                message: a.message.clone(),
+                importance: 0.0,
+                origin: Some(Origin { sequence: a.delivery.stream_sequence, published_at: a.delivery.published_at }),
+            })
+            .collect();
+        if missing.is_empty() {
+            return Some(accepted);
+        }
+        let dropped: HashSet<MessageId> = match self.deps.store.tombstoned(&missing).await {
+            Ok(ids) => ids.into_iter().collect(),
+            Err(e) => {
+                self.retry_all(accepted, "checking tombstones", &e, None).await;
+                return None;
+            }
+        };
+        let mut kept = Vec::with_capacity(accepted.len());
+        for a in accepted {
+            if dropped.contains(&a.message.message_id) && !stored.contains_key(&a.message.message_id) {
+                debug!(message_id = %a.message.message_id, "dropping an event of deleted data");
+                self.metrics.count(Outcome::Dropped, 1);
+                settle(a.delivery, Disposition::Ack).await;
+            } else {
+                kept.push(a);
+            }
+        }
+        Some(kept)
+    }
+
     /// Hands the batch back for redelivery after its backoff, or after `at_least` when the
     /// provider asked for more.
     async fn retry_all(
@@ -373,7 +420,7 @@ async fn settle(delivery: Delivery, disposition: Disposition) {
 }
 
 /// Reads and validates one ingest event with the gateway's own rules.
-fn parse(subjects: &Subjects, delivery: &Delivery) -> Result<NewMessage, Rejection> {
+fn parse(subjects: &Subjects, delivery: &Delivery) -> Result<(NewMessage, Option<f64>), Rejection> {
     let m = &delivery.message;
     let reject = |code: &'static str, reason: String| Rejection { code, reason };
     let (tenant_token, id_token) = subjects
@@ -386,6 +433,11 @@ fn parse(subjects: &Subjects, delivery: &Delivery) -> Result<NewMessage, Rejecti
             "unsupported_version",
             format!("payload version {} is not supported (expected {VERSION})", event.v),
         ));
+    }
+    if let Some(i) = event.importance
+        && !(0.0..=1.0).contains(&i)
+    {
+        return Err(reject("invalid_message", format!("importance must be between 0 and 1, got {i}")));
     }
     let mut input = event.message;
     if let Some(token) = id_token {
@@ -416,7 +468,7 @@ fn parse(subjects: &Subjects, delivery: &Delivery) -> Result<NewMessage, Rejecti
             format!("subject tenant `{subject_tenant}` differs from payload tenant `{}`", message.tenant_id),
         ));
     }
-    Ok(message)
+    Ok((message, event.importance))
 }
 
 #[cfg(test)]

@@ -8,7 +8,6 @@ pub mod backfill;
 mod breaker;
 mod cache;
 mod embed;
-pub mod importance;
 mod ingest;
 mod metrics;
 pub mod provider;
@@ -105,6 +104,8 @@ impl Embedder {
         let consumer = deps.bus.consumer(&consumer_spec(config, &deps.subjects)).await?;
         let requests =
             deps.bus.serve(deps.subjects.embed_query(space.id), deps.subjects.embedder_group().to_owned()).await?;
+        // Every embedder (no queue group) drops an erased tenant's cached queries.
+        let purges = deps.bus.subscribe(deps.subjects.cache_purge()).await?;
         let cache = cache::QueryCache::new(
             &config.embedder.cache,
             config.redis_url.as_ref(),
@@ -113,7 +114,7 @@ impl Embedder {
         );
         tracing::info!(space = space.id, provider = %space.reference.provider, model = %space.reference.model, dimensions = space.reference.dimensions, active = space.active, "embedder built");
         Ok(Self {
-            query: query::QueryService::new(deps.clone(), embeddings.clone(), cache, requests, metrics.clone()),
+            query: query::QueryService::new(deps.clone(), embeddings.clone(), cache, requests, purges, metrics.clone()),
             worker: Worker {
                 ingest: ingest::IngestWorker::new(
                     config,

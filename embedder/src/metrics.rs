@@ -21,6 +21,8 @@ pub enum Outcome {
     Retried,
     /// Stored, but the provider refused to embed it.
     Failed,
+    /// Not stored: its message, conversation or tenant was deleted after it was accepted.
+    Dropped,
 }
 
 impl EncodeLabelValue for Outcome {
@@ -31,6 +33,7 @@ impl EncodeLabelValue for Outcome {
             Self::Rejected => "rejected",
             Self::Retried => "retried",
             Self::Failed => "failed",
+            Self::Dropped => "dropped",
         })
     }
 }

@@ -4,8 +4,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::Deps;
-use common::bus::Request;
-use common::contract::{EmbedQueryRequest, EmbedQueryResponse, RemoteError, RemoteErrorCode, Reply, VERSION};
+use common::bus::{Envelope, Request};
+use common::contract::{
+    CachePurge, EmbedQueryRequest, EmbedQueryResponse, RemoteError, RemoteErrorCode, Reply, VERSION,
+};
+use common::domain::TenantId;
 use futures::stream::BoxStream;
 use futures::{FutureExt, StreamExt};
 use tokio_util::sync::CancellationToken;
@@ -25,6 +28,7 @@ pub(crate) struct QueryService {
     embeddings: Embeddings,
     cache: QueryCache,
     requests: BoxStream<'static, Request>,
+    purges: BoxStream<'static, Envelope>,
     metrics: Metrics,
 }
 
@@ -34,9 +38,10 @@ impl QueryService {
         embeddings: Embeddings,
         cache: QueryCache,
         requests: BoxStream<'static, Request>,
+        purges: BoxStream<'static, Envelope>,
         metrics: Metrics,
     ) -> Self {
-        Self { deps, embeddings, cache, requests, metrics }
+        Self { deps, embeddings, cache, requests, purges, metrics }
     }
 
     pub(crate) async fn run(mut self, shutdown: CancellationToken, grace: Duration) {
@@ -45,6 +50,16 @@ impl QueryService {
             let request = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
+                Some(purge) = self.purges.next() => {
+                    match serde_json::from_slice::<CachePurge>(&purge.payload) {
+                        Ok(p) => {
+                            let dropped = self.cache.purge(&p.tenant_id);
+                            tracing::info!(tenant = %p.tenant_id, dropped, "dropped an erased tenant's cached queries");
+                        }
+                        Err(e) => warn!(error = %e, "ignoring a malformed cache purge"),
+                    }
+                    continue;
+                }
                 next = self.requests.next() => match next {
                     Some(r) => r,
                     None => break,
@@ -68,32 +83,34 @@ impl QueryService {
         self.metrics.query_requests.inc();
         tasks.spawn(async move {
             let Some(reply) = request.reply else { return };
-            let (answer, fresh) = answer(&embeddings, &cache, &request.message.payload).await;
+            let (answer, tenant, fresh) = answer(&embeddings, &cache, &request.message.payload).await;
             let payload = Bytes::from(serde_json::to_vec(&answer).expect("replies serialise"));
             if let Err(e) = deps.bus.respond(&reply, payload).await {
                 warn!(error = %e, "answering a query-embedding request failed");
             }
             // Fill the cache after answering: the caller does not wait for Redis.
             for (text, vector) in fresh {
-                cache.put(embeddings.space(), &text, &vector).await;
+                cache.put(embeddings.space(), tenant.as_ref(), &text, &vector).await;
             }
         });
     }
 }
 
-/// The reply, and the vectors the provider computed (to cache).
+/// The reply, and whose queries the provider computed vectors for (to cache).
 async fn answer(
     embeddings: &Embeddings,
     cache: &QueryCache,
     payload: &[u8],
-) -> (Reply<EmbedQueryResponse>, Vec<(String, Vec<f32>)>) {
+) -> (Reply<EmbedQueryResponse>, Option<TenantId>, Vec<(String, Vec<f32>)>) {
     match vectors(embeddings, cache, payload).await {
-        Ok((vectors, fresh)) => (Reply::Ok(EmbedQueryResponse { space: embeddings.space().clone(), vectors }), fresh),
-        Err(e) => (Reply::Error(e), Vec::new()),
+        Ok((vectors, tenant, fresh)) => {
+            (Reply::Ok(EmbedQueryResponse { space: embeddings.space().clone(), vectors }), tenant, fresh)
+        }
+        Err(e) => (Reply::Error(e), None, Vec::new()),
     }
 }
 
-type Vectors = (Vec<Vec<f32>>, Vec<(String, Vec<f32>)>);
+type Vectors = (Vec<Vec<f32>>, Option<TenantId>, Vec<(String, Vec<f32>)>);
 
 async fn vectors(embeddings: &Embeddings, cache: &QueryCache, payload: &[u8]) -> Result<Vectors, RemoteError> {
     let bad_request = |message: String| RemoteError::new(RemoteErrorCode::BadRequest, message);
@@ -108,7 +125,7 @@ async fn vectors(embeddings: &Embeddings, cache: &QueryCache, payload: &[u8]) ->
     let space = embeddings.space();
     let mut vectors: Vec<Option<Vec<f32>>> = Vec::with_capacity(request.texts.len());
     for text in &request.texts {
-        vectors.push(cache.get(space, text).await);
+        vectors.push(cache.get(space, request.tenant_id.as_ref(), text).await);
     }
     let missing: Vec<String> =
         request.texts.iter().zip(&vectors).filter(|(_, v)| v.is_none()).map(|(t, _)| t.clone()).collect();
@@ -126,5 +143,5 @@ async fn vectors(embeddings: &Embeddings, cache: &QueryCache, payload: &[u8]) ->
             fresh.push((text, vector));
         }
     }
-    Ok((vectors.into_iter().map(|v| v.expect("every slot is filled")).collect(), fresh))
+    Ok((vectors.into_iter().map(|v| v.expect("every slot is filled")).collect(), request.tenant_id, fresh))
 }

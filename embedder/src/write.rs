@@ -39,11 +39,16 @@ pub(crate) async fn embed_rows(
     let mut failures = Vec::new();
     for (row, answer) in rows.iter().zip(answers) {
         match answer {
-            Ok(vector) => vectors.push(NewVector { message_id: row.id, tenant_id: row.tenant_id.clone(), vector }),
+            Ok(vector) => vectors.push(NewVector {
+                message_id: row.id,
+                tenant_id: row.tenant_id.clone(),
+                vector,
+                revision: row.revision,
+            }),
             Err(refusal) => {
                 tracing::warn!(message_id = %row.id, reason = %refusal, "the provider refused a message; it is marked failed");
                 refused.insert(row.id, refusal.0.clone());
-                failures.push(Failure { message_id: row.id, reason: refusal.0 });
+                failures.push(Failure { message_id: row.id, reason: refusal.0, revision: row.revision });
             }
         }
     }

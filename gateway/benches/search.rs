@@ -108,7 +108,7 @@ async fn main() -> anyhow::Result<()> {
                     }
                     .validate(Utc::now(), MessageId::new)
                     .expect("valid");
-                    NewRow { message, importance: 0.5 }
+                    NewRow { message, importance: 0.5, origin: None }
                 })
                 .collect();
             env.store.insert_messages(&rows).await?;
@@ -118,6 +118,7 @@ async fn main() -> anyhow::Result<()> {
                     message_id: r.message.message_id,
                     tenant_id: tenant.clone(),
                     vector: hash.vector(&r.message.content),
+                    revision: 0,
                 })
                 .collect();
             env.store.save_vectors(&space, &vectors).await?;

@@ -40,6 +40,10 @@ pub enum ApiError {
     InvalidMessageId(String),
     #[error("message {0} was not found")]
     MessageNotFound(MessageId),
+    #[error("message {0} is still queued: edit it once it is stored (its status shows when)")]
+    MessageQueued(MessageId),
+    #[error("{0}")]
+    NotFound(String),
     #[error("no route for this path")]
     RouteNotFound,
     #[error("message {message_id} was accepted, but did not reach the requested state in time")]
@@ -114,6 +118,8 @@ impl ApiError {
             Self::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             Self::InvalidMessageId(_) => (StatusCode::BAD_REQUEST, "invalid_message_id"),
             Self::MessageNotFound(_) => (StatusCode::NOT_FOUND, "message_not_found"),
+            Self::MessageQueued(_) => (StatusCode::CONFLICT, "message_queued"),
+            Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Self::RouteNotFound => (StatusCode::NOT_FOUND, "route_not_found"),
             Self::WaitTimeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "wait_timeout"),
             Self::UpstreamTimeout => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout"),
@@ -140,6 +146,7 @@ impl ApiError {
             },
             message_id: match self {
                 Self::WaitTimeout { message_id }
+                | Self::MessageQueued(message_id)
                 | Self::PublishTimeout { message_id }
                 | Self::PublishFailed { message_id } => Some(*message_id),
                 _ => None,
@@ -174,6 +181,8 @@ impl From<RemoteError> for ApiError {
             // The gateway validated first, so this is a contract mismatch between versions.
             RemoteErrorCode::BadRequest => Self::MalformedQuery(e.message),
             RemoteErrorCode::Unavailable | RemoteErrorCode::NoActiveSpace => Self::Unavailable(e.message),
+            RemoteErrorCode::NotFound => Self::NotFound(e.message),
+            RemoteErrorCode::Queued => Self::Unavailable(e.message),
         }
     }
 }

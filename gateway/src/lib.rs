@@ -54,6 +54,8 @@ pub fn router(state: AppState) -> Router {
     let request_id = HeaderName::from_static("x-request-id");
     let api = Router::new()
         .merge(routes::messages::router())
+        .merge(routes::lifecycle::router())
+        .merge(routes::transfer::router())
         .merge(routes::search::router())
         .merge(routes::tenants::router())
         .merge(routes::admin::router())

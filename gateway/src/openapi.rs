@@ -4,7 +4,7 @@
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{admin, health, messages, search, tenants};
+use crate::routes::{admin, health, lifecycle, messages, search, tenants, transfer};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -12,6 +12,8 @@ use crate::routes::{admin, health, messages, search, tenants};
     paths(
         messages::create_message, messages::create_messages, messages::get_message,
         messages::archive_message, messages::restore_message,
+        lifecycle::update_message, lifecycle::delete_message, lifecycle::update_messages, lifecycle::delete_messages,
+        lifecycle::delete_conversation, lifecycle::erase_tenant, transfer::export, transfer::import,
         search::search_memories, search::search_memories_post,
         tenants::get_ranking, tenants::put_ranking, tenants::delete_ranking,
         tenants::get_rate_limit, tenants::put_rate_limit, tenants::delete_rate_limit,
@@ -32,6 +34,10 @@ use crate::routes::{admin, health, messages, search, tenants};
         admin::CreateTenant, admin::TenantList, admin::CreateKey, admin::CreatedKey, admin::RetentionRun,
         common::contract::RetentionRunResponse, common::domain::TenantRetention, common::domain::RetentionAction,
         messages::BatchRequest, messages::BatchResponse, messages::BatchItem, messages::ItemStatus, messages::Wait,
+        common::domain::MessageUpdate, common::contract::MessageEdit, common::contract::DeleteMessagesResponse,
+        common::contract::Deleted, common::contract::ExportRecord, common::contract::ExportVector,
+        lifecycle::BatchUpdate, lifecycle::BatchUpdateResponse, lifecycle::ItemError, lifecycle::BatchDelete,
+        transfer::ImportResponse, transfer::LineError,
         crate::error::Problem, health::Health,
     )),
     modifiers(&Security),

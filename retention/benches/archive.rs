@@ -30,7 +30,7 @@ async fn main() -> anyhow::Result<()> {
                 }
                 .validate(Utc::now(), MessageId::new)
                 .expect("valid");
-                NewRow { message, importance: 0.1 }
+                NewRow { message, importance: 0.1, origin: None }
             })
             .collect();
         env.store.insert_messages(&rows).await?;

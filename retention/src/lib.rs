@@ -4,6 +4,7 @@
 //! never work on the same tenant at once, and rows change in bounded batches, so a run never holds
 //! long locks.
 
+mod lifecycle;
 mod metrics;
 
 use std::time::Duration;
@@ -38,6 +39,8 @@ pub enum RetentionError {
     Bus(#[from] BusError),
     #[error("MEMORY_RETENTION_SCHEDULE is not a usable cron expression: {0}")]
     Schedule(String),
+    #[error("MEMORY_REDIS_URL is not usable: {0}")]
+    Redis(String),
 }
 
 /// Runs retention; cheap to clone.
@@ -57,6 +60,9 @@ impl Runner {
             Some(t) => vec![t.clone()],
             None => self.deps.store.tenants_with_messages().await?,
         };
+        if !request.dry_run {
+            self.prune_tombstones(now).await;
+        }
         let mut report =
             RetentionRunResponse { dry_run: request.dry_run, archived: 0, deleted: 0, tenants: Vec::new() };
         for tenant in tenants {
@@ -66,6 +72,19 @@ impl Runner {
             report.tenants.push(done);
         }
         Ok(report)
+    }
+
+    /// Drops tombstones no queued event can match any more; a failure only delays it.
+    async fn prune_tombstones(&self, now: DateTime<Utc>) {
+        let state = match self.deps.bus.stream_state(common::contract::StreamKind::Ingest).await {
+            Ok(state) => state,
+            Err(e) => return warn!(error = %e, "reading the ingest stream to prune tombstones failed"),
+        };
+        match self.deps.store.prune_tombstones(state.first_sequence, now - TOMBSTONE_GRACE).await {
+            Ok(0) => {}
+            Ok(n) => info!(pruned = n, "pruned tombstones"),
+            Err(e) => warn!(error = %e, "pruning tombstones failed"),
+        }
     }
 
     async fn run_tenant(
@@ -180,10 +199,19 @@ enum Command {
     Run,
     Archive,
     Restore,
+    Update,
+    Delete,
+    DeleteConversation,
+    Erase,
+    Export,
 }
+
+/// Tombstones are kept at least this long after a delete, past any batch still in flight.
+const TOMBSTONE_GRACE: chrono::TimeDelta = chrono::TimeDelta::hours(1);
 
 pub struct Retention {
     runner: Runner,
+    lifecycle: lifecycle::Lifecycle,
     requests: BoxStream<'static, (Command, Request)>,
     schedule: String,
 }
@@ -192,16 +220,33 @@ impl Retention {
     /// Joins the `retention` queue group; the schedule starts with `run`.
     pub async fn build(config: &Config, deps: Deps, registry: &mut Registry) -> Result<Self, RetentionError> {
         let group = deps.subjects.retention_group().to_owned();
-        let run = deps.bus.serve(deps.subjects.retention_run(), group.clone()).await?;
-        let archive = deps.bus.serve(deps.subjects.archive_message(), group.clone()).await?;
-        let restore = deps.bus.serve(deps.subjects.restore_message(), group).await?;
-        let requests = futures::stream::select_all([
-            run.map(|r| (Command::Run, r)).boxed(),
-            archive.map(|r| (Command::Archive, r)).boxed(),
-            restore.map(|r| (Command::Restore, r)).boxed(),
-        ])
-        .boxed();
+        let s = &deps.subjects;
+        let mut streams = Vec::new();
+        for (command, subject) in [
+            (Command::Run, s.retention_run()),
+            (Command::Archive, s.archive_message()),
+            (Command::Restore, s.restore_message()),
+            (Command::Update, s.update_messages()),
+            (Command::Delete, s.delete_messages()),
+            (Command::DeleteConversation, s.delete_conversation()),
+            (Command::Erase, s.erase_tenant()),
+            (Command::Export, s.export_tenant()),
+        ] {
+            streams.push(deps.bus.serve(subject, group.clone()).await?.map(move |r| (command, r)).boxed());
+        }
+        let requests = futures::stream::select_all(streams).boxed();
+        let redis = match &config.redis_url {
+            Some(url) => Some(redis::Client::open(url.expose()).map_err(|e| RetentionError::Redis(e.to_string()))?),
+            None => None,
+        };
+        let lifecycle = lifecycle::Lifecycle {
+            deps: deps.clone(),
+            weights: config.embedder.importance,
+            batch_size: config.retention.batch_size,
+            redis,
+        };
         Ok(Self {
+            lifecycle,
             runner: Runner {
                 deps,
                 policy: config.retention.policy,
@@ -249,13 +294,19 @@ impl Retention {
                     None => break,
                 },
             };
-            let runner = self.runner.clone();
+            let (runner, lifecycle) = (self.runner.clone(), self.lifecycle.clone());
             let (command, request) = request;
             tasks.spawn(async move {
+                let l = &lifecycle;
                 match command {
                     Command::Run => answer(&runner, request).await,
                     Command::Archive => archive_or_restore(&runner, request, true).await,
                     Command::Restore => archive_or_restore(&runner, request, false).await,
+                    Command::Update => serve(l, request, |r| l.update(r)).await,
+                    Command::Delete => serve(l, request, |r| l.delete(r)).await,
+                    Command::DeleteConversation => serve(l, request, |r| l.delete_conversation(r)).await,
+                    Command::Erase => serve(l, request, |r| l.erase(r)).await,
+                    Command::Export => serve(l, request, |r| l.export(r)).await,
                 }
             });
         }
@@ -266,6 +317,28 @@ impl Retention {
             warn!("retention runs still going at the end of the grace period");
         }
         Ok(())
+    }
+}
+
+/// Parses a request, runs `handle` and answers with its result or a typed error.
+async fn serve<Q, A, F, Fut>(lifecycle: &lifecycle::Lifecycle, request: Request, handle: F)
+where
+    Q: serde::de::DeserializeOwned,
+    A: serde::Serialize,
+    F: FnOnce(Q) -> Fut,
+    Fut: Future<Output = Result<A, RemoteError>>,
+{
+    let Some(reply) = request.reply.clone() else { return };
+    let outcome = match serde_json::from_slice::<Q>(&request.message.payload) {
+        Err(e) => Reply::Error(RemoteError::new(RemoteErrorCode::BadRequest, format!("malformed request: {e}"))),
+        Ok(q) => match handle(q).await {
+            Ok(a) => Reply::Ok(a),
+            Err(e) => Reply::Error(e),
+        },
+    };
+    let payload = Bytes::from(serde_json::to_vec(&outcome).expect("replies serialise"));
+    if let Err(e) = lifecycle.deps.bus.respond(&reply, payload).await {
+        warn!(error = %e, "answering a request failed");
     }
 }
 

@@ -251,7 +251,7 @@ impl Handler {
             .await
             .map_err(|e| unavailable("reading the active embedding space", &e))?
             .ok_or_else(|| RemoteError::new(RemoteErrorCode::NoActiveSpace, "no embedding space is active yet"))?;
-        let embedded = self.embed_query(space.id, &request.query).await?;
+        let embedded = self.embed_query(space.id, &request.tenant_id, &request.query).await?;
         if space.reference != embedded.space {
             // Never compare vectors of different models.
             return Err(RemoteError::new(
@@ -310,8 +310,13 @@ impl Handler {
             .map_err(|e| unavailable("searching text", &e))
     }
 
-    async fn embed_query(&self, space_id: i32, query: &str) -> Result<EmbedQueryResponse, RemoteError> {
-        let request = EmbedQueryRequest { v: VERSION, texts: vec![query.to_owned()] };
+    async fn embed_query(
+        &self,
+        space_id: i32,
+        tenant: &TenantId,
+        query: &str,
+    ) -> Result<EmbedQueryResponse, RemoteError> {
+        let request = EmbedQueryRequest { v: VERSION, texts: vec![query.to_owned()], tenant_id: Some(tenant.clone()) };
         let envelope =
             Envelope::new(self.deps.subjects.embed_query(space_id), serde_json::to_vec(&request).expect("serialise"));
         let bytes = self.deps.bus.request(envelope, self.request_timeout).await.map_err(|e| match e {

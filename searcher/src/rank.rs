@@ -164,6 +164,7 @@ mod tests {
             created_at: now - age,
             stored_at: now - age,
             archived_at: None,
+            revision: 0,
         }
     }
 

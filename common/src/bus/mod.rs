@@ -165,6 +165,17 @@ pub struct ConsumerState {
     pub ack_pending: u64,
 }
 
+/// Where a stream stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamState {
+    /// The oldest sequence still held (the next one to be stored, when empty).
+    pub first_sequence: u64,
+    /// The last sequence stored, 0 if none ever was.
+    pub last_sequence: u64,
+    /// When the stream stored its last message (by the server's clock), if it stored any.
+    pub last_at: Option<DateTime<Utc>>,
+}
+
 /// Settings of a durable pull consumer.
 #[derive(Debug, Clone)]
 pub struct ConsumerSpec {
@@ -194,6 +205,9 @@ pub trait Bus: Send + Sync + 'static {
     /// Answers a request.
     async fn respond(&self, reply: &str, payload: Bytes) -> Result<(), BusError>;
 
+    /// Publishes to every current subscriber, without a stream (at most once).
+    async fn broadcast(&self, message: Envelope) -> Result<(), BusError>;
+
     /// Every message published on `subject` (wildcards allowed) from now on, until dropped.
     async fn subscribe(&self, subject: String) -> Result<BoxStream<'static, Envelope>, BusError>;
 
@@ -208,6 +222,13 @@ pub trait Bus: Send + Sync + 'static {
 
     /// The last message still held by a stream on a subject (wildcards allowed), if any.
     async fn last_on_subject(&self, stream: StreamKind, subject: &str) -> Result<Option<Envelope>, BusError>;
+
+    /// Where a stream stands: first and last sequence, time of the last message.
+    async fn stream_state(&self, stream: StreamKind) -> Result<StreamState, BusError>;
+
+    /// Removes a stream's messages on `subject` (wildcards allowed), only those up to sequence
+    /// `through` when given; how many it removed.
+    async fn purge(&self, stream: StreamKind, subject: &str, through: Option<u64>) -> Result<u64, BusError>;
 
     /// Succeeds when the server answers.
     async fn ping(&self) -> Result<(), BusError>;

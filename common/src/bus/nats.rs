@@ -13,6 +13,7 @@ use futures::stream::BoxStream;
 
 use super::{
     Bus, BusError, Consumer, ConsumerSpec, ConsumerState, Delivery, Disposition, Envelope, Published, Request, Settle,
+    StreamState,
 };
 use crate::config::NatsConfig;
 use crate::contract::{
@@ -178,6 +179,14 @@ impl Bus for NatsBus {
         self.client.publish(reply.to_owned(), payload).await.map_err(|e| BusError::nats("replying", e))
     }
 
+    async fn broadcast(&self, message: Envelope) -> Result<(), BusError> {
+        self.client
+            .publish_with_headers(message.subject, header_map(&message.headers), message.payload)
+            .await
+            .map_err(|e| BusError::nats("broadcasting", e))?;
+        self.client.flush().await.map_err(|e| BusError::nats("flushing", e))
+    }
+
     async fn subscribe(&self, subject: String) -> Result<BoxStream<'static, Envelope>, BusError> {
         let subscriber = self.client.subscribe(subject).await.map_err(|e| BusError::nats("subscribing", e))?;
         // The subscription must be registered before the caller publishes what it waits for.
@@ -250,6 +259,35 @@ impl Bus for NatsBus {
             Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(None),
             Err(e) => Err(BusError::nats("reading a stream message", e)),
         }
+    }
+
+    async fn stream_state(&self, stream: StreamKind) -> Result<StreamState, BusError> {
+        let stream = self
+            .js
+            .get_stream(self.subjects.stream(stream))
+            .await
+            .map_err(|e| BusError::nats("looking up a stream", e))?;
+        let state = &stream.cached_info().state;
+        Ok(StreamState {
+            first_sequence: state.first_sequence,
+            last_sequence: state.last_sequence,
+            last_at: (state.last_sequence > 0).then_some(state.last_timestamp),
+        })
+    }
+
+    async fn purge(&self, stream: StreamKind, subject: &str, through: Option<u64>) -> Result<u64, BusError> {
+        let stream = self
+            .js
+            .get_stream_no_info(self.subjects.stream(stream))
+            .await
+            .map_err(|e| BusError::nats("looking up a stream", e))?;
+        let purge = stream.purge().filter(subject);
+        let response = match through {
+            // The server's sequence is exclusive: everything below it goes.
+            Some(last) => purge.sequence(last + 1).await,
+            None => purge.await,
+        };
+        Ok(response.map_err(|e| BusError::nats("purging a stream", e))?.purged)
     }
 
     async fn ping(&self) -> Result<(), BusError> {

@@ -51,6 +51,10 @@ pub struct MessageInput {
     /// When the message was written; defaults to the time it is accepted. At most 5 minutes ahead.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created_at: Option<DateTime<Utc>>,
+    /// Stores the message archived as of this time (an import of an export keeps archive
+    /// state). Omit it for a live message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archived_at: Option<DateTime<Utc>>,
 }
 
 /// A message that passed validation.
@@ -66,6 +70,7 @@ pub struct NewMessage {
     pub importance_override: Option<f64>,
     pub pinned: bool,
     pub created_at: DateTime<Utc>,
+    pub archived_at: Option<DateTime<Utc>>,
 }
 
 impl NewMessage {
@@ -89,6 +94,7 @@ impl From<&NewMessage> for MessageInput {
             importance_override: m.importance_override,
             pinned: Some(m.pinned),
             created_at: Some(m.created_at),
+            archived_at: m.archived_at,
         }
     }
 }
@@ -155,38 +161,18 @@ impl MessageInput {
                 errors.push(FieldError::new("name", "invalid_characters", "must not contain control characters"));
             }
         }
-        let content_len = self.content.chars().count();
-        if self.content.contains('\0') {
-            errors.push(FieldError::new("content", "invalid_characters", "must not contain NUL characters"));
-        } else if self.content.trim().is_empty() {
-            errors.push(FieldError::new("content", "empty", "must not be empty or only whitespace"));
-        } else if content_len > CONTENT_MAX {
-            errors.push(FieldError::new(
-                "content",
-                "too_long",
-                format!("must be at most {CONTENT_MAX} characters, got {content_len}"),
-            ));
-        }
-        let metadata = match self.metadata {
-            None | Some(Value::Null) => Map::new(),
-            Some(Value::Object(map)) => {
-                check_metadata_object(&map, "metadata", 1, &mut errors);
-                map
-            }
-            Some(_) => {
-                errors.push(FieldError::new("metadata", "invalid_type", "must be a JSON object"));
-                Map::new()
-            }
-        };
-        if let Some(v) = self.importance_override
-            && !(0.0..=1.0).contains(&v)
-        {
-            errors.push(FieldError::new("importance_override", "out_of_range", "must be between 0 and 1"));
-        }
+        check_content(&self.content, &mut errors);
+        let metadata = metadata_map(self.metadata, &mut errors);
+        check_override(self.importance_override, &mut errors);
         if let Some(at) = self.created_at
             && at > now + Duration::seconds(CREATED_AT_SKEW_SECS)
         {
             errors.push(FieldError::new("created_at", "in_future", "must not lie more than 5 minutes in the future"));
+        }
+        if let Some(at) = self.archived_at
+            && at > now + Duration::seconds(CREATED_AT_SKEW_SECS)
+        {
+            errors.push(FieldError::new("archived_at", "in_future", "must not lie more than 5 minutes in the future"));
         }
         match (message_id, role) {
             (Some(message_id), Some(role)) if errors.is_empty() => Ok(NewMessage {
@@ -200,9 +186,125 @@ impl MessageInput {
                 importance_override: self.importance_override,
                 pinned: self.pinned.unwrap_or(false),
                 created_at: self.created_at.unwrap_or(now),
+                archived_at: self.archived_at,
             }),
             _ => Err(ValidationError(errors)),
         }
+    }
+}
+
+fn check_content(content: &str, errors: &mut Vec<FieldError>) {
+    let len = content.chars().count();
+    if content.contains('\0') {
+        errors.push(FieldError::new("content", "invalid_characters", "must not contain NUL characters"));
+    } else if content.trim().is_empty() {
+        errors.push(FieldError::new("content", "empty", "must not be empty or only whitespace"));
+    } else if len > CONTENT_MAX {
+        errors.push(FieldError::new(
+            "content",
+            "too_long",
+            format!("must be at most {CONTENT_MAX} characters, got {len}"),
+        ));
+    }
+}
+
+/// Metadata as given: `null` (or absent) is `{}`, anything but an object is an error.
+fn metadata_map(metadata: Option<Value>, errors: &mut Vec<FieldError>) -> Map<String, Value> {
+    match metadata {
+        None | Some(Value::Null) => Map::new(),
+        Some(Value::Object(map)) => {
+            check_metadata_object(&map, "metadata", 1, errors);
+            map
+        }
+        Some(_) => {
+            errors.push(FieldError::new("metadata", "invalid_type", "must be a JSON object"));
+            Map::new()
+        }
+    }
+}
+
+fn check_override(value: Option<f64>, errors: &mut Vec<FieldError>) {
+    if let Some(v) = value
+        && !(0.0..=1.0).contains(&v)
+    {
+        errors.push(FieldError::new("importance_override", "out_of_range", "must be between 0 and 1"));
+    }
+}
+
+/// A change to a stored message (`PUT /v1/messages/{id}`): every field is optional, and only
+/// the fields given change. `importance_override: null` clears the override.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MessageUpdate {
+    /// New content (1–100,000 characters): the message is embedded again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
+    /// Replaces the metadata; `null` means `{}`.
+    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<Value>,
+    /// 0–1, or `null` to go back to the computed importance.
+    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<f64>)]
+    pub importance_override: Option<Option<f64>>,
+    /// Pinned messages rank with importance 1.0 and are exempt from retention.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pinned: Option<bool>,
+    /// Archive (`true`) or restore (`false`) the message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archived: Option<bool>,
+}
+
+/// Tells a field given as `null` (`Some(null)`) from an absent one (`None`).
+fn present<'de, T, D>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    T: Deserialize<'de>,
+    D: serde::Deserializer<'de>,
+{
+    T::deserialize(deserializer).map(Some)
+}
+
+/// A validated [`MessageUpdate`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ValidUpdate {
+    pub content: Option<String>,
+    pub metadata: Option<Map<String, Value>>,
+    pub importance_override: Option<Option<f64>>,
+    pub pinned: Option<bool>,
+    pub archived: Option<bool>,
+}
+
+impl MessageUpdate {
+    /// Checks every given field with the rules of a new message; at least one must be given.
+    pub fn validate(self) -> Result<ValidUpdate, ValidationError> {
+        let mut errors = Vec::new();
+        if let Some(content) = &self.content {
+            check_content(content, &mut errors);
+        }
+        let metadata = self.metadata.map(|m| metadata_map(Some(m), &mut errors));
+        check_override(self.importance_override.flatten(), &mut errors);
+        let empty = self.content.is_none()
+            && metadata.is_none()
+            && self.importance_override.is_none()
+            && self.pinned.is_none()
+            && self.archived.is_none();
+        if empty {
+            errors.push(FieldError::new(
+                "",
+                "empty_update",
+                "give at least one of content, metadata, importance_override, pinned, archived",
+            ));
+        }
+        if !errors.is_empty() {
+            return Err(ValidationError(errors));
+        }
+        Ok(ValidUpdate {
+            content: self.content,
+            metadata,
+            importance_override: self.importance_override,
+            pinned: self.pinned,
+            archived: self.archived,
+        })
     }
 }
 
@@ -321,7 +423,7 @@ impl MessageView {
             failure_reason: None,
             created_at: m.created_at,
             stored_at: None,
-            archived_at: None,
+            archived_at: m.archived_at,
         }
     }
 }

@@ -2,6 +2,7 @@
 //! of ARCHITECTURE §11. The gateway and the embedder validate with this same code, so a message
 //! published straight to NATS is held to exactly the rules REST enforces.
 
+pub mod importance;
 mod message;
 mod retention;
 mod search;
@@ -14,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-pub use message::{MessageInput, MessageView, NewMessage, check_search, embedding_text};
+pub use message::{MessageInput, MessageUpdate, MessageView, NewMessage, ValidUpdate, check_search, embedding_text};
 pub use retention::{RetentionAction, RetentionPolicy, TenantRetention};
 pub use search::{Ranking, SearchFilters, SearchMode};
 pub use tenancy::{ApiKey, NewApiKey, Scope, Tenant};

@@ -7,11 +7,11 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
-use crate::config::RateLimit;
+use crate::config::{ImportanceWeights, RateLimit};
 use crate::contract::SpaceRef;
 use crate::domain::{
     ApiKey, ConversationId, MessageId, MessageStatus, MessageView, NewApiKey, NewMessage, Ranking, RetentionAction,
-    RetentionPolicy, Role, SearchFilters, Tenant, TenantId,
+    RetentionPolicy, Role, SearchFilters, Tenant, TenantId, ValidUpdate,
 };
 
 pub use postgres::PgStore;
@@ -99,6 +99,13 @@ pub mod locks {
     /// One sweeper at a time.
     pub const SWEEPER: i64 = 0x006d_656d_0003;
 
+    /// Ingest writes of a tenant take this shared, deletes take it exclusively (both for the
+    /// length of a transaction), so a delete and an insert of the same tenant never interleave:
+    /// the insert either commits first (and the delete removes its row) or sees the tombstone.
+    pub fn tenant_writes(tenant: &crate::domain::TenantId) -> i64 {
+        (0x6d05_i64 << 48) | (retention(tenant) & 0xFFFF_FFFF_FFFF)
+    }
+
     /// One retention run per tenant at a time.
     pub fn retention(tenant: &crate::domain::TenantId) -> i64 {
         // FNV-1a of the id, in a range of its own.
@@ -128,6 +135,8 @@ pub struct StoredMessage {
     pub created_at: DateTime<Utc>,
     pub stored_at: DateTime<Utc>,
     pub archived_at: Option<DateTime<Utc>>,
+    /// Content edits so far; a vector is stored only for the revision it was computed from.
+    pub revision: i32,
 }
 
 impl StoredMessage {
@@ -157,6 +166,40 @@ impl StoredMessage {
 pub struct NewRow {
     pub message: NewMessage,
     pub importance: f64,
+    /// The ingest event it comes from; `None` for a direct write, which no tombstone stops.
+    pub origin: Option<Origin>,
+}
+
+/// Where an ingest event sits in the ingest stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Origin {
+    pub sequence: u64,
+    /// When the stream stored it, by the NATS server's clock.
+    pub published_at: DateTime<Utc>,
+}
+
+/// What a tombstone stands for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Tombstone {
+    Message(MessageId),
+    Conversation(ConversationId),
+    Tenant,
+}
+
+/// The last ingest event accepted before a delete: events up to it (by sequence and by the
+/// server's clock, so a recreated stream's new events are never taken for old ones) are
+/// dropped if a tombstone covers them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cutoff {
+    pub sequence: u64,
+    pub at: Option<DateTime<Utc>>,
+}
+
+/// A stored message in an export, with its vector in the asked-for space if it has one.
+#[derive(Debug, Clone)]
+pub struct Exported {
+    pub message: StoredMessage,
+    pub vector: Option<Vec<f32>>,
 }
 
 /// A row as stored after an insert, and whether this insert created it.
@@ -172,6 +215,8 @@ pub struct NewVector {
     pub message_id: MessageId,
     pub tenant_id: TenantId,
     pub vector: Vec<f32>,
+    /// The revision of the content it was computed from: a stale vector is not stored.
+    pub revision: i32,
 }
 
 /// A message the provider refused to embed, and why.
@@ -179,6 +224,8 @@ pub struct NewVector {
 pub struct Failure {
     pub message_id: MessageId,
     pub reason: String,
+    /// The revision refused: an edited message is not failed for its old content.
+    pub revision: i32,
 }
 
 /// A nearest-neighbour query within one tenant.
@@ -366,6 +413,9 @@ pub trait Store: Send + Sync + 'static {
     /// Tenants that have messages.
     async fn tenants_with_messages(&self) -> Result<Vec<TenantId>, StoreError>;
 
+    /// Whether the tenant exists or has messages (the operator may write for any tenant id).
+    async fn tenant_known(&self, tenant: &TenantId) -> Result<bool, StoreError>;
+
     /// Up to `limit` (or all) of the tenant's messages the policy would archive or delete at `now`,
     /// oldest first.
     async fn retention_candidates(
@@ -413,4 +463,63 @@ pub trait Store: Send + Sync + 'static {
 
     /// Sets (or, with `None`, removes) a tenant's own ranking.
     async fn set_tenant_ranking(&self, tenant: &TenantId, ranking: Option<&Ranking>) -> Result<(), StoreError>;
+
+    /// Of these ingest rows, the ids a tombstone stops (their message, conversation or tenant
+    /// was deleted after they were accepted).
+    async fn tombstoned(&self, rows: &[NewRow]) -> Result<Vec<MessageId>, StoreError>;
+
+    /// Deletes these messages of the tenant, whatever their state, with their vectors, and
+    /// tombstones each against ingest events up to `cutoff`; the ids it deleted.
+    async fn delete_by_id(
+        &self,
+        tenant: &TenantId,
+        ids: &[MessageId],
+        cutoff: Cutoff,
+    ) -> Result<Vec<MessageId>, StoreError>;
+
+    /// Tombstones a conversation or the whole tenant against ingest events up to `cutoff`, and
+    /// returns the tombstone's time: rows stored up to it are what the delete removes (with
+    /// [`Store::delete_stored`]); rows stored later come from newer events.
+    async fn tombstone(&self, tenant: &TenantId, what: &Tombstone, cutoff: Cutoff)
+    -> Result<DateTime<Utc>, StoreError>;
+
+    /// Deletes up to `limit` of the tenant's messages (of one conversation, when given) stored
+    /// no later than `stored_before`, with their vectors; the ids it deleted.
+    async fn delete_stored(
+        &self,
+        tenant: &TenantId,
+        conversation: Option<&ConversationId>,
+        stored_before: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<MessageId>, StoreError>;
+
+    /// Removes a tenant's settings (ranking, rate limit, retention policy).
+    async fn delete_tenant_settings(&self, tenant: &TenantId) -> Result<(), StoreError>;
+
+    /// Drops tombstones older than `older_than` that no event still in the ingest stream (whose
+    /// first sequence is `first_sequence`) can match; how many.
+    async fn prune_tombstones(&self, first_sequence: u64, older_than: DateTime<Utc>) -> Result<u64, StoreError>;
+
+    /// Applies an edit to one message (of `tenant`, when given), recomputing its importance with
+    /// `weights` as of when it was stored. A content change bumps the revision, drops its
+    /// vectors and refusals and sets it `pending`. The message as it is now, and whether its
+    /// content changed; `None` if there is no such message.
+    async fn update_message(
+        &self,
+        id: MessageId,
+        tenant: Option<&TenantId>,
+        update: &ValidUpdate,
+        weights: ImportanceWeights,
+        now: DateTime<Utc>,
+    ) -> Result<Option<(StoredMessage, bool)>, StoreError>;
+
+    /// Up to `limit` of the tenant's messages in id order after `after`, with their vectors in
+    /// `vectors` when given.
+    async fn export(
+        &self,
+        tenant: &TenantId,
+        after: Option<MessageId>,
+        limit: u32,
+        vectors: Option<&Space>,
+    ) -> Result<Vec<Exported>, StoreError>;
 }

@@ -14,14 +14,15 @@ use std::str::FromStr;
 use uuid::Uuid;
 
 use super::{
-    Coverage, Failure, Inserted, LexicalHit, LexicalQuery, Lock, NewRow, NewVector, Space, Store, StoreError,
-    StoredMessage, TextQuery, VectorHit, VectorQuery,
+    Coverage, Cutoff, Exported, Failure, Inserted, LexicalHit, LexicalQuery, Lock, NewRow, NewVector, Space, Store,
+    StoreError, StoredMessage, TextQuery, Tombstone, VectorHit, VectorQuery, locks,
 };
-use crate::config::RateLimit;
+use crate::config::{ImportanceWeights, RateLimit};
 use crate::contract::SpaceRef;
+use crate::domain::importance::Parts;
 use crate::domain::{
     ApiKey, ConversationId, MessageId, MessageStatus, NewApiKey, Ranking, RetentionAction, RetentionPolicy, Role,
-    Scope, Tenant, TenantId,
+    Scope, Tenant, TenantId, ValidUpdate,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -32,7 +33,8 @@ const SPACES_LOCK: i64 = 0x006d_656d_0001;
 macro_rules! message_columns {
     () => {
         "m.id, m.tenant_id, m.conversation_id, m.role, m.name, m.content, m.metadata, m.importance, \
-         m.importance_override, m.pinned, m.status, m.failure_reason, m.created_at, m.stored_at, m.archived_at"
+         m.importance_override, m.pinned, m.status, m.failure_reason, m.created_at, m.stored_at, m.archived_at, \
+         m.revision"
     };
 }
 
@@ -144,22 +146,25 @@ impl PgStore {
         Ok(lines.join("\n"))
     }
 
+    /// Stores the vectors of messages still at the revision they were computed from (an edited
+    /// or deleted message gets none).
     async fn insert_vectors(
         tx: &mut sqlx::PgConnection,
         space: &Space,
-        ids: &[Uuid],
-        tenants: &[&str],
-        embeddings: &[Vector],
+        (ids, tenants, embeddings, revisions): &VectorColumns<'_>,
     ) -> Result<(), StoreError> {
         let table = Self::vector_table(space);
         sqlx::query(AssertSqlSafe(format!(
             "INSERT INTO {table} (message_id, tenant_id, embedding)
-             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::vector[])
+             SELECT u.id, u.tenant_id, u.embedding
+             FROM UNNEST($1::uuid[], $2::text[], $3::vector[], $4::int4[]) AS u(id, tenant_id, embedding, revision)
+             JOIN messages m ON m.id = u.id AND m.revision = u.revision
              ON CONFLICT (message_id) DO UPDATE SET embedding = EXCLUDED.embedding"
         )))
         .bind(ids)
         .bind(tenants)
         .bind(embeddings)
+        .bind(revisions)
         .execute(&mut *tx)
         .await?;
         sqlx::query("DELETE FROM embedding_failures WHERE space_id = $1 AND message_id = ANY($2)")
@@ -175,15 +180,18 @@ impl PgStore {
         space: &Space,
         ids: &[Uuid],
         reasons: &[&str],
+        revisions: &[i32],
     ) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO embedding_failures (space_id, message_id, reason)
-             SELECT $1, * FROM UNNEST($2::uuid[], $3::text[])
+             SELECT $1, u.id, u.reason FROM UNNEST($2::uuid[], $3::text[], $4::int4[]) AS u(id, reason, revision)
+             JOIN messages m ON m.id = u.id AND m.revision = u.revision
              ON CONFLICT (space_id, message_id) DO UPDATE SET reason = EXCLUDED.reason, failed_at = now()",
         )
         .bind(space.id)
         .bind(ids)
         .bind(reasons)
+        .bind(revisions)
         .execute(tx)
         .await?;
         Ok(())
@@ -197,6 +205,60 @@ impl PgStore {
              AND NOT EXISTS (SELECT 1 FROM embedding_failures f WHERE f.space_id = {} AND f.message_id = m.id)",
             space.id
         )
+    }
+}
+
+/// Whether a tombstone covers the ingest event of row `u` (`u.id`, `u.tenant_id`,
+/// `u.conversation_id`, `u.sequence`, `u.published_at`): its message, conversation or tenant was
+/// deleted after the stream had stored the event. A direct write (no sequence) is never covered.
+macro_rules! covered {
+    () => {
+        "(u.sequence IS NOT NULL AND EXISTS (
+             SELECT 1 FROM tombstones t
+             WHERE t.before_sequence >= u.sequence AND t.before_at >= u.published_at
+               AND ((t.kind = 'message' AND t.key = u.id::text)
+                    OR (t.tenant_id = u.tenant_id
+                        AND ((t.kind = 'conversation' AND t.key = u.conversation_id)
+                             OR (t.kind = 'tenant' AND t.key = ''))))))"
+    };
+}
+
+/// New rows as one array per column, for `UNNEST`.
+struct RowColumns<'a> {
+    ids: Vec<Uuid>,
+    tenants: Vec<&'a str>,
+    conversations: Vec<&'a str>,
+    roles: Vec<&'a str>,
+    names: Vec<Option<&'a str>>,
+    contents: Vec<&'a str>,
+    metadata: Vec<String>,
+    importance: Vec<f64>,
+    overrides: Vec<Option<f64>>,
+    pinned: Vec<bool>,
+    created: Vec<DateTime<Utc>>,
+    archived: Vec<Option<DateTime<Utc>>>,
+    sequences: Vec<Option<i64>>,
+    published: Vec<Option<DateTime<Utc>>>,
+}
+
+impl<'a> RowColumns<'a> {
+    fn of(rows: &'a [NewRow]) -> Self {
+        Self {
+            ids: rows.iter().map(|r| r.message.message_id.0).collect(),
+            tenants: rows.iter().map(|r| r.message.tenant_id.as_str()).collect(),
+            conversations: rows.iter().map(|r| r.message.conversation_id.as_str()).collect(),
+            roles: rows.iter().map(|r| r.message.role.as_str()).collect(),
+            names: rows.iter().map(|r| r.message.name.as_deref()).collect(),
+            contents: rows.iter().map(|r| r.message.content.as_str()).collect(),
+            metadata: rows.iter().map(|r| Value::Object(r.message.metadata.clone()).to_string()).collect(),
+            importance: rows.iter().map(|r| r.importance).collect(),
+            overrides: rows.iter().map(|r| r.message.importance_override).collect(),
+            pinned: rows.iter().map(|r| r.message.pinned).collect(),
+            created: rows.iter().map(|r| r.message.created_at).collect(),
+            archived: rows.iter().map(|r| r.message.archived_at).collect(),
+            sequences: rows.iter().map(|r| r.origin.map(|o| i64::try_from(o.sequence).unwrap_or(i64::MAX))).collect(),
+            published: rows.iter().map(|r| r.origin.map(|o| o.published_at)).collect(),
+        }
     }
 }
 
@@ -217,6 +279,7 @@ struct MessageRow {
     created_at: DateTime<Utc>,
     stored_at: DateTime<Utc>,
     archived_at: Option<DateTime<Utc>>,
+    revision: i32,
 }
 
 impl TryFrom<MessageRow> for StoredMessage {
@@ -240,6 +303,7 @@ impl TryFrom<MessageRow> for StoredMessage {
             created_at: r.created_at,
             stored_at: r.stored_at,
             archived_at: r.archived_at,
+            revision: r.revision,
         })
     }
 }
@@ -275,7 +339,7 @@ fn quote_lexeme(lexeme: &str) -> String {
 }
 
 /// Vectors as the columns of an `UNNEST` insert: message ids, tenants, embeddings.
-type VectorColumns<'a> = (Vec<Uuid>, Vec<&'a str>, Vec<Vector>);
+type VectorColumns<'a> = (Vec<Uuid>, Vec<&'a str>, Vec<Vector>, Vec<i32>);
 
 /// The columns of vectors to insert into `space`, checked against its dimensions.
 fn columns<'a>(space: &Space, vectors: &'a [NewVector]) -> Result<VectorColumns<'a>, StoreError> {
@@ -290,6 +354,7 @@ fn columns<'a>(space: &Space, vectors: &'a [NewVector]) -> Result<VectorColumns<
         vectors.iter().map(|v| v.message_id.0).collect(),
         vectors.iter().map(|v| v.tenant_id.as_str()).collect(),
         vectors.iter().map(|v| Vector::from(v.vector.clone())).collect(),
+        vectors.iter().map(|v| v.revision).collect(),
     ))
 }
 
@@ -450,61 +515,57 @@ impl Store for PgStore {
         if rows.is_empty() {
             return Ok(Vec::new());
         }
-        let mut ids = Vec::with_capacity(rows.len());
-        let mut tenants = Vec::with_capacity(rows.len());
-        let mut conversations = Vec::with_capacity(rows.len());
-        let mut roles = Vec::with_capacity(rows.len());
-        let mut names = Vec::with_capacity(rows.len());
-        let mut contents = Vec::with_capacity(rows.len());
-        let mut metadata = Vec::with_capacity(rows.len());
-        let mut importance = Vec::with_capacity(rows.len());
-        let mut overrides = Vec::with_capacity(rows.len());
-        let mut pinned = Vec::with_capacity(rows.len());
-        let mut created = Vec::with_capacity(rows.len());
-        for NewRow { message: m, importance: i } in rows {
-            ids.push(m.message_id.0);
-            tenants.push(m.tenant_id.as_str());
-            conversations.push(m.conversation_id.as_str());
-            roles.push(m.role.as_str());
-            names.push(m.name.as_deref());
-            contents.push(m.content.as_str());
-            metadata.push(Value::Object(m.metadata.clone()).to_string());
-            importance.push(*i);
-            overrides.push(m.importance_override);
-            pinned.push(m.pinned);
-            created.push(m.created_at);
-        }
-        let inserted: Vec<(Uuid,)> = sqlx::query_as(
+        let c = RowColumns::of(rows);
+        let mut tx = self.pool.begin().await?;
+        // Shared per tenant: a delete of the tenant's data (exclusive) waits for this insert, or
+        // this insert waits for the delete and then sees its tombstone.
+        let mut keys: Vec<i64> = rows.iter().map(|r| locks::tenant_writes(&r.message.tenant_id)).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        sqlx::query("SELECT count(pg_advisory_xact_lock_shared(k)) FROM UNNEST($1::int8[]) AS k")
+            .bind(&keys)
+            .execute(&mut *tx)
+            .await?;
+        // `statement_timestamp()`: later than any tombstone this statement waited for, so a
+        // delete's batches (rows stored up to the tombstone) never take a newer row.
+        let inserted: Vec<(Uuid,)> = sqlx::query_as(concat!(
             "INSERT INTO messages (id, tenant_id, conversation_id, role, name, content, metadata,
-                                   importance, importance_override, pinned, created_at)
+                                   importance, importance_override, pinned, created_at, archived_at, stored_at)
              SELECT id, tenant_id, conversation_id, role, name, content, metadata::jsonb,
-                    importance, importance_override, pinned, created_at
+                    importance, importance_override, pinned, created_at, archived_at, statement_timestamp()
              FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
-                         $8::float8[], $9::float8[], $10::bool[], $11::timestamptz[])
+                         $8::float8[], $9::float8[], $10::bool[], $11::timestamptz[], $12::timestamptz[],
+                         $13::int8[], $14::timestamptz[])
                   AS u(id, tenant_id, conversation_id, role, name, content, metadata,
-                       importance, importance_override, pinned, created_at)
-             ON CONFLICT (id) DO NOTHING
-             RETURNING id",
-        )
-        .bind(&ids)
-        .bind(&tenants)
-        .bind(&conversations)
-        .bind(&roles)
-        .bind(&names)
-        .bind(&contents)
-        .bind(&metadata)
-        .bind(&importance)
-        .bind(&overrides)
-        .bind(&pinned)
-        .bind(&created)
-        .fetch_all(&self.pool)
+                       importance, importance_override, pinned, created_at, archived_at, sequence, published_at)
+             WHERE NOT ",
+            covered!(),
+            " ON CONFLICT (id) DO NOTHING
+             RETURNING id"
+        ))
+        .bind(&c.ids)
+        .bind(&c.tenants)
+        .bind(&c.conversations)
+        .bind(&c.roles)
+        .bind(&c.names)
+        .bind(&c.contents)
+        .bind(&c.metadata)
+        .bind(&c.importance)
+        .bind(&c.overrides)
+        .bind(&c.pinned)
+        .bind(&c.created)
+        .bind(&c.archived)
+        .bind(&c.sequences)
+        .bind(&c.published)
+        .fetch_all(&mut *tx)
         .await?;
-        let new: std::collections::HashSet<Uuid> = inserted.into_iter().map(|(id,)| id).collect();
         let stored: Vec<MessageRow> =
             sqlx::query_as(concat!("SELECT ", message_columns!(), " FROM messages m WHERE m.id = ANY($1)"))
-                .bind(&ids)
-                .fetch_all(&self.pool)
+                .bind(&c.ids)
+                .fetch_all(&mut *tx)
                 .await?;
+        tx.commit().await?;
+        let new: std::collections::HashSet<Uuid> = inserted.into_iter().map(|(id,)| id).collect();
         stored
             .into_iter()
             .map(|r| {
@@ -518,15 +579,17 @@ impl Store for PgStore {
         if vectors.is_empty() {
             return Ok(());
         }
-        let (ids, tenants, embeddings) = columns(space, vectors)?;
+        let columns = columns(space, vectors)?;
         let mut tx = self.pool.begin().await?;
         ensure_active(&mut tx, space).await?;
-        Self::insert_vectors(&mut tx, space, &ids, &tenants, &embeddings).await?;
+        Self::insert_vectors(&mut tx, space, &columns).await?;
         sqlx::query(
-            "UPDATE messages SET status = 'embedded', failure_reason = NULL, updated_at = now()
-             WHERE id = ANY($1) AND status <> 'embedded'",
+            "UPDATE messages m SET status = 'embedded', failure_reason = NULL, updated_at = now()
+             FROM UNNEST($1::uuid[], $2::int4[]) AS u(id, revision)
+             WHERE m.id = u.id AND m.revision = u.revision AND m.status <> 'embedded'",
         )
-        .bind(&ids)
+        .bind(&columns.0)
+        .bind(&columns.3)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -539,17 +602,19 @@ impl Store for PgStore {
         }
         let ids: Vec<Uuid> = failures.iter().map(|f| f.message_id.0).collect();
         let reasons: Vec<&str> = failures.iter().map(|f| f.reason.as_str()).collect();
+        let revisions: Vec<i32> = failures.iter().map(|f| f.revision).collect();
         let mut tx = self.pool.begin().await?;
         ensure_active(&mut tx, space).await?;
-        Self::insert_failures(&mut tx, space, &ids, &reasons).await?;
+        Self::insert_failures(&mut tx, space, &ids, &reasons, &revisions).await?;
         sqlx::query(
             "UPDATE messages m SET status = 'failed', failure_reason = u.reason,
                                    embed_failures = m.embed_failures + 1, updated_at = now()
-             FROM UNNEST($1::uuid[], $2::text[]) AS u(id, reason)
-             WHERE m.id = u.id AND m.status <> 'embedded'",
+             FROM UNNEST($1::uuid[], $2::text[], $3::int4[]) AS u(id, reason, revision)
+             WHERE m.id = u.id AND m.revision = u.revision AND m.status <> 'embedded'",
         )
         .bind(&ids)
         .bind(&reasons)
+        .bind(&revisions)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -595,20 +660,21 @@ impl Store for PgStore {
         failures: &[Failure],
         cursor: MessageId,
     ) -> Result<(), StoreError> {
-        let (ids, tenants, embeddings) = columns(space, vectors)?;
+        let columns = columns(space, vectors)?;
         let failed: Vec<Uuid> = failures.iter().map(|f| f.message_id.0).collect();
         let reasons: Vec<&str> = failures.iter().map(|f| f.reason.as_str()).collect();
+        let revisions: Vec<i32> = failures.iter().map(|f| f.revision).collect();
         let mut tx = self.pool.begin().await?;
-        if !ids.is_empty() {
-            Self::insert_vectors(&mut tx, space, &ids, &tenants, &embeddings).await?;
+        if !columns.0.is_empty() {
+            Self::insert_vectors(&mut tx, space, &columns).await?;
         }
         if !failed.is_empty() {
-            Self::insert_failures(&mut tx, space, &failed, &reasons).await?;
+            Self::insert_failures(&mut tx, space, &failed, &reasons, &revisions).await?;
         }
         sqlx::query("UPDATE embedding_spaces SET backfill_cursor = $2, backfilled = backfilled + $3 WHERE id = $1")
             .bind(space.id)
             .bind(cursor.0)
-            .bind(i64::try_from(ids.len() + failed.len()).unwrap_or(i64::MAX))
+            .bind(i64::try_from(columns.0.len() + failed.len()).unwrap_or(i64::MAX))
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
@@ -971,6 +1037,15 @@ impl Store for PgStore {
             .collect()
     }
 
+    async fn tenant_known(&self, tenant: &TenantId) -> Result<bool, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM tenants WHERE id = $1) OR EXISTS (SELECT 1 FROM messages WHERE tenant_id = $1)",
+        )
+        .bind(tenant.as_str())
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
     async fn retention_candidates(
         &self,
         tenant: &TenantId,
@@ -1148,5 +1223,231 @@ impl Store for PgStore {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    async fn tombstoned(&self, rows: &[NewRow]) -> Result<Vec<MessageId>, StoreError> {
+        let c = RowColumns::of(rows);
+        let ids: Vec<Uuid> = sqlx::query_scalar(concat!(
+            "SELECT u.id FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::int8[], $5::timestamptz[])
+                  AS u(id, tenant_id, conversation_id, sequence, published_at)
+             WHERE ",
+            covered!()
+        ))
+        .bind(&c.ids)
+        .bind(&c.tenants)
+        .bind(&c.conversations)
+        .bind(&c.sequences)
+        .bind(&c.published)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(ids.into_iter().map(MessageId).collect())
+    }
+
+    async fn delete_by_id(
+        &self,
+        tenant: &TenantId,
+        ids: &[MessageId],
+        cutoff: Cutoff,
+    ) -> Result<Vec<MessageId>, StoreError> {
+        let ids: Vec<Uuid> = ids.iter().map(|id| id.0).collect();
+        let keys: Vec<String> = ids.iter().map(Uuid::to_string).collect();
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(locks::tenant_writes(tenant)).execute(&mut *tx).await?;
+        sqlx::query(
+            "INSERT INTO tombstones (tenant_id, kind, key, before_sequence, before_at)
+             SELECT $1, 'message', k, $3, $4 FROM UNNEST($2::text[]) AS k
+             ON CONFLICT (tenant_id, kind, key) DO UPDATE
+             SET before_sequence = greatest(tombstones.before_sequence, EXCLUDED.before_sequence),
+                 before_at = greatest(tombstones.before_at, EXCLUDED.before_at), created_at = now()",
+        )
+        .bind(tenant.as_str())
+        .bind(&keys)
+        .bind(i64::try_from(cutoff.sequence).unwrap_or(i64::MAX))
+        .bind(cutoff.at)
+        .execute(&mut *tx)
+        .await?;
+        let deleted: Vec<Uuid> =
+            sqlx::query_scalar("DELETE FROM messages WHERE tenant_id = $1 AND id = ANY($2) RETURNING id")
+                .bind(tenant.as_str())
+                .bind(&ids)
+                .fetch_all(&mut *tx)
+                .await?;
+        tx.commit().await?;
+        Ok(deleted.into_iter().map(MessageId).collect())
+    }
+
+    async fn tombstone(
+        &self,
+        tenant: &TenantId,
+        what: &Tombstone,
+        cutoff: Cutoff,
+    ) -> Result<DateTime<Utc>, StoreError> {
+        let (kind, key) = match what {
+            Tombstone::Message(id) => ("message", id.to_string()),
+            Tombstone::Conversation(c) => ("conversation", c.as_str().to_owned()),
+            Tombstone::Tenant => ("tenant", String::new()),
+        };
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(locks::tenant_writes(tenant)).execute(&mut *tx).await?;
+        // `clock_timestamp()`: inserts waiting on the lock start their statements after it.
+        let at: DateTime<Utc> = sqlx::query_scalar(
+            "INSERT INTO tombstones (tenant_id, kind, key, before_sequence, before_at, created_at)
+             VALUES ($1, $2, $3, $4, $5, clock_timestamp())
+             ON CONFLICT (tenant_id, kind, key) DO UPDATE
+             SET before_sequence = greatest(tombstones.before_sequence, EXCLUDED.before_sequence),
+                 before_at = greatest(tombstones.before_at, EXCLUDED.before_at), created_at = EXCLUDED.created_at
+             RETURNING created_at",
+        )
+        .bind(tenant.as_str())
+        .bind(kind)
+        .bind(key)
+        .bind(i64::try_from(cutoff.sequence).unwrap_or(i64::MAX))
+        .bind(cutoff.at)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(at)
+    }
+
+    async fn delete_stored(
+        &self,
+        tenant: &TenantId,
+        conversation: Option<&ConversationId>,
+        stored_before: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<MessageId>, StoreError> {
+        let deleted: Vec<Uuid> = sqlx::query_scalar(
+            "DELETE FROM messages WHERE id IN (
+                 SELECT id FROM messages
+                 WHERE tenant_id = $1 AND ($2::text IS NULL OR conversation_id = $2) AND stored_at <= $3
+                 LIMIT $4)
+             RETURNING id",
+        )
+        .bind(tenant.as_str())
+        .bind(conversation.map(ConversationId::as_str))
+        .bind(stored_before)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(deleted.into_iter().map(MessageId).collect())
+    }
+
+    async fn delete_tenant_settings(&self, tenant: &TenantId) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM tenant_settings WHERE tenant_id = $1")
+            .bind(tenant.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn prune_tombstones(&self, first_sequence: u64, older_than: DateTime<Utc>) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM tombstones WHERE created_at < $2 AND before_sequence < $1")
+            .bind(i64::try_from(first_sequence).unwrap_or(i64::MAX))
+            .bind(older_than)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn update_message(
+        &self,
+        id: MessageId,
+        tenant: Option<&TenantId>,
+        update: &ValidUpdate,
+        weights: ImportanceWeights,
+        now: DateTime<Utc>,
+    ) -> Result<Option<(StoredMessage, bool)>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let row: Option<MessageRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            message_columns!(),
+            " FROM messages m WHERE m.id = $1 AND ($2::text IS NULL OR m.tenant_id = $2) FOR UPDATE"
+        ))
+        .bind(id.0)
+        .bind(tenant.map(TenantId::as_str))
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let old = StoredMessage::try_from(row)?;
+        let content_changed = update.content.as_ref().is_some_and(|c| *c != old.content);
+        let importance_override = update.importance_override.unwrap_or(old.importance_override);
+        let pinned = update.pinned.unwrap_or(old.pinned);
+        let importance = Parts { role: old.role, created_at: old.created_at, importance_override, pinned }
+            .score(old.stored_at, weights);
+        let archived_at = match update.archived {
+            None => old.archived_at,
+            Some(true) => old.archived_at.or(Some(now)),
+            Some(false) => None,
+        };
+        let row: MessageRow = sqlx::query_as(concat!(
+            "UPDATE messages m SET content = $2, metadata = $3, importance_override = $4, pinned = $5,
+                 importance = $6, archived_at = $7, updated_at = now(),
+                 revision = m.revision + CASE WHEN $8 THEN 1 ELSE 0 END,
+                 status = CASE WHEN $8 THEN 'pending' ELSE m.status END,
+                 failure_reason = CASE WHEN $8 THEN NULL ELSE m.failure_reason END,
+                 embed_failures = CASE WHEN $8 THEN 0 ELSE m.embed_failures END
+             WHERE m.id = $1 RETURNING ",
+            message_columns!()
+        ))
+        .bind(id.0)
+        .bind(update.content.as_deref().unwrap_or(&old.content))
+        .bind(Json(Value::Object(update.metadata.clone().unwrap_or(old.metadata))))
+        .bind(importance_override)
+        .bind(pinned)
+        .bind(importance)
+        .bind(archived_at)
+        .bind(content_changed)
+        .fetch_one(&mut *tx)
+        .await?;
+        if content_changed {
+            // The old text's vectors and refusals, in every space, no longer describe it.
+            let spaces: Vec<i32> = sqlx::query_scalar("SELECT id FROM embedding_spaces").fetch_all(&mut *tx).await?;
+            for space in spaces {
+                sqlx::query(AssertSqlSafe(format!("DELETE FROM message_vectors_{space} WHERE message_id = $1")))
+                    .bind(id.0)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            sqlx::query("DELETE FROM embedding_failures WHERE message_id = $1").bind(id.0).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(Some((StoredMessage::try_from(row)?, content_changed)))
+    }
+
+    async fn export(
+        &self,
+        tenant: &TenantId,
+        after: Option<MessageId>,
+        limit: u32,
+        vectors: Option<&Space>,
+    ) -> Result<Vec<Exported>, StoreError> {
+        let rows: Vec<MessageRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            message_columns!(),
+            " FROM messages m WHERE m.tenant_id = $1 AND ($2::uuid IS NULL OR m.id > $2) ORDER BY m.id LIMIT $3"
+        ))
+        .bind(tenant.as_str())
+        .bind(after.map(|a| a.0))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut found: std::collections::HashMap<Uuid, Vec<f32>> = std::collections::HashMap::new();
+        if let Some(space) = vectors {
+            let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+            let table = Self::vector_table(space);
+            let pairs: Vec<(Uuid, Vector)> = sqlx::query_as(AssertSqlSafe(format!(
+                "SELECT message_id, embedding FROM {table} WHERE message_id = ANY($1)"
+            )))
+            .bind(&ids)
+            .fetch_all(&self.pool)
+            .await?;
+            found = pairs.into_iter().map(|(id, v)| (id, v.to_vec())).collect();
+        }
+        rows.into_iter()
+            .map(|r| {
+                let vector = found.remove(&r.id);
+                Ok(Exported { message: StoredMessage::try_from(r)?, vector })
+            })
+            .collect()
     }
 }

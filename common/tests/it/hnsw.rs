@@ -40,7 +40,7 @@ async fn fill(env: &TestEnv, space: &common::store::Space, tenant: &str, n: usiz
                 }
                 .validate(Utc::now(), MessageId::new)
                 .unwrap();
-                NewRow { message, importance: 0.5 }
+                NewRow { message, importance: 0.5, origin: None }
             })
             .collect();
         env.store.insert_messages(&rows).await?;
@@ -51,6 +51,7 @@ async fn fill(env: &TestEnv, space: &common::store::Space, tenant: &str, n: usiz
                 message_id: r.message.message_id,
                 tenant_id: tenant_id.clone(),
                 vector: vector(seed + (chunk[0] + j) as u64),
+                revision: 0,
             })
             .collect();
         env.store.save_vectors(space, &vectors).await?;

@@ -14,7 +14,7 @@ fn row(tenant: &str, content: &str) -> NewRow {
     }
     .validate(Utc::now(), MessageId::new)
     .unwrap();
-    NewRow { message, importance: 0.5 }
+    NewRow { message, importance: 0.5, origin: None }
 }
 
 fn space(model: &str, dimensions: u32) -> SpaceRef {
@@ -73,6 +73,7 @@ async fn vector_search_is_tenant_scoped_and_checks_dimensions() -> anyhow::Resul
             message_id: r.message.message_id,
             tenant_id: r.message.tenant_id.clone(),
             vector: unit(4, i),
+            revision: 0,
         })
         .collect();
     env.store.save_vectors(&s, &vectors).await?;
@@ -91,7 +92,12 @@ async fn vector_search_is_tenant_scoped_and_checks_dimensions() -> anyhow::Resul
     assert_eq!(contents, ["a1", "a0"], "tenant b's row must never appear");
     assert!((hits[0].similarity - 1.0).abs() < 1e-6 && hits[1].similarity.abs() < 1e-6);
 
-    let wrong = [NewVector { message_id: rows[0].message.message_id, tenant_id: tenant.clone(), vector: vec![1.0; 3] }];
+    let wrong = [NewVector {
+        message_id: rows[0].message.message_id,
+        tenant_id: tenant.clone(),
+        vector: vec![1.0; 3],
+        revision: 0,
+    }];
     assert!(matches!(
         env.store.save_vectors(&s, &wrong).await,
         Err(StoreError::Dimensions { expected: 4, got: 3, .. })
@@ -120,11 +126,12 @@ async fn activation_takes_over_statuses_and_retires_the_old_space() -> anyhow::R
     env.store.insert_messages(&rows).await?;
     let ids: Vec<MessageId> = rows.iter().map(|r| r.message.message_id).collect();
     let tenant = TenantId::parse("acme")?;
-    let vector = |id: MessageId| NewVector { message_id: id, tenant_id: tenant.clone(), vector: unit(4, 0) };
+    let vector =
+        |id: MessageId| NewVector { message_id: id, tenant_id: tenant.clone(), vector: unit(4, 0), revision: 0 };
     env.store.save_vectors(&old, &ids.iter().map(|id| vector(*id)).collect::<Vec<_>>()).await?;
 
     // The backfill covered two messages with vectors and refused one; one is still missing.
-    let refusal = common::store::Failure { message_id: ids[2], reason: "refused".into() };
+    let refusal = common::store::Failure { message_id: ids[2], reason: "refused".into(), revision: 0 };
     env.store.save_backfill(&new, &[vector(ids[0]), vector(ids[1])], &[refusal], ids[2]).await?;
     assert_eq!(env.store.coverage(&new).await?, common::store::Coverage { messages: 4, missing: 1 });
     assert_eq!(env.store.unembedded(&new, None, 10).await?.iter().map(|m| m.id).collect::<Vec<_>>(), [ids[3]]);

@@ -128,7 +128,8 @@ pub(crate) async fn vector_rows(env: &TestEnv) -> anyhow::Result<i64> {
 
 /// Asks the embedder for query vectors over NATS.
 pub(crate) async fn embed_query(env: &TestEnv, texts: &[&str]) -> anyhow::Result<Reply<EmbedQueryResponse>> {
-    let request = EmbedQueryRequest { v: VERSION, texts: texts.iter().map(|t| (*t).to_owned()).collect() };
+    let request =
+        EmbedQueryRequest { v: VERSION, texts: texts.iter().map(|t| (*t).to_owned()).collect(), tenant_id: None };
     let space = env.deps.store.active_space().await?.ok_or_else(|| anyhow::anyhow!("no active space"))?;
     let envelope = Envelope::new(env.subjects.embed_query(space.id), serde_json::to_vec(&request)?);
     let bytes = env.deps.bus.request(envelope, Duration::from_secs(10)).await?;

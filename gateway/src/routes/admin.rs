@@ -51,7 +51,8 @@ pub struct RetentionRun {
     post, path = "/v1/admin/retention/run", tag = "admin", request_body = RetentionRun,
     responses(
         (status = 200, body = RetentionRunResponse), (status = 400, body = Problem), (status = 401, body = Problem),
-        (status = 403, body = Problem), (status = 422, body = Problem), (status = 503, body = Problem),
+        (status = 403, body = Problem), (status = 404, body = Problem), (status = 422, body = Problem),
+        (status = 503, body = Problem),
     ),
     security(("api_key" = []), ("bearer" = []))
 )]
@@ -63,6 +64,9 @@ pub async fn run_retention(
 ) -> Result<axum::Json<RetentionRunResponse>, ApiError> {
     principal.require(Scope::Admin)?;
     let tenant_id = principal.tenant_filter(body.tenant_id)?;
+    if let Some(t) = &tenant_id {
+        super::lifecycle::known(&state, t).await?;
+    }
     let actions = body.actions.unwrap_or_else(|| vec![RetentionAction::Archive, RetentionAction::Delete]);
     if actions.is_empty() {
         return Err(ApiError::Invalid(vec![FieldError::new(
@@ -203,21 +207,27 @@ pub async fn get_tenant(
     Ok(axum::Json(existing(&state, &id).await?))
 }
 
-/// Delete a tenant and its keys (operator key). Its messages stay until erased.
+/// Delete a tenant (operator key): its keys and settings, and every message, vector, queued
+/// message, event and cached query of it, as `DELETE /v1/tenants/{tenant_id}/data` erases them.
 #[utoipa::path(
     delete, path = "/v1/admin/tenants/{tenant_id}", tag = "admin", params(("tenant_id" = String, Path)),
     responses(
         (status = 204), (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem),
+        (status = 503, body = Problem),
     ),
     security(("api_key" = []), ("bearer" = []))
 )]
 pub async fn delete_tenant(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
+    headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     principal.require_operator()?;
     let id = tenant_id(id)?;
+    existing(&state, &id).await?;
+    // Data first: if erasing fails, the tenant is still there to retry with.
+    super::lifecycle::erase(&state, id.clone(), true, &request_id(&headers)).await?;
     let keys = state.deps.store.keys(&id).await.map_err(unavailable)?;
     if !state.deps.store.delete_tenant(&id).await.map_err(unavailable)? {
         return Err(ApiError::TenantNotFound(id.to_string()));

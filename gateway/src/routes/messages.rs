@@ -116,13 +116,26 @@ pub struct BatchResponse {
 
 /// Publishes to the ingest stream. A failure names the message id, so the client can retry with
 /// it and still have the message stored once.
-async fn publish(state: &AppState, m: &NewMessage, request_id: &str) -> Result<Published, ApiError> {
-    let event = MessageReceived { v: VERSION, message: MessageInput::from(m) };
+pub(crate) async fn publish(state: &AppState, m: &NewMessage, request_id: &str) -> Result<Published, ApiError> {
+    publish_as(state, m, None, request_id, &m.message_id.to_string()).await
+}
+
+/// Publishes with `dedup` as the stream's duplicate id (the message id, unless an import needs
+/// one of its own: a message erased and imported again within the stream's duplicate window
+/// must not be taken for the erased one).
+pub(crate) async fn publish_as(
+    state: &AppState,
+    m: &NewMessage,
+    importance: Option<f64>,
+    request_id: &str,
+    dedup: &str,
+) -> Result<Published, ApiError> {
+    let event = MessageReceived { v: VERSION, message: MessageInput::from(m), importance };
     let payload = serde_json::to_vec(&event).expect("events serialise");
     let envelope = Envelope::new(state.deps.subjects.ingest(&m.tenant_id, m.message_id), payload)
         .with_header(REQUEST_ID_HEADER, request_id);
     let message_id = m.message_id;
-    state.deps.bus.publish(envelope, Some(&message_id.to_string())).await.map_err(|e| match e {
+    state.deps.bus.publish(envelope, Some(dedup)).await.map_err(|e| match e {
         BusError::Timeout { .. } => ApiError::PublishTimeout { message_id },
         BusError::TooLarge => ApiError::MessageTooLarge,
         e => {

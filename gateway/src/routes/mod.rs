@@ -2,9 +2,11 @@
 
 pub mod admin;
 pub mod health;
+pub mod lifecycle;
 pub mod messages;
 pub mod search;
 pub mod tenants;
+pub mod transfer;
 
 use axum::http::HeaderMap;
 use common::bus::Envelope;

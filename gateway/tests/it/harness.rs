@@ -26,7 +26,7 @@ pub(crate) struct Resp {
 }
 
 impl App {
-    /// Gateway, embedder and searcher on a fresh environment.
+    /// Gateway, embedder, searcher and retention on a fresh environment.
     pub(crate) async fn start() -> anyhow::Result<Self> {
         Self::start_with(|_| {}).await
     }
@@ -36,6 +36,7 @@ impl App {
         let app = Self::without_workers(configure).await?;
         app.spawn_embedder().await?;
         app.spawn_searcher().await?;
+        app.spawn_retention().await?;
         Ok(app)
     }
 

@@ -21,7 +21,7 @@ async fn key(app: &App, tenant: &str) -> anyhow::Result<(String, String)> {
 }
 
 /// A body for the operation that acts on tenant B, or `None` when it takes none.
-fn body(method: &str, path: &str) -> Option<Value> {
+fn body(method: &str, path: &str, message_id: &str) -> Option<Value> {
     let message = json!({"tenant_id": "globex", "conversation_id": "c", "role": "user", "content": "from acme"});
     match (method, path) {
         ("post", "/v1/messages") => Some(message),
@@ -35,6 +35,12 @@ fn body(method: &str, path: &str) -> Option<Value> {
             "archive_after_days": 1, "archive_below_importance": 1.0, "max_age_days": 1,
             "delete_archived_after_days": 1, "max_messages_per_conversation": 1})),
         ("post", "/v1/admin/retention/run") => Some(json!({"tenant_id": "globex", "dry_run": true})),
+        ("put", "/v1/messages/{id}") => Some(json!({"content": "overwritten by acme"})),
+        ("post", "/v1/messages/batch/update") => {
+            Some(json!({"updates": [{"message_id": message_id, "update": {"content": "overwritten by acme"}}]}))
+        }
+        ("post", "/v1/messages/batch/delete") => Some(json!({"message_ids": [message_id]})),
+        ("post", "/v1/tenants/{tenant_id}/import") => Some(message),
         (_, _) => None,
     }
 }
@@ -68,8 +74,11 @@ async fn no_route_lets_one_tenant_reach_another() -> anyhow::Result<()> {
             if operation.get("security").is_none() {
                 continue;
             }
-            let concrete =
-                path.replace("{tenant_id}", "globex").replace("{id}", &message_id).replace("{key_id}", &globex_key_id);
+            let concrete = path
+                .replace("{tenant_id}", "globex")
+                .replace("{id}", &message_id)
+                .replace("{key_id}", &globex_key_id)
+                .replace("{conversation_id}", "c");
             let takes_tenant = operation["parameters"]
                 .as_array()
                 .is_some_and(|ps| ps.iter().any(|p| p["name"] == "tenant_id" && p["in"] == "query"));
@@ -77,7 +86,10 @@ async fn no_route_lets_one_tenant_reach_another() -> anyhow::Result<()> {
                 .as_array()
                 .is_some_and(|ps| ps.iter().any(|p| p["name"] == "query" && p["in"] == "query"));
             let body = if operation.get("requestBody").is_some() {
-                Some(body(method, path).unwrap_or_else(|| panic!("no isolation case for {method} {path}: add one")))
+                Some(
+                    body(method, path, &message_id)
+                        .unwrap_or_else(|| panic!("no isolation case for {method} {path}: add one")),
+                )
             } else {
                 None
             };

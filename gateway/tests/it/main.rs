@@ -5,6 +5,7 @@ mod embeddings;
 mod harness;
 mod ingest;
 mod isolation;
+mod lifecycle;
 mod limits;
 mod nats;
 mod operations;

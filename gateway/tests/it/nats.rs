@@ -161,7 +161,7 @@ async fn a_message_whose_worker_died_before_acking_is_stored_exactly_once_after_
         assert_eq!(batch.len(), 1);
         let event: common::contract::MessageReceived = serde_json::from_slice(&batch[0].message.payload)?;
         let message = event.message.validate(chrono::Utc::now(), MessageId::new).map_err(anyhow::Error::from)?;
-        app.env.deps.store.insert_messages(&[NewRow { message, importance: 0.5 }]).await?;
+        app.env.deps.store.insert_messages(&[NewRow { message, importance: 0.5, origin: None }]).await?;
         drop(batch);
     }
     assert_eq!(app.get(&format!("/v1/messages/{id}")).await?.body["status"], "pending");

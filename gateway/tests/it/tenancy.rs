@@ -168,6 +168,7 @@ async fn keys_are_kept_only_as_hashes_and_their_use_is_recorded() -> anyhow::Res
 #[tokio::test]
 async fn tenants_are_created_listed_and_deleted_by_the_operator() -> anyhow::Result<()> {
     let app = App::without_workers(|_| {}).await?;
+    app.spawn_retention().await?;
     for id in ["a1", "b2", "c3"] {
         let r = app.post("/v1/admin/tenants", &json!({"id": id, "name": format!("Tenant {id}")})).await?;
         assert_eq!(r.status, StatusCode::CREATED, "{r:?}");
@@ -228,7 +229,6 @@ async fn the_operator_creates_keys_on_the_command_line() -> anyhow::Result<()> {
 #[tokio::test]
 async fn retention_runs_over_rest_for_the_operator_or_a_tenants_admin() -> anyhow::Result<()> {
     let app = App::start().await?;
-    app.spawn_retention().await?;
     let old = json!({"tenant_id": "acme", "conversation_id": "c", "role": "user", "content": "long ago",
         "created_at": (chrono::Utc::now() - chrono::Duration::days(60)).to_rfc3339(), "importance_override": 0.1});
     let r = app.post("/v1/messages?wait=embedded", &old).await?;
@@ -273,7 +273,6 @@ async fn retention_runs_over_rest_for_the_operator_or_a_tenants_admin() -> anyho
 #[tokio::test]
 async fn a_tenant_sets_its_own_retention_policy() -> anyhow::Result<()> {
     let app = App::start().await?;
-    app.spawn_retention().await?;
     let recent = json!({"tenant_id": "acme", "conversation_id": "c", "role": "user", "content": "two days ago",
         "created_at": (chrono::Utc::now() - chrono::Duration::days(2)).to_rfc3339(), "importance_override": 0.9});
     assert_eq!(app.post("/v1/messages?wait=embedded", &recent).await?.status, StatusCode::CREATED);
@@ -303,7 +302,6 @@ async fn a_tenant_sets_its_own_retention_policy() -> anyhow::Result<()> {
 #[tokio::test]
 async fn a_message_is_archived_and_restored_by_its_tenant_only() -> anyhow::Result<()> {
     let app = App::start().await?;
-    app.spawn_retention().await?;
     let acme = app.tenant_key("acme", &["read", "write"]).await?;
     let globex = app.tenant_key("globex", &["read", "write"]).await?;
     let body = json!({"conversation_id": "c", "role": "user", "content": "the blue door code is 4417"});

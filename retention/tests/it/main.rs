@@ -30,7 +30,7 @@ async fn message(
     .validate(Utc::now(), MessageId::new)
     .map_err(|e| anyhow::anyhow!("{e}"))?;
     let id = message.message_id;
-    env.store.insert_messages(&[NewRow { message, importance }]).await?;
+    env.store.insert_messages(&[NewRow { message, importance, origin: None }]).await?;
     Ok(id)
 }
 

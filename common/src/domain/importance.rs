@@ -4,8 +4,9 @@
 //! a pinned message is 1.0. Age at search time is the searcher's decay term, not this one.
 
 use chrono::{DateTime, Utc};
-use common::config::ImportanceWeights;
-use common::domain::{NewMessage, Role};
+
+use super::{NewMessage, Role};
+use crate::config::ImportanceWeights;
 
 const DAY_SECS: f64 = 86_400.0;
 
@@ -19,22 +20,40 @@ fn role_weight(role: Role) -> f64 {
 
 /// The importance of `m` as stored at `now`.
 pub fn score(m: &NewMessage, now: DateTime<Utc>, weights: ImportanceWeights) -> f64 {
-    if m.pinned {
-        return 1.0;
+    Parts { role: m.role, created_at: m.created_at, importance_override: m.importance_override, pinned: m.pinned }
+        .score(now, weights)
+}
+
+/// What importance is computed from.
+#[derive(Debug, Clone, Copy)]
+pub struct Parts {
+    pub role: Role,
+    pub created_at: DateTime<Utc>,
+    pub importance_override: Option<f64>,
+    pub pinned: bool,
+}
+
+impl Parts {
+    /// The importance at `now` (for a stored message, `now` is when it was stored: an edit of
+    /// the override or the pin recomputes it as of then).
+    pub fn score(self, now: DateTime<Utc>, weights: ImportanceWeights) -> f64 {
+        if self.pinned {
+            return 1.0;
+        }
+        if let Some(v) = self.importance_override {
+            return v.clamp(0.0, 1.0);
+        }
+        let w = weights.normalised();
+        let age = (now - self.created_at).num_milliseconds().max(0) as f64 / 1000.0;
+        let recency = (1.0 - age / DAY_SECS).max(0.0);
+        (w.recency * recency + w.role * role_weight(self.role)).clamp(0.0, 1.0)
     }
-    if let Some(v) = m.importance_override {
-        return v.clamp(0.0, 1.0);
-    }
-    let w = weights.normalised();
-    let age = (now - m.created_at).num_milliseconds().max(0) as f64 / 1000.0;
-    let recency = (1.0 - age / DAY_SECS).max(0.0);
-    (w.recency * recency + w.role * role_weight(m.role)).clamp(0.0, 1.0)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use common::domain::{MessageId, MessageInput};
+    use crate::domain::{MessageId, MessageInput};
 
     fn message(
         role: &str,

@@ -1,0 +1,422 @@
+//! Edits, real deletes, tombstones, tenant erasure, export and import: through REST and NATS,
+//! against the real pipeline.
+
+use std::collections::BTreeSet;
+
+use axum::body::Body;
+use axum::http::{Method, StatusCode};
+use common::bus::Envelope;
+use common::contract::{
+    DeleteConversationRequest, DeleteMessagesRequest, DeleteMessagesResponse, Deleted, MessageEdit, Reply,
+    UpdateMessagesRequest, UpdateMessagesResponse, VERSION,
+};
+use common::domain::{ConversationId, MessageId, MessageUpdate, TenantId};
+use serde_json::{Value, json};
+
+use crate::harness::{App, KEY, Resp};
+
+fn message(tenant: &str, conversation: &str, content: &str) -> Value {
+    json!({"tenant_id": tenant, "conversation_id": conversation, "role": "user", "content": content})
+}
+
+async fn stored(app: &App, body: &Value) -> anyhow::Result<String> {
+    let r = app.post("/v1/messages?wait=embedded", body).await?;
+    anyhow::ensure!(r.status == StatusCode::CREATED, "{r:?}");
+    Ok(r.body["id"].as_str().unwrap().to_owned())
+}
+
+async fn queued(app: &App, body: &Value) -> anyhow::Result<String> {
+    let r = app.post("/v1/messages", body).await?;
+    anyhow::ensure!(r.status == StatusCode::ACCEPTED, "{r:?}");
+    Ok(r.body["id"].as_str().unwrap().to_owned())
+}
+
+async fn put(app: &App, uri: &str, body: &Value) -> anyhow::Result<Resp> {
+    app.send(Method::PUT, uri, Some(Body::from(body.to_string())), Some(KEY)).await
+}
+
+async fn delete(app: &App, uri: &str) -> anyhow::Result<Resp> {
+    app.send(Method::DELETE, uri, None, Some(KEY)).await
+}
+
+fn code(r: &Resp) -> (StatusCode, &str) {
+    (r.status, r.body["code"].as_str().unwrap_or(""))
+}
+
+/// Vectors stored for a message, over every space.
+async fn vectors_of(app: &App, id: &str) -> anyhow::Result<i64> {
+    let spaces: Vec<i32> =
+        sqlx::query_scalar("SELECT id FROM embedding_spaces").fetch_all(app.env.store.pool()).await?;
+    let mut n = 0;
+    for space in spaces {
+        let sql = format!("SELECT count(*) FROM message_vectors_{space} WHERE message_id = $1::uuid");
+        n += sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql)).bind(id).fetch_one(app.env.store.pool()).await?;
+    }
+    Ok(n)
+}
+
+/// Rows naming the tenant in every table with a `tenant_id` column (vector tables included),
+/// and embedding failures of its messages, by table; tombstones are left out (they must stay
+/// a while, holding only the id and a stream position).
+async fn rows_of(app: &App, tenant: &str) -> anyhow::Result<Vec<(String, i64)>> {
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT table_name::text FROM information_schema.columns
+         WHERE column_name = 'tenant_id' AND table_schema = current_schema() AND table_name <> 'tombstones'",
+    )
+    .fetch_all(app.env.store.pool())
+    .await?;
+    let mut counts = Vec::new();
+    for table in tables {
+        let sql = format!("SELECT count(*) FROM {table} WHERE tenant_id = $1");
+        let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).bind(tenant).fetch_one(app.env.store.pool()).await?;
+        counts.push((table, n));
+    }
+    Ok(counts)
+}
+
+#[tokio::test]
+async fn an_edit_changes_what_a_message_says_and_means() -> anyhow::Result<()> {
+    let app = App::start().await?;
+    let id = stored(&app, &message("acme", "c", "the cat sat on the mat all afternoon")).await?;
+    stored(&app, &message("acme", "c", "we should buy more printer paper")).await?;
+    let uri = format!("/v1/messages/{id}");
+
+    let r = put(&app, &uri, &json!({"content": "the Lisbon office budget doubled this quarter"})).await?;
+    assert_eq!(r.status, StatusCode::OK, "{r:?}");
+    assert_eq!(r.body["content"], "the Lisbon office budget doubled this quarter");
+    // Embedded again: by meaning, the new text is what is found.
+    app.embedded(&uri).await?;
+    let r = app.get("/v1/memory/search?tenant_id=acme&query=Lisbon%20budget&mode=vector&top_k=1").await?;
+    assert_eq!(r.body["items"][0]["message_id"], id.as_str(), "{r:?}");
+    assert_eq!(vectors_of(&app, &id).await?, 1);
+
+    // Importance follows the override and the pin; metadata is replaced.
+    let r = put(&app, &uri, &json!({"importance_override": 0.9, "metadata": {"topic": "budget"}})).await?;
+    assert_eq!((r.body["importance"].as_f64(), &r.body["metadata"]), (Some(0.9), &json!({"topic": "budget"})));
+    assert_eq!(r.body["status"], "embedded", "no content change, no re-embedding");
+    let r = put(&app, &uri, &json!({"pinned": true})).await?;
+    assert_eq!(r.body["importance"].as_f64(), Some(1.0));
+    let r = put(&app, &uri, &json!({"pinned": false, "importance_override": null})).await?;
+    assert!(r.body["importance"].as_f64().unwrap() < 0.9, "{r:?}");
+    assert!(r.body.get("importance_override").is_none_or(Value::is_null), "{r:?}");
+    let r = put(&app, &uri, &json!({"archived": true})).await?;
+    assert!(r.body["archived_at"].is_string(), "{r:?}");
+
+    // Bad edits.
+    assert_eq!(code(&put(&app, &uri, &json!({})).await?), (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"));
+    let r = put(&app, &uri, &json!({"importance_override": 2})).await?;
+    assert_eq!(code(&r), (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"));
+    assert_eq!(put(&app, &uri, &json!({"content": "  "})).await?.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(put(&app, &uri, &json!({"colour": "red"})).await?.status, StatusCode::BAD_REQUEST);
+    let r = put(&app, &format!("/v1/messages/{}", MessageId::new()), &json!({"pinned": true})).await?;
+    assert_eq!(code(&r), (StatusCode::NOT_FOUND, "message_not_found"));
+    assert_eq!(code(&put(&app, "/v1/messages/nope", &json!({"pinned": true})).await?).1, "invalid_message_id");
+
+    // A batch: one edit made, one unknown id.
+    let missing = MessageId::new();
+    let body = json!({"updates": [
+        {"message_id": id, "update": {"metadata": {"topic": "finance"}}},
+        {"message_id": missing, "update": {"pinned": true}},
+        {"message_id": id, "update": {"importance_override": -1}},
+    ]});
+    let r = app.post("/v1/messages/batch/update?tenant_id=acme", &body).await?;
+    assert_eq!(r.status, StatusCode::MULTI_STATUS, "{r:?}");
+    assert_eq!(r.body["updated"][0]["metadata"], json!({"topic": "finance"}));
+    let codes: Vec<&str> =
+        r.body["errors"].as_array().unwrap().iter().map(|e| e["error"]["code"].as_str().unwrap()).collect();
+    assert_eq!(codes, ["message_not_found", "validation_failed"]);
+    let r = app.post("/v1/messages/batch/update", &json!({"updates": []})).await?;
+    assert_eq!(code(&r), (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"));
+
+    // Through NATS, with a tenant that is not the message's: not found.
+    let request = UpdateMessagesRequest {
+        v: VERSION,
+        tenant_id: Some(TenantId::parse("globex")?),
+        updates: vec![MessageEdit {
+            message_id: MessageId::parse(&id)?,
+            update: MessageUpdate { pinned: Some(true), ..MessageUpdate::default() },
+        }],
+    };
+    let reply: Reply<UpdateMessagesResponse> = nats(&app, app.env.subjects.update_messages(), &request).await?;
+    let Reply::Ok(response) = reply else { panic!("{reply:?}") };
+    assert!(matches!(&response.results[0], Reply::Error(e) if e.code == common::contract::RemoteErrorCode::NotFound));
+    app.finish().await
+}
+
+async fn nats<Q: serde::Serialize, A: serde::de::DeserializeOwned>(
+    app: &App,
+    subject: String,
+    request: &Q,
+) -> anyhow::Result<A> {
+    let envelope = Envelope::new(subject, serde_json::to_vec(request)?);
+    let bytes = app.env.deps.bus.request(envelope, std::time::Duration::from_secs(10)).await?;
+    Ok(serde_json::from_slice(&bytes)?)
+}
+
+#[tokio::test]
+async fn deletes_are_real_and_answer_for_what_is_gone() -> anyhow::Result<()> {
+    let app = App::start().await?;
+    let a = stored(&app, &message("acme", "c", "first")).await?;
+    let b = stored(&app, &message("acme", "c", "second")).await?;
+    let c = stored(&app, &message("acme", "c", "third")).await?;
+    assert_eq!(vectors_of(&app, &a).await?, 1);
+
+    assert_eq!(delete(&app, &format!("/v1/messages/{a}")).await?.status, StatusCode::NO_CONTENT);
+    assert_eq!(code(&app.get(&format!("/v1/messages/{a}")).await?), (StatusCode::NOT_FOUND, "message_not_found"));
+    assert_eq!(vectors_of(&app, &a).await?, 0, "its vector went with it");
+    assert_eq!(code(&delete(&app, &format!("/v1/messages/{a}")).await?).0, StatusCode::NOT_FOUND);
+    // Another tenant's message is not found, and stays.
+    assert_eq!(delete(&app, &format!("/v1/messages/{b}?tenant_id=globex")).await?.status, StatusCode::NOT_FOUND);
+
+    let unknown = MessageId::new().to_string();
+    let r = app.post("/v1/messages/batch/delete?tenant_id=acme", &json!({"message_ids": [b, unknown]})).await?;
+    assert_eq!(r.status, StatusCode::OK, "{r:?}");
+    assert_eq!((&r.body["deleted"], &r.body["not_found"]), (&json!([b]), &json!([unknown])));
+    let r = app.post("/v1/messages/batch/delete", &json!({"message_ids": []})).await?;
+    assert_eq!(code(&r), (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"));
+
+    // Through NATS.
+    let request = DeleteMessagesRequest { v: VERSION, tenant_id: None, message_ids: vec![MessageId::parse(&c)?] };
+    let reply: Reply<DeleteMessagesResponse> = nats(&app, app.env.subjects.delete_messages(), &request).await?;
+    assert!(matches!(&reply, Reply::Ok(r) if r.deleted == [MessageId::parse(&c)?]), "{reply:?}");
+    assert_eq!(app.count_rows("acme").await?, 0);
+    assert_eq!(app.search("acme", "first second third").await?, Vec::<String>::new());
+    app.finish().await
+}
+
+#[tokio::test]
+async fn messages_queued_when_their_conversation_is_deleted_never_appear() -> anyhow::Result<()> {
+    // No embedder yet: everything waits in the ingest stream.
+    let app = App::without_workers(|_| {}).await?;
+    app.spawn_searcher().await?;
+    app.spawn_retention().await?;
+    let mut doomed = Vec::new();
+    for i in 0..5 {
+        doomed.push(queued(&app, &message("acme", "secret-chat", &format!("secret number {i}"))).await?);
+    }
+    let single = queued(&app, &message("acme", "other", "delete me while queued")).await?;
+    let kept = queued(&app, &message("acme", "other", "keep me")).await?;
+    let elsewhere = queued(&app, &message("globex", "secret-chat", "another tenant's chat of the same name")).await?;
+
+    let r = delete(&app, "/v1/conversations/secret-chat?tenant_id=acme").await?;
+    assert_eq!(r.status, StatusCode::OK, "{r:?}");
+    assert_eq!(delete(&app, &format!("/v1/messages/{single}")).await?.status, StatusCode::NO_CONTENT);
+    // A message sent to the same conversation after the delete is a new one, and is kept.
+    let after = queued(&app, &message("acme", "secret-chat", "a fresh start")).await?;
+
+    app.spawn_embedder().await?;
+    for id in [&kept, &elsewhere, &after] {
+        app.embedded(&format!("/v1/messages/{id}")).await?;
+    }
+    for id in doomed.iter().chain([&single]) {
+        assert_eq!(app.get(&format!("/v1/messages/{id}")).await?.status, StatusCode::NOT_FOUND, "{id} came back");
+    }
+    let stored: Vec<String> =
+        sqlx::query_scalar("SELECT content FROM messages WHERE tenant_id = 'acme' ORDER BY content")
+            .fetch_all(app.env.store.pool())
+            .await?;
+    assert_eq!(stored, ["a fresh start", "keep me"]);
+    // Nothing is left waiting: the dropped events were acked, not retried.
+    let state = app.env.deps.bus.consumer_state(common::contract::StreamKind::Ingest, "embedder").await?;
+    assert_eq!((state.pending, state.ack_pending), (0, 0));
+
+    // Through NATS: a stored conversation.
+    let request = DeleteConversationRequest {
+        v: VERSION,
+        tenant_id: TenantId::parse("acme")?,
+        conversation_id: ConversationId::parse("other")?,
+    };
+    let reply: Reply<Deleted> = nats(&app, app.env.subjects.delete_conversation(), &request).await?;
+    assert!(matches!(reply, Reply::Ok(Deleted { deleted: 1, .. })), "{reply:?}");
+    assert_eq!(
+        code(&delete(&app, "/v1/conversations/bad%20id?tenant_id=acme").await?).0,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+    app.finish().await
+}
+
+#[tokio::test]
+async fn erasing_a_tenant_leaves_nothing_of_it_and_spares_the_others() -> anyhow::Result<()> {
+    let redis_url = std::env::var("MEMORY_TEST_REDIS_URL")?;
+    let url = redis_url.clone();
+    let app = App::start_with(move |vars| {
+        vars.insert("MEMORY_REDIS_URL".into(), url);
+    })
+    .await?;
+    app.tenant_key("acme", &["read"]).await?;
+    let r = put(&app, "/v1/tenants/acme/ranking", &json!({"recency_weight": 1})).await?;
+    assert_eq!(r.status, StatusCode::OK, "{r:?}");
+    for i in 0..4 {
+        stored(&app, &message("acme", &format!("c{i}"), &format!("acme private note {i}"))).await?;
+    }
+    let globex = stored(&app, &message("globex", "c", "globex private note")).await?;
+    // Searches fill the query cache (in process and in Redis).
+    assert_eq!(app.search("acme", "private note").await?.len(), 4);
+    assert_eq!(app.search("globex", "private note").await?, std::slice::from_ref(&globex));
+    let mut redis = redis::Client::open(redis_url)?.get_multiplexed_async_connection().await?;
+    let pattern = |t: &str| format!("{}:query-vector:{t}:*", app.env.subjects.prefix());
+
+    let keys: Vec<String> = redis::cmd("KEYS").arg(pattern("acme")).query_async(&mut redis).await?;
+    assert_eq!(keys.len(), 1, "acme's query is cached in Redis");
+
+    let r = delete(&app, "/v1/tenants/acme/data").await?;
+    assert_eq!(r.status, StatusCode::OK, "{r:?}");
+    assert_eq!(r.body["deleted"], 4);
+    for (table, n) in rows_of(&app, "acme").await? {
+        let allowed = if matches!(table.as_str(), "tenants" | "api_keys" | "tenant_settings") { 1 } else { 0 };
+        assert!(n <= allowed, "{table} still holds {n} rows of acme");
+    }
+    let failures: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM embedding_failures").fetch_one(app.env.store.pool()).await?;
+    assert_eq!(failures, 0);
+    let keys: Vec<String> = redis::cmd("KEYS").arg(pattern("acme")).query_async(&mut redis).await?;
+    assert_eq!(keys, Vec::<String>::new(), "acme's cached queries are gone");
+    assert_eq!(app.search("acme", "private note").await?, Vec::<String>::new());
+    // The other tenant is untouched, cache included.
+    assert_eq!(app.search("globex", "private note").await?, [globex]);
+    let keys: Vec<String> = redis::cmd("KEYS").arg(pattern("globex")).query_async(&mut redis).await?;
+    assert_eq!(keys.len(), 1);
+    // Erasure keeps the tenant: it can start over.
+    stored(&app, &message("acme", "c", "a new beginning")).await?;
+    assert_eq!(app.count_rows("acme").await?, 1);
+
+    // Deleting the tenant erases its data, settings and keys: nothing of it is left.
+    assert_eq!(delete(&app, "/v1/admin/tenants/acme").await?.status, StatusCode::NO_CONTENT);
+    for (table, n) in rows_of(&app, "acme").await? {
+        assert_eq!(n, 0, "{table} still holds rows of the deleted tenant");
+    }
+    assert_eq!(code(&delete(&app, "/v1/tenants/nobody/data").await?), (StatusCode::NOT_FOUND, "tenant_not_found"));
+    app.finish().await
+}
+
+/// Messages as an export shows them, without what the pipeline computes.
+fn essence(ndjson: &str) -> BTreeSet<String> {
+    ndjson
+        .lines()
+        .map(|line| {
+            let v: Value = serde_json::from_str(line).unwrap();
+            json!([
+                v["id"],
+                v["conversation_id"],
+                v["role"],
+                v["name"],
+                v["content"],
+                v["metadata"],
+                v["importance"],
+                v["importance_override"],
+                v["pinned"],
+                v["created_at"],
+                v["archived_at"]
+            ])
+            .to_string()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn export_erase_import_brings_back_the_same_memory() -> anyhow::Result<()> {
+    let app = App::start().await?;
+    app.tenant_key("acme", &["read"]).await?;
+    let inputs = [
+        json!({"conversation_id": "trip", "role": "user", "name": "Ana", "content": "I am flying to Lisbon on the 3rd of May",
+               "metadata": {"topic": "travel", "tags": ["flight"]}}),
+        json!({"conversation_id": "trip", "role": "assistant", "content": "Your hotel in Alfama is booked for four nights",
+               "importance_override": 0.8}),
+        json!({"conversation_id": "work", "role": "user", "content": "The quarterly report is due next Friday", "pinned": true}),
+        json!({"conversation_id": "work", "role": "system", "content": "Old policy text that was archived",
+               "created_at": "2024-01-01T00:00:00Z"}),
+    ];
+    let mut ids = Vec::new();
+    for mut input in inputs {
+        input["tenant_id"] = json!("acme");
+        ids.push(stored(&app, &input).await?);
+    }
+    assert_eq!(app.post(&format!("/v1/messages/{}/archive", ids[3]), &json!({})).await?.status, StatusCode::OK);
+    let before = app.search("acme", "when is the flight to Lisbon").await?;
+    assert_eq!(before.first(), Some(&ids[0]));
+
+    let export = app.get("/v1/tenants/acme/export").await?;
+    assert_eq!(export.status, StatusCode::OK);
+    assert_eq!(export.headers["content-type"], "application/x-ndjson");
+    let ndjson = export.body.as_str().unwrap().to_owned();
+    assert_eq!(ndjson.lines().count(), 4);
+    let with_vectors = app.get("/v1/tenants/acme/export?include_vectors=true").await?;
+    let first: Value = serde_json::from_str(with_vectors.body.as_str().unwrap().lines().next().unwrap())?;
+    assert_eq!(
+        first["vector"]["values"].as_array().map(Vec::len),
+        Some(first["vector"]["space"]["dimensions"].as_u64().unwrap() as usize)
+    );
+
+    assert_eq!(delete(&app, "/v1/tenants/acme/data").await?.status, StatusCode::OK);
+    assert_eq!(app.search("acme", "when is the flight to Lisbon").await?, Vec::<String>::new());
+
+    for _ in 0..2 {
+        // Twice: an import is idempotent by message id.
+        let r = app.send(Method::POST, "/v1/tenants/acme/import", Some(Body::from(ndjson.clone())), Some(KEY)).await?;
+        assert_eq!(r.status, StatusCode::OK, "{r:?}");
+        assert_eq!(r.body["queued"], 4);
+    }
+    for id in &ids {
+        app.embedded(&format!("/v1/messages/{id}")).await?;
+    }
+    assert_eq!(app.count_rows("acme").await?, 4);
+    let again = app.get("/v1/tenants/acme/export").await?.body.as_str().unwrap().to_owned();
+    assert_eq!(essence(&again), essence(&ndjson), "the same messages, archive state included");
+    assert_eq!(app.search("acme", "when is the flight to Lisbon").await?, before);
+
+    // Bad lines are reported by number; good ones still go in.
+    let fine = MessageId::new();
+    let mixed = format!(
+        "{}\nnot json\n\n{}\n",
+        json!({"message_id": fine, "conversation_id": "c", "role": "user", "content": "fine"}),
+        json!({"conversation_id": "c", "role": "robot", "content": "bad role"})
+    );
+    let r = app.send(Method::POST, "/v1/tenants/acme/import", Some(Body::from(mixed)), Some(KEY)).await?;
+    assert_eq!(r.status, StatusCode::MULTI_STATUS, "{r:?}");
+    assert_eq!((r.body["queued"].as_u64(), r.body["rejected"].as_u64()), (Some(1), Some(2)));
+    let lines: Vec<u64> = r.body["errors"].as_array().unwrap().iter().map(|e| e["line"].as_u64().unwrap()).collect();
+    assert_eq!(lines, [2, 4]);
+    app.embedded(&format!("/v1/messages/{fine}")).await?;
+    assert_eq!(code(&app.get("/v1/tenants/nobody/export").await?), (StatusCode::NOT_FOUND, "tenant_not_found"));
+    app.finish().await
+}
+
+#[tokio::test]
+async fn bad_lifecycle_and_retention_inputs_are_refused_with_4xx() -> anyhow::Result<()> {
+    let app = App::start().await?;
+    let run = |body: Value| {
+        let app = &app;
+        async move { app.post("/v1/admin/retention/run", &body).await }
+    };
+    assert_eq!(run(json!({"actions": ["shred"]})).await?.status, StatusCode::BAD_REQUEST);
+    assert_eq!(code(&run(json!({"actions": []})).await?), (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"));
+    assert_eq!(code(&run(json!({"tenant_id": "nobody"})).await?), (StatusCode::NOT_FOUND, "tenant_not_found"));
+    assert_eq!(code(&run(json!({"tenant_id": "bad id!"})).await?).0, StatusCode::UNPROCESSABLE_ENTITY);
+    app.tenant_key("acme", &["read"]).await?;
+    let policy = json!({"archive_after_days": -1, "archive_below_importance": 0.3, "max_age_days": null,
+                        "delete_archived_after_days": 90, "max_messages_per_conversation": null});
+    assert!(put(&app, "/v1/tenants/acme/retention-policy", &policy).await?.status.is_client_error());
+    let policy = json!({"archive_after_days": 30, "archive_below_importance": 1.5, "max_age_days": null,
+                        "delete_archived_after_days": 90, "max_messages_per_conversation": null});
+    assert_eq!(
+        code(&put(&app, "/v1/tenants/acme/retention-policy", &policy).await?).0,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+    let many: Vec<String> = (0..101).map(|_| MessageId::new().to_string()).collect();
+    let r = app.post("/v1/messages/batch/delete", &json!({"message_ids": many})).await?;
+    assert_eq!(code(&r), (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"));
+    assert_eq!(
+        app.post("/v1/messages/batch/delete", &json!({"message_ids": ["x"]})).await?.status,
+        StatusCode::BAD_REQUEST
+    );
+    // A conversation delete needs a tenant.
+    assert_eq!(code(&delete(&app, "/v1/conversations/c").await?).0, StatusCode::UNPROCESSABLE_ENTITY);
+    // Editing a message that is still queued: 409, not a silent loss.
+    let app2 = App::without_workers(|_| {}).await?;
+    app2.spawn_retention().await?;
+    let id = queued(&app2, &message("acme", "c", "not stored yet")).await?;
+    let r = put(&app2, &format!("/v1/messages/{id}"), &json!({"pinned": true})).await?;
+    assert_eq!(code(&r), (StatusCode::CONFLICT, "message_queued"));
+    app2.finish().await?;
+    app.finish().await
+}

@@ -1,0 +1,403 @@
+//! Edits and real deletes: `mem.v1.messages.update`, `mem.v1.messages.delete`,
+//! `mem.v1.conversations.delete`, `mem.v1.tenants.erase`, and the export pages of
+//! `mem.v1.tenants.export`.
+//!
+//! A delete first writes a tombstone against the ingest events the stream holds at that moment,
+//! then removes the rows in bounded batches, then purges what it can from the streams. An event
+//! still in flight when the delete came is dropped by the embedder on sight of the tombstone,
+//! so deleted data never comes back.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::Utc;
+use common::Deps;
+use common::bus::{BusError, Envelope};
+use common::config::ImportanceWeights;
+use common::contract::{
+    CachePurge, DeleteConversationRequest, DeleteMessagesRequest, DeleteMessagesResponse, Deleted, EXPORT_PAGE_MAX,
+    EraseTenantRequest, EventKind, ExportPage, ExportRecord, ExportRequest, ExportVector, MessageReceived,
+    MessageUpdated, MessagesDeleted, RemoteError, RemoteErrorCode, Reply, StreamKind, Subjects, TenantErased,
+    UpdateMessagesRequest, UpdateMessagesResponse, VERSION,
+};
+use common::domain::{BATCH_MAX, MessageId, MessageInput, NewMessage, TenantId};
+use common::store::{Cutoff, StoredMessage, Tombstone};
+use redis::AsyncCommands as _;
+use tracing::{info, warn};
+
+/// Largest export page in serialised bytes (under NATS's 1 MiB default).
+const EXPORT_PAGE_BYTES: usize = 512 * 1024;
+/// A Redis call slower than this fails the cache purge (the erase can be retried).
+const REDIS_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Clone)]
+pub(crate) struct Lifecycle {
+    pub(crate) deps: Deps,
+    pub(crate) weights: ImportanceWeights,
+    pub(crate) batch_size: u32,
+    pub(crate) redis: Option<redis::Client>,
+}
+
+fn bad(message: impl Into<String>) -> RemoteError {
+    RemoteError::new(RemoteErrorCode::BadRequest, message)
+}
+
+fn unavailable(what: &str, e: &dyn std::error::Error) -> RemoteError {
+    warn!(error = %e, cause = ?e.source(), "{what} failed");
+    RemoteError::new(RemoteErrorCode::Unavailable, format!("{what} failed: {e}"))
+}
+
+fn check_version(v: u8) -> Result<(), RemoteError> {
+    if v == VERSION { Ok(()) } else { Err(bad(format!("unsupported version {v}"))) }
+}
+
+fn check_batch(n: usize, what: &str) -> Result<(), RemoteError> {
+    if (1..=BATCH_MAX).contains(&n) { Ok(()) } else { Err(bad(format!("give 1 to {BATCH_MAX} {what}, got {n}"))) }
+}
+
+impl Lifecycle {
+    /// The last ingest event accepted so far: a delete covers it and everything before.
+    async fn cutoff(&self) -> Result<Cutoff, RemoteError> {
+        let state = self
+            .deps
+            .bus
+            .stream_state(StreamKind::Ingest)
+            .await
+            .map_err(|e| unavailable("reading the ingest stream", &e))?;
+        Ok(Cutoff { sequence: state.last_sequence, at: state.last_at })
+    }
+
+    async fn publish(&self, tenant: &TenantId, kind: EventKind, id: MessageId, payload: Vec<u8>, dedup: &str) {
+        let envelope = Envelope::new(self.deps.subjects.event(tenant, kind, id), payload);
+        if let Err(e) = self.deps.bus.publish(envelope, Some(dedup)).await {
+            warn!(error = %e, %tenant, event = kind.as_str(), "announcing a change failed");
+        }
+    }
+
+    async fn announce_deleted(&self, tenant: &TenantId, ids: &[MessageId]) {
+        if ids.is_empty() {
+            return;
+        }
+        let payload =
+            serde_json::to_vec(&MessagesDeleted { v: VERSION, tenant_id: tenant.clone(), message_ids: ids.to_vec() })
+                .expect("events serialise");
+        let batch = MessageId::new();
+        self.publish(tenant, EventKind::Deleted, batch, payload, &format!("deleted-{batch}")).await;
+    }
+
+    pub(crate) async fn update(&self, request: UpdateMessagesRequest) -> Result<UpdateMessagesResponse, RemoteError> {
+        check_version(request.v)?;
+        check_batch(request.updates.len(), "updates")?;
+        let mut results = Vec::with_capacity(request.updates.len());
+        for edit in request.updates {
+            results.push(match self.update_one(request.tenant_id.as_ref(), edit.message_id, edit.update).await {
+                Ok(view) => Reply::Ok(view),
+                Err(e) => Reply::Error(e),
+            });
+        }
+        Ok(UpdateMessagesResponse { results })
+    }
+
+    async fn update_one(
+        &self,
+        tenant: Option<&TenantId>,
+        id: MessageId,
+        update: common::domain::MessageUpdate,
+    ) -> Result<common::domain::MessageView, RemoteError> {
+        let update = update.validate().map_err(|e| bad(e.to_string()))?;
+        let now = Utc::now();
+        let updated = self
+            .deps
+            .store
+            .update_message(id, tenant, &update, self.weights, now)
+            .await
+            .map_err(|e| unavailable("updating the message", &e))?;
+        let Some((message, content_changed)) = updated else {
+            return Err(if self.queued(tenant, id).await?.is_some() {
+                RemoteError::new(
+                    RemoteErrorCode::Queued,
+                    format!("message {id} is still queued: edit it once it is stored (its status shows when)"),
+                )
+            } else {
+                RemoteError::new(RemoteErrorCode::NotFound, format!("no message {id}"))
+            });
+        };
+        if content_changed {
+            self.reembed(&message).await;
+        }
+        let event = MessageUpdated {
+            v: VERSION,
+            message_id: message.id,
+            tenant_id: message.tenant_id.clone(),
+            revision: message.revision,
+            content_changed,
+        };
+        let dedup = format!("updated-{}-{}", message.id, now.timestamp_micros());
+        self.publish(
+            &message.tenant_id,
+            EventKind::Updated,
+            message.id,
+            serde_json::to_vec(&event).expect("events serialise"),
+            &dedup,
+        )
+        .await;
+        Ok(message.view())
+    }
+
+    /// Queues an edited message for embedding through the ingest stream: the embedder finds it
+    /// stored and `pending` at its new revision. If the publish fails, the sweeper embeds it later.
+    async fn reembed(&self, m: &StoredMessage) {
+        let message = NewMessage {
+            message_id: m.id,
+            tenant_id: m.tenant_id.clone(),
+            conversation_id: m.conversation_id.clone(),
+            role: m.role,
+            name: m.name.clone(),
+            content: m.content.clone(),
+            metadata: m.metadata.clone(),
+            importance_override: m.importance_override,
+            pinned: m.pinned,
+            created_at: m.created_at,
+            archived_at: m.archived_at,
+        };
+        let payload = serde_json::to_vec(&MessageReceived {
+            v: VERSION,
+            message: MessageInput::from(&message),
+            importance: None,
+        })
+        .expect("events serialise");
+        let envelope = Envelope::new(self.deps.subjects.ingest(&m.tenant_id, m.id), payload);
+        if let Err(e) = self.deps.bus.publish(envelope, Some(&format!("{}.r{}", m.id, m.revision))).await {
+            warn!(error = %e, message_id = %m.id, "queueing an edited message for embedding failed; the sweeper will embed it");
+        }
+    }
+
+    /// The tenant of a message still in the ingest stream, if it is there.
+    async fn queued(&self, tenant: Option<&TenantId>, id: MessageId) -> Result<Option<TenantId>, RemoteError> {
+        let subject = self.deps.subjects.ingest_lookup(tenant, id);
+        let envelope = self
+            .deps
+            .bus
+            .last_on_subject(StreamKind::Ingest, &subject)
+            .await
+            .map_err(|e| unavailable("reading the ingest stream", &e))?;
+        Ok(envelope.and_then(|e| {
+            let (token, _) = self.deps.subjects.parse_ingest(&e.subject)?;
+            TenantId::parse(Subjects::tenant_of(token)).ok()
+        }))
+    }
+
+    pub(crate) async fn delete(&self, request: DeleteMessagesRequest) -> Result<DeleteMessagesResponse, RemoteError> {
+        check_version(request.v)?;
+        check_batch(request.message_ids.len(), "message ids")?;
+        let tenant = request.tenant_id.as_ref();
+        // Whose each message is: stored, or still queued; else it does not exist.
+        let mut by_tenant: BTreeMap<TenantId, Vec<MessageId>> = BTreeMap::new();
+        let mut not_found = Vec::new();
+        for &id in &request.message_ids {
+            let stored = self.deps.store.get_message(id).await.map_err(|e| unavailable("reading a message", &e))?;
+            let owner = match stored {
+                Some(m) if tenant.is_none_or(|t| *t == m.tenant_id) => Some(m.tenant_id),
+                Some(_) => None,
+                None => self.queued(tenant, id).await?,
+            };
+            match owner {
+                Some(owner) => by_tenant.entry(owner).or_default().push(id),
+                None => not_found.push(id),
+            }
+        }
+        let cutoff = self.cutoff().await?;
+        let mut deleted = Vec::new();
+        for (owner, ids) in by_tenant {
+            let rows = self
+                .deps
+                .store
+                .delete_by_id(&owner, &ids, cutoff)
+                .await
+                .map_err(|e| unavailable("deleting messages", &e))?;
+            self.announce_deleted(&owner, &rows).await;
+            for id in ids {
+                let subject = self.deps.subjects.ingest(&owner, id);
+                let purged = self
+                    .deps
+                    .bus
+                    .purge(StreamKind::Ingest, &subject, Some(cutoff.sequence))
+                    .await
+                    .map_err(|e| unavailable("dropping a queued message", &e))?;
+                if rows.contains(&id) || purged > 0 {
+                    deleted.push(id);
+                } else {
+                    // Stored or queued a moment ago, gone now (another delete, or a queued event
+                    // dropped as the embedder took it): nothing of it is left.
+                    not_found.push(id);
+                }
+            }
+        }
+        let order = |id: &MessageId| request.message_ids.iter().position(|x| x == id);
+        deleted.sort_by_key(order);
+        not_found.sort_by_key(order);
+        Ok(DeleteMessagesResponse { deleted, not_found })
+    }
+
+    pub(crate) async fn delete_conversation(&self, request: DeleteConversationRequest) -> Result<Deleted, RemoteError> {
+        check_version(request.v)?;
+        let (tenant, conversation) = (&request.tenant_id, &request.conversation_id);
+        let cutoff = self.cutoff().await?;
+        let at = self
+            .deps
+            .store
+            .tombstone(tenant, &Tombstone::Conversation(conversation.clone()), cutoff)
+            .await
+            .map_err(|e| unavailable("tombstoning the conversation", &e))?;
+        let deleted = self.delete_stored(tenant, Some(conversation), at, true).await?;
+        info!(%tenant, %conversation, deleted, "conversation deleted");
+        // Its queued events cannot be told apart by subject: the embedder drops them on sight.
+        Ok(Deleted { deleted, dropped_queued: 0 })
+    }
+
+    /// Deletes, batch by batch, the rows stored up to the tombstone; how many.
+    async fn delete_stored(
+        &self,
+        tenant: &TenantId,
+        conversation: Option<&common::domain::ConversationId>,
+        at: chrono::DateTime<Utc>,
+        announce: bool,
+    ) -> Result<u64, RemoteError> {
+        let mut total = 0;
+        loop {
+            let ids = self
+                .deps
+                .store
+                .delete_stored(tenant, conversation, at, self.batch_size)
+                .await
+                .map_err(|e| unavailable("deleting messages", &e))?;
+            total += ids.len() as u64;
+            if announce {
+                self.announce_deleted(tenant, &ids).await;
+            }
+            if ids.len() < self.batch_size as usize {
+                return Ok(total);
+            }
+        }
+    }
+
+    pub(crate) async fn erase(&self, request: EraseTenantRequest) -> Result<Deleted, RemoteError> {
+        check_version(request.v)?;
+        let tenant = &request.tenant_id;
+        let cutoff = self.cutoff().await?;
+        let at = self
+            .deps
+            .store
+            .tombstone(tenant, &Tombstone::Tenant, cutoff)
+            .await
+            .map_err(|e| unavailable("tombstoning the tenant", &e))?;
+        let deleted = self.delete_stored(tenant, None, at, false).await?;
+        // The streams: queued messages (up to the cutoff), events and dead letters.
+        let mut dropped_queued = 0;
+        for (stream, subject) in self.deps.subjects.tenant_subjects(tenant) {
+            let through = (stream == StreamKind::Ingest).then_some(cutoff.sequence);
+            let purged = self
+                .deps
+                .bus
+                .purge(stream, &subject, through)
+                .await
+                .map_err(|e| unavailable("purging a stream", &e))?;
+            if stream == StreamKind::Ingest {
+                dropped_queued += purged;
+            }
+        }
+        if request.settings {
+            self.deps.store.delete_tenant_settings(tenant).await.map_err(|e| unavailable("deleting settings", &e))?;
+        }
+        self.purge_cache(tenant).await?;
+        let event = TenantErased { v: VERSION, tenant_id: tenant.clone(), deleted };
+        let id = MessageId::new();
+        self.publish(
+            tenant,
+            EventKind::Erased,
+            id,
+            serde_json::to_vec(&event).expect("events serialise"),
+            &format!("erased-{id}"),
+        )
+        .await;
+        info!(%tenant, deleted, dropped_queued, "tenant erased");
+        Ok(Deleted { deleted, dropped_queued })
+    }
+
+    /// Deletes the tenant's cached query vectors in Redis and tells every embedder to drop its
+    /// in-process ones.
+    async fn purge_cache(&self, tenant: &TenantId) -> Result<(), RemoteError> {
+        if let Some(client) = &self.redis {
+            let pattern = common::contract::query_cache_pattern(self.deps.subjects.prefix(), tenant);
+            let purge = async {
+                let mut connection = client.get_multiplexed_async_connection().await?;
+                let keys: Vec<String> = {
+                    let mut scan = connection.scan_match::<_, String>(&pattern).await?;
+                    let mut keys = Vec::new();
+                    while let Some(key) = futures::StreamExt::next(&mut scan).await {
+                        keys.push(key?);
+                    }
+                    keys
+                };
+                for chunk in keys.chunks(500) {
+                    connection.unlink::<_, ()>(chunk).await?;
+                }
+                Ok::<usize, redis::RedisError>(keys.len())
+            };
+            match tokio::time::timeout(REDIS_TIMEOUT, purge).await {
+                Ok(Ok(n)) => info!(%tenant, entries = n, "purged the tenant's cached queries from Redis"),
+                Ok(Err(e)) => return Err(unavailable("purging the query cache (retry the erase)", &e)),
+                Err(_) => {
+                    let e = BusError::Timeout { operation: "purging the query cache in Redis" };
+                    return Err(unavailable("purging the query cache (retry the erase)", &e));
+                }
+            }
+        }
+        let payload = serde_json::to_vec(&CachePurge { v: VERSION, tenant_id: tenant.clone() }).expect("serialise");
+        self.deps
+            .bus
+            .broadcast(Envelope::new(self.deps.subjects.cache_purge(), payload))
+            .await
+            .map_err(|e| unavailable("telling embedders to purge their caches", &e))
+    }
+
+    pub(crate) async fn export(&self, request: ExportRequest) -> Result<ExportPage, RemoteError> {
+        check_version(request.v)?;
+        if !(1..=EXPORT_PAGE_MAX).contains(&request.limit) {
+            return Err(bad(format!("limit must be 1 to {EXPORT_PAGE_MAX}")));
+        }
+        let space = if request.include_vectors {
+            self.deps.store.active_space().await.map_err(|e| unavailable("reading the active space", &e))?
+        } else {
+            None
+        };
+        let rows = self
+            .deps
+            .store
+            .export(&request.tenant_id, request.after, request.limit, space.as_ref())
+            .await
+            .map_err(|e| unavailable("reading messages", &e))?;
+        let full = rows.len() == request.limit as usize;
+        let (mut records, mut bytes) = (Vec::with_capacity(rows.len()), 0);
+        let mut truncated = false;
+        for row in rows {
+            let record = ExportRecord {
+                revision: row.message.revision,
+                vector: row
+                    .vector
+                    .zip(space.as_ref())
+                    .map(|(values, s)| ExportVector { space: s.reference.clone(), values }),
+                message: row.message.view(),
+            };
+            let size = serde_json::to_vec(&record).map_or(0, |b| b.len());
+            if !records.is_empty() && bytes + size > EXPORT_PAGE_BYTES {
+                truncated = true;
+                break;
+            }
+            bytes += size;
+            records.push(record);
+        }
+        let next = if full || truncated { records.last().map(|r| r.message.id) } else { None };
+        Ok(ExportPage { records, next })
+    }
+}
