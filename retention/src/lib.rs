@@ -239,20 +239,17 @@ impl Retention {
             Some(url) => Some(redis::Client::open(url.expose()).map_err(|e| RetentionError::Redis(e.to_string()))?),
             None => None,
         };
+        let metrics = Metrics::register(registry);
         let lifecycle = lifecycle::Lifecycle {
             deps: deps.clone(),
             weights: config.embedder.importance,
             batch_size: config.retention.batch_size,
             redis,
+            metrics: metrics.clone(),
         };
         Ok(Self {
             lifecycle,
-            runner: Runner {
-                deps,
-                policy: config.retention.policy,
-                batch_size: config.retention.batch_size,
-                metrics: Metrics::register(registry),
-            },
+            runner: Runner { deps, policy: config.retention.policy, batch_size: config.retention.batch_size, metrics },
             requests,
             schedule: config.retention.schedule.clone(),
         })
@@ -302,11 +299,13 @@ impl Retention {
                     Command::Run => answer(&runner, request).await,
                     Command::Archive => archive_or_restore(&runner, request, true).await,
                     Command::Restore => archive_or_restore(&runner, request, false).await,
-                    Command::Update => serve(l, request, |r| l.update(r)).await,
-                    Command::Delete => serve(l, request, |r| l.delete(r)).await,
-                    Command::DeleteConversation => serve(l, request, |r| l.delete_conversation(r)).await,
-                    Command::Erase => serve(l, request, |r| l.erase(r)).await,
-                    Command::Export => serve(l, request, |r| l.export(r)).await,
+                    Command::Update => serve(l, request, "update", |r| l.update(r)).await,
+                    Command::Delete => serve(l, request, "delete", |r| l.delete(r)).await,
+                    Command::DeleteConversation => {
+                        serve(l, request, "delete_conversation", |r| l.delete_conversation(r)).await;
+                    }
+                    Command::Erase => serve(l, request, "erase", |r| l.erase(r)).await,
+                    Command::Export => serve(l, request, "export", |r| l.export(r)).await,
                 }
             });
         }
@@ -321,7 +320,7 @@ impl Retention {
 }
 
 /// Parses a request, runs `handle` and answers with its result or a typed error.
-async fn serve<Q, A, F, Fut>(lifecycle: &lifecycle::Lifecycle, request: Request, handle: F)
+async fn serve<Q, A, F, Fut>(lifecycle: &lifecycle::Lifecycle, request: Request, command: &'static str, handle: F)
 where
     Q: serde::de::DeserializeOwned,
     A: serde::Serialize,
@@ -336,6 +335,11 @@ where
             Err(e) => Reply::Error(e),
         },
     };
+    let outcome_label = match &outcome {
+        Reply::Ok(_) => "ok".to_owned(),
+        Reply::Error(e) => e.code.to_string(),
+    };
+    lifecycle.metrics.commands.get_or_create(&metrics::CommandLabels { command, outcome: outcome_label }).inc();
     let payload = Bytes::from(serde_json::to_vec(&outcome).expect("replies serialise"));
     if let Err(e) = lifecycle.deps.bus.respond(&reply, payload).await {
         warn!(error = %e, "answering a request failed");

@@ -36,6 +36,7 @@ pub(crate) struct Lifecycle {
     pub(crate) weights: ImportanceWeights,
     pub(crate) batch_size: u32,
     pub(crate) redis: Option<redis::Client>,
+    pub(crate) metrics: crate::Metrics,
 }
 
 fn bad(message: impl Into<String>) -> RemoteError {
@@ -209,12 +210,15 @@ impl Lifecycle {
         let cutoff = self.cutoff().await?;
         let mut deleted = Vec::new();
         for (owner, ids) in by_tenant {
+            let started = std::time::Instant::now();
             let rows = self
                 .deps
                 .store
                 .delete_by_id(&owner, &ids, cutoff)
                 .await
                 .map_err(|e| unavailable("deleting messages", &e))?;
+            self.metrics.delete_lock.observe(started.elapsed().as_secs_f64());
+            self.metrics.deleted(&owner, rows.len() as u64);
             self.announce_deleted(&owner, &rows).await;
             for id in ids {
                 let subject = self.deps.subjects.ingest(&owner, id);
@@ -242,17 +246,34 @@ impl Lifecycle {
     pub(crate) async fn delete_conversation(&self, request: DeleteConversationRequest) -> Result<Deleted, RemoteError> {
         check_version(request.v)?;
         let (tenant, conversation) = (&request.tenant_id, &request.conversation_id);
-        let cutoff = self.cutoff().await?;
-        let at = self
-            .deps
-            .store
-            .tombstone(tenant, &Tombstone::Conversation(conversation.clone()), cutoff)
-            .await
-            .map_err(|e| unavailable("tombstoning the conversation", &e))?;
+        let at = self.tombstone(tenant, Tombstone::Conversation(conversation.clone())).await?;
         let deleted = self.delete_stored(tenant, Some(conversation), at, true).await?;
         info!(%tenant, %conversation, deleted, "conversation deleted");
         // Its queued events cannot be told apart by subject: the embedder drops them on sight.
         Ok(Deleted { deleted, dropped_queued: 0 })
+    }
+
+    /// Tombstones a conversation or the tenant as of now; the tombstone's time.
+    async fn tombstone(&self, tenant: &TenantId, what: Tombstone) -> Result<chrono::DateTime<Utc>, RemoteError> {
+        let cutoff = self.cutoff().await?;
+        self.tombstone_at(tenant, what, cutoff).await
+    }
+
+    async fn tombstone_at(
+        &self,
+        tenant: &TenantId,
+        what: Tombstone,
+        cutoff: Cutoff,
+    ) -> Result<chrono::DateTime<Utc>, RemoteError> {
+        let started = std::time::Instant::now();
+        let at = self
+            .deps
+            .store
+            .tombstone(tenant, &what, cutoff)
+            .await
+            .map_err(|e| unavailable("writing a tombstone", &e))?;
+        self.metrics.delete_lock.observe(started.elapsed().as_secs_f64());
+        Ok(at)
     }
 
     /// Deletes, batch by batch, the rows stored up to the tombstone; how many.
@@ -272,6 +293,7 @@ impl Lifecycle {
                 .await
                 .map_err(|e| unavailable("deleting messages", &e))?;
             total += ids.len() as u64;
+            self.metrics.deleted(tenant, ids.len() as u64);
             if announce {
                 self.announce_deleted(tenant, &ids).await;
             }
@@ -285,12 +307,7 @@ impl Lifecycle {
         check_version(request.v)?;
         let tenant = &request.tenant_id;
         let cutoff = self.cutoff().await?;
-        let at = self
-            .deps
-            .store
-            .tombstone(tenant, &Tombstone::Tenant, cutoff)
-            .await
-            .map_err(|e| unavailable("tombstoning the tenant", &e))?;
+        let at = self.tombstone_at(tenant, Tombstone::Tenant, cutoff).await?;
         let deleted = self.delete_stored(tenant, None, at, false).await?;
         // The streams: queued messages (up to the cutoff), events and dead letters.
         let mut dropped_queued = 0;

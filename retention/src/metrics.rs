@@ -14,8 +14,21 @@ pub struct TenantLabels {
     pub tenant: String,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct CommandLabels {
+    pub command: &'static str,
+    /// `ok`, `bad_request`, `not_found`, `unavailable`…
+    pub outcome: String,
+}
+
 #[derive(Clone)]
 pub struct Metrics {
+    /// Lifecycle commands answered (update, delete, conversation delete, erase, export), by
+    /// outcome: `memory_retention_commands_total`.
+    pub commands: Family<CommandLabels, Counter>,
+    /// Time to take a tenant's write lock and write a tombstone: it waits for that tenant's
+    /// ingest inserts in flight (`memory_retention_delete_lock_seconds`).
+    pub delete_lock: Histogram,
     /// Tenant runs done: `memory_retention_runs_total`.
     pub runs: Counter,
     /// Time of one tenant's run: `memory_retention_run_duration_seconds`.
@@ -31,6 +44,8 @@ pub struct Metrics {
 impl Metrics {
     pub fn register(registry: &mut Registry) -> Self {
         let m = Self {
+            commands: Family::default(),
+            delete_lock: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             runs: Counter::default(),
             duration: Histogram::new(exponential_buckets(0.001, 2.0, 20)),
             archived: Family::default(),
@@ -43,7 +58,19 @@ impl Metrics {
         r.register("archived_messages", "Messages archived by retention", m.archived.clone());
         r.register("deleted_messages", "Messages deleted by retention", m.deleted.clone());
         r.register("busy", "Tenant runs skipped: another run held the tenant", m.busy.clone());
+        r.register("commands", "Lifecycle commands answered, by outcome", m.commands.clone());
+        r.register_with_unit(
+            "delete_lock",
+            "Time to take a tenant's write lock and write a tombstone",
+            Unit::Seconds,
+            m.delete_lock.clone(),
+        );
         m
+    }
+
+    /// Messages deleted by a lifecycle command.
+    pub(crate) fn deleted(&self, tenant: &TenantId, n: u64) {
+        self.deleted.get_or_create(&TenantLabels { tenant: tenant.to_string() }).inc_by(n);
     }
 
     pub(crate) fn record(&self, tenant: &TenantId, archived: u64, deleted: u64, took: Duration) {

@@ -269,7 +269,8 @@ impl Bus for NatsBus {
             .map_err(|e| BusError::nats("looking up a stream", e))?;
         let state = &stream.cached_info().state;
         Ok(StreamState {
-            first_sequence: state.first_sequence,
+            // An empty stream reports 0 until it has held a message.
+            first_sequence: if state.messages == 0 { state.last_sequence + 1 } else { state.first_sequence },
             last_sequence: state.last_sequence,
             last_at: (state.last_sequence > 0).then_some(state.last_timestamp),
         })

@@ -171,3 +171,71 @@ async fn an_advisory_lock_is_held_until_dropped() -> anyhow::Result<()> {
     .await?;
     env.finish().await
 }
+
+fn from_stream(mut r: NewRow, sequence: u64, published_at: chrono::DateTime<Utc>) -> NewRow {
+    r.origin = Some(common::store::Origin { sequence, published_at });
+    r
+}
+
+#[tokio::test]
+async fn tombstones_stop_only_the_events_accepted_before_the_delete() -> anyhow::Result<()> {
+    use common::store::{Cutoff, Tombstone};
+    let env = TestEnv::start().await?;
+    let acme = TenantId::parse("acme")?;
+    let t0 = Utc::now() - chrono::Duration::seconds(10);
+    let cutoff = Cutoff { sequence: 100, at: Some(t0) };
+    let conversation = common::domain::ConversationId::parse("c")?;
+    env.store.tombstone(&acme, &Tombstone::Conversation(conversation), cutoff).await?;
+
+    let old = from_stream(row("acme", "queued before the delete"), 99, t0 - chrono::Duration::seconds(1));
+    let newer = from_stream(row("acme", "published after"), 101, t0 + chrono::Duration::seconds(1));
+    // A recreated stream starts its sequences over, but its clock moves on.
+    let recreated = from_stream(row("acme", "a new stream"), 5, t0 + chrono::Duration::seconds(2));
+    let other = from_stream(row("globex", "another tenant"), 50, t0 - chrono::Duration::seconds(1));
+    let direct = row("acme", "a direct write");
+    let rows = [old.clone(), newer.clone(), recreated.clone(), other.clone(), direct.clone()];
+    let stored = env.store.insert_messages(&rows).await?;
+    let ids: std::collections::HashSet<MessageId> = stored.iter().map(|i| i.row.id).collect();
+    assert!(!ids.contains(&old.message.message_id));
+    for kept in [&newer, &recreated, &other, &direct] {
+        assert!(ids.contains(&kept.message.message_id), "{} was dropped", kept.message.content);
+    }
+    assert_eq!(env.store.tombstoned(&rows).await?, [old.message.message_id]);
+
+    // A message tombstone: by id, whoever's.
+    let by_id = from_stream(row("acme", "deleted by id"), 7, t0 - chrono::Duration::seconds(5));
+    env.store.delete_by_id(&acme, &[by_id.message.message_id], cutoff).await?;
+    assert!(env.store.insert_messages(std::slice::from_ref(&by_id)).await?.is_empty());
+
+    // Pruned once no event in the stream can match (first sequence past it) and old enough.
+    assert_eq!(env.store.prune_tombstones(101, Utc::now() - chrono::Duration::hours(1)).await?, 0, "too young");
+    assert_eq!(env.store.prune_tombstones(100, Utc::now() + chrono::Duration::seconds(1)).await?, 0, "still matchable");
+    assert_eq!(env.store.prune_tombstones(101, Utc::now() + chrono::Duration::seconds(1)).await?, 2);
+    env.finish().await
+}
+
+#[tokio::test]
+async fn a_vector_computed_before_an_edit_is_not_stored() -> anyhow::Result<()> {
+    let env = TestEnv::start().await?;
+    let s = env.store.register_space(&space("m1", 4)).await?;
+    let r = row("acme", "old words");
+    let id = r.message.message_id;
+    env.store.insert_messages(std::slice::from_ref(&r)).await?;
+    let update =
+        common::domain::MessageUpdate { content: Some("new words".into()), ..Default::default() }.validate()?;
+    let (edited, changed) =
+        env.store.update_message(id, None, &update, Default::default(), Utc::now()).await?.expect("stored");
+    assert!(changed);
+    assert_eq!((edited.revision, edited.status), (1, MessageStatus::Pending));
+    let stale = NewVector { message_id: id, tenant_id: TenantId::parse("acme")?, vector: unit(4, 0), revision: 0 };
+    env.store.save_vectors(&s, &[stale]).await?;
+    assert_eq!(
+        env.store.get_message(id).await?.unwrap().status,
+        MessageStatus::Pending,
+        "the old text's vector is dropped"
+    );
+    let fresh = NewVector { message_id: id, tenant_id: TenantId::parse("acme")?, vector: unit(4, 0), revision: 1 };
+    env.store.save_vectors(&s, &[fresh]).await?;
+    assert_eq!(env.store.get_message(id).await?.unwrap().status, MessageStatus::Embedded);
+    env.finish().await
+}

@@ -420,3 +420,70 @@ async fn bad_lifecycle_and_retention_inputs_are_refused_with_4xx() -> anyhow::Re
     app2.finish().await?;
     app.finish().await
 }
+
+#[tokio::test]
+async fn a_message_deleted_while_it_is_being_embedded_stays_deleted() -> anyhow::Result<()> {
+    use common::testing::gemini::{FakeGemini, Fault};
+    let fake = FakeGemini::start().await;
+    let app = App::start_with(|vars| vars.extend(fake.vars())).await?;
+    // The provider is slow: the message is stored, and its vector is still being computed when
+    // its conversation is deleted.
+    fake.always(Some(Fault::Delay(std::time::Duration::from_secs(3))));
+    let id = queued(&app, &message("acme", "c", "delete me mid-flight")).await?;
+    app.env
+        .eventually(|| async {
+            let r = app.get(&format!("/v1/messages/{id}")).await?;
+            anyhow::ensure!(r.body["status"] == "pending", "{r:?}");
+            Ok(())
+        })
+        .await?;
+    let r = delete(&app, "/v1/conversations/c?tenant_id=acme").await?;
+    assert_eq!((r.status, &r.body["deleted"]), (StatusCode::OK, &json!(1)), "{r:?}");
+    fake.always(None);
+    // The embedding finishes, finds nothing to attach to, and the event is settled.
+    app.env
+        .eventually(|| async {
+            let state = app.env.deps.bus.consumer_state(common::contract::StreamKind::Ingest, "embedder").await?;
+            anyhow::ensure!((state.pending, state.ack_pending) == (0, 0), "{state:?}");
+            Ok(())
+        })
+        .await?;
+    assert!(fake.calls().iter().any(|c| c.texts.iter().any(|t| t.contains("mid-flight"))));
+    assert_eq!(app.get(&format!("/v1/messages/{id}")).await?.status, StatusCode::NOT_FOUND);
+    assert_eq!(vectors_of(&app, &id).await?, 0);
+    assert_eq!(app.count_rows("acme").await?, 0);
+    app.finish().await
+}
+
+#[tokio::test]
+async fn export_and_erase_answer_over_nats_too() -> anyhow::Result<()> {
+    use common::contract::{EraseTenantRequest, ExportPage, ExportRequest};
+    let app = App::start().await?;
+    let mut ids = BTreeSet::new();
+    for i in 0..3 {
+        ids.insert(stored(&app, &message("acme", "c", &format!("note {i}"))).await?);
+    }
+    let acme = TenantId::parse("acme")?;
+    // Pages of two: the cursor walks the whole tenant.
+    let (mut seen, mut after) = (BTreeSet::new(), None);
+    loop {
+        let request = ExportRequest { v: VERSION, tenant_id: acme.clone(), after, limit: 2, include_vectors: false };
+        let reply: Reply<ExportPage> = nats(&app, app.env.subjects.export_tenant(), &request).await?;
+        let Reply::Ok(page) = reply else { panic!("{reply:?}") };
+        seen.extend(page.records.iter().map(|r| r.message.id.to_string()));
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ids);
+    let request = ExportRequest { v: VERSION, tenant_id: acme.clone(), after: None, limit: 0, include_vectors: false };
+    let reply: Reply<ExportPage> = nats(&app, app.env.subjects.export_tenant(), &request).await?;
+    assert!(matches!(&reply, Reply::Error(e) if e.code == common::contract::RemoteErrorCode::BadRequest));
+
+    let request = EraseTenantRequest { v: VERSION, tenant_id: acme, settings: false };
+    let reply: Reply<Deleted> = nats(&app, app.env.subjects.erase_tenant(), &request).await?;
+    assert!(matches!(reply, Reply::Ok(Deleted { deleted: 3, .. })), "{reply:?}");
+    assert_eq!(app.count_rows("acme").await?, 0);
+    app.finish().await
+}

@@ -199,3 +199,38 @@ async fn a_bad_schedule_stops_the_service_with_a_clear_error() -> anyhow::Result
     assert!(err.to_string().contains("MEMORY_RETENTION_SCHEDULE"), "{err}");
     env.finish().await
 }
+
+#[tokio::test]
+async fn lifecycle_commands_are_counted_and_runs_prune_old_tombstones() -> anyhow::Result<()> {
+    let env = TestEnv::start().await?;
+    let id = message(&env, "c", 1, 0.5, false).await?;
+    let mut registry = Registry::with_prefix("memory");
+    let service = retention::Retention::build(&env.config, env.deps.clone(), &mut registry).await?;
+    let runner = service.runner();
+    let (t, grace) = (env.shutdown.clone(), env.config.shutdown_grace);
+    env.tasks.spawn(async move { service.run(t, grace).await });
+    let ask = |subject: String, payload: serde_json::Value| {
+        let envelope = common::bus::Envelope::new(subject, payload.to_string());
+        env.deps.bus.request(envelope, Duration::from_secs(10))
+    };
+    let reply = ask(env.subjects.delete_messages(), serde_json::json!({"v": 1, "message_ids": [id]})).await?;
+    assert!(String::from_utf8_lossy(&reply).contains(&id.to_string()), "{reply:?}");
+    let reply = ask(env.subjects.delete_messages(), serde_json::json!({"v": 1, "message_ids": []})).await?;
+    assert!(String::from_utf8_lossy(&reply).contains("bad_request"));
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry)?;
+    assert!(text.contains(r#"memory_retention_commands_total{command="delete",outcome="ok"} 1"#), "{text}");
+    assert!(text.contains(r#"memory_retention_commands_total{command="delete",outcome="bad_request"} 1"#));
+    assert!(text.contains("memory_retention_delete_lock_seconds_count 1"), "{text}");
+    assert!(text.contains(r#"memory_retention_deleted_messages_total{tenant="acme"} 1"#));
+
+    // The tombstone stays while young; a run prunes it once it is old and the stream is past it.
+    let tombstones =
+        || async { sqlx::query_scalar::<_, i64>("SELECT count(*) FROM tombstones").fetch_one(env.store.pool()).await };
+    runner.run(&request(false)).await?;
+    assert_eq!(tombstones().await?, 1);
+    sqlx::query("UPDATE tombstones SET created_at = now() - interval '2 hours'").execute(env.store.pool()).await?;
+    runner.run(&request(false)).await?;
+    assert_eq!(tombstones().await?, 0);
+    env.finish().await
+}
