@@ -182,8 +182,8 @@ impl Lifecycle {
             .last_on_subject(StreamKind::Ingest, &subject)
             .await
             .map_err(|e| unavailable("reading the ingest stream", &e))?;
-        Ok(envelope.and_then(|e| {
-            let (token, _) = self.deps.subjects.parse_ingest(&e.subject)?;
+        Ok(envelope.and_then(|held| {
+            let (token, _) = self.deps.subjects.parse_ingest(&held.message.subject)?;
             TenantId::parse(Subjects::tenant_of(token)).ok()
         }))
     }

@@ -20,7 +20,7 @@ use common::contract::{
     RemoteError, RemoteErrorCode, Reply, SearchRequest, SearchResponse, StreamKind, VERSION,
 };
 use common::domain::{MessageId, MessageView, Ranking, SearchMode, TenantId};
-use common::store::{LexicalHit, LexicalQuery, StoreError, VectorQuery};
+use common::store::{LexicalHit, LexicalQuery, NewRow, Origin, StoreError, VectorQuery};
 use futures::stream::{BoxStream, select};
 use futures::{FutureExt, StreamExt};
 use prometheus_client::registry::Registry;
@@ -358,16 +358,29 @@ impl Handler {
             .last_on_subject(StreamKind::Ingest, &subject)
             .await
             .map_err(|e| unavailable("reading the ingest stream", &e))?;
-        if let Some(envelope) = queued {
-            let view = serde_json::from_slice::<MessageReceived>(&envelope.payload)
+        if let Some(held) = queued {
+            let message = serde_json::from_slice::<MessageReceived>(&held.message.payload)
                 .ok()
-                .and_then(|e| e.message.validate(Utc::now(), || request.message_id).ok())
-                .map(|m| MessageView::queued(&m));
+                .and_then(|e| e.message.validate(Utc::now(), || request.message_id).ok());
             // It may have been stored between the two lookups; the store is the truth.
             if let Some(stored) = self.stored(request.message_id).await? {
                 return Ok(GetMessageResponse { message: visible(stored) });
             }
-            return Ok(GetMessageResponse { message: view.and_then(visible) });
+            let Some(message) = message else { return Ok(GetMessageResponse { message: None }) };
+            // Queued, but its message, conversation or tenant was deleted since: it will never
+            // be stored, so it is not there.
+            let origin = Origin { sequence: held.sequence, published_at: held.published_at };
+            let row = NewRow { message, importance: 0.0, origin: Some(origin) };
+            let dropped = self
+                .deps
+                .store
+                .tombstoned(std::slice::from_ref(&row))
+                .await
+                .map_err(|e| unavailable("reading tombstones", &e))?;
+            if !dropped.is_empty() {
+                return Ok(GetMessageResponse { message: None });
+            }
+            return Ok(GetMessageResponse { message: visible(MessageView::queued(&row.message)) });
         }
         Ok(GetMessageResponse { message: self.stored(request.message_id).await?.and_then(visible) })
     }

@@ -165,6 +165,15 @@ pub struct ConsumerState {
     pub ack_pending: u64,
 }
 
+/// A message a stream holds, and where it sits.
+#[derive(Debug, Clone)]
+pub struct Held {
+    pub message: Envelope,
+    pub sequence: u64,
+    /// When the stream stored it, by the server's clock.
+    pub published_at: DateTime<Utc>,
+}
+
 /// Where a stream stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StreamState {
@@ -221,7 +230,7 @@ pub trait Bus: Send + Sync + 'static {
     async fn consumer_state(&self, stream: StreamKind, durable: &str) -> Result<ConsumerState, BusError>;
 
     /// The last message still held by a stream on a subject (wildcards allowed), if any.
-    async fn last_on_subject(&self, stream: StreamKind, subject: &str) -> Result<Option<Envelope>, BusError>;
+    async fn last_on_subject(&self, stream: StreamKind, subject: &str) -> Result<Option<Held>, BusError>;
 
     /// Where a stream stands: first and last sequence, time of the last message.
     async fn stream_state(&self, stream: StreamKind) -> Result<StreamState, BusError>;

@@ -12,8 +12,8 @@ use futures::StreamExt;
 use futures::stream::BoxStream;
 
 use super::{
-    Bus, BusError, Consumer, ConsumerSpec, ConsumerState, Delivery, Disposition, Envelope, Published, Request, Settle,
-    StreamState,
+    Bus, BusError, Consumer, ConsumerSpec, ConsumerState, Delivery, Disposition, Envelope, Held, Published, Request,
+    Settle, StreamState,
 };
 use crate::config::NatsConfig;
 use crate::contract::{
@@ -244,17 +244,21 @@ impl Bus for NatsBus {
         Ok(ConsumerState { pending: info.num_pending, ack_pending: info.num_ack_pending as u64 })
     }
 
-    async fn last_on_subject(&self, stream: StreamKind, subject: &str) -> Result<Option<Envelope>, BusError> {
+    async fn last_on_subject(&self, stream: StreamKind, subject: &str) -> Result<Option<Held>, BusError> {
         let stream = self
             .js
             .get_stream_no_info(self.subjects.stream(stream))
             .await
             .map_err(|e| BusError::nats("looking up a stream", e))?;
         match stream.get_last_raw_message_by_subject(subject).await {
-            Ok(m) => Ok(Some(Envelope {
-                subject: m.subject.to_string(),
-                headers: header_vec(Some(&m.headers)),
-                payload: m.payload,
+            Ok(m) => Ok(Some(Held {
+                message: Envelope {
+                    subject: m.subject.to_string(),
+                    headers: header_vec(Some(&m.headers)),
+                    payload: m.payload,
+                },
+                sequence: m.sequence,
+                published_at: m.time,
             })),
             Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(None),
             Err(e) => Err(BusError::nats("reading a stream message", e)),

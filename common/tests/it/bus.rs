@@ -41,7 +41,7 @@ async fn publishes_are_deduplicated_by_id_and_settled_as_told() -> anyhow::Resul
     assert_eq!(redelivered[0].delivered, 2);
     redelivered.into_iter().next().unwrap().settle(Disposition::Ack).await?;
 
-    let dead = bus.last_on_subject(StreamKind::Dead, &env.subjects.dead("acme")).await?.expect("dead letter");
+    let dead = bus.last_on_subject(StreamKind::Dead, &env.subjects.dead("acme")).await?.expect("dead letter").message;
     assert_eq!(&dead.payload[..], b"three");
     assert_eq!(dead.header(DEAD_CODE_HEADER), Some("probe"));
     let state = bus.consumer_state(StreamKind::Ingest, "probe").await?;

@@ -203,6 +203,11 @@ async fn messages_queued_when_their_conversation_is_deleted_never_appear() -> an
     assert_eq!(delete(&app, &format!("/v1/messages/{single}")).await?.status, StatusCode::NO_CONTENT);
     // A message sent to the same conversation after the delete is a new one, and is kept.
     let after = queued(&app, &message("acme", "secret-chat", "a fresh start")).await?;
+    // Still in the stream, but already gone for readers.
+    for id in doomed.iter().chain([&single]) {
+        assert_eq!(app.get(&format!("/v1/messages/{id}")).await?.status, StatusCode::NOT_FOUND, "{id} is readable");
+    }
+    assert_eq!(app.get(&format!("/v1/messages/{after}")).await?.body["status"], "queued");
 
     app.spawn_embedder().await?;
     for id in [&kept, &elsewhere, &after] {

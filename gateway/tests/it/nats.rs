@@ -30,6 +30,7 @@ async fn dead_letter(app: &App, tenant_token: &str) -> anyhow::Result<Envelope> 
                 .bus
                 .last_on_subject(StreamKind::Dead, &subject)
                 .await?
+                .map(|held| held.message)
                 .ok_or_else(|| anyhow::anyhow!("no dead letter yet"))
         })
         .await
