@@ -243,7 +243,7 @@ pub(crate) async fn authenticate(State(state): State<AppState>, req: Request, ne
     };
     // A batch costs its items; its body is read only for a key that may write.
     let may_write = principal.as_ref().is_some_and(|p| p.require(Scope::Write).is_ok());
-    let (req, cost) = if may_write && req.method() == Method::POST && req.uri().path() == BATCH_PATH {
+    let (req, cost) = if may_write && req.method() == Method::POST && BATCH_PATHS.contains(&req.uri().path()) {
         match batch_cost(req, state.body_limit).await {
             Ok(counted) => counted,
             Err(e) => return e.into_response(),
@@ -277,7 +277,8 @@ pub(crate) async fn authenticate(State(state): State<AppState>, req: Request, ne
     response
 }
 
-const BATCH_PATH: &str = "/v1/messages/batch";
+/// Batches of stores, edits and deletes.
+const BATCH_PATHS: [&str; 3] = ["/v1/messages/batch", "/v1/messages/batch/update", "/v1/messages/batch/delete"];
 
 /// A batch costs one request per item; its body is read here and handed on.
 async fn batch_cost(req: Request, limit: usize) -> Result<(Request, u32), ApiError> {
@@ -285,10 +286,15 @@ async fn batch_cost(req: Request, limit: usize) -> Result<(Request, u32), ApiErr
     struct Items {
         #[serde(default)]
         messages: Vec<serde::de::IgnoredAny>,
+        #[serde(default)]
+        updates: Vec<serde::de::IgnoredAny>,
+        #[serde(default)]
+        message_ids: Vec<serde::de::IgnoredAny>,
     }
     let (parts, body) = req.into_parts();
     let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| ApiError::PayloadTooLarge { limit })?;
-    let items = serde_json::from_slice::<Items>(&bytes).map_or(1, |i| i.messages.len());
+    let items =
+        serde_json::from_slice::<Items>(&bytes).map_or(1, |i| i.messages.len() + i.updates.len() + i.message_ids.len());
     let cost = u32::try_from(items.clamp(1, common::domain::BATCH_MAX)).unwrap_or(1);
     Ok((Request::from_parts(parts, Body::from(bytes)), cost))
 }

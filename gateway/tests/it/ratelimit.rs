@@ -87,6 +87,21 @@ async fn a_batch_costs_one_request_per_item() -> anyhow::Result<()> {
     assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "3 items, 2 left: {r:?}");
     let r = app.send(Method::POST, "/v1/messages/batch", Some(batch(2)), Some(&key)).await?;
     assert_eq!(r.status, StatusCode::CREATED, "a refused batch charged nothing: {r:?}");
+    app.finish().await?;
+
+    // Batch edits and deletes cost their items too.
+    let edits = self::app("10/minute", "1000/minute", None).await?;
+    edits.spawn_retention().await?;
+    let app = edits;
+    let key = app.tenant_key("acme", &["read", "write", "admin"]).await?;
+    let ids: Vec<String> = (0..4).map(|_| common::domain::MessageId::new().to_string()).collect();
+    let body = Body::from(json!({"message_ids": ids}).to_string());
+    let r = app.send(Method::POST, "/v1/messages/batch/delete", Some(body), Some(&key)).await?;
+    assert_eq!((r.status, header(&r, "ratelimit-remaining")), (StatusCode::OK, 6), "{r:?}");
+    let updates: Vec<_> = ids.iter().map(|id| json!({"message_id": id, "update": {"pinned": true}})).collect();
+    let body = Body::from(json!({"updates": updates}).to_string());
+    let r = app.send(Method::POST, "/v1/messages/batch/update", Some(body), Some(&key)).await?;
+    assert_eq!((r.status, header(&r, "ratelimit-remaining")), (StatusCode::MULTI_STATUS, 2), "{r:?}");
     app.finish().await
 }
 
