@@ -161,6 +161,15 @@ pub async fn import(
     let import = MessageId::new();
     let mut stream = body.into_data_stream();
     let (mut buffer, mut number, mut chunk) = (Vec::<u8>::new(), 0usize, Vec::new());
+    // Inside a line longer than LINE_MAX (already reported): its rest is dropped.
+    let mut skipping = false;
+    let too_long = || {
+        ApiError::Invalid(vec![common::domain::FieldError::new(
+            "line",
+            "too_long",
+            format!("lines must be at most {LINE_MAX} bytes"),
+        )])
+    };
     loop {
         let next = stream.next().await;
         let done = next.is_none();
@@ -169,29 +178,38 @@ pub async fn import(
             Some(Err(_)) => return Err(ApiError::PayloadTooLarge { limit: IMPORT_BODY_MAX }),
             None => {}
         }
-        // Whole lines; the last one also at the end of the body.
-        while let Some(end) =
-            buffer.iter().position(|b| *b == b'\n').or((done && !buffer.is_empty()).then_some(buffer.len()))
-        {
-            let line: Vec<u8> = buffer.drain(..end).collect();
-            if !buffer.is_empty() {
-                buffer.remove(0);
-            }
-            number += 1;
-            if line.iter().all(u8::is_ascii_whitespace) {
+        // Whole lines; at the end of the body, the last one too.
+        let mut start = 0;
+        loop {
+            let newline = buffer[start..].iter().position(|b| *b == b'\n').map(|i| start + i);
+            let end = match newline {
+                Some(end) => end,
+                None if done && start < buffer.len() => buffer.len(),
+                None => break,
+            };
+            let line = &buffer[start..end];
+            start = (end + 1).min(buffer.len());
+            if std::mem::take(&mut skipping) {
                 continue;
             }
-            chunk.push((number, parse(&line, &tenant_id)));
+            number += 1;
+            if line.len() > LINE_MAX {
+                chunk.push((number, Err(too_long())));
+            } else if !line.iter().all(u8::is_ascii_whitespace) {
+                chunk.push((number, parse(line, &tenant_id)));
+            }
             if chunk.len() == IMPORT_CHUNK {
                 queue(&state, std::mem::take(&mut chunk), &request_id, import, &mut report).await?;
             }
         }
-        if buffer.len() > LINE_MAX {
-            return Err(ApiError::Invalid(vec![common::domain::FieldError::new(
-                format!("line {}", number + 1),
-                "too_long",
-                format!("lines must be at most {LINE_MAX} bytes"),
-            )]));
+        buffer.drain(..start);
+        if skipping {
+            buffer.clear();
+        } else if buffer.len() > LINE_MAX {
+            number += 1;
+            chunk.push((number, Err(too_long())));
+            buffer.clear();
+            skipping = true;
         }
         if done {
             break;

@@ -492,3 +492,33 @@ async fn export_and_erase_answer_over_nats_too() -> anyhow::Result<()> {
     assert_eq!(app.count_rows("acme").await?, 0);
     app.finish().await
 }
+
+#[tokio::test]
+async fn an_import_may_be_larger_than_the_json_body_limit_but_not_its_lines() -> anyhow::Result<()> {
+    let app = App::without_workers(|_| {}).await?;
+    let line = |i: usize| {
+        let content = format!("{i} {}", "lorem ipsum dolor sit amet ".repeat(3_000));
+        json!({"conversation_id": "big", "role": "user", "content": content}).to_string()
+    };
+    let body: String = (0..40).map(|i| line(i) + "\n").collect();
+    assert!(body.len() > 2 * app.state.body_limit, "{} bytes", body.len());
+    let r = app.send(Method::POST, "/v1/tenants/acme/import", Some(Body::from(body)), Some(KEY)).await?;
+    assert_eq!((r.status, &r.body["queued"]), (StatusCode::OK, &json!(40)), "{r:?}");
+
+    // An over-long line is refused on its own; the lines around it go in.
+    let long = json!({"conversation_id": "c", "role": "user", "content": "x".repeat(1_100_000)});
+    let body = format!("{}\n{long}\n{}\n", line(40), line(41)).into_bytes();
+    // In pieces, as a network delivers it: the long line spans many of them.
+    let pieces: Vec<Result<Vec<u8>, std::io::Error>> = body.chunks(64 * 1024).map(|c| Ok(c.to_vec())).collect();
+    let body = Body::from_stream(futures::stream::iter(pieces));
+    let r = app.send(Method::POST, "/v1/tenants/acme/import", Some(body), Some(KEY)).await?;
+    assert_eq!((r.status, &r.body["queued"]), (StatusCode::MULTI_STATUS, &json!(2)), "{r:?}");
+    assert_eq!(
+        (&r.body["errors"][0]["line"], &r.body["errors"][0]["error"]["errors"][0]["code"]),
+        (&json!(2), &json!("too_long"))
+    );
+    // A plain JSON route still has the ordinary limit.
+    let big = json!({"tenant_id": "acme", "conversation_id": "c", "role": "user", "content": "x".repeat(2 << 20)});
+    assert_eq!(code(&app.post("/v1/messages", &big).await?), (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"));
+    app.finish().await
+}
