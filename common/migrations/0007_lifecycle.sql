@@ -17,7 +17,6 @@ CREATE TABLE tombstones (
     created_at       timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (tenant_id, kind, key)
 );
-CREATE INDEX tombstones_message ON tombstones (key) WHERE kind = 'message';
 CREATE INDEX tombstones_created ON tombstones (created_at);
 -- Deletes take a tenant's (or a conversation's) rows stored before their tombstone.
 CREATE INDEX messages_tenant_stored ON messages (tenant_id, stored_at);

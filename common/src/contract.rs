@@ -17,6 +17,10 @@ pub const VERSION: u8 = 1;
 
 /// Header carrying the request id from the gateway to every worker.
 pub const REQUEST_ID_HEADER: &str = "Memory-Request-Id";
+/// Set (to the revision) on an ingest event that asks for a stored message to be embedded again
+/// after an edit: the embedder never inserts from it, so it cannot bring back a message deleted
+/// in the meantime.
+pub const REEMBED_HEADER: &str = "Memory-Reembed";
 /// Headers set on a dead-lettered message: why it was rejected and where it came from.
 pub const DEAD_REASON_HEADER: &str = "Memory-Dead-Reason";
 pub const DEAD_CODE_HEADER: &str = "Memory-Dead-Code";

@@ -11,7 +11,9 @@ use chrono::Utc;
 use common::Deps;
 use common::bus::{Consumer, Delivery, Disposition, KeepAlive, Rejection};
 use common::config::Config;
-use common::contract::{EventKind, MessageReceived, MessageStored, REQUEST_ID_HEADER, StreamKind, Subjects, VERSION};
+use common::contract::{
+    EventKind, MessageReceived, MessageStored, REEMBED_HEADER, REQUEST_ID_HEADER, StreamKind, Subjects, VERSION,
+};
 use common::domain::{MessageId, MessageStatus, NewMessage};
 use common::store::{Inserted, NewRow, Origin, Space, StoreError, StoredMessage};
 use tokio_util::sync::CancellationToken;
@@ -217,6 +219,34 @@ impl IngestWorker {
     /// others: the batch is then inserted row by row and only the refused rows are dead-lettered.
     /// `None` when the batch was handed back for redelivery.
     async fn insert(&self, accepted: Vec<Accepted>) -> Option<(Vec<Accepted>, HashMap<MessageId, Inserted>)> {
+        // Re-embeds after an edit only ever find a stored row: were the message deleted since,
+        // inserting would bring it back.
+        let (reembeds, accepted): (Vec<Accepted>, Vec<Accepted>) =
+            accepted.into_iter().partition(|a| a.delivery.message.header(REEMBED_HEADER).is_some());
+        let (mut kept, mut stored) = self.insert_new(accepted).await?;
+        let mut reembeds = reembeds.into_iter();
+        while let Some(a) = reembeds.next() {
+            match self.deps.store.get_message(a.message.message_id).await {
+                Ok(Some(row)) if row.tenant_id == a.message.tenant_id => {
+                    stored.insert(row.id, Inserted { row, new: false });
+                    kept.push(a);
+                }
+                Ok(_) => {
+                    debug!(message_id = %a.message.message_id, "dropping the re-embed of a deleted message");
+                    self.metrics.count(Outcome::Dropped, 1);
+                    settle(a.delivery, Disposition::Ack).await;
+                }
+                Err(e) => {
+                    let rest = kept.into_iter().chain(std::iter::once(a)).chain(reembeds).collect();
+                    self.retry_all(rest, "reading an edited message", &e, None).await;
+                    return None;
+                }
+            }
+        }
+        Some((kept, stored))
+    }
+
+    async fn insert_new(&self, accepted: Vec<Accepted>) -> Option<(Vec<Accepted>, HashMap<MessageId, Inserted>)> {
         let now = Utc::now();
         let row = |a: &Accepted| NewRow {
             message: a.message.clone(),

@@ -17,11 +17,11 @@ use common::config::ImportanceWeights;
 use common::contract::{
     CachePurge, DeleteConversationRequest, DeleteMessagesRequest, DeleteMessagesResponse, Deleted, EXPORT_PAGE_MAX,
     EraseTenantRequest, EventKind, ExportPage, ExportRecord, ExportRequest, ExportVector, MessageReceived,
-    MessageUpdated, MessagesDeleted, RemoteError, RemoteErrorCode, Reply, StreamKind, Subjects, TenantErased,
-    UpdateMessagesRequest, UpdateMessagesResponse, VERSION,
+    MessageUpdated, MessagesArchived, MessagesDeleted, MessagesRestored, REEMBED_HEADER, RemoteError, RemoteErrorCode,
+    Reply, StreamKind, Subjects, TenantErased, UpdateMessagesRequest, UpdateMessagesResponse, VERSION,
 };
 use common::domain::{BATCH_MAX, MessageId, MessageInput, NewMessage, TenantId};
-use common::store::{Cutoff, StoredMessage, Tombstone};
+use common::store::{Cutoff, Edited, StoreError, StoredMessage, Tombstone};
 use redis::AsyncCommands as _;
 use tracing::{info, warn};
 
@@ -86,6 +86,25 @@ impl Lifecycle {
         self.publish(tenant, EventKind::Deleted, batch, payload, &format!("deleted-{batch}")).await;
     }
 
+    async fn announce_archived(&self, m: &StoredMessage) {
+        let event = MessagesArchived {
+            v: VERSION,
+            tenant_id: m.tenant_id.clone(),
+            message_ids: vec![m.id],
+            archived_at: m.archived_at.unwrap_or_else(Utc::now),
+        };
+        let batch = MessageId::new();
+        let payload = serde_json::to_vec(&event).expect("events serialise");
+        self.publish(&m.tenant_id, EventKind::Archived, batch, payload, &format!("archived-{batch}")).await;
+    }
+
+    async fn announce_restored(&self, m: &StoredMessage) {
+        let event = MessagesRestored { v: VERSION, tenant_id: m.tenant_id.clone(), message_ids: vec![m.id] };
+        let batch = MessageId::new();
+        let payload = serde_json::to_vec(&event).expect("events serialise");
+        self.publish(&m.tenant_id, EventKind::Restored, batch, payload, &format!("restored-{batch}")).await;
+    }
+
     pub(crate) async fn update(&self, request: UpdateMessagesRequest) -> Result<UpdateMessagesResponse, RemoteError> {
         check_version(request.v)?;
         check_batch(request.updates.len(), "updates")?;
@@ -107,22 +126,32 @@ impl Lifecycle {
     ) -> Result<common::domain::MessageView, RemoteError> {
         let update = update.validate().map_err(|e| bad(e.to_string()))?;
         let now = Utc::now();
-        let updated = self
-            .deps
-            .store
-            .update_message(id, tenant, &update, self.weights, now)
-            .await
-            .map_err(|e| unavailable("updating the message", &e))?;
-        let Some((message, content_changed)) = updated else {
-            return Err(if self.queued(tenant, id).await?.is_some() {
-                RemoteError::new(
+        let edit = || async {
+            self.deps
+                .store
+                .update_message(id, tenant, &update, self.weights, now)
+                .await
+                .map_err(|e| unavailable("updating the message", &e))
+        };
+        let mut updated = edit().await?;
+        if updated.is_none() {
+            if self.queued(tenant, id).await?.is_some() {
+                return Err(RemoteError::new(
                     RemoteErrorCode::Queued,
                     format!("message {id} is still queued: edit it once it is stored (its status shows when)"),
-                )
-            } else {
-                RemoteError::new(RemoteErrorCode::NotFound, format!("no message {id}"))
-            });
+                ));
+            }
+            // Stored (and acked) between the two lookups?
+            updated = edit().await?;
+        }
+        let Some(Edited { message, content_changed, archived }) = updated else {
+            return Err(RemoteError::new(RemoteErrorCode::NotFound, format!("no message {id}")));
         };
+        match archived {
+            Some(true) => self.announce_archived(&message).await,
+            Some(false) => self.announce_restored(&message).await,
+            None => {}
+        }
         if content_changed {
             self.reembed(&message).await;
         }
@@ -167,7 +196,8 @@ impl Lifecycle {
             importance: None,
         })
         .expect("events serialise");
-        let envelope = Envelope::new(self.deps.subjects.ingest(&m.tenant_id, m.id), payload);
+        let envelope = Envelope::new(self.deps.subjects.ingest(&m.tenant_id, m.id), payload)
+            .with_header(REEMBED_HEADER, m.revision.to_string());
         if let Err(e) = self.deps.bus.publish(envelope, Some(&format!("{}.r{}", m.id, m.revision))).await {
             warn!(error = %e, message_id = %m.id, "queueing an edited message for embedding failed; the sweeper will embed it");
         }
@@ -200,24 +230,28 @@ impl Lifecycle {
             let owner = match stored {
                 Some(m) if tenant.is_none_or(|t| *t == m.tenant_id) => Some(m.tenant_id),
                 Some(_) => None,
-                None => self.queued(tenant, id).await?,
+                None => match self.queued(tenant, id).await? {
+                    Some(owner) => Some(owner),
+                    // Stored (and acked) between the two lookups?
+                    None => self
+                        .deps
+                        .store
+                        .get_message(id)
+                        .await
+                        .map_err(|e| unavailable("reading a message", &e))?
+                        .map(|m| m.tenant_id)
+                        .filter(|owner| tenant.is_none_or(|t| t == owner)),
+                },
             };
             match owner {
                 Some(owner) => by_tenant.entry(owner).or_default().push(id),
                 None => not_found.push(id),
             }
         }
-        let cutoff = self.cutoff().await?;
         let mut deleted = Vec::new();
         for (owner, ids) in by_tenant {
-            let started = std::time::Instant::now();
-            let rows = self
-                .deps
-                .store
-                .delete_by_id(&owner, &ids, cutoff)
-                .await
-                .map_err(|e| unavailable("deleting messages", &e))?;
-            self.metrics.delete_lock.observe(started.elapsed().as_secs_f64());
+            let what: Vec<Tombstone> = ids.iter().map(|id| Tombstone::Message(*id)).collect();
+            let (cutoff, _, rows) = self.tombstone(&owner, &what, &ids).await?;
             self.metrics.deleted(&owner, rows.len() as u64);
             self.announce_deleted(&owner, &rows).await;
             for id in ids {
@@ -246,34 +280,33 @@ impl Lifecycle {
     pub(crate) async fn delete_conversation(&self, request: DeleteConversationRequest) -> Result<Deleted, RemoteError> {
         check_version(request.v)?;
         let (tenant, conversation) = (&request.tenant_id, &request.conversation_id);
-        let at = self.tombstone(tenant, Tombstone::Conversation(conversation.clone())).await?;
+        let (_, at, _) = self.tombstone(tenant, &[Tombstone::Conversation(conversation.clone())], &[]).await?;
         let deleted = self.delete_stored(tenant, Some(conversation), at, true).await?;
         info!(%tenant, %conversation, deleted, "conversation deleted");
         // Its queued events cannot be told apart by subject: the embedder drops them on sight.
         Ok(Deleted { deleted, dropped_queued: 0 })
     }
 
-    /// Tombstones a conversation or the tenant as of now; the tombstone's time.
-    async fn tombstone(&self, tenant: &TenantId, what: Tombstone) -> Result<chrono::DateTime<Utc>, RemoteError> {
-        let cutoff = self.cutoff().await?;
-        self.tombstone_at(tenant, what, cutoff).await
-    }
-
-    async fn tombstone_at(
+    /// Holds off the tenant's ingest, reads the stream's position under that hold, writes the
+    /// tombstones and deletes `ids`, all in one transaction: every event stored before is
+    /// covered, every insert after sees the tombstones. The cutoff, the tombstones' time and the
+    /// ids deleted.
+    async fn tombstone(
         &self,
         tenant: &TenantId,
-        what: Tombstone,
-        cutoff: Cutoff,
-    ) -> Result<chrono::DateTime<Utc>, RemoteError> {
+        what: &[Tombstone],
+        ids: &[MessageId],
+    ) -> Result<(Cutoff, chrono::DateTime<Utc>, Vec<MessageId>), RemoteError> {
         let started = std::time::Instant::now();
-        let at = self
-            .deps
-            .store
-            .tombstone(tenant, &what, cutoff)
-            .await
-            .map_err(|e| unavailable("writing a tombstone", &e))?;
+        let fail = |e: StoreError| unavailable("writing tombstones", &e);
+        let mut hold = self.deps.store.hold_tenant(tenant).await.map_err(fail)?;
+        // On any failure the hold is dropped, which rolls everything back.
+        let cutoff = self.cutoff().await?;
+        let at = hold.tombstone(what, cutoff).await.map_err(fail)?;
+        let deleted = if ids.is_empty() { Vec::new() } else { hold.delete(ids).await.map_err(fail)? };
+        hold.commit().await.map_err(fail)?;
         self.metrics.delete_lock.observe(started.elapsed().as_secs_f64());
-        Ok(at)
+        Ok((cutoff, at, deleted))
     }
 
     /// Deletes, batch by batch, the rows stored up to the tombstone; how many.
@@ -306,8 +339,7 @@ impl Lifecycle {
     pub(crate) async fn erase(&self, request: EraseTenantRequest) -> Result<Deleted, RemoteError> {
         check_version(request.v)?;
         let tenant = &request.tenant_id;
-        let cutoff = self.cutoff().await?;
-        let at = self.tombstone_at(tenant, Tombstone::Tenant, cutoff).await?;
+        let (cutoff, at, _) = self.tombstone(tenant, &[Tombstone::Tenant], &[]).await?;
         let deleted = self.delete_stored(tenant, None, at, false).await?;
         // The streams: queued messages (up to the cutoff), events and dead letters.
         let mut dropped_queued = 0;

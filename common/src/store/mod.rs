@@ -90,6 +90,22 @@ pub struct Coverage {
 /// connection of its own).
 pub trait Lock: Send + Sync {}
 
+/// A tenant's ingest held off (see [`Store::hold_tenant`]); dropping it without `commit` undoes
+/// what it did.
+#[async_trait]
+pub trait TenantHold: Send {
+    /// Tombstones messages, conversations or the whole tenant against ingest events up to
+    /// `cutoff`; the tombstones' time: rows stored up to it are what the delete removes (with
+    /// [`Store::delete_stored`]), rows stored later come from newer events.
+    async fn tombstone(&mut self, what: &[Tombstone], cutoff: Cutoff) -> Result<DateTime<Utc>, StoreError>;
+
+    /// Deletes these messages of the tenant, whatever their state, with their vectors; the ids
+    /// it deleted.
+    async fn delete(&mut self, ids: &[MessageId]) -> Result<Vec<MessageId>, StoreError>;
+
+    async fn commit(self: Box<Self>) -> Result<(), StoreError>;
+}
+
 /// The advisory-lock keys workers coordinate with.
 pub mod locks {
     /// One backfill of a space at a time.
@@ -193,6 +209,15 @@ pub enum Tombstone {
 pub struct Cutoff {
     pub sequence: u64,
     pub at: Option<DateTime<Utc>>,
+}
+
+/// A message as an edit left it, and what the edit changed.
+#[derive(Debug, Clone)]
+pub struct Edited {
+    pub message: StoredMessage,
+    pub content_changed: bool,
+    /// Archived (`Some(true)`) or restored (`Some(false)`) by the edit.
+    pub archived: Option<bool>,
 }
 
 /// A stored message in an export, with its vector in the asked-for space if it has one.
@@ -468,20 +493,10 @@ pub trait Store: Send + Sync + 'static {
     /// was deleted after they were accepted).
     async fn tombstoned(&self, rows: &[NewRow]) -> Result<Vec<MessageId>, StoreError>;
 
-    /// Deletes these messages of the tenant, whatever their state, with their vectors, and
-    /// tombstones each against ingest events up to `cutoff`; the ids it deleted.
-    async fn delete_by_id(
-        &self,
-        tenant: &TenantId,
-        ids: &[MessageId],
-        cutoff: Cutoff,
-    ) -> Result<Vec<MessageId>, StoreError>;
-
-    /// Tombstones a conversation or the whole tenant against ingest events up to `cutoff`, and
-    /// returns the tombstone's time: rows stored up to it are what the delete removes (with
-    /// [`Store::delete_stored`]); rows stored later come from newer events.
-    async fn tombstone(&self, tenant: &TenantId, what: &Tombstone, cutoff: Cutoff)
-    -> Result<DateTime<Utc>, StoreError>;
+    /// Holds off the tenant's ingest inserts (they wait) until the returned handle commits or
+    /// is dropped: a delete reads the stream's position and writes its tombstone under it, so
+    /// every event stored before is covered and every insert after sees the tombstone.
+    async fn hold_tenant(&self, tenant: &TenantId) -> Result<Box<dyn TenantHold>, StoreError>;
 
     /// Deletes up to `limit` of the tenant's messages (of one conversation, when given) stored
     /// no later than `stored_before`, with their vectors; the ids it deleted.
@@ -500,10 +515,10 @@ pub trait Store: Send + Sync + 'static {
     /// first sequence is `first_sequence`) can match; how many.
     async fn prune_tombstones(&self, first_sequence: u64, older_than: DateTime<Utc>) -> Result<u64, StoreError>;
 
-    /// Applies an edit to one message (of `tenant`, when given), recomputing its importance with
-    /// `weights` as of when it was stored. A content change bumps the revision, drops its
-    /// vectors and refusals and sets it `pending`. The message as it is now, and whether its
-    /// content changed; `None` if there is no such message.
+    /// Applies an edit to one message (of `tenant`, when given). A change of the override or the
+    /// pin recomputes its importance with `weights` as of when it was stored. A content change
+    /// bumps the revision, drops its vectors and refusals and sets it `pending`. `None` if there
+    /// is no such message.
     async fn update_message(
         &self,
         id: MessageId,
@@ -511,7 +526,7 @@ pub trait Store: Send + Sync + 'static {
         update: &ValidUpdate,
         weights: ImportanceWeights,
         now: DateTime<Utc>,
-    ) -> Result<Option<(StoredMessage, bool)>, StoreError>;
+    ) -> Result<Option<Edited>, StoreError>;
 
     /// Up to `limit` of the tenant's messages in id order after `after`, with their vectors in
     /// `vectors` when given.

@@ -14,8 +14,8 @@ use std::str::FromStr;
 use uuid::Uuid;
 
 use super::{
-    Coverage, Cutoff, Exported, Failure, Inserted, LexicalHit, LexicalQuery, Lock, NewRow, NewVector, Space, Store,
-    StoreError, StoredMessage, TextQuery, Tombstone, VectorHit, VectorQuery, locks,
+    Coverage, Cutoff, Edited, Exported, Failure, Inserted, LexicalHit, LexicalQuery, Lock, NewRow, NewVector, Space,
+    Store, StoreError, StoredMessage, TenantHold, TextQuery, Tombstone, VectorHit, VectorQuery, locks,
 };
 use crate::config::{ImportanceWeights, RateLimit};
 use crate::contract::SpaceRef;
@@ -146,33 +146,50 @@ impl PgStore {
         Ok(lines.join("\n"))
     }
 
+    /// Of these messages, the ones still at the given revision, share-locked until the
+    /// transaction ends so no edit or delete commits meanwhile. `FOR SHARE` waits for an edit in
+    /// progress and re-reads the row it committed, so a vector of the old text is never taken
+    /// for the new one.
+    async fn current(tx: &mut sqlx::PgConnection, ids: &[Uuid], revisions: &[i32]) -> Result<Vec<Uuid>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT m.id FROM messages m JOIN UNNEST($1::uuid[], $2::int4[]) AS u(id, revision) ON m.id = u.id
+             WHERE m.revision = u.revision ORDER BY m.id FOR SHARE OF m",
+        )
+        .bind(ids)
+        .bind(revisions)
+        .fetch_all(tx)
+        .await?)
+    }
+
     /// Stores the vectors of messages still at the revision they were computed from (an edited
-    /// or deleted message gets none).
+    /// or deleted message gets none); the ids stored.
     async fn insert_vectors(
         tx: &mut sqlx::PgConnection,
         space: &Space,
         (ids, tenants, embeddings, revisions): &VectorColumns<'_>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Vec<Uuid>, StoreError> {
+        let current: std::collections::HashSet<Uuid> = Self::current(tx, ids, revisions).await?.into_iter().collect();
+        let keep: Vec<usize> = (0..ids.len()).filter(|&i| current.contains(&ids[i])).collect();
+        let ids: Vec<Uuid> = keep.iter().map(|&i| ids[i]).collect();
+        let tenants: Vec<&str> = keep.iter().map(|&i| tenants[i]).collect();
+        let embeddings: Vec<&Vector> = keep.iter().map(|&i| &embeddings[i]).collect();
         let table = Self::vector_table(space);
         sqlx::query(AssertSqlSafe(format!(
             "INSERT INTO {table} (message_id, tenant_id, embedding)
-             SELECT u.id, u.tenant_id, u.embedding
-             FROM UNNEST($1::uuid[], $2::text[], $3::vector[], $4::int4[]) AS u(id, tenant_id, embedding, revision)
-             JOIN messages m ON m.id = u.id AND m.revision = u.revision
+             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::vector[])
              ON CONFLICT (message_id) DO UPDATE SET embedding = EXCLUDED.embedding"
         )))
-        .bind(ids)
-        .bind(tenants)
-        .bind(embeddings)
-        .bind(revisions)
+        .bind(&ids)
+        .bind(&tenants)
+        .bind(&embeddings)
         .execute(&mut *tx)
         .await?;
         sqlx::query("DELETE FROM embedding_failures WHERE space_id = $1 AND message_id = ANY($2)")
             .bind(space.id)
-            .bind(ids)
+            .bind(&ids)
             .execute(tx)
             .await?;
-        Ok(())
+        Ok(ids)
     }
 
     async fn insert_failures(
@@ -182,16 +199,18 @@ impl PgStore {
         reasons: &[&str],
         revisions: &[i32],
     ) -> Result<(), StoreError> {
+        let current: std::collections::HashSet<Uuid> = Self::current(tx, ids, revisions).await?.into_iter().collect();
+        let keep: Vec<usize> = (0..ids.len()).filter(|&i| current.contains(&ids[i])).collect();
+        let ids: Vec<Uuid> = keep.iter().map(|&i| ids[i]).collect();
+        let reasons: Vec<&str> = keep.iter().map(|&i| reasons[i]).collect();
         sqlx::query(
             "INSERT INTO embedding_failures (space_id, message_id, reason)
-             SELECT $1, u.id, u.reason FROM UNNEST($2::uuid[], $3::text[], $4::int4[]) AS u(id, reason, revision)
-             JOIN messages m ON m.id = u.id AND m.revision = u.revision
+             SELECT $1, * FROM UNNEST($2::uuid[], $3::text[])
              ON CONFLICT (space_id, message_id) DO UPDATE SET reason = EXCLUDED.reason, failed_at = now()",
         )
         .bind(space.id)
-        .bind(ids)
-        .bind(reasons)
-        .bind(revisions)
+        .bind(&ids)
+        .bind(&reasons)
         .execute(tx)
         .await?;
         Ok(())
@@ -211,15 +230,18 @@ impl PgStore {
 /// Whether a tombstone covers the ingest event of row `u` (`u.id`, `u.tenant_id`,
 /// `u.conversation_id`, `u.sequence`, `u.published_at`): its message, conversation or tenant was
 /// deleted after the stream had stored the event. A direct write (no sequence) is never covered.
+/// The time test (with a minute's allowance for clock differences between NATS servers) tells a
+/// recreated stream's new events, whose sequences start over, from old ones.
 macro_rules! covered {
     () => {
         "(u.sequence IS NOT NULL AND EXISTS (
              SELECT 1 FROM tombstones t
-             WHERE t.before_sequence >= u.sequence AND t.before_at >= u.published_at
+             WHERE t.before_sequence >= u.sequence
+               AND t.before_at + interval '1 minute' >= u.published_at
+               AND t.tenant_id = u.tenant_id
                AND ((t.kind = 'message' AND t.key = u.id::text)
-                    OR (t.tenant_id = u.tenant_id
-                        AND ((t.kind = 'conversation' AND t.key = u.conversation_id)
-                             OR (t.kind = 'tenant' AND t.key = ''))))))"
+                    OR (t.kind = 'conversation' AND t.key = u.conversation_id)
+                    OR (t.kind = 'tenant' AND t.key = ''))))"
     };
 }
 
@@ -365,6 +387,60 @@ struct PgLock {
 }
 
 impl Lock for PgLock {}
+
+/// A transaction holding a tenant's write lock exclusively.
+struct PgTenantHold {
+    tx: sqlx::Transaction<'static, sqlx::Postgres>,
+    tenant: TenantId,
+}
+
+#[async_trait]
+impl TenantHold for PgTenantHold {
+    async fn tombstone(&mut self, what: &[Tombstone], cutoff: Cutoff) -> Result<DateTime<Utc>, StoreError> {
+        let (kinds, keys): (Vec<&str>, Vec<String>) = what
+            .iter()
+            .map(|w| match w {
+                Tombstone::Message(id) => ("message", id.to_string()),
+                Tombstone::Conversation(c) => ("conversation", c.as_str().to_owned()),
+                Tombstone::Tenant => ("tenant", String::new()),
+            })
+            .unzip();
+        // `clock_timestamp()`: inserts waiting on the lock start their statements after it.
+        let at: DateTime<Utc> = sqlx::query_scalar("SELECT clock_timestamp()").fetch_one(&mut *self.tx).await?;
+        sqlx::query(
+            "INSERT INTO tombstones (tenant_id, kind, key, before_sequence, before_at, created_at)
+             SELECT $1, u.kind, u.key, $4, $5, $6 FROM UNNEST($2::text[], $3::text[]) AS u(kind, key)
+             ON CONFLICT (tenant_id, kind, key) DO UPDATE
+             SET before_sequence = greatest(tombstones.before_sequence, EXCLUDED.before_sequence),
+                 before_at = greatest(tombstones.before_at, EXCLUDED.before_at), created_at = EXCLUDED.created_at",
+        )
+        .bind(self.tenant.as_str())
+        .bind(&kinds)
+        .bind(&keys)
+        .bind(i64::try_from(cutoff.sequence).unwrap_or(i64::MAX))
+        .bind(cutoff.at)
+        .bind(at)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(at)
+    }
+
+    async fn delete(&mut self, ids: &[MessageId]) -> Result<Vec<MessageId>, StoreError> {
+        let ids: Vec<Uuid> = ids.iter().map(|id| id.0).collect();
+        let deleted: Vec<Uuid> =
+            sqlx::query_scalar("DELETE FROM messages WHERE tenant_id = $1 AND id = ANY($2) RETURNING id")
+                .bind(self.tenant.as_str())
+                .bind(&ids)
+                .fetch_all(&mut *self.tx)
+                .await?;
+        Ok(deleted.into_iter().map(MessageId).collect())
+    }
+
+    async fn commit(self: Box<Self>) -> Result<(), StoreError> {
+        self.tx.commit().await?;
+        Ok(())
+    }
+}
 
 /// Fails with `SpaceInactive` unless `space` is the active one. Taken inside a write
 /// transaction with the shared spaces lock, so activation (which takes it exclusively) waits
@@ -1243,70 +1319,10 @@ impl Store for PgStore {
         Ok(ids.into_iter().map(MessageId).collect())
     }
 
-    async fn delete_by_id(
-        &self,
-        tenant: &TenantId,
-        ids: &[MessageId],
-        cutoff: Cutoff,
-    ) -> Result<Vec<MessageId>, StoreError> {
-        let ids: Vec<Uuid> = ids.iter().map(|id| id.0).collect();
-        let keys: Vec<String> = ids.iter().map(Uuid::to_string).collect();
+    async fn hold_tenant(&self, tenant: &TenantId) -> Result<Box<dyn TenantHold>, StoreError> {
         let mut tx = self.pool.begin().await?;
         sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(locks::tenant_writes(tenant)).execute(&mut *tx).await?;
-        sqlx::query(
-            "INSERT INTO tombstones (tenant_id, kind, key, before_sequence, before_at)
-             SELECT $1, 'message', k, $3, $4 FROM UNNEST($2::text[]) AS k
-             ON CONFLICT (tenant_id, kind, key) DO UPDATE
-             SET before_sequence = greatest(tombstones.before_sequence, EXCLUDED.before_sequence),
-                 before_at = greatest(tombstones.before_at, EXCLUDED.before_at), created_at = now()",
-        )
-        .bind(tenant.as_str())
-        .bind(&keys)
-        .bind(i64::try_from(cutoff.sequence).unwrap_or(i64::MAX))
-        .bind(cutoff.at)
-        .execute(&mut *tx)
-        .await?;
-        let deleted: Vec<Uuid> =
-            sqlx::query_scalar("DELETE FROM messages WHERE tenant_id = $1 AND id = ANY($2) RETURNING id")
-                .bind(tenant.as_str())
-                .bind(&ids)
-                .fetch_all(&mut *tx)
-                .await?;
-        tx.commit().await?;
-        Ok(deleted.into_iter().map(MessageId).collect())
-    }
-
-    async fn tombstone(
-        &self,
-        tenant: &TenantId,
-        what: &Tombstone,
-        cutoff: Cutoff,
-    ) -> Result<DateTime<Utc>, StoreError> {
-        let (kind, key) = match what {
-            Tombstone::Message(id) => ("message", id.to_string()),
-            Tombstone::Conversation(c) => ("conversation", c.as_str().to_owned()),
-            Tombstone::Tenant => ("tenant", String::new()),
-        };
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(locks::tenant_writes(tenant)).execute(&mut *tx).await?;
-        // `clock_timestamp()`: inserts waiting on the lock start their statements after it.
-        let at: DateTime<Utc> = sqlx::query_scalar(
-            "INSERT INTO tombstones (tenant_id, kind, key, before_sequence, before_at, created_at)
-             VALUES ($1, $2, $3, $4, $5, clock_timestamp())
-             ON CONFLICT (tenant_id, kind, key) DO UPDATE
-             SET before_sequence = greatest(tombstones.before_sequence, EXCLUDED.before_sequence),
-                 before_at = greatest(tombstones.before_at, EXCLUDED.before_at), created_at = EXCLUDED.created_at
-             RETURNING created_at",
-        )
-        .bind(tenant.as_str())
-        .bind(kind)
-        .bind(key)
-        .bind(i64::try_from(cutoff.sequence).unwrap_or(i64::MAX))
-        .bind(cutoff.at)
-        .fetch_one(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(at)
+        Ok(Box::new(PgTenantHold { tx, tenant: tenant.clone() }))
     }
 
     async fn delete_stored(
@@ -1356,7 +1372,7 @@ impl Store for PgStore {
         update: &ValidUpdate,
         weights: ImportanceWeights,
         now: DateTime<Utc>,
-    ) -> Result<Option<(StoredMessage, bool)>, StoreError> {
+    ) -> Result<Option<Edited>, StoreError> {
         let mut tx = self.pool.begin().await?;
         let row: Option<MessageRow> = sqlx::query_as(concat!(
             "SELECT ",
@@ -1372,8 +1388,13 @@ impl Store for PgStore {
         let content_changed = update.content.as_ref().is_some_and(|c| *c != old.content);
         let importance_override = update.importance_override.unwrap_or(old.importance_override);
         let pinned = update.pinned.unwrap_or(old.pinned);
-        let importance = Parts { role: old.role, created_at: old.created_at, importance_override, pinned }
-            .score(old.stored_at, weights);
+        // Kept unless the override or the pin changes (an imported message keeps its own).
+        let importance = if update.importance_override.is_some() || update.pinned.is_some() {
+            Parts { role: old.role, created_at: old.created_at, importance_override, pinned }
+                .score(old.stored_at, weights)
+        } else {
+            old.importance
+        };
         let archived_at = match update.archived {
             None => old.archived_at,
             Some(true) => old.archived_at.or(Some(now)),
@@ -1411,7 +1432,12 @@ impl Store for PgStore {
             sqlx::query("DELETE FROM embedding_failures WHERE message_id = $1").bind(id.0).execute(&mut *tx).await?;
         }
         tx.commit().await?;
-        Ok(Some((StoredMessage::try_from(row)?, content_changed)))
+        let archived = match (old.archived_at.is_some(), archived_at.is_some()) {
+            (false, true) => Some(true),
+            (true, false) => Some(false),
+            _ => None,
+        };
+        Ok(Some(Edited { message: StoredMessage::try_from(row)?, content_changed, archived }))
     }
 
     async fn export(

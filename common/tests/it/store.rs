@@ -185,12 +185,14 @@ async fn tombstones_stop_only_the_events_accepted_before_the_delete() -> anyhow:
     let t0 = Utc::now() - chrono::Duration::seconds(10);
     let cutoff = Cutoff { sequence: 100, at: Some(t0) };
     let conversation = common::domain::ConversationId::parse("c")?;
-    env.store.tombstone(&acme, &Tombstone::Conversation(conversation), cutoff).await?;
+    let mut hold = env.store.hold_tenant(&acme).await?;
+    hold.tombstone(&[Tombstone::Conversation(conversation)], cutoff).await?;
+    hold.commit().await?;
 
     let old = from_stream(row("acme", "queued before the delete"), 99, t0 - chrono::Duration::seconds(1));
     let newer = from_stream(row("acme", "published after"), 101, t0 + chrono::Duration::seconds(1));
     // A recreated stream starts its sequences over, but its clock moves on.
-    let recreated = from_stream(row("acme", "a new stream"), 5, t0 + chrono::Duration::seconds(2));
+    let recreated = from_stream(row("acme", "a new stream"), 5, t0 + chrono::Duration::minutes(2));
     let other = from_stream(row("globex", "another tenant"), 50, t0 - chrono::Duration::seconds(1));
     let direct = row("acme", "a direct write");
     let rows = [old.clone(), newer.clone(), recreated.clone(), other.clone(), direct.clone()];
@@ -204,8 +206,14 @@ async fn tombstones_stop_only_the_events_accepted_before_the_delete() -> anyhow:
 
     // A message tombstone: by id, whoever's.
     let by_id = from_stream(row("acme", "deleted by id"), 7, t0 - chrono::Duration::seconds(5));
-    env.store.delete_by_id(&acme, &[by_id.message.message_id], cutoff).await?;
+    let mut hold = env.store.hold_tenant(&acme).await?;
+    hold.tombstone(&[Tombstone::Message(by_id.message.message_id)], cutoff).await?;
+    hold.commit().await?;
     assert!(env.store.insert_messages(std::slice::from_ref(&by_id)).await?.is_empty());
+    // Another tenant's message of the same id is not stopped by it.
+    let mut squatter = by_id.clone();
+    squatter.message.tenant_id = TenantId::parse("globex")?;
+    assert_eq!(env.store.tombstoned(std::slice::from_ref(&squatter)).await?, []);
 
     // Pruned once no event in the stream can match (first sequence past it) and old enough.
     assert_eq!(env.store.prune_tombstones(101, Utc::now() - chrono::Duration::hours(1)).await?, 0, "too young");
@@ -223,10 +231,10 @@ async fn a_vector_computed_before_an_edit_is_not_stored() -> anyhow::Result<()> 
     env.store.insert_messages(std::slice::from_ref(&r)).await?;
     let update =
         common::domain::MessageUpdate { content: Some("new words".into()), ..Default::default() }.validate()?;
-    let (edited, changed) =
-        env.store.update_message(id, None, &update, Default::default(), Utc::now()).await?.expect("stored");
-    assert!(changed);
-    assert_eq!((edited.revision, edited.status), (1, MessageStatus::Pending));
+    let edited = env.store.update_message(id, None, &update, Default::default(), Utc::now()).await?.expect("stored");
+    assert!(edited.content_changed);
+    assert_eq!((edited.message.revision, edited.message.status), (1, MessageStatus::Pending));
+    assert_eq!(edited.message.importance, 0.5, "importance is kept when neither override nor pin changes");
     let stale = NewVector { message_id: id, tenant_id: TenantId::parse("acme")?, vector: unit(4, 0), revision: 0 };
     env.store.save_vectors(&s, &[stale]).await?;
     assert_eq!(

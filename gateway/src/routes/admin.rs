@@ -226,14 +226,16 @@ pub async fn delete_tenant(
     principal.require_operator()?;
     let id = tenant_id(id)?;
     existing(&state, &id).await?;
-    // Data first: if erasing fails, the tenant is still there to retry with.
-    super::lifecycle::erase(&state, id.clone(), true, &request_id(&headers)).await?;
+    // Its keys stop first, so nothing is written between the erase and the tenant's end. The
+    // data goes next: if erasing fails, the tenant is still there to retry with.
     let keys = state.deps.store.keys(&id).await.map_err(unavailable)?;
+    for key in &keys {
+        state.deps.store.revoke_key(&id, key.id).await.map_err(unavailable)?;
+        state.keys.forget(key.id);
+    }
+    super::lifecycle::erase(&state, id.clone(), true, &request_id(&headers)).await?;
     if !state.deps.store.delete_tenant(&id).await.map_err(unavailable)? {
         return Err(ApiError::TenantNotFound(id.to_string()));
-    }
-    for key in keys {
-        state.keys.forget(key.id);
     }
     Ok(StatusCode::NO_CONTENT)
 }

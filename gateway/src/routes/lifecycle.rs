@@ -16,7 +16,7 @@ use common::domain::{BATCH_MAX, ConversationId, FieldError, MessageId, MessageUp
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::{call, request_id, store_unavailable};
+use super::{LONG_TIMEOUT, call, call_within, request_id, store_unavailable};
 use crate::auth::Principal;
 use crate::error::{ApiError, Problem};
 use crate::extract::{AppJson, AppQuery};
@@ -274,7 +274,8 @@ pub async fn delete_conversation(
     let tenant_id = principal.tenant(params.tenant_id.as_deref())?;
     let conversation_id = ConversationId::parse(conversation_id).map_err(|e| ApiError::Invalid(e.0))?;
     let request = DeleteConversationRequest { v: VERSION, tenant_id, conversation_id };
-    Ok(axum::Json(call(&state, state.deps.subjects.delete_conversation(), &request, &request_id(&headers)).await?))
+    let subject = state.deps.subjects.delete_conversation();
+    Ok(axum::Json(call_within(&state, subject, &request, &request_id(&headers), LONG_TIMEOUT).await?))
 }
 
 /// Erase every message, vector, queued message, event and cached query of the tenant (the
@@ -317,5 +318,5 @@ pub(crate) async fn erase(
     request_id: &str,
 ) -> Result<Deleted, ApiError> {
     let request = EraseTenantRequest { v: VERSION, tenant_id, settings };
-    call(state, state.deps.subjects.erase_tenant(), &request, request_id).await
+    call_within(state, state.deps.subjects.erase_tenant(), &request, request_id, LONG_TIMEOUT).await
 }

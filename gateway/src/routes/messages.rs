@@ -117,7 +117,20 @@ pub struct BatchResponse {
 /// Publishes to the ingest stream. A failure names the message id, so the client can retry with
 /// it and still have the message stored once.
 pub(crate) async fn publish(state: &AppState, m: &NewMessage, request_id: &str) -> Result<Published, ApiError> {
-    publish_as(state, m, None, request_id, &m.message_id.to_string()).await
+    let published = publish_as(state, m, None, request_id, &m.message_id.to_string()).await?;
+    if !published.duplicate {
+        return Ok(published);
+    }
+    // The stream saw this id within its duplicate window. If nothing of it is left (it was
+    // deleted since), this is a new message: publish it again under a duplicate id of its own.
+    match lookup(state, m.message_id, Some(m.tenant_id.clone()), request_id).await {
+        Ok(None) => publish_as(state, m, None, request_id, &format!("{}.{}", m.message_id, MessageId::new())).await,
+        Ok(Some(_)) => Ok(published),
+        Err(e) => {
+            tracing::warn!(error = %e, message_id = %m.message_id, "cannot tell a duplicate from a re-sent deleted message; taking it as a duplicate");
+            Ok(published)
+        }
+    }
 }
 
 /// Publishes with `dedup` as the stream's duplicate id (the message id, unless an import needs

@@ -28,6 +28,11 @@ pub(crate) fn store_unavailable(e: common::store::StoreError) -> ApiError {
     ApiError::Unavailable("tenants, keys and settings cannot be read or written right now".into())
 }
 
+/// How long the gateway waits for a delete of a whole conversation or tenant: they go in
+/// batches and may take minutes on a large tenant. A client that gives up earlier may repeat the
+/// request (deletes are idempotent); the first one carries on.
+pub const LONG_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// Sends a request to a worker and maps its typed reply.
 pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
     state: &AppState,
@@ -35,9 +40,20 @@ pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
     request: &Req,
     request_id: &str,
 ) -> Result<Resp, ApiError> {
+    call_within(state, subject, request, request_id, state.request_timeout).await
+}
+
+/// [`call`], waiting up to `timeout`.
+pub async fn call_within<Req: Serialize, Resp: DeserializeOwned>(
+    state: &AppState,
+    subject: String,
+    request: &Req,
+    request_id: &str,
+    timeout: std::time::Duration,
+) -> Result<Resp, ApiError> {
     let payload = serde_json::to_vec(request).expect("requests serialise");
     let envelope = Envelope::new(subject, payload).with_header(REQUEST_ID_HEADER, request_id);
-    let bytes = state.deps.bus.request(envelope, state.request_timeout).await?;
+    let bytes = state.deps.bus.request(envelope, timeout.max(state.request_timeout)).await?;
     match serde_json::from_slice::<Reply<Resp>>(&bytes) {
         Ok(Reply::Ok(r)) => Ok(r),
         Ok(Reply::Error(e)) => Err(e.into()),

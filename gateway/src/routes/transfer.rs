@@ -4,7 +4,7 @@
 //! being keyed by message id, can be repeated without duplicating anything.
 
 use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -37,7 +37,7 @@ const ERRORS_MAX: usize = 1_000;
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/tenants/{tenant_id}/export", get(export))
-        .route("/v1/tenants/{tenant_id}/import", post(import).layer(DefaultBodyLimit::max(IMPORT_BODY_MAX)))
+        .route("/v1/tenants/{tenant_id}/import", post(import))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -170,12 +170,20 @@ pub async fn import(
             format!("lines must be at most {LINE_MAX} bytes"),
         )])
     };
+    // Counted here: a raw body is not held to any extractor's limit.
+    let mut received = 0usize;
     loop {
         let next = stream.next().await;
         let done = next.is_none();
         match next {
-            Some(Ok(bytes)) => buffer.extend_from_slice(&bytes),
-            Some(Err(_)) => return Err(ApiError::PayloadTooLarge { limit: IMPORT_BODY_MAX }),
+            Some(Ok(bytes)) => {
+                received += bytes.len();
+                if received > IMPORT_BODY_MAX {
+                    return Err(ApiError::PayloadTooLarge { limit: IMPORT_BODY_MAX });
+                }
+                buffer.extend_from_slice(&bytes);
+            }
+            Some(Err(e)) => return Err(ApiError::MalformedBody(format!("the body could not be read: {e}"))),
             None => {}
         }
         // Whole lines; at the end of the body, the last one too.

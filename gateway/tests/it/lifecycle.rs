@@ -181,6 +181,13 @@ async fn deletes_are_real_and_answer_for_what_is_gone() -> anyhow::Result<()> {
     assert!(matches!(&reply, Reply::Ok(r) if r.deleted == [MessageId::parse(&c)?]), "{reply:?}");
     assert_eq!(app.count_rows("acme").await?, 0);
     assert_eq!(app.search("acme", "first second third").await?, Vec::<String>::new());
+
+    // Sent again under its old id (within the stream's duplicate window), a deleted message is a
+    // new one, not a duplicate.
+    let mut again = message("acme", "c", "first, once more");
+    again["message_id"] = json!(a);
+    assert_eq!(stored(&app, &again).await?, a);
+    assert_eq!(app.get(&format!("/v1/messages/{a}")).await?.body["content"], "first, once more");
     app.finish().await
 }
 
@@ -520,5 +527,29 @@ async fn an_import_may_be_larger_than_the_json_body_limit_but_not_its_lines() ->
     // A plain JSON route still has the ordinary limit.
     let big = json!({"tenant_id": "acme", "conversation_id": "c", "role": "user", "content": "x".repeat(2 << 20)});
     assert_eq!(code(&app.post("/v1/messages", &big).await?), (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"));
+    app.finish().await
+}
+
+#[tokio::test]
+async fn the_re_embed_of_an_edited_message_never_stores_a_deleted_one() -> anyhow::Result<()> {
+    let app = App::start().await?;
+    let id = stored(&app, &message("acme", "c", "edited and then deleted")).await?;
+    // An edit's re-embed event that arrives after the message was deleted.
+    assert_eq!(delete(&app, &format!("/v1/messages/{id}")).await?.status, StatusCode::NO_CONTENT);
+    let event = json!({"v": 1, "message_id": id, "tenant_id": "acme", "conversation_id": "c", "role": "user",
+                       "content": "edited and then deleted"});
+    let envelope =
+        Envelope::new(app.env.subjects.ingest(&TenantId::parse("acme")?, MessageId::parse(&id)?), event.to_string())
+            .with_header(common::contract::REEMBED_HEADER, "1");
+    app.env.deps.bus.publish(envelope, Some(&format!("{id}.r1"))).await?;
+    app.env
+        .eventually(|| async {
+            let state = app.env.deps.bus.consumer_state(common::contract::StreamKind::Ingest, "embedder").await?;
+            anyhow::ensure!((state.pending, state.ack_pending) == (0, 0), "{state:?}");
+            Ok(())
+        })
+        .await?;
+    assert_eq!(app.count_rows("acme").await?, 0);
+    assert_eq!(app.get(&format!("/v1/messages/{id}")).await?.status, StatusCode::NOT_FOUND);
     app.finish().await
 }
