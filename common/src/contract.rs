@@ -8,8 +8,8 @@ use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
 use crate::domain::{
-    ConversationId, MessageId, MessageInput, MessageUpdate, MessageView, Ranking, RetentionAction, Role, SearchFilters,
-    SearchMode, TenantId, TenantRetention,
+    ConversationId, MessageId, MessageInput, MessageUpdate, MessageView, Ranking, RetentionAction, RetentionPolicy,
+    Role, SearchFilters, SearchMode, TenantId, TenantRetention,
 };
 
 /// Payload version of every event and request defined here.
@@ -177,6 +177,10 @@ impl Subjects {
     }
     pub fn restore_message(&self) -> String {
         format!("{}.v1.messages.restore", self.prefix)
+    }
+    /// `mem.v1.retention.policy`: read or change a tenant's retention policy.
+    pub fn retention_policy(&self) -> String {
+        format!("{}.v1.retention.policy", self.prefix)
     }
     /// `mem.v1.messages.update` and `mem.v1.messages.delete`: edits and deletes, by id.
     pub fn update_messages(&self) -> String {
@@ -542,6 +546,27 @@ pub struct EraseTenantRequest {
 pub struct Deleted {
     pub deleted: u64,
     pub dropped_queued: u64,
+}
+
+/// `mem.v1.retention.policy`: a tenant's retention policy; with `policy`, set it first; with
+/// `reset`, return it to the deployment's first.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RetentionPolicyRequest {
+    pub v: u8,
+    pub tenant_id: TenantId,
+    #[serde(default)]
+    pub policy: Option<RetentionPolicy>,
+    #[serde(default)]
+    pub reset: bool,
+}
+
+/// The policy a tenant's runs apply, and whose it is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RetentionPolicyReply {
+    pub tenant_id: TenantId,
+    pub policy: RetentionPolicy,
+    /// `tenant` (its own) or `deployment`.
+    pub source: String,
 }
 
 /// Most messages in one export page.

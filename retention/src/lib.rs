@@ -204,6 +204,7 @@ enum Command {
     DeleteConversation,
     Erase,
     Export,
+    Policy,
 }
 
 /// Tombstones are kept at least this long after a delete, past any batch still in flight.
@@ -231,6 +232,7 @@ impl Retention {
             (Command::DeleteConversation, s.delete_conversation()),
             (Command::Erase, s.erase_tenant()),
             (Command::Export, s.export_tenant()),
+            (Command::Policy, s.retention_policy()),
         ] {
             streams.push(deps.bus.serve(subject, group.clone()).await?.map(move |r| (command, r)).boxed());
         }
@@ -246,6 +248,7 @@ impl Retention {
             batch_size: config.retention.batch_size,
             redis,
             metrics: metrics.clone(),
+            policy: config.retention.policy,
         };
         Ok(Self {
             lifecycle,
@@ -306,6 +309,7 @@ impl Retention {
                     }
                     Command::Erase => serve(l, request, "erase", |r| l.erase(r)).await,
                     Command::Export => serve(l, request, "export", |r| l.export(r)).await,
+                    Command::Policy => serve(l, request, "policy", |r| l.policy(r)).await,
                 }
             });
         }

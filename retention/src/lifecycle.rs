@@ -18,7 +18,8 @@ use common::contract::{
     CachePurge, DeleteConversationRequest, DeleteMessagesRequest, DeleteMessagesResponse, Deleted, EXPORT_PAGE_MAX,
     EraseTenantRequest, EventKind, ExportPage, ExportRecord, ExportRequest, ExportVector, MessageReceived,
     MessageUpdated, MessagesArchived, MessagesDeleted, MessagesRestored, REEMBED_HEADER, RemoteError, RemoteErrorCode,
-    Reply, StreamKind, Subjects, TenantErased, UpdateMessagesRequest, UpdateMessagesResponse, VERSION,
+    Reply, RetentionPolicyReply, RetentionPolicyRequest, StreamKind, Subjects, TenantErased, UpdateMessagesRequest,
+    UpdateMessagesResponse, VERSION,
 };
 use common::domain::{BATCH_MAX, MessageId, MessageInput, NewMessage, TenantId};
 use common::store::{Cutoff, Edited, StoreError, StoredMessage, Tombstone};
@@ -37,6 +38,8 @@ pub(crate) struct Lifecycle {
     pub(crate) batch_size: u32,
     pub(crate) redis: Option<redis::Client>,
     pub(crate) metrics: crate::Metrics,
+    /// The deployment's retention policy.
+    pub(crate) policy: common::domain::RetentionPolicy,
 }
 
 fn bad(message: impl Into<String>) -> RemoteError {
@@ -408,6 +411,33 @@ impl Lifecycle {
             .broadcast(Envelope::new(self.deps.subjects.cache_purge(), payload))
             .await
             .map_err(|e| unavailable("telling embedders to purge their caches", &e))
+    }
+
+    pub(crate) async fn policy(&self, request: RetentionPolicyRequest) -> Result<RetentionPolicyReply, RemoteError> {
+        check_version(request.v)?;
+        let tenant = &request.tenant_id;
+        let store = &self.deps.store;
+        match (request.policy, request.reset) {
+            (Some(_), true) => return Err(bad("give a policy or reset, not both")),
+            (Some(policy), false) => {
+                policy.check().map_err(|e| bad(e.to_string()))?;
+                store
+                    .set_tenant_retention(tenant, Some(&policy))
+                    .await
+                    .map_err(|e| unavailable("saving the policy", &e))?;
+            }
+            (None, true) => {
+                store.set_tenant_retention(tenant, None).await.map_err(|e| unavailable("saving the policy", &e))?;
+            }
+            (None, false) => {}
+        }
+        let own = store.tenant_retention(tenant).await.map_err(|e| unavailable("reading the policy", &e))?;
+        Ok(match own {
+            Some(policy) => RetentionPolicyReply { tenant_id: tenant.clone(), policy, source: "tenant".into() },
+            None => {
+                RetentionPolicyReply { tenant_id: tenant.clone(), policy: self.policy, source: "deployment".into() }
+            }
+        })
     }
 
     pub(crate) async fn export(&self, request: ExportRequest) -> Result<ExportPage, RemoteError> {

@@ -553,3 +553,52 @@ async fn the_re_embed_of_an_edited_message_never_stores_a_deleted_one() -> anyho
     assert_eq!(app.get(&format!("/v1/messages/{id}")).await?.status, StatusCode::NOT_FOUND);
     app.finish().await
 }
+
+#[tokio::test]
+async fn archive_restore_policy_and_import_work_over_nats() -> anyhow::Result<()> {
+    use common::contract::{GetMessageRequest, GetMessageResponse, RetentionPolicyReply};
+    let app = App::start().await?;
+    let id = stored(&app, &message("acme", "c", "archive me over NATS")).await?;
+    let acme = TenantId::parse("acme")?;
+    let request = GetMessageRequest { v: VERSION, message_id: MessageId::parse(&id)?, tenant_id: Some(acme.clone()) };
+    let reply: Reply<GetMessageResponse> = nats(&app, app.env.subjects.archive_message(), &request).await?;
+    assert!(matches!(&reply, Reply::Ok(r) if r.message.as_ref().is_some_and(|m| m.archived_at.is_some())), "{reply:?}");
+    assert_eq!(app.search("acme", "archive me").await?, Vec::<String>::new());
+    let reply: Reply<GetMessageResponse> = nats(&app, app.env.subjects.restore_message(), &request).await?;
+    assert!(matches!(&reply, Reply::Ok(r) if r.message.as_ref().is_some_and(|m| m.archived_at.is_none())), "{reply:?}");
+    assert_eq!(app.search("acme", "archive me").await?, std::slice::from_ref(&id));
+
+    // The retention policy: the deployment's, then the tenant's, refused when invalid, reset.
+    let ask = |body: Value| {
+        let app = &app;
+        async move { nats::<_, Reply<RetentionPolicyReply>>(app, app.env.subjects.retention_policy(), &body).await }
+    };
+    let reply = ask(json!({"v": 1, "tenant_id": "acme"})).await?;
+    assert!(matches!(&reply, Reply::Ok(p) if p.source == "deployment"), "{reply:?}");
+    let policy = json!({"archive_after_days": 7, "archive_below_importance": 0.5, "max_age_days": null,
+                        "delete_archived_after_days": 30, "max_messages_per_conversation": 100});
+    let reply = ask(json!({"v": 1, "tenant_id": "acme", "policy": policy})).await?;
+    assert!(
+        matches!(&reply, Reply::Ok(p) if p.source == "tenant" && p.policy.archive_after_days == Some(7)),
+        "{reply:?}"
+    );
+    assert_eq!(app.get("/v1/tenants/acme/retention-policy").await?.body["policy"]["archive_after_days"], 7);
+    let mut bad = policy.clone();
+    bad["archive_below_importance"] = json!(3);
+    let reply = ask(json!({"v": 1, "tenant_id": "acme", "policy": bad})).await?;
+    assert!(matches!(&reply, Reply::Error(e) if e.code == common::contract::RemoteErrorCode::BadRequest), "{reply:?}");
+    let reply = ask(json!({"v": 1, "tenant_id": "acme", "reset": true})).await?;
+    assert!(matches!(&reply, Reply::Ok(p) if p.source == "deployment"), "{reply:?}");
+
+    // Importing by publishing straight to the ingest subject: archive state and importance kept.
+    let imported = MessageId::new();
+    let event = json!({"v": 1, "message_id": imported, "tenant_id": "acme", "conversation_id": "old", "role": "user",
+                       "content": "an imported archived note", "created_at": "2024-05-01T00:00:00Z",
+                       "archived_at": "2024-06-01T00:00:00Z", "importance": 0.77});
+    let envelope = Envelope::new(app.env.subjects.ingest(&acme, imported), event.to_string());
+    app.env.deps.bus.publish(envelope, Some(&imported.to_string())).await?;
+    app.embedded(&format!("/v1/messages/{imported}")).await?;
+    let r = app.get(&format!("/v1/messages/{imported}")).await?;
+    assert_eq!((&r.body["archived_at"], r.body["importance"].as_f64()), (&json!("2024-06-01T00:00:00Z"), Some(0.77)));
+    app.finish().await
+}
