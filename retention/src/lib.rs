@@ -350,6 +350,15 @@ where
     }
 }
 
+/// Whether the tenant exists or has messages (an unreachable store counts as yes: the run then
+/// reports the store's failure).
+async fn known(runner: &Runner, tenant: Option<&TenantId>) -> bool {
+    match tenant {
+        Some(t) => runner.deps.store.tenant_known(t).await.unwrap_or(true),
+        None => true,
+    }
+}
+
 async fn answer(runner: &Runner, request: Request) {
     let Some(reply) = request.reply.clone() else { return };
     let bad = |m: String| Reply::Error(RemoteError::new(RemoteErrorCode::BadRequest, m));
@@ -357,6 +366,10 @@ async fn answer(runner: &Runner, request: Request) {
         Err(e) => bad(format!("malformed retention request: {e}")),
         Ok(r) if r.v != VERSION => bad(format!("unsupported version {}", r.v)),
         Ok(r) if r.actions.is_empty() => bad("give at least one action: archive, delete".into()),
+        Ok(r) if r.tenant_id.is_some() && !known(runner, r.tenant_id.as_ref()).await => Reply::Error(RemoteError::new(
+            RemoteErrorCode::NotFound,
+            format!("no tenant {}", r.tenant_id.as_ref().map_or("", TenantId::as_str)),
+        )),
         Ok(r) => match runner.run(&r).await {
             Ok(report) => Reply::Ok(report),
             Err(e) => {

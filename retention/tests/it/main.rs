@@ -170,6 +170,9 @@ async fn the_nats_service_runs_retention_and_refuses_bad_requests() -> anyhow::R
     let reply: Reply<RetentionRunResponse> =
         serde_json::from_slice(&ask(serde_json::json!({"v": 1, "actions": ["shred"]})).await?)?;
     assert!(matches!(reply, Reply::Error(e) if e.message.contains("malformed")));
+    let unknown = serde_json::json!({"v": 1, "tenant_id": "nobody", "actions": ["archive"]});
+    let reply: Reply<RetentionRunResponse> = serde_json::from_slice(&ask(unknown).await?)?;
+    assert!(matches!(reply, Reply::Error(e) if e.code == common::contract::RemoteErrorCode::NotFound));
     env.finish().await
 }
 
