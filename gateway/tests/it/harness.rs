@@ -159,6 +159,17 @@ impl App {
             .await
     }
 
+    /// Waits until the embedder has settled every ingest event.
+    pub(crate) async fn drained(&self) -> anyhow::Result<()> {
+        self.env
+            .eventually(|| async {
+                let state = self.env.deps.bus.consumer_state(common::contract::StreamKind::Ingest, "embedder").await?;
+                anyhow::ensure!((state.pending, state.ack_pending) == (0, 0), "{state:?}");
+                Ok(())
+            })
+            .await
+    }
+
     /// Creates the tenant (if new) and a key for it with these scopes; returns the key.
     pub(crate) async fn tenant_key(&self, tenant: &str, scopes: &[&str]) -> anyhow::Result<String> {
         let r = self.post("/v1/admin/tenants", &serde_json::json!({"id": tenant})).await?;

@@ -453,13 +453,7 @@ async fn a_message_deleted_while_it_is_being_embedded_stays_deleted() -> anyhow:
     assert_eq!((r.status, &r.body["deleted"]), (StatusCode::OK, &json!(1)), "{r:?}");
     fake.always(None);
     // The embedding finishes, finds nothing to attach to, and the event is settled.
-    app.env
-        .eventually(|| async {
-            let state = app.env.deps.bus.consumer_state(common::contract::StreamKind::Ingest, "embedder").await?;
-            anyhow::ensure!((state.pending, state.ack_pending) == (0, 0), "{state:?}");
-            Ok(())
-        })
-        .await?;
+    app.drained().await?;
     assert!(fake.calls().iter().any(|c| c.texts.iter().any(|t| t.contains("mid-flight"))));
     assert_eq!(app.get(&format!("/v1/messages/{id}")).await?.status, StatusCode::NOT_FOUND);
     assert_eq!(vectors_of(&app, &id).await?, 0);
@@ -542,13 +536,7 @@ async fn the_re_embed_of_an_edited_message_never_stores_a_deleted_one() -> anyho
         Envelope::new(app.env.subjects.ingest(&TenantId::parse("acme")?, MessageId::parse(&id)?), event.to_string())
             .with_header(common::contract::REEMBED_HEADER, "1");
     app.env.deps.bus.publish(envelope, Some(&format!("{id}.r1"))).await?;
-    app.env
-        .eventually(|| async {
-            let state = app.env.deps.bus.consumer_state(common::contract::StreamKind::Ingest, "embedder").await?;
-            anyhow::ensure!((state.pending, state.ack_pending) == (0, 0), "{state:?}");
-            Ok(())
-        })
-        .await?;
+    app.drained().await?;
     assert_eq!(app.count_rows("acme").await?, 0);
     assert_eq!(app.get(&format!("/v1/messages/{id}")).await?.status, StatusCode::NOT_FOUND);
     app.finish().await
