@@ -24,6 +24,9 @@ use crate::metrics::{CacheLabels, CacheResult, Metrics};
 const REDIS_TIMEOUT: Duration = Duration::from_millis(250);
 /// After a failed connection, Redis is skipped for this long.
 const REDIS_RETRY: Duration = Duration::from_secs(5);
+/// After a tenant's erasure, its queries are not cached for this long, so a search in flight
+/// during the erasure does not write its vector back.
+const ERASED_HOLD: Duration = Duration::from_secs(60);
 
 /// The in-process cache: SHA-256 key → the tenant and the vector.
 type Memory = Mutex<LruCache<[u8; 32], (Option<TenantId>, Arc<[f32]>)>>;
@@ -36,6 +39,8 @@ pub(crate) struct QueryCache {
     namespace: String,
     ttl: Duration,
     metrics: Metrics,
+    /// Tenants erased lately, and when.
+    erased: Arc<Mutex<std::collections::HashMap<TenantId, Instant>>>,
 }
 
 struct Redis {
@@ -67,7 +72,7 @@ impl QueryCache {
                 None
             }
         });
-        Self { memory, redis, namespace: namespace.to_owned(), ttl: config.ttl, metrics }
+        Self { memory, redis, namespace: namespace.to_owned(), ttl: config.ttl, metrics, erased: Arc::default() }
     }
 
     /// The cached vector of `tenant`'s `text` in `space`, if any.
@@ -91,6 +96,11 @@ impl QueryCache {
     }
 
     pub(crate) async fn put(&self, space: &SpaceRef, tenant: Option<&TenantId>, text: &str, vector: &[f32]) {
+        if let Some(t) = tenant
+            && self.erased.lock().expect("erased lock").get(t).is_some_and(|at| at.elapsed() < ERASED_HOLD)
+        {
+            return;
+        }
         let key = key(space, tenant, text);
         if let Some(memory) = &self.memory {
             memory.lock().expect("cache lock").put(key, (tenant.cloned(), vector.into()));
@@ -106,9 +116,14 @@ impl QueryCache {
         }
     }
 
-    /// Drops the tenant's entries from the in-process cache (Redis is purged by whoever erases
-    /// the tenant).
+    /// Drops the tenant's entries from the in-process cache and caches none of its queries for a
+    /// minute (Redis is purged by whoever erases the tenant, after telling the embedders).
     pub(crate) fn purge(&self, tenant: &TenantId) -> usize {
+        {
+            let mut erased = self.erased.lock().expect("erased lock");
+            erased.retain(|_, at| at.elapsed() < ERASED_HOLD);
+            erased.insert(tenant.clone(), Instant::now());
+        }
         let Some(memory) = &self.memory else { return 0 };
         let mut memory = memory.lock().expect("cache lock");
         let keys: Vec<[u8; 32]> =
@@ -211,6 +226,23 @@ fn key(space: &SpaceRef, tenant: Option<&TenantId>, text: &str) -> [u8; 32] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn an_erased_tenants_queries_are_dropped_and_not_cached_again_for_a_while() {
+        let config = QueryCacheConfig { ttl: Duration::from_secs(60), capacity: 100 };
+        let metrics = Metrics::register(&mut prometheus_client::registry::Registry::default());
+        let cache = QueryCache::new(&config, None, "ns", metrics);
+        let space = SpaceRef { provider: "local".into(), model: "m".into(), dimensions: 2 };
+        let (acme, globex) = (TenantId::parse("acme").unwrap(), TenantId::parse("globex").unwrap());
+        cache.put(&space, Some(&acme), "q", &[1.0, 0.0]).await;
+        cache.put(&space, Some(&globex), "q", &[0.0, 1.0]).await;
+        assert_eq!(cache.purge(&acme), 1);
+        assert_eq!(cache.get(&space, Some(&acme), "q").await, None);
+        assert_eq!(cache.get(&space, Some(&globex), "q").await, Some(vec![0.0, 1.0]));
+        // A search that was in flight during the erasure does not write its vector back.
+        cache.put(&space, Some(&acme), "q", &[1.0, 0.0]).await;
+        assert_eq!(cache.get(&space, Some(&acme), "q").await, None);
+    }
 
     #[test]
     fn keys_differ_by_space_and_text() {

@@ -4,6 +4,7 @@
 //! never work on the same tenant at once, and rows change in bounded batches, so a run never holds
 //! long locks.
 
+mod events;
 mod lifecycle;
 mod metrics;
 
@@ -12,11 +13,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use common::Deps;
-use common::bus::{BusError, Envelope, Request};
+use common::bus::{BusError, Request};
 use common::config::Config;
 use common::contract::{
-    EventKind, GetMessageRequest, GetMessageResponse, MessagesArchived, MessagesDeleted, MessagesRestored, RemoteError,
-    RemoteErrorCode, Reply, RetentionRunRequest, RetentionRunResponse, VERSION,
+    GetMessageRequest, GetMessageResponse, RemoteError, RemoteErrorCode, Reply, RetentionRunRequest,
+    RetentionRunResponse, VERSION,
 };
 use common::domain::{MessageId, RetentionAction, RetentionPolicy, TenantId, TenantRetention};
 use common::store::{StoreError, StoredMessage, locks};
@@ -127,43 +128,6 @@ impl Runner {
         Ok(report)
     }
 
-    /// Publishes `MessagesArchived` or `MessagesDeleted` for a committed batch. The change is made
-    /// whatever happens to the event: a failure is logged.
-    async fn announce(&self, tenant: &TenantId, action: RetentionAction, ids: &[MessageId], now: DateTime<Utc>) {
-        let message_ids = ids.to_vec();
-        let (kind, payload) = match action {
-            RetentionAction::Archive => (
-                EventKind::Archived,
-                serde_json::to_vec(&MessagesArchived {
-                    v: VERSION,
-                    tenant_id: tenant.clone(),
-                    message_ids,
-                    archived_at: now,
-                }),
-            ),
-            RetentionAction::Delete => (
-                EventKind::Deleted,
-                serde_json::to_vec(&MessagesDeleted { v: VERSION, tenant_id: tenant.clone(), message_ids }),
-            ),
-        };
-        let batch = MessageId::new();
-        let envelope = Envelope::new(self.deps.subjects.event(tenant, kind, batch), payload.expect("events serialise"));
-        if let Err(e) = self.deps.bus.publish(envelope, Some(&format!("{}-{batch}", kind.as_str()))).await {
-            warn!(error = %e, %tenant, "announcing a retention batch failed");
-        }
-    }
-
-    async fn announce_restored(&self, tenant: &TenantId, ids: &[MessageId]) {
-        let payload =
-            serde_json::to_vec(&MessagesRestored { v: VERSION, tenant_id: tenant.clone(), message_ids: ids.to_vec() })
-                .expect("events serialise");
-        let batch = MessageId::new();
-        let envelope = Envelope::new(self.deps.subjects.event(tenant, EventKind::Restored, batch), payload);
-        if let Err(e) = self.deps.bus.publish(envelope, Some(&format!("restored-{batch}"))).await {
-            warn!(error = %e, %tenant, "announcing a restore failed");
-        }
-    }
-
     /// Archives or deletes in batches until nothing is left to do.
     async fn apply(
         &self,
@@ -183,7 +147,10 @@ impl Runner {
                 RetentionAction::Archive => store.archive_messages(tenant, &ids, now).await?,
                 RetentionAction::Delete => store.delete_messages(tenant, &ids).await?,
             };
-            self.announce(tenant, action, &ids, now).await;
+            match action {
+                RetentionAction::Archive => events::archived(&self.deps, tenant, &ids, now).await,
+                RetentionAction::Delete => events::deleted(&self.deps, tenant, &ids).await,
+            }
             total += changed;
             sample.extend(ids.iter().take(SAMPLE.saturating_sub(sample.len())));
             if ids.len() < self.batch_size as usize || changed == 0 {
@@ -396,9 +363,9 @@ async fn archive_or_restore(runner: &Runner, request: Request, archive: bool) {
                     if let Some(m) = &message {
                         let ids = [m.id];
                         if archive {
-                            runner.announce(&m.tenant_id, RetentionAction::Archive, &ids, now).await;
+                            events::archived(&runner.deps, &m.tenant_id, &ids, now).await;
                         } else {
-                            runner.announce_restored(&m.tenant_id, &ids).await;
+                            events::restored(&runner.deps, &m.tenant_id, &ids).await;
                         }
                     }
                     Reply::Ok(GetMessageResponse { message: message.map(StoredMessage::view) })

@@ -16,10 +16,9 @@ use common::bus::{BusError, Envelope};
 use common::config::ImportanceWeights;
 use common::contract::{
     CachePurge, DeleteConversationRequest, DeleteMessagesRequest, DeleteMessagesResponse, Deleted, EXPORT_PAGE_MAX,
-    EraseTenantRequest, EventKind, ExportPage, ExportRecord, ExportRequest, ExportVector, MessageReceived,
-    MessageUpdated, MessagesArchived, MessagesDeleted, MessagesRestored, REEMBED_HEADER, RemoteError, RemoteErrorCode,
-    Reply, RetentionPolicyReply, RetentionPolicyRequest, StreamKind, Subjects, TenantErased, UpdateMessagesRequest,
-    UpdateMessagesResponse, VERSION,
+    EraseTenantRequest, ExportPage, ExportRecord, ExportRequest, ExportVector, MessageReceived, MessageUpdated,
+    REEMBED_HEADER, RemoteError, RemoteErrorCode, Reply, RetentionPolicyReply, RetentionPolicyRequest, StreamKind,
+    Subjects, UpdateMessagesRequest, UpdateMessagesResponse, VERSION,
 };
 use common::domain::{BATCH_MAX, MessageId, MessageInput, NewMessage, TenantId};
 use common::store::{Cutoff, Edited, StoreError, StoredMessage, Tombstone};
@@ -71,43 +70,6 @@ impl Lifecycle {
         Ok(Cutoff { sequence: state.last_sequence, at: state.last_at })
     }
 
-    async fn publish(&self, tenant: &TenantId, kind: EventKind, id: MessageId, payload: Vec<u8>, dedup: &str) {
-        let envelope = Envelope::new(self.deps.subjects.event(tenant, kind, id), payload);
-        if let Err(e) = self.deps.bus.publish(envelope, Some(dedup)).await {
-            warn!(error = %e, %tenant, event = kind.as_str(), "announcing a change failed");
-        }
-    }
-
-    async fn announce_deleted(&self, tenant: &TenantId, ids: &[MessageId]) {
-        if ids.is_empty() {
-            return;
-        }
-        let payload =
-            serde_json::to_vec(&MessagesDeleted { v: VERSION, tenant_id: tenant.clone(), message_ids: ids.to_vec() })
-                .expect("events serialise");
-        let batch = MessageId::new();
-        self.publish(tenant, EventKind::Deleted, batch, payload, &format!("deleted-{batch}")).await;
-    }
-
-    async fn announce_archived(&self, m: &StoredMessage) {
-        let event = MessagesArchived {
-            v: VERSION,
-            tenant_id: m.tenant_id.clone(),
-            message_ids: vec![m.id],
-            archived_at: m.archived_at.unwrap_or_else(Utc::now),
-        };
-        let batch = MessageId::new();
-        let payload = serde_json::to_vec(&event).expect("events serialise");
-        self.publish(&m.tenant_id, EventKind::Archived, batch, payload, &format!("archived-{batch}")).await;
-    }
-
-    async fn announce_restored(&self, m: &StoredMessage) {
-        let event = MessagesRestored { v: VERSION, tenant_id: m.tenant_id.clone(), message_ids: vec![m.id] };
-        let batch = MessageId::new();
-        let payload = serde_json::to_vec(&event).expect("events serialise");
-        self.publish(&m.tenant_id, EventKind::Restored, batch, payload, &format!("restored-{batch}")).await;
-    }
-
     pub(crate) async fn update(&self, request: UpdateMessagesRequest) -> Result<UpdateMessagesResponse, RemoteError> {
         check_version(request.v)?;
         check_batch(request.updates.len(), "updates")?;
@@ -151,8 +113,11 @@ impl Lifecycle {
             return Err(RemoteError::new(RemoteErrorCode::NotFound, format!("no message {id}")));
         };
         match archived {
-            Some(true) => self.announce_archived(&message).await,
-            Some(false) => self.announce_restored(&message).await,
+            Some(true) => {
+                let at = message.archived_at.unwrap_or(now);
+                crate::events::archived(&self.deps, &message.tenant_id, &[message.id], at).await;
+            }
+            Some(false) => crate::events::restored(&self.deps, &message.tenant_id, &[message.id]).await,
             None => {}
         }
         if content_changed {
@@ -165,15 +130,7 @@ impl Lifecycle {
             revision: message.revision,
             content_changed,
         };
-        let dedup = format!("updated-{}-{}", message.id, now.timestamp_micros());
-        self.publish(
-            &message.tenant_id,
-            EventKind::Updated,
-            message.id,
-            serde_json::to_vec(&event).expect("events serialise"),
-            &dedup,
-        )
-        .await;
+        crate::events::updated(&self.deps, &event).await;
         Ok(message.view())
     }
 
@@ -256,7 +213,7 @@ impl Lifecycle {
             let what: Vec<Tombstone> = ids.iter().map(|id| Tombstone::Message(*id)).collect();
             let (cutoff, _, rows) = self.tombstone(&owner, &what, &ids).await?;
             self.metrics.deleted(&owner, rows.len() as u64);
-            self.announce_deleted(&owner, &rows).await;
+            crate::events::deleted(&self.deps, &owner, &rows).await;
             for id in ids {
                 let subject = self.deps.subjects.ingest(&owner, id);
                 let purged = self
@@ -331,7 +288,7 @@ impl Lifecycle {
             total += ids.len() as u64;
             self.metrics.deleted(tenant, ids.len() as u64);
             if announce {
-                self.announce_deleted(tenant, &ids).await;
+                crate::events::deleted(&self.deps, tenant, &ids).await;
             }
             if ids.len() < self.batch_size as usize {
                 return Ok(total);
@@ -362,23 +319,22 @@ impl Lifecycle {
             self.deps.store.delete_tenant_settings(tenant).await.map_err(|e| unavailable("deleting settings", &e))?;
         }
         self.purge_cache(tenant).await?;
-        let event = TenantErased { v: VERSION, tenant_id: tenant.clone(), deleted };
-        let id = MessageId::new();
-        self.publish(
-            tenant,
-            EventKind::Erased,
-            id,
-            serde_json::to_vec(&event).expect("events serialise"),
-            &format!("erased-{id}"),
-        )
-        .await;
+        crate::events::erased(&self.deps, tenant, deleted).await;
         info!(%tenant, deleted, dropped_queued, "tenant erased");
         Ok(Deleted { deleted, dropped_queued })
     }
 
-    /// Deletes the tenant's cached query vectors in Redis and tells every embedder to drop its
-    /// in-process ones.
+    /// Tells every embedder to drop the tenant's cached query vectors (and to cache none for a
+    /// minute), then deletes those in Redis.
     async fn purge_cache(&self, tenant: &TenantId) -> Result<(), RemoteError> {
+        let payload = serde_json::to_vec(&CachePurge { v: VERSION, tenant_id: tenant.clone() }).expect("serialise");
+        // The embedders first: they stop caching the tenant's queries, so nothing they write
+        // lands after the Redis purge below.
+        self.deps
+            .bus
+            .broadcast(Envelope::new(self.deps.subjects.cache_purge(), payload))
+            .await
+            .map_err(|e| unavailable("telling embedders to purge their caches", &e))?;
         if let Some(client) = &self.redis {
             let pattern = common::contract::query_cache_pattern(self.deps.subjects.prefix(), tenant);
             let purge = async {
@@ -405,12 +361,7 @@ impl Lifecycle {
                 }
             }
         }
-        let payload = serde_json::to_vec(&CachePurge { v: VERSION, tenant_id: tenant.clone() }).expect("serialise");
-        self.deps
-            .bus
-            .broadcast(Envelope::new(self.deps.subjects.cache_purge(), payload))
-            .await
-            .map_err(|e| unavailable("telling embedders to purge their caches", &e))
+        Ok(())
     }
 
     pub(crate) async fn policy(&self, request: RetentionPolicyRequest) -> Result<RetentionPolicyReply, RemoteError> {
