@@ -10,7 +10,7 @@ use axum::routing::{delete, post, put};
 use axum::{Extension, Router};
 use common::contract::{
     DeleteConversationRequest, DeleteMessagesRequest, DeleteMessagesResponse, Deleted, EraseTenantRequest, MessageEdit,
-    RemoteErrorCode, Reply, UpdateMessagesRequest, UpdateMessagesResponse, VERSION,
+    RemoteErrorCode, Reply, StreamKind, UpdateMessagesRequest, UpdateMessagesResponse, VERSION,
 };
 use common::domain::{BATCH_MAX, ConversationId, FieldError, MessageId, MessageUpdate, MessageView, Scope, TenantId};
 use serde::{Deserialize, Serialize};
@@ -301,13 +301,17 @@ pub async fn erase_tenant(
     Ok(axum::Json(erase(&state, tenant_id, false, &request_id(&headers)).await?))
 }
 
-/// 404 `tenant_not_found` unless the tenant exists or has messages.
+/// 404 `tenant_not_found` unless the tenant exists or has messages, stored or still queued.
 pub(crate) async fn known(state: &AppState, tenant: &TenantId) -> Result<(), ApiError> {
     if state.deps.store.tenant_known(tenant).await.map_err(store_unavailable)? {
-        Ok(())
-    } else {
-        Err(ApiError::TenantNotFound(tenant.to_string()))
+        return Ok(());
     }
+    for (stream, subject) in state.deps.subjects.tenant_subjects(tenant) {
+        if stream == StreamKind::Ingest && state.deps.bus.last_on_subject(stream, &subject).await?.is_some() {
+            return Ok(());
+        }
+    }
+    Err(ApiError::TenantNotFound(tenant.to_string()))
 }
 
 /// Erases a tenant's data (and its settings, with `settings`) through the retention service.

@@ -298,6 +298,14 @@ async fn erasing_a_tenant_leaves_nothing_of_it_and_spares_the_others() -> anyhow
         assert_eq!(n, 0, "{table} still holds rows of the deleted tenant");
     }
     assert_eq!(code(&delete(&app, "/v1/tenants/nobody/data").await?), (StatusCode::NOT_FOUND, "tenant_not_found"));
+    app.finish().await?;
+
+    // A tenant known only by messages still queued can be erased too.
+    let app = App::without_workers(|_| {}).await?;
+    app.spawn_retention().await?;
+    queued(&app, &message("initech", "c", "only ever queued")).await?;
+    let r = delete(&app, "/v1/tenants/initech/data").await?;
+    assert_eq!((r.status, &r.body["dropped_queued"]), (StatusCode::OK, &json!(1)), "{r:?}");
     app.finish().await
 }
 
