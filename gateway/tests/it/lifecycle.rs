@@ -598,3 +598,68 @@ async fn archive_restore_policy_and_import_work_over_nats() -> anyhow::Result<()
     assert_eq!((&r.body["archived_at"], r.body["importance"].as_f64()), (&json!("2024-06-01T00:00:00Z"), Some(0.77)));
     app.finish().await
 }
+
+#[tokio::test]
+async fn a_conversation_deleted_during_a_stream_of_messages_keeps_exactly_the_later_ones() -> anyhow::Result<()> {
+    use std::time::Instant;
+    let app = App::start().await?;
+    let acme = TenantId::parse("acme")?;
+    // Messages published one after another while the embedder stores them; the conversation is
+    // deleted midway.
+    let deleted = std::sync::atomic::AtomicBool::new(false);
+    let publisher = async {
+        let (mut sent, mut after) = (Vec::new(), 0);
+        // Until well after the delete has answered, however slow the machine.
+        for i in 0..5_000 {
+            if after == 20 {
+                break;
+            }
+            if deleted.load(std::sync::atomic::Ordering::Acquire) {
+                after += 1;
+            }
+            let id = MessageId::new();
+            let event = json!({"v": 1, "message_id": id, "tenant_id": "acme", "conversation_id": "busy",
+                               "role": "user", "content": format!("message {i}")});
+            let started = Instant::now();
+            let envelope = Envelope::new(app.env.subjects.ingest(&acme, id), event.to_string());
+            app.env.deps.bus.publish(envelope, Some(&id.to_string())).await?;
+            sent.push((id, started, Instant::now()));
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+        anyhow::Ok(sent)
+    };
+    let deleter = async {
+        tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+        let started = Instant::now();
+        let request = DeleteConversationRequest {
+            v: VERSION,
+            tenant_id: acme.clone(),
+            conversation_id: ConversationId::parse("busy")?,
+        };
+        let reply: Reply<Deleted> = nats(&app, app.env.subjects.delete_conversation(), &request).await?;
+        anyhow::ensure!(matches!(reply, Reply::Ok(_)), "{reply:?}");
+        let ended = Instant::now();
+        deleted.store(true, std::sync::atomic::Ordering::Release);
+        anyhow::Ok((started, ended))
+    };
+    let (sent, (delete_started, delete_ended)) = tokio::try_join!(publisher, deleter)?;
+    app.drained().await?;
+    let stored: BTreeSet<uuid::Uuid> =
+        sqlx::query_scalar("SELECT id FROM messages WHERE tenant_id = 'acme' AND conversation_id = 'busy'")
+            .fetch_all(app.env.store.pool())
+            .await?
+            .into_iter()
+            .collect();
+    let (mut before, mut after) = (0, 0);
+    for (id, published_from, published_by) in sent {
+        if published_by < delete_started {
+            before += 1;
+            assert!(!stored.contains(&id.0), "{id}, accepted before the delete, was stored");
+        } else if published_from > delete_ended {
+            after += 1;
+            assert!(stored.contains(&id.0), "{id}, sent after the delete, was lost");
+        }
+    }
+    assert!(before > 0 && after > 0, "the delete did not fall inside the stream: {before} before, {after} after");
+    app.finish().await
+}
