@@ -223,7 +223,15 @@ impl IngestWorker {
         // inserting would bring it back.
         let (reembeds, accepted): (Vec<Accepted>, Vec<Accepted>) =
             accepted.into_iter().partition(|a| a.delivery.message.header(REEMBED_HEADER).is_some());
-        let (mut kept, mut stored) = self.insert_new(accepted).await?;
+        let Some((mut kept, mut stored)) = self.insert_new(accepted).await else {
+            // The new rows went back for redelivery: the re-embeds go with them.
+            futures::future::join_all(reembeds.into_iter().map(|a| {
+                let delay = retry_delay(a.delivery.delivered);
+                settle(a.delivery, Disposition::Retry(Some(delay)))
+            }))
+            .await;
+            return None;
+        };
         let mut reembeds = reembeds.into_iter();
         while let Some(a) = reembeds.next() {
             match self.deps.store.get_message(a.message.message_id).await {

@@ -27,6 +27,21 @@ use tracing::{info, warn};
 
 /// Largest export page in serialised bytes (under NATS's 1 MiB default).
 const EXPORT_PAGE_BYTES: usize = 512 * 1024;
+/// Tries of a delete that Postgres aborted to break a deadlock.
+const CONFLICT_ATTEMPTS: u32 = 3;
+
+/// Why a tombstone transaction failed.
+enum Held {
+    Store(StoreError),
+    Remote(RemoteError),
+}
+
+impl From<StoreError> for Held {
+    fn from(e: StoreError) -> Self {
+        Self::Store(e)
+    }
+}
+
 /// A Redis call slower than this fails the cache purge (the erase can be retried).
 const REDIS_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -158,7 +173,10 @@ impl Lifecycle {
         .expect("events serialise");
         let envelope = Envelope::new(self.deps.subjects.ingest(&m.tenant_id, m.id), payload)
             .with_header(REEMBED_HEADER, m.revision.to_string());
-        if let Err(e) = self.deps.bus.publish(envelope, Some(&format!("{}.r{}", m.id, m.revision))).await {
+        // A duplicate id of its own: a message deleted, sent again and edited within the
+        // stream's duplicate window must not have its re-embed taken for the old one's.
+        let dedup = format!("{}.r{}.{}", m.id, m.revision, MessageId::new());
+        if let Err(e) = self.deps.bus.publish(envelope, Some(&dedup)).await {
             warn!(error = %e, message_id = %m.id, "queueing an edited message for embedding failed; the sweeper will embed it");
         }
     }
@@ -182,10 +200,12 @@ impl Lifecycle {
         check_version(request.v)?;
         check_batch(request.message_ids.len(), "message ids")?;
         let tenant = request.tenant_id.as_ref();
+        let mut seen = std::collections::HashSet::new();
+        let unique: Vec<MessageId> = request.message_ids.iter().copied().filter(|id| seen.insert(*id)).collect();
         // Whose each message is: stored, or still queued; else it does not exist.
         let mut by_tenant: BTreeMap<TenantId, Vec<MessageId>> = BTreeMap::new();
         let mut not_found = Vec::new();
-        for &id in &request.message_ids {
+        for &id in &unique {
             let stored = self.deps.store.get_message(id).await.map_err(|e| unavailable("reading a message", &e))?;
             let owner = match stored {
                 Some(m) if tenant.is_none_or(|t| *t == m.tenant_id) => Some(m.tenant_id),
@@ -258,15 +278,29 @@ impl Lifecycle {
         ids: &[MessageId],
     ) -> Result<(Cutoff, chrono::DateTime<Utc>, Vec<MessageId>), RemoteError> {
         let started = std::time::Instant::now();
-        let fail = |e: StoreError| unavailable("writing tombstones", &e);
-        let mut hold = self.deps.store.hold_tenant(tenant).await.map_err(fail)?;
-        // On any failure the hold is dropped, which rolls everything back.
-        let cutoff = self.cutoff().await?;
-        let at = hold.tombstone(what, cutoff).await.map_err(fail)?;
-        let deleted = if ids.is_empty() { Vec::new() } else { hold.delete(ids).await.map_err(fail)? };
-        hold.commit().await.map_err(fail)?;
-        self.metrics.delete_lock.observe(started.elapsed().as_secs_f64());
-        Ok((cutoff, at, deleted))
+        let mut attempt = 1;
+        loop {
+            // On any failure the hold is dropped, which rolls everything back.
+            let done = async {
+                let mut hold = self.deps.store.hold_tenant(tenant).await?;
+                let cutoff = self.cutoff().await.map_err(Held::Remote)?;
+                let at = hold.tombstone(what, cutoff).await?;
+                let deleted = if ids.is_empty() { Vec::new() } else { hold.delete(ids).await? };
+                hold.commit().await?;
+                Ok::<_, Held>((cutoff, at, deleted))
+            }
+            .await;
+            match done {
+                Ok(done) => {
+                    self.metrics.delete_lock.observe(started.elapsed().as_secs_f64());
+                    return Ok(done);
+                }
+                // A deadlock Postgres broke (with an embedder saving vectors): once more.
+                Err(Held::Store(e)) if e.is_conflict() && attempt < CONFLICT_ATTEMPTS => attempt += 1,
+                Err(Held::Store(e)) => return Err(unavailable("writing tombstones", &e)),
+                Err(Held::Remote(e)) => return Err(e),
+            }
+        }
     }
 
     /// Deletes, batch by batch, the rows stored up to the tombstone; how many.
@@ -277,14 +311,16 @@ impl Lifecycle {
         at: chrono::DateTime<Utc>,
         announce: bool,
     ) -> Result<u64, RemoteError> {
-        let mut total = 0;
+        let (mut total, mut attempt) = (0, 1);
         loop {
-            let ids = self
-                .deps
-                .store
-                .delete_stored(tenant, conversation, at, self.batch_size)
-                .await
-                .map_err(|e| unavailable("deleting messages", &e))?;
+            let ids = match self.deps.store.delete_stored(tenant, conversation, at, self.batch_size).await {
+                Ok(ids) => ids,
+                Err(e) if e.is_conflict() && attempt < CONFLICT_ATTEMPTS => {
+                    attempt += 1;
+                    continue;
+                }
+                Err(e) => return Err(unavailable("deleting messages", &e)),
+            };
             total += ids.len() as u64;
             self.metrics.deleted(tenant, ids.len() as u64);
             if announce {

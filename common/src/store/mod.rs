@@ -46,6 +46,15 @@ impl StoreError {
         }
     }
 
+    /// Whether the database gave up on a transaction to break a deadlock or a serialization
+    /// conflict (SQLSTATE 40P01, 40001): running it again may succeed.
+    pub fn is_conflict(&self) -> bool {
+        match self {
+            Self::Database(sqlx::Error::Database(e)) => matches!(e.code().as_deref(), Some("40P01" | "40001")),
+            _ => false,
+        }
+    }
+
     /// Whether the database was unreachable or not ready yet, so trying again may succeed.
     pub fn is_unreachable(&self) -> bool {
         match self {

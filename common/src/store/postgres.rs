@@ -146,15 +146,25 @@ impl PgStore {
         Ok(lines.join("\n"))
     }
 
-    /// Of these messages, the ones still at the given revision, share-locked until the
-    /// transaction ends so no edit or delete commits meanwhile. `FOR SHARE` waits for an edit in
+    /// Of these messages, the ones still at the given revision, locked (in id order) until the
+    /// transaction ends so no edit or delete commits meanwhile. The lock waits for an edit in
     /// progress and re-reads the row it committed, so a vector of the old text is never taken
-    /// for the new one.
-    async fn current(tx: &mut sqlx::PgConnection, ids: &[Uuid], revisions: &[i32]) -> Result<Vec<Uuid>, StoreError> {
-        Ok(sqlx::query_scalar(
+    /// for the new one. Writers that go on to update the rows take `FOR NO KEY UPDATE`, so two of
+    /// them queue instead of deadlocking on each other's share locks.
+    async fn current(
+        tx: &mut sqlx::PgConnection,
+        ids: &[Uuid],
+        revisions: &[i32],
+        lock: RowLock,
+    ) -> Result<Vec<Uuid>, StoreError> {
+        let mode = match lock {
+            RowLock::Share => "FOR SHARE",
+            RowLock::Update => "FOR NO KEY UPDATE",
+        };
+        Ok(sqlx::query_scalar(AssertSqlSafe(format!(
             "SELECT m.id FROM messages m JOIN UNNEST($1::uuid[], $2::int4[]) AS u(id, revision) ON m.id = u.id
-             WHERE m.revision = u.revision ORDER BY m.id FOR SHARE OF m",
-        )
+             WHERE m.revision = u.revision ORDER BY m.id {mode} OF m"
+        )))
         .bind(ids)
         .bind(revisions)
         .fetch_all(tx)
@@ -167,8 +177,10 @@ impl PgStore {
         tx: &mut sqlx::PgConnection,
         space: &Space,
         (ids, tenants, embeddings, revisions): &VectorColumns<'_>,
+        lock: RowLock,
     ) -> Result<Vec<Uuid>, StoreError> {
-        let current: std::collections::HashSet<Uuid> = Self::current(tx, ids, revisions).await?.into_iter().collect();
+        let current: std::collections::HashSet<Uuid> =
+            Self::current(tx, ids, revisions, lock).await?.into_iter().collect();
         let keep: Vec<usize> = (0..ids.len()).filter(|&i| current.contains(&ids[i])).collect();
         let ids: Vec<Uuid> = keep.iter().map(|&i| ids[i]).collect();
         let tenants: Vec<&str> = keep.iter().map(|&i| tenants[i]).collect();
@@ -198,8 +210,10 @@ impl PgStore {
         ids: &[Uuid],
         reasons: &[&str],
         revisions: &[i32],
+        lock: RowLock,
     ) -> Result<(), StoreError> {
-        let current: std::collections::HashSet<Uuid> = Self::current(tx, ids, revisions).await?.into_iter().collect();
+        let current: std::collections::HashSet<Uuid> =
+            Self::current(tx, ids, revisions, lock).await?.into_iter().collect();
         let keep: Vec<usize> = (0..ids.len()).filter(|&i| current.contains(&ids[i])).collect();
         let ids: Vec<Uuid> = keep.iter().map(|&i| ids[i]).collect();
         let reasons: Vec<&str> = keep.iter().map(|&i| reasons[i]).collect();
@@ -388,6 +402,15 @@ struct PgLock {
 
 impl Lock for PgLock {}
 
+/// How [`PgStore::current`] locks the rows it returns.
+#[derive(Debug, Clone, Copy)]
+enum RowLock {
+    /// Readers and writers that leave the rows alone (a backfill).
+    Share,
+    /// Writers that update the rows afterwards.
+    Update,
+}
+
 /// A transaction holding a tenant's write lock exclusively.
 struct PgTenantHold {
     tx: sqlx::Transaction<'static, sqlx::Postgres>,
@@ -409,7 +432,8 @@ impl TenantHold for PgTenantHold {
         let at: DateTime<Utc> = sqlx::query_scalar("SELECT clock_timestamp()").fetch_one(&mut *self.tx).await?;
         sqlx::query(
             "INSERT INTO tombstones (tenant_id, kind, key, before_sequence, before_at, created_at)
-             SELECT $1, u.kind, u.key, $4, $5, $6 FROM UNNEST($2::text[], $3::text[]) AS u(kind, key)
+             SELECT DISTINCT $1, u.kind, u.key, $4::int8, $5::timestamptz, $6::timestamptz
+             FROM UNNEST($2::text[], $3::text[]) AS u(kind, key)
              ON CONFLICT (tenant_id, kind, key) DO UPDATE
              SET before_sequence = greatest(tombstones.before_sequence, EXCLUDED.before_sequence),
                  before_at = greatest(tombstones.before_at, EXCLUDED.before_at), created_at = EXCLUDED.created_at",
@@ -427,12 +451,16 @@ impl TenantHold for PgTenantHold {
 
     async fn delete(&mut self, ids: &[MessageId]) -> Result<Vec<MessageId>, StoreError> {
         let ids: Vec<Uuid> = ids.iter().map(|id| id.0).collect();
-        let deleted: Vec<Uuid> =
-            sqlx::query_scalar("DELETE FROM messages WHERE tenant_id = $1 AND id = ANY($2) RETURNING id")
-                .bind(self.tenant.as_str())
-                .bind(&ids)
-                .fetch_all(&mut *self.tx)
-                .await?;
+        // Rows locked in id order, as every other multi-row writer locks them.
+        let deleted: Vec<Uuid> = sqlx::query_scalar(
+            "DELETE FROM messages WHERE id IN (
+                 SELECT id FROM messages WHERE tenant_id = $1 AND id = ANY($2) ORDER BY id FOR UPDATE)
+             RETURNING id",
+        )
+        .bind(self.tenant.as_str())
+        .bind(&ids)
+        .fetch_all(&mut *self.tx)
+        .await?;
         Ok(deleted.into_iter().map(MessageId).collect())
     }
 
@@ -658,7 +686,7 @@ impl Store for PgStore {
         let columns = columns(space, vectors)?;
         let mut tx = self.pool.begin().await?;
         ensure_active(&mut tx, space).await?;
-        Self::insert_vectors(&mut tx, space, &columns).await?;
+        Self::insert_vectors(&mut tx, space, &columns, RowLock::Update).await?;
         sqlx::query(
             "UPDATE messages m SET status = 'embedded', failure_reason = NULL, updated_at = now()
              FROM UNNEST($1::uuid[], $2::int4[]) AS u(id, revision)
@@ -681,7 +709,7 @@ impl Store for PgStore {
         let revisions: Vec<i32> = failures.iter().map(|f| f.revision).collect();
         let mut tx = self.pool.begin().await?;
         ensure_active(&mut tx, space).await?;
-        Self::insert_failures(&mut tx, space, &ids, &reasons, &revisions).await?;
+        Self::insert_failures(&mut tx, space, &ids, &reasons, &revisions, RowLock::Update).await?;
         sqlx::query(
             "UPDATE messages m SET status = 'failed', failure_reason = u.reason,
                                    embed_failures = m.embed_failures + 1, updated_at = now()
@@ -742,10 +770,10 @@ impl Store for PgStore {
         let revisions: Vec<i32> = failures.iter().map(|f| f.revision).collect();
         let mut tx = self.pool.begin().await?;
         if !columns.0.is_empty() {
-            Self::insert_vectors(&mut tx, space, &columns).await?;
+            Self::insert_vectors(&mut tx, space, &columns, RowLock::Share).await?;
         }
         if !failed.is_empty() {
-            Self::insert_failures(&mut tx, space, &failed, &reasons, &revisions).await?;
+            Self::insert_failures(&mut tx, space, &failed, &reasons, &revisions, RowLock::Share).await?;
         }
         sqlx::query("UPDATE embedding_spaces SET backfill_cursor = $2, backfilled = backfilled + $3 WHERE id = $1")
             .bind(space.id)
@@ -1336,7 +1364,7 @@ impl Store for PgStore {
             "DELETE FROM messages WHERE id IN (
                  SELECT id FROM messages
                  WHERE tenant_id = $1 AND ($2::text IS NULL OR conversation_id = $2) AND stored_at <= $3
-                 LIMIT $4)
+                 ORDER BY id LIMIT $4 FOR UPDATE)
              RETURNING id",
         )
         .bind(tenant.as_str())

@@ -247,3 +247,30 @@ async fn a_vector_computed_before_an_edit_is_not_stored() -> anyhow::Result<()> 
     assert_eq!(env.store.get_message(id).await?.unwrap().status, MessageStatus::Embedded);
     env.finish().await
 }
+
+#[tokio::test]
+async fn two_writers_saving_the_same_vectors_queue_rather_than_deadlock() -> anyhow::Result<()> {
+    let env = TestEnv::start().await?;
+    let s = env.store.register_space(&space("m1", 4)).await?;
+    let rows: Vec<NewRow> = (0..50).map(|i| row("acme", &format!("message {i}"))).collect();
+    env.store.insert_messages(&rows).await?;
+    let vectors: Vec<NewVector> = rows
+        .iter()
+        .map(|r| NewVector {
+            message_id: r.message.message_id,
+            tenant_id: r.message.tenant_id.clone(),
+            vector: unit(4, 1),
+            revision: 0,
+        })
+        .collect();
+    // An ingest batch and the sweeper (or two replicas) embedding the same messages at once.
+    for _ in 0..10 {
+        let (a, b) = tokio::join!(env.store.save_vectors(&s, &vectors), env.store.save_vectors(&s, &vectors));
+        a?;
+        b?;
+    }
+    for r in &rows {
+        assert_eq!(env.store.get_message(r.message.message_id).await?.unwrap().status, MessageStatus::Embedded);
+    }
+    env.finish().await
+}

@@ -163,6 +163,8 @@ pub async fn import(
     let (mut buffer, mut number, mut chunk) = (Vec::<u8>::new(), 0usize, Vec::new());
     // Inside a line longer than LINE_MAX (already reported): its rest is dropped.
     let mut skipping = false;
+    // How much of the buffer's unfinished line is known to hold no newline.
+    let mut scanned = 0;
     let too_long = || {
         ApiError::Invalid(vec![common::domain::FieldError::new(
             "line",
@@ -189,7 +191,8 @@ pub async fn import(
         // Whole lines; at the end of the body, the last one too.
         let mut start = 0;
         loop {
-            let newline = buffer[start..].iter().position(|b| *b == b'\n').map(|i| start + i);
+            let from = start.max(scanned);
+            let newline = buffer[from..].iter().position(|b| *b == b'\n').map(|i| from + i);
             let end = match newline {
                 Some(end) => end,
                 None if done && start < buffer.len() => buffer.len(),
@@ -197,6 +200,7 @@ pub async fn import(
             };
             let line = &buffer[start..end];
             start = (end + 1).min(buffer.len());
+            scanned = 0;
             if std::mem::take(&mut skipping) {
                 continue;
             }
@@ -211,6 +215,7 @@ pub async fn import(
             }
         }
         buffer.drain(..start);
+        scanned = buffer.len();
         if skipping {
             buffer.clear();
         } else if buffer.len() > LINE_MAX {
@@ -218,6 +223,9 @@ pub async fn import(
             chunk.push((number, Err(too_long())));
             buffer.clear();
             skipping = true;
+        }
+        if buffer.is_empty() {
+            scanned = 0;
         }
         if done {
             break;

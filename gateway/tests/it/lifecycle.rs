@@ -169,7 +169,8 @@ async fn deletes_are_real_and_answer_for_what_is_gone() -> anyhow::Result<()> {
     assert_eq!(delete(&app, &format!("/v1/messages/{b}?tenant_id=globex")).await?.status, StatusCode::NOT_FOUND);
 
     let unknown = MessageId::new().to_string();
-    let r = app.post("/v1/messages/batch/delete?tenant_id=acme", &json!({"message_ids": [b, unknown]})).await?;
+    // A repeated id counts once.
+    let r = app.post("/v1/messages/batch/delete?tenant_id=acme", &json!({"message_ids": [b, b, unknown]})).await?;
     assert_eq!(r.status, StatusCode::OK, "{r:?}");
     assert_eq!((&r.body["deleted"], &r.body["not_found"]), (&json!([b]), &json!([unknown])));
     let r = app.post("/v1/messages/batch/delete", &json!({"message_ids": []})).await?;
