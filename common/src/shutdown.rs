@@ -28,3 +28,37 @@ pub fn on_signal() -> CancellationToken {
     });
     token
 }
+
+/// Serves a stream of requests until `shutdown`: `handle` starts each one (as a task on the
+/// tracker, typically). At shutdown it also starts what has already arrived, then drops the
+/// stream (unsubscribing, so new requests go to other replicas) and waits up to `grace` for the
+/// tasks in hand.
+pub async fn serve<T>(
+    mut requests: futures::stream::BoxStream<'static, T>,
+    shutdown: &CancellationToken,
+    grace: std::time::Duration,
+    what: &'static str,
+    mut handle: impl FnMut(&tokio_util::task::TaskTracker, T),
+) {
+    use futures::{FutureExt as _, StreamExt as _};
+    let tasks = tokio_util::task::TaskTracker::new();
+    loop {
+        let next = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break,
+            next = requests.next() => next,
+        };
+        match next {
+            Some(request) => handle(&tasks, request),
+            None => break,
+        }
+    }
+    while let Some(Some(request)) = requests.next().now_or_never() {
+        handle(&tasks, request);
+    }
+    drop(requests);
+    tasks.close();
+    if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
+        tracing::warn!(in_flight = tasks.len(), "{what} still running at the end of the grace period");
+    }
+}

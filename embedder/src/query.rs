@@ -9,8 +9,8 @@ use common::contract::{
     CachePurge, EmbedQueryRequest, EmbedQueryResponse, RemoteError, RemoteErrorCode, Reply, VERSION,
 };
 use common::domain::TenantId;
+use futures::StreamExt;
 use futures::stream::BoxStream;
-use futures::{FutureExt, StreamExt};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::warn;
@@ -23,12 +23,24 @@ use crate::provider::Purpose;
 /// Most texts in one query-embedding request.
 const MAX_TEXTS: usize = 100;
 
+/// What the query service receives.
+enum Incoming {
+    Request(Request),
+    Purge(Envelope),
+}
+
 pub(crate) struct QueryService {
+    handler: Handler,
+    requests: BoxStream<'static, Request>,
+    purges: BoxStream<'static, Envelope>,
+}
+
+/// Answers one request at a time; cheap to clone.
+#[derive(Clone)]
+struct Handler {
     deps: Deps,
     embeddings: Embeddings,
     cache: QueryCache,
-    requests: BoxStream<'static, Request>,
-    purges: BoxStream<'static, Envelope>,
     metrics: Metrics,
 }
 
@@ -41,40 +53,30 @@ impl QueryService {
         purges: BoxStream<'static, Envelope>,
         metrics: Metrics,
     ) -> Self {
-        Self { deps, embeddings, cache, requests, purges, metrics }
+        Self { handler: Handler { deps, embeddings, cache, metrics }, requests, purges }
     }
 
-    pub(crate) async fn run(mut self, shutdown: CancellationToken, grace: Duration) {
-        let tasks = TaskTracker::new();
-        loop {
-            let request = tokio::select! {
-                biased;
-                () = shutdown.cancelled() => break,
-                Some(purge) = self.purges.next() => {
-                    match serde_json::from_slice::<CachePurge>(&purge.payload) {
-                        Ok(p) => {
-                            let dropped = self.cache.purge(&p.tenant_id);
-                            tracing::info!(tenant = %p.tenant_id, dropped, "dropped an erased tenant's cached queries");
-                        }
-                        Err(e) => warn!(error = %e, "ignoring a malformed cache purge"),
-                    }
-                    continue;
-                }
-                next = self.requests.next() => match next {
-                    Some(r) => r,
-                    None => break,
-                },
-            };
-            self.spawn(&tasks, request);
-        }
-        // Answer what has already arrived, then unsubscribe so new requests go to other replicas.
-        while let Some(Some(request)) = self.requests.next().now_or_never() {
-            self.spawn(&tasks, request);
-        }
-        drop(self.requests);
-        tasks.close();
-        if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
-            warn!(in_flight = tasks.len(), "query-embedding requests still running at the end of the grace period");
+    pub(crate) async fn run(self, shutdown: CancellationToken, grace: Duration) {
+        // Cache purges arrive beside the requests and are handled at once.
+        let incoming =
+            futures::stream::select(self.requests.map(Incoming::Request), self.purges.map(Incoming::Purge)).boxed();
+        let handler = self.handler;
+        let handle = |tasks: &TaskTracker, incoming| match incoming {
+            Incoming::Request(request) => handler.spawn(tasks, request),
+            Incoming::Purge(purge) => handler.purge(&purge),
+        };
+        common::shutdown::serve(incoming, &shutdown, grace, "query-embedding requests", handle).await;
+    }
+}
+
+impl Handler {
+    fn purge(&self, purge: &Envelope) {
+        match serde_json::from_slice::<CachePurge>(&purge.payload) {
+            Ok(p) => {
+                let dropped = self.cache.purge(&p.tenant_id);
+                tracing::info!(tenant = %p.tenant_id, dropped, "dropped an erased tenant's cached queries");
+            }
+            Err(e) => warn!(error = %e, "ignoring a malformed cache purge"),
         }
     }
 

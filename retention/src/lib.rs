@@ -26,7 +26,6 @@ use futures::stream::BoxStream;
 use prometheus_client::registry::Registry;
 use tokio_cron_scheduler::{Job, JobScheduler};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 pub use metrics::Metrics;
@@ -230,7 +229,7 @@ impl Retention {
     }
 
     /// Serves requests and scheduled runs until `shutdown`; finishes what is in hand within `grace`.
-    pub async fn run(mut self, shutdown: CancellationToken, grace: Duration) -> Result<(), RetentionError> {
+    pub async fn run(self, shutdown: CancellationToken, grace: Duration) -> Result<(), RetentionError> {
         let mut scheduler = JobScheduler::new().await.map_err(|e| RetentionError::Schedule(e.to_string()))?;
         let runner = self.runner.clone();
         let job = Job::new_async(self.schedule.as_str(), move |_, _| {
@@ -251,18 +250,9 @@ impl Retention {
         scheduler.add(job).await.map_err(|e| RetentionError::Schedule(e.to_string()))?;
         scheduler.start().await.map_err(|e| RetentionError::Schedule(e.to_string()))?;
 
-        let tasks = TaskTracker::new();
-        loop {
-            let request = tokio::select! {
-                biased;
-                () = shutdown.cancelled() => break,
-                next = self.requests.next() => match next {
-                    Some(r) => r,
-                    None => break,
-                },
-            };
-            let (runner, lifecycle) = (self.runner.clone(), self.lifecycle.clone());
-            let (command, request) = request;
+        let (runner, lifecycle) = (self.runner, self.lifecycle);
+        common::shutdown::serve(self.requests, &shutdown, grace, "retention requests", |tasks, (command, request)| {
+            let (runner, lifecycle) = (runner.clone(), lifecycle.clone());
             tasks.spawn(async move {
                 let l = &lifecycle;
                 match command {
@@ -279,13 +269,9 @@ impl Retention {
                     Command::Policy => serve(l, request, "policy", |r| l.policy(r)).await,
                 }
             });
-        }
-        drop(self.requests);
+        })
+        .await;
         let _ = scheduler.shutdown().await;
-        tasks.close();
-        if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
-            warn!("retention runs still going at the end of the grace period");
-        }
         Ok(())
     }
 }

@@ -21,8 +21,8 @@ use common::contract::{
 };
 use common::domain::{MessageId, MessageView, Ranking, SearchMode, TenantId};
 use common::store::{LexicalHit, LexicalQuery, NewRow, Origin, StoreError, VectorQuery};
+use futures::StreamExt;
 use futures::stream::{BoxStream, select};
-use futures::{FutureExt, StreamExt};
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -93,28 +93,12 @@ impl Searcher {
     }
 
     /// Serves until `shutdown` is cancelled, answers the requests in hand (up to `grace`), then returns.
-    pub async fn run(mut self, shutdown: CancellationToken, grace: Duration) -> Result<(), SearcherError> {
-        let tasks = TaskTracker::new();
-        loop {
-            let (endpoint, request) = tokio::select! {
-                biased;
-                () = shutdown.cancelled() => break,
-                next = self.requests.next() => match next {
-                    Some(r) => r,
-                    None => break,
-                },
-            };
-            self.handler.spawn(&tasks, endpoint, request);
-        }
-        // Answer what has already arrived, then unsubscribe so new requests go to other replicas.
-        while let Some(Some((endpoint, request))) = self.requests.next().now_or_never() {
-            self.handler.spawn(&tasks, endpoint, request);
-        }
-        drop(self.requests);
-        tasks.close();
-        if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
-            warn!(in_flight = tasks.len(), "requests still running at the end of the grace period");
-        }
+    pub async fn run(self, shutdown: CancellationToken, grace: Duration) -> Result<(), SearcherError> {
+        let handler = self.handler;
+        common::shutdown::serve(self.requests, &shutdown, grace, "search requests", |tasks, (endpoint, request)| {
+            handler.spawn(tasks, endpoint, request);
+        })
+        .await;
         Ok(())
     }
 }
