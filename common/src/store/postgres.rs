@@ -101,7 +101,12 @@ impl PgStore {
     }
 
     fn vector_table(space: &Space) -> String {
-        format!("message_vectors_{}", space.id)
+        Self::vector_table_of(space.id)
+    }
+
+    /// The vector table of the space with this id (an integer: nothing to escape).
+    fn vector_table_of(space_id: i32) -> String {
+        format!("message_vectors_{space_id}")
     }
 
     /// The nearest-neighbour statement; `prefix` goes before it (`EXPLAIN`, say).
@@ -146,7 +151,7 @@ impl PgStore {
         Ok(lines.join("\n"))
     }
 
-    /// Of these messages, the ones still at the given revision, locked (in id order) until the
+    /// Of these messages, the positions of those still at the given revision, locked (in id order) until the
     /// transaction ends so no edit or delete commits meanwhile. The lock waits for an edit in
     /// progress and re-reads the row it committed, so a vector of the old text is never taken
     /// for the new one. Writers that go on to update the rows take `FOR NO KEY UPDATE`, so two of
@@ -156,19 +161,22 @@ impl PgStore {
         ids: &[Uuid],
         revisions: &[i32],
         lock: RowLock,
-    ) -> Result<Vec<Uuid>, StoreError> {
+    ) -> Result<Vec<usize>, StoreError> {
         let mode = match lock {
             RowLock::Share => "FOR SHARE",
             RowLock::Update => "FOR NO KEY UPDATE",
         };
-        Ok(sqlx::query_scalar(AssertSqlSafe(format!(
+        let current: std::collections::HashSet<Uuid> = sqlx::query_scalar(AssertSqlSafe(format!(
             "SELECT m.id FROM messages m JOIN UNNEST($1::uuid[], $2::int4[]) AS u(id, revision) ON m.id = u.id
              WHERE m.revision = u.revision ORDER BY m.id {mode} OF m"
         )))
         .bind(ids)
         .bind(revisions)
         .fetch_all(tx)
-        .await?)
+        .await?
+        .into_iter()
+        .collect();
+        Ok((0..ids.len()).filter(|&i| current.contains(&ids[i])).collect())
     }
 
     /// Stores the vectors of messages still at the revision they were computed from (an edited
@@ -179,9 +187,7 @@ impl PgStore {
         (ids, tenants, embeddings, revisions): &VectorColumns<'_>,
         lock: RowLock,
     ) -> Result<Vec<Uuid>, StoreError> {
-        let current: std::collections::HashSet<Uuid> =
-            Self::current(tx, ids, revisions, lock).await?.into_iter().collect();
-        let keep: Vec<usize> = (0..ids.len()).filter(|&i| current.contains(&ids[i])).collect();
+        let keep = Self::current(tx, ids, revisions, lock).await?;
         let ids: Vec<Uuid> = keep.iter().map(|&i| ids[i]).collect();
         let tenants: Vec<&str> = keep.iter().map(|&i| tenants[i]).collect();
         let embeddings: Vec<&Vector> = keep.iter().map(|&i| &embeddings[i]).collect();
@@ -212,9 +218,7 @@ impl PgStore {
         revisions: &[i32],
         lock: RowLock,
     ) -> Result<(), StoreError> {
-        let current: std::collections::HashSet<Uuid> =
-            Self::current(tx, ids, revisions, lock).await?.into_iter().collect();
-        let keep: Vec<usize> = (0..ids.len()).filter(|&i| current.contains(&ids[i])).collect();
+        let keep = Self::current(tx, ids, revisions, lock).await?;
         let ids: Vec<Uuid> = keep.iter().map(|&i| ids[i]).collect();
         let reasons: Vec<&str> = keep.iter().map(|&i| reasons[i]).collect();
         sqlx::query(
@@ -1452,7 +1456,8 @@ impl Store for PgStore {
             // The old text's vectors and refusals, in every space, no longer describe it.
             let spaces: Vec<i32> = sqlx::query_scalar("SELECT id FROM embedding_spaces").fetch_all(&mut *tx).await?;
             for space in spaces {
-                sqlx::query(AssertSqlSafe(format!("DELETE FROM message_vectors_{space} WHERE message_id = $1")))
+                let table = Self::vector_table_of(space);
+                sqlx::query(AssertSqlSafe(format!("DELETE FROM {table} WHERE message_id = $1")))
                     .bind(id.0)
                     .execute(&mut *tx)
                     .await?;

@@ -98,17 +98,7 @@ impl App {
         if let Some(key) = key {
             req = req.header("x-api-key", key);
         }
-        if body.is_some() {
-            req = req.header("content-type", "application/json");
-        }
-        let req = req.body(body.unwrap_or_else(Body::empty))?;
-        let response = gateway::router(self.state.clone()).oneshot(req).await?;
-        let status = response.status();
-        let headers = response.headers().clone();
-        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await?;
-        let body =
-            serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
-        Ok(Resp { status, headers, body })
+        self.dispatch(req, body).await
     }
 
     /// Sends with the key as `Authorization: Bearer`.
@@ -119,7 +109,12 @@ impl App {
         body: Option<Body>,
         key: &str,
     ) -> anyhow::Result<Resp> {
-        let mut req = Request::builder().method(method).uri(uri).header("authorization", format!("Bearer {key}"));
+        let req = Request::builder().method(method).uri(uri).header("authorization", format!("Bearer {key}"));
+        self.dispatch(req, body).await
+    }
+
+    /// Sends a request (a JSON body, if any) through the gateway's router.
+    async fn dispatch(&self, mut req: axum::http::request::Builder, body: Option<Body>) -> anyhow::Result<Resp> {
         if body.is_some() {
             req = req.header("content-type", "application/json");
         }
