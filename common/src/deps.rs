@@ -22,35 +22,59 @@ pub struct Deps {
 pub enum ConnectError {
     #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error("cannot connect to Postgres")]
+    #[error("cannot use Postgres")]
     Store(#[from] StoreError),
     #[error("cannot connect to NATS")]
     Bus(#[from] BusError),
 }
 
 impl Deps {
-    /// Connects to Postgres (applying migrations) and NATS (creating streams). While either is
+    /// Connects to Postgres and NATS (creating streams). Applies pending migrations, or with
+    /// `MEMORY_DATABASE_MIGRATE=false` waits for the schema to be current. While either is
     /// unreachable (still starting, say) it retries with backoff for `MEMORY_STARTUP_TIMEOUT_SECS`.
     pub async fn connect(config: &Config) -> Result<Self, ConnectError> {
+        Ok(Self::connect_pg(config).await?.0)
+    }
+
+    /// [`Self::connect`], also returning the Postgres store itself (for its pool's metrics).
+    pub async fn connect_pg(config: &Config) -> Result<(Self, PgStore), ConnectError> {
         let subjects = Subjects::new(config.nats.subject_prefix.clone());
+        let store = Self::postgres(config).await?;
+        let bus = (|| NatsBus::connect(&config.nats, subjects.clone()))
+            .retry(Self::startup_backoff(config))
+            .when(BusError::is_unreachable)
+            .notify(|e, next| warn!(error = %e, cause = ?std::error::Error::source(e), retry_in = ?next, "NATS is unreachable"))
+            .await?;
+        Ok((Self { store: Arc::new(store.clone()), bus: Arc::new(bus), subjects }, store))
+    }
+
+    /// Connects to Postgres alone, migrating or waiting for the schema as configured.
+    pub async fn postgres(config: &Config) -> Result<PgStore, ConnectError> {
         let url = config.database_url()?;
-        let backoff = ExponentialBuilder::new()
+        let (max, migrate) = (config.database.max_connections, config.database.migrate);
+        let store = (|| async move {
+            let store = PgStore::connect_only(url, max).await?;
+            if migrate {
+                store.migrate().await?;
+            } else {
+                store.check_schema().await?;
+            }
+            Ok::<_, StoreError>(store)
+        })
+        .retry(Self::startup_backoff(config))
+        .when(StoreError::is_unreachable)
+        .notify(|e, next| warn!(error = %e, cause = ?std::error::Error::source(e), retry_in = ?next, "Postgres is not ready"))
+        .await?;
+        Ok(store)
+    }
+
+    fn startup_backoff(config: &Config) -> ExponentialBuilder {
+        ExponentialBuilder::new()
             .with_jitter()
             .with_min_delay(Duration::from_millis(200))
             .with_max_delay(Duration::from_secs(5))
             .with_total_delay(Some(config.startup_timeout))
-            .without_max_times();
-        let store = (|| PgStore::connect(url, config.database.max_connections))
-            .retry(backoff)
-            .when(StoreError::is_unreachable)
-            .notify(|e, next| warn!(error = %e, cause = ?std::error::Error::source(e), retry_in = ?next, "Postgres is unreachable"))
-            .await?;
-        let bus = (|| NatsBus::connect(&config.nats, subjects.clone()))
-            .retry(backoff)
-            .when(BusError::is_unreachable)
-            .notify(|e, next| warn!(error = %e, cause = ?std::error::Error::source(e), retry_in = ?next, "NATS is unreachable"))
-            .await?;
-        Ok(Self { store: Arc::new(store), bus: Arc::new(bus), subjects })
+            .without_max_times()
     }
 
     /// `Ok` when both the store and the bus answer; else which one did not.

@@ -1,5 +1,5 @@
-//! The operations endpoint of a worker: `/metrics`, `/healthz` and `/readyz` on their own port.
-//! (The gateway serves the same paths on its API port.)
+//! The operations endpoint of a process: `/metrics`, `/healthz` and `/readyz` on their own port,
+//! whatever roles the process runs. (The gateway also serves them on its API port.)
 
 use std::sync::Arc;
 
@@ -30,29 +30,49 @@ pub fn render(registry: &Registry) -> impl IntoResponse + use<> {
 /// `Err` says why the worker is not ready.
 pub type Check = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 
+/// What the ops endpoint serves once the process has built its roles; until then `/readyz`
+/// and `/metrics` answer 503 and `/healthz` 200, so a slow start (Postgres still starting, a
+/// migration still running) is neither ready nor killed.
+pub struct Built {
+    pub registry: Arc<Registry>,
+    pub deps: Deps,
+    /// The roles' own readiness conditions.
+    pub checks: Vec<Check>,
+}
+
+/// A handle on the ops endpoint's state, set once with [`Ops::built`].
+#[derive(Clone, Default)]
+pub struct Ops(Arc<std::sync::OnceLock<Built>>);
+
+impl Ops {
+    /// From now on, serve `built`'s metrics and readiness.
+    pub fn built(&self, built: Built) {
+        let _ = self.0.set(built);
+    }
+}
+
 #[derive(Clone)]
 struct OpsState {
-    registry: Arc<Registry>,
-    deps: Deps,
-    check: Option<Check>,
+    ops: Ops,
     shutdown: CancellationToken,
 }
 
-/// Serves the operations endpoints until `shutdown` is cancelled. `/readyz` also asks `check`.
-pub async fn serve(
-    listener: TcpListener,
-    registry: Arc<Registry>,
-    deps: Deps,
-    check: Option<Check>,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    let state = OpsState { registry, deps, check, shutdown: shutdown.clone() };
+/// Serves the operations endpoints until `shutdown` is cancelled.
+pub async fn serve(listener: TcpListener, ops: Ops, shutdown: CancellationToken) -> std::io::Result<()> {
+    let state = OpsState { ops, shutdown: shutdown.clone() };
     let app = axum::Router::new()
-        .route("/metrics", get(|State(s): State<OpsState>| async move { render(&s.registry) }))
+        .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .with_state(state);
     axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await
+}
+
+async fn metrics(State(s): State<OpsState>) -> axum::response::Response {
+    match s.ops.0.get() {
+        Some(built) => render(&built.registry).into_response(),
+        None => (StatusCode::SERVICE_UNAVAILABLE, "starting").into_response(),
+    }
 }
 
 /// Readiness of any worker: not shutting down, and Postgres and NATS answer. `Err` says why not.
@@ -64,8 +84,11 @@ pub async fn readiness(deps: &Deps, shutdown: &CancellationToken) -> Result<(), 
 }
 
 async fn readyz(State(s): State<OpsState>) -> (StatusCode, String) {
-    let own = s.check.as_ref().map_or(Ok(()), |check| check());
-    match readiness(&s.deps, &s.shutdown).await.and(own) {
+    let Some(built) = s.ops.0.get() else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "starting: connecting to Postgres and NATS".into());
+    };
+    let own = built.checks.iter().try_for_each(|check| check());
+    match readiness(&built.deps, &s.shutdown).await.and(own) {
         Ok(()) => (StatusCode::OK, "ok".into()),
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e),
     }

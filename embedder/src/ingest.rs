@@ -169,12 +169,22 @@ impl IngestWorker {
         }
     }
 
+    /// Dead-letters a delivery that can never succeed, counting it by its reason's code.
+    async fn reject(&self, delivery: Delivery, rejection: Rejection) {
+        self.metrics.count(Outcome::Rejected, 1);
+        self.metrics.dead_letters.get_or_create(&crate::metrics::ReasonLabels { reason: rejection.code }).inc();
+        settle(delivery, Disposition::Reject(rejection)).await;
+    }
+
     async fn handle(&self, mut batch: Vec<Delivery>) {
         // A message redelivered while the pull was open arrives twice: settle it once.
         batch.sort_by_key(|d| (d.stream_sequence, std::cmp::Reverse(d.delivered)));
         batch.dedup_by_key(|d| d.stream_sequence);
         let mut accepted = Vec::with_capacity(batch.len());
         for delivery in batch {
+            if delivery.delivered > 1 {
+                self.metrics.redeliveries.inc();
+            }
             let parsed = if delivery.delivered > self.max_deliveries {
                 Err(Rejection {
                     code: "delivery_limit",
@@ -187,8 +197,7 @@ impl IngestWorker {
                 Ok((message, importance)) => accepted.push(Accepted { delivery, message, importance }),
                 Err(rejection) => {
                     warn!(subject = %delivery.message.subject, code = rejection.code, reason = %rejection.reason, "dead-lettering an invalid event");
-                    self.metrics.count(Outcome::Rejected, 1);
-                    settle(delivery, Disposition::Reject(rejection)).await;
+                    self.reject(delivery, rejection).await;
                 }
             }
         }
@@ -209,8 +218,13 @@ impl IngestWorker {
                 futures::future::join_all(keepalives.iter().map(KeepAlive::in_progress)).await;
             }
         };
+        let n = accepted.len();
+        let handled = async {
+            self.store_and_embed(accepted).await;
+            debug!(messages = n, "batch handled");
+        };
         tokio::select! {
-            () = self.store_and_embed(accepted).instrument(span) => {}
+            () = handled.instrument(span) => {}
             () = heartbeat => {}
         }
     }
@@ -286,12 +300,11 @@ impl IngestWorker {
                     kept.push(a);
                 }
                 Err(e) if e.is_data_error() => {
-                    self.metrics.count(Outcome::Rejected, 1);
                     let reason = format!(
                         "the database refused the message: {}",
                         std::error::Error::source(&e).map_or_else(|| e.to_string(), ToString::to_string)
                     );
-                    settle(a.delivery, Disposition::Reject(Rejection { code: "store_rejected", reason })).await;
+                    self.reject(a.delivery, Rejection { code: "store_rejected", reason }).await;
                 }
                 Err(e) => {
                     let rest: Vec<Accepted> = kept.into_iter().chain(std::iter::once(a)).chain(pending).collect();
@@ -313,12 +326,11 @@ impl IngestWorker {
             match stored.get(&a.message.message_id) {
                 Some(inserted) if inserted.row.tenant_id == a.message.tenant_id => ready.push((a, inserted)),
                 Some(_) => {
-                    self.metrics.count(Outcome::Rejected, 1);
                     let rejection = Rejection {
                         code: "id_conflict",
                         reason: format!("message id {} is already used", a.message.message_id),
                     };
-                    settle(a.delivery, Disposition::Reject(rejection)).await;
+                    self.reject(a.delivery, rejection).await;
                 }
                 None => {
                     // The insert committed, so the row must be there; redeliver rather than guess.

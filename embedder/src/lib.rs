@@ -217,12 +217,12 @@ impl Worker {
             } else if space.is_retired() || !self.config.auto_backfill {
                 let why = if space.is_retired() {
                     format!(
-                        "embedding space {} ({}/{}) was replaced by another; this embedder no longer ingests (run `memory-embedder reembed` to switch back)",
+                        "embedding space {} ({}/{}) was replaced by another; this embedder no longer ingests (run `memory reembed` to switch back)",
                         space.id, space.reference.provider, space.reference.model
                     )
                 } else {
                     format!(
-                        "embedding space {} is not active and MEMORY_EMBEDDER_AUTO_BACKFILL is off: run `memory-embedder reembed`",
+                        "embedding space {} is not active and MEMORY_EMBEDDER_AUTO_BACKFILL is off: run `memory reembed`",
                         space.id
                     )
                 };
@@ -297,7 +297,7 @@ impl Worker {
     }
 }
 
-/// `memory-embedder reembed`: embeds every stored message into the configured provider's space,
+/// `memory reembed`: embeds every stored message into the configured provider's space,
 /// reporting progress, and (with `activate`) makes it the active space when complete. Resumes an
 /// interrupted run; waits while another process backfills the same space.
 pub async fn reembed(

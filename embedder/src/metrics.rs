@@ -123,6 +123,18 @@ pub struct BacklogLabels {
     pub source: BacklogSource,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// The rejection's code (`invalid_event`, `delivery_limit`, `id_conflict`, …): a closed set.
+    pub reason: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ConsumerLabels {
+    /// The durable consumer's name.
+    pub consumer: &'static str,
+}
+
 #[derive(Clone)]
 pub struct Metrics {
     /// Messages handled, by outcome: `memory_embedder_messages_total`.
@@ -155,6 +167,17 @@ pub struct Metrics {
     pub backfilled: Counter,
     /// Messages a running backfill still has to embed: `memory_embedder_backfill_remaining_messages`.
     pub backfill_remaining: Gauge,
+    /// Deliveries of a message delivered before: `memory_embedder_redeliveries_total`.
+    pub redeliveries: Counter,
+    /// Events dead-lettered, by the rejection's code: `memory_embedder_dead_letters_total`.
+    pub dead_letters: Family<ReasonLabels, Counter>,
+    /// The ingest consumer's messages not yet delivered (shared by every replica, so each reports
+    /// the same): `memory_embedder_consumer_pending_messages`.
+    pub consumer_pending: Family<ConsumerLabels, Gauge>,
+    /// Delivered and not yet acknowledged: `memory_embedder_consumer_ack_pending_messages`.
+    pub consumer_ack_pending: Family<ConsumerLabels, Gauge>,
+    /// Redelivered and not yet acknowledged: `memory_embedder_consumer_redelivered_messages`.
+    pub consumer_redelivered: Family<ConsumerLabels, Gauge>,
 }
 
 impl Metrics {
@@ -174,6 +197,11 @@ impl Metrics {
             swept: Counter::default(),
             backfilled: Counter::default(),
             backfill_remaining: Gauge::default(),
+            redeliveries: Counter::default(),
+            dead_letters: Family::default(),
+            consumer_pending: Family::default(),
+            consumer_ack_pending: Family::default(),
+            consumer_redelivered: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("embedder");
         r.register("messages", "Messages handled, by outcome", m.messages.clone());
@@ -202,6 +230,23 @@ impl Metrics {
             "backfill_remaining_messages",
             "Messages a running backfill still has to embed",
             m.backfill_remaining.clone(),
+        );
+        r.register("redeliveries", "Deliveries of messages delivered before", m.redeliveries.clone());
+        r.register("dead_letters", "Events dead-lettered, by reason", m.dead_letters.clone());
+        r.register(
+            "consumer_pending_messages",
+            "Messages the ingest consumer has not delivered yet",
+            m.consumer_pending.clone(),
+        );
+        r.register(
+            "consumer_ack_pending_messages",
+            "Messages delivered by the ingest consumer, not yet acknowledged",
+            m.consumer_ack_pending.clone(),
+        );
+        r.register(
+            "consumer_redelivered_messages",
+            "Messages redelivered by the ingest consumer, not yet acknowledged",
+            m.consumer_redelivered.clone(),
         );
         m
     }

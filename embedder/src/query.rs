@@ -6,14 +6,14 @@ use bytes::Bytes;
 use common::Deps;
 use common::bus::{Envelope, Request};
 use common::contract::{
-    CachePurge, EmbedQueryRequest, EmbedQueryResponse, RemoteError, RemoteErrorCode, Reply, VERSION,
+    CachePurge, EmbedQueryRequest, EmbedQueryResponse, REQUEST_ID_HEADER, RemoteError, RemoteErrorCode, Reply, VERSION,
 };
 use common::domain::TenantId;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::warn;
+use tracing::{Instrument as _, warn};
 
 use crate::cache::QueryCache;
 use crate::embed::Embeddings;
@@ -83,18 +83,24 @@ impl Handler {
     fn spawn(&self, tasks: &TaskTracker, request: Request) {
         let (deps, embeddings, cache) = (self.deps.clone(), self.embeddings.clone(), self.cache.clone());
         self.metrics.query_requests.inc();
-        tasks.spawn(async move {
-            let Some(reply) = request.reply else { return };
-            let (answer, tenant, fresh) = answer(&embeddings, &cache, &request.message.payload).await;
-            let payload = Bytes::from(serde_json::to_vec(&answer).expect("replies serialise"));
-            if let Err(e) = deps.bus.respond(&reply, payload).await {
-                warn!(error = %e, "answering a query-embedding request failed");
+        let request_id = request.message.header(REQUEST_ID_HEADER).unwrap_or("-");
+        let span = tracing::info_span!("embed_query", request_id = %request_id);
+        tasks.spawn(
+            async move {
+                let Some(reply) = request.reply else { return };
+                let (answer, tenant, fresh) = answer(&embeddings, &cache, &request.message.payload).await;
+                tracing::debug!(ok = matches!(answer, Reply::Ok(_)), "query embedded");
+                let payload = Bytes::from(serde_json::to_vec(&answer).expect("replies serialise"));
+                if let Err(e) = deps.bus.respond(&reply, payload).await {
+                    warn!(error = %e, "answering a query-embedding request failed");
+                }
+                // Fill the cache after answering: the caller does not wait for Redis.
+                for (text, vector) in fresh {
+                    cache.put(embeddings.space(), tenant.as_ref(), &text, &vector).await;
+                }
             }
-            // Fill the cache after answering: the caller does not wait for Redis.
-            for (text, vector) in fresh {
-                cache.put(embeddings.space(), tenant.as_ref(), &text, &vector).await;
-            }
-        });
+            .instrument(span),
+        );
     }
 }
 

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::breaker::State;
 use crate::embed::Embeddings;
-use crate::metrics::{BacklogLabels, BacklogSource, Metrics};
+use crate::metrics::{BacklogLabels, BacklogSource, ConsumerLabels, Metrics};
 use crate::write::{self, WriteError};
 
 /// How often the backlog gauges are refreshed.
@@ -98,9 +98,15 @@ impl Sweeper {
             }
             Err(e) => tracing::debug!(error = %e, "counting pending messages failed"),
         }
-        match self.deps.bus.consumer_state(StreamKind::Ingest, self.deps.subjects.embedder_consumer()).await {
+        let consumer = self.deps.subjects.embedder_consumer();
+        match self.deps.bus.consumer_state(StreamKind::Ingest, consumer).await {
             Ok(state) => {
-                gauge(BacklogSource::Stream).set(i64::try_from(state.pending + state.ack_pending).unwrap_or(i64::MAX));
+                let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+                gauge(BacklogSource::Stream).set(n(state.pending + state.ack_pending));
+                let labels = ConsumerLabels { consumer };
+                self.metrics.consumer_pending.get_or_create(&labels).set(n(state.pending));
+                self.metrics.consumer_ack_pending.get_or_create(&labels).set(n(state.ack_pending));
+                self.metrics.consumer_redelivered.get_or_create(&labels).set(n(state.redelivered));
             }
             Err(e) => tracing::debug!(error = %e, "reading the ingest consumer failed"),
         }

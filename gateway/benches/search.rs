@@ -130,8 +130,7 @@ async fn main() -> anyhow::Result<()> {
         let grace = env.config.shutdown_grace;
         env.tasks.spawn(embedder.run(env.shutdown.clone(), grace));
         env.tasks.spawn(searcher.run(env.shutdown.clone(), grace));
-        let gateway =
-            gateway::Gateway::build(&env.config, env.deps.clone(), Registry::default(), env.shutdown.clone()).await?;
+        let gateway = gateway::Gateway::build(&env.config, env.deps.clone(), &mut Registry::default()).await?;
         let app = gateway::router(gateway.state());
         // Queries: four words of stored messages.
         let queries: Vec<String> = (0..QUERIES)

@@ -37,7 +37,7 @@ const ADMIN_KEY_MIN: usize = 16;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
-    #[error(transparent)]
+    #[error("the gateway cannot start with this configuration")]
     Config(#[from] ConfigError),
     #[error("cannot bind the HTTP listener on {addr}")]
     Bind {
@@ -86,18 +86,12 @@ const LAST_USED_FLUSH: std::time::Duration = std::time::Duration::from_secs(30);
 pub struct Gateway {
     listener: TcpListener,
     state: AppState,
-    grace: std::time::Duration,
 }
 
 impl Gateway {
-    /// Checks the configuration and binds the listener. Refuses to start without an admin key:
-    /// the API is never open.
-    pub async fn build(
-        config: &Config,
-        deps: Deps,
-        registry: Registry,
-        shutdown: CancellationToken,
-    ) -> Result<Self, GatewayError> {
+    /// Checks the configuration, registers the gateway's metrics and binds the listener. Refuses
+    /// to start without an admin key: the API is never open.
+    pub async fn build(config: &Config, deps: Deps, registry: &mut Registry) -> Result<Self, GatewayError> {
         let admin_key = config.http.admin_api_key.clone().ok_or_else(|| {
             ConfigError::one("MEMORY_ADMIN_API_KEY is not set: the gateway never runs without authentication")
         })?;
@@ -106,8 +100,7 @@ impl Gateway {
                 ConfigError::one(format!("MEMORY_ADMIN_API_KEY must be at least {ADMIN_KEY_MIN} characters")).into()
             );
         }
-        let mut registry = registry;
-        let metrics = Metrics::register(&mut registry);
+        let metrics = Metrics::register(registry);
         let listener = TcpListener::bind(config.http.addr)
             .await
             .map_err(|source| GatewayError::Bind { addr: config.http.addr, source })?;
@@ -128,11 +121,16 @@ impl Gateway {
             wait_timeout: config.http.wait_timeout,
             request_timeout: config.nats.request_timeout,
             ranking: config.searcher.ranking,
-            registry: Arc::new(registry),
+            registry: None,
             metrics,
-            shutdown,
+            shutdown: CancellationToken::new(),
         };
-        Ok(Self { listener, state, grace: config.shutdown_grace })
+        Ok(Self { listener, state })
+    }
+
+    /// Serves `registry` (the whole process's, once every role registered) at `/metrics`.
+    pub fn expose_metrics(&mut self, registry: Arc<Registry>) {
+        self.state.registry = Some(registry);
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -143,16 +141,17 @@ impl Gateway {
         self.state.clone()
     }
 
-    /// Serves until the shutdown token is cancelled, then finishes the requests in flight, for at
-    /// most the grace period. A request cut off then was either published (and will be stored)
-    /// or not (and its client saw no answer, so it retries): nothing is half-written.
-    pub async fn run(self) -> Result<(), GatewayError> {
-        let shutdown = self.state.shutdown.clone();
+    /// Serves until `shutdown` is cancelled, then finishes the requests in flight, for at most
+    /// `grace`. A request cut off then was either published (and will be stored) or not (and its
+    /// client saw no answer, so it retries): nothing is half-written.
+    pub async fn run(mut self, shutdown: CancellationToken, grace: std::time::Duration) -> Result<(), GatewayError> {
+        self.state.shutdown = shutdown.clone();
         tracing::info!(addr = %self.local_addr(), "gateway listening");
         // Last-used times of keys, written in batches.
         let keys = self.state.keys.clone();
-        let flushing = shutdown.clone();
-        tokio::spawn(async move {
+        let flushing = shutdown.child_token();
+        let stop_flushing = flushing.clone();
+        let flusher = tokio::spawn(async move {
             let mut every = tokio::time::interval(LAST_USED_FLUSH);
             loop {
                 tokio::select! {
@@ -166,14 +165,20 @@ impl Gateway {
             .with_graceful_shutdown(shutdown.clone().cancelled_owned());
         let deadline = async {
             shutdown.cancelled().await;
-            tokio::time::sleep(self.grace).await;
+            tokio::time::sleep(grace).await;
         };
-        tokio::select! {
+        let served = tokio::select! {
             served = serve => served.map_err(GatewayError::Serve),
             () = deadline => {
-                tracing::warn!(grace = ?self.grace, "requests still in flight at the end of the grace period");
+                tracing::warn!(?grace, "requests still in flight at the end of the grace period");
                 Ok(())
             }
+        };
+        // The last flush of last-used times.
+        stop_flushing.cancel();
+        if let Err(e) = flusher.await {
+            tracing::error!(error = %e, "the last-used flusher panicked");
         }
+        served
     }
 }

@@ -180,6 +180,8 @@ impl Limiter {
             Some(decision) => decision,
             None => self.memory_check(&charges, cost),
         };
+        let outcome = if decision.allowed { "allowed" } else { "limited" };
+        self.metrics.decisions.get_or_create(&crate::metrics::DecisionLabels { decision: outcome }).inc();
         if !decision.allowed {
             let scope = match decision.scope {
                 Scope::Client => "client",

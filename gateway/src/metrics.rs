@@ -34,8 +34,19 @@ pub struct LimitLabels {
     pub scope: &'static str,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct DecisionLabels {
+    /// `allowed` or `limited`.
+    pub decision: &'static str,
+}
+
 #[derive(Clone)]
 pub struct Metrics {
+    /// Messages the ingest stream accepted from this gateway (single, batch or import):
+    /// `memory_gateway_accepted_messages_total`.
+    pub accepted: Counter,
+    /// Rate-limit checks, by outcome: `memory_gateway_rate_limit_decisions_total`.
+    pub decisions: Family<DecisionLabels, Counter>,
     /// Requests refused by a rate limit: `memory_gateway_rate_limited_total{scope}`.
     pub rate_limited: Family<LimitLabels, Counter>,
     /// Where rate limits are kept: 1 Redis (shared), 0 in process (`memory_gateway_rate_limiter_redis`).
@@ -52,6 +63,8 @@ pub struct Metrics {
 impl Metrics {
     pub fn register(registry: &mut Registry) -> Self {
         let m = Self {
+            accepted: Counter::default(),
+            decisions: Family::default(),
             rate_limited: Family::default(),
             limiter_backend: Gauge::default(),
             limiter_fallbacks: Counter::default(),
@@ -60,6 +73,8 @@ impl Metrics {
         };
         let r = registry.sub_registry_with_prefix("gateway");
         r.register("http_requests", "HTTP requests answered, by method, route and status", m.requests.clone());
+        r.register("accepted_messages", "Messages the ingest stream accepted", m.accepted.clone());
+        r.register("rate_limit_decisions", "Rate-limit checks, by outcome", m.decisions.clone());
         r.register("rate_limited", "Requests refused by a rate limit", m.rate_limited.clone());
         r.register(
             "rate_limiter_redis",

@@ -26,7 +26,10 @@ pub struct AppState {
     pub request_timeout: Duration,
     /// The deployment's ranking, shown for tenants without their own.
     pub ranking: common::domain::Ranking,
-    pub registry: Arc<Registry>,
+    /// What `/metrics` renders: the whole process's registry, given once every role registered
+    /// ([`crate::Gateway::expose_metrics`]). Without it the path is not found.
+    pub registry: Option<Arc<Registry>>,
     pub metrics: Metrics,
+    /// Cancelled when the gateway stops: readiness turns 503.
     pub shutdown: CancellationToken,
 }

@@ -16,7 +16,7 @@ use common::Deps;
 use common::bus::{BusError, Request};
 use common::config::Config;
 use common::contract::{
-    GetMessageRequest, GetMessageResponse, RemoteError, RemoteErrorCode, Reply, RetentionRunRequest,
+    GetMessageRequest, GetMessageResponse, REQUEST_ID_HEADER, RemoteError, RemoteErrorCode, Reply, RetentionRunRequest,
     RetentionRunResponse, VERSION,
 };
 use common::domain::{MessageId, RetentionAction, RetentionPolicy, TenantId, TenantRetention};
@@ -26,7 +26,7 @@ use futures::stream::BoxStream;
 use prometheus_client::registry::Registry;
 use tokio_cron_scheduler::{Job, JobScheduler};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{Instrument as _, info, warn};
 
 pub use metrics::Metrics;
 
@@ -37,8 +37,14 @@ const SAMPLE: usize = 20;
 pub enum RetentionError {
     #[error("cannot subscribe to requests")]
     Bus(#[from] BusError),
-    #[error("MEMORY_RETENTION_SCHEDULE is not a usable cron expression: {0}")]
-    Schedule(String),
+    #[error("MEMORY_RETENTION_SCHEDULE={schedule:?} is not a cron expression with seconds, like \"0 0 * * * *\"")]
+    BadSchedule {
+        schedule: String,
+        #[source]
+        source: croner::errors::CronError,
+    },
+    #[error("the retention scheduler failed")]
+    Scheduler(#[from] tokio_cron_scheduler::JobSchedulerError),
     #[error("MEMORY_REDIS_URL is not usable: {0}")]
     Redis(String),
 }
@@ -121,7 +127,7 @@ impl Runner {
             }
         }
         if !dry_run {
-            self.metrics.record(tenant, report.archived, report.deleted, started.elapsed());
+            self.metrics.record(report.archived, report.deleted, started.elapsed());
         }
         info!(%tenant, dry_run, archived = report.archived, deleted = report.deleted, "retention applied");
         Ok(report)
@@ -183,9 +189,33 @@ pub struct Retention {
     schedule: String,
 }
 
+/// Parses a schedule as the scheduler does (six fields, seconds first).
+fn parse_schedule(schedule: &str) -> Result<croner::Cron, RetentionError> {
+    croner::parser::CronParser::builder()
+        .seconds(croner::parser::Seconds::Required)
+        .dom_and_dow(true)
+        .build()
+        .parse(schedule)
+        .map_err(|source| RetentionError::BadSchedule { schedule: schedule.to_owned(), source })
+}
+
+/// The longest gap between the schedule's next ten runs: how long a healthy deployment may go
+/// without one.
+fn schedule_interval(cron: &croner::Cron) -> Duration {
+    let mut longest = Duration::ZERO;
+    let mut at = Utc::now();
+    for _ in 0..10 {
+        let Ok(next) = cron.find_next_occurrence(&at, false) else { break };
+        longest = longest.max((next - at).to_std().unwrap_or_default());
+        at = next;
+    }
+    longest
+}
+
 impl Retention {
-    /// Joins the `retention` queue group; the schedule starts with `run`.
+    /// Checks the schedule and joins the `retention` queue group; the schedule starts with `run`.
     pub async fn build(config: &Config, deps: Deps, registry: &mut Registry) -> Result<Self, RetentionError> {
+        let cron = parse_schedule(&config.retention.schedule)?;
         let group = deps.subjects.retention_group().to_owned();
         let s = &deps.subjects;
         let mut streams = Vec::new();
@@ -208,6 +238,9 @@ impl Retention {
             None => None,
         };
         let metrics = Metrics::register(registry);
+        metrics.schedule_interval.set(schedule_interval(&cron).as_secs_f64());
+        // A fresh process counts as having run: the alert waits two periods from its start.
+        metrics.last_run.set(Utc::now().timestamp_millis() as f64 / 1000.0);
         let lifecycle = lifecycle::Lifecycle {
             deps: deps.clone(),
             weights: config.embedder.importance,
@@ -230,7 +263,7 @@ impl Retention {
 
     /// Serves requests and scheduled runs until `shutdown`; finishes what is in hand within `grace`.
     pub async fn run(self, shutdown: CancellationToken, grace: Duration) -> Result<(), RetentionError> {
-        let mut scheduler = JobScheduler::new().await.map_err(|e| RetentionError::Schedule(e.to_string()))?;
+        let mut scheduler = JobScheduler::new().await?;
         let runner = self.runner.clone();
         let job = Job::new_async(self.schedule.as_str(), move |_, _| {
             let runner = runner.clone();
@@ -241,34 +274,44 @@ impl Retention {
                     actions: vec![RetentionAction::Archive, RetentionAction::Delete],
                     dry_run: false,
                 };
-                if let Err(e) = runner.run(&all).await {
-                    warn!(error = %e, "a scheduled retention run failed");
+                match runner.run(&all).await {
+                    Ok(_) => {
+                        runner.metrics.last_run.set(Utc::now().timestamp_millis() as f64 / 1000.0);
+                    }
+                    Err(e) => {
+                        warn!(error = %e, cause = ?std::error::Error::source(&e), "a scheduled retention run failed")
+                    }
                 }
             })
-        })
-        .map_err(|e| RetentionError::Schedule(e.to_string()))?;
-        scheduler.add(job).await.map_err(|e| RetentionError::Schedule(e.to_string()))?;
-        scheduler.start().await.map_err(|e| RetentionError::Schedule(e.to_string()))?;
+        })?;
+        scheduler.add(job).await?;
+        scheduler.start().await?;
 
         let (runner, lifecycle) = (self.runner, self.lifecycle);
         common::shutdown::serve(self.requests, &shutdown, grace, "retention requests", |tasks, (command, request)| {
             let (runner, lifecycle) = (runner.clone(), lifecycle.clone());
-            tasks.spawn(async move {
-                let l = &lifecycle;
-                match command {
-                    Command::Run => answer(&runner, request).await,
-                    Command::Archive => archive_or_restore(&runner, request, true).await,
-                    Command::Restore => archive_or_restore(&runner, request, false).await,
-                    Command::Update => serve(l, request, "update", |r| l.update(r)).await,
-                    Command::Delete => serve(l, request, "delete", |r| l.delete(r)).await,
-                    Command::DeleteConversation => {
-                        serve(l, request, "delete_conversation", |r| l.delete_conversation(r)).await;
+            let request_id = request.message.header(REQUEST_ID_HEADER).unwrap_or("-");
+            let span = tracing::info_span!("command", ?command, request_id = %request_id);
+            tasks.spawn(
+                async move {
+                    let l = &lifecycle;
+                    match command {
+                        Command::Run => answer(&runner, request).await,
+                        Command::Archive => archive_or_restore(&runner, request, true).await,
+                        Command::Restore => archive_or_restore(&runner, request, false).await,
+                        Command::Update => serve(l, request, "update", |r| l.update(r)).await,
+                        Command::Delete => serve(l, request, "delete", |r| l.delete(r)).await,
+                        Command::DeleteConversation => {
+                            serve(l, request, "delete_conversation", |r| l.delete_conversation(r)).await;
+                        }
+                        Command::Erase => serve(l, request, "erase", |r| l.erase(r)).await,
+                        Command::Export => serve(l, request, "export", |r| l.export(r)).await,
+                        Command::Policy => serve(l, request, "policy", |r| l.policy(r)).await,
                     }
-                    Command::Erase => serve(l, request, "erase", |r| l.erase(r)).await,
-                    Command::Export => serve(l, request, "export", |r| l.export(r)).await,
-                    Command::Policy => serve(l, request, "policy", |r| l.policy(r)).await,
+                    tracing::debug!("command answered");
                 }
-            });
+                .instrument(span),
+            );
         })
         .await;
         let _ = scheduler.shutdown().await;

@@ -232,7 +232,7 @@ impl Lifecycle {
         for (owner, ids) in by_tenant {
             let what: Vec<Tombstone> = ids.iter().map(|id| Tombstone::Message(*id)).collect();
             let (cutoff, _, rows) = self.tombstone(&owner, &what, &ids).await?;
-            self.metrics.deleted(&owner, rows.len() as u64);
+            self.metrics.deleted.inc_by(rows.len() as u64);
             crate::events::deleted(&self.deps, &owner, &rows).await;
             for id in ids {
                 let subject = self.deps.subjects.ingest(&owner, id);
@@ -322,7 +322,7 @@ impl Lifecycle {
                 Err(e) => return Err(unavailable("deleting messages", &e)),
             };
             total += ids.len() as u64;
-            self.metrics.deleted(tenant, ids.len() as u64);
+            self.metrics.deleted.inc_by(ids.len() as u64);
             if announce {
                 crate::events::deleted(&self.deps, tenant, &ids).await;
             }

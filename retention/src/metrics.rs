@@ -2,17 +2,12 @@
 
 use std::time::Duration;
 
-use common::domain::TenantId;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-pub struct TenantLabels {
-    pub tenant: String,
-}
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct CommandLabels {
@@ -33,12 +28,18 @@ pub struct Metrics {
     pub runs: Counter,
     /// Time of one tenant's run: `memory_retention_run_duration_seconds`.
     pub duration: Histogram,
-    /// Messages archived, by tenant: `memory_retention_archived_messages_total`.
-    pub archived: Family<TenantLabels, Counter>,
-    /// Messages deleted, by tenant: `memory_retention_deleted_messages_total`.
-    pub deleted: Family<TenantLabels, Counter>,
+    /// Messages archived: `memory_retention_archived_messages_total` (no tenant label: the
+    /// number of tenants is unbounded).
+    pub archived: Counter,
+    /// Messages deleted, by runs and commands: `memory_retention_deleted_messages_total`.
+    pub deleted: Counter,
     /// Tenant runs skipped because another run held the tenant: `memory_retention_busy_total`.
     pub busy: Counter,
+    /// When this process last finished a scheduled run, in seconds since the Unix epoch (its
+    /// start until then): `memory_retention_last_run_timestamp_seconds`.
+    pub last_run: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// The longest gap between scheduled runs: `memory_retention_schedule_interval_seconds`.
+    pub schedule_interval: Gauge<f64, std::sync::atomic::AtomicU64>,
 }
 
 impl Metrics {
@@ -48,9 +49,11 @@ impl Metrics {
             delete_lock: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             runs: Counter::default(),
             duration: Histogram::new(exponential_buckets(0.001, 2.0, 20)),
-            archived: Family::default(),
-            deleted: Family::default(),
+            archived: Counter::default(),
+            deleted: Counter::default(),
             busy: Counter::default(),
+            last_run: Gauge::default(),
+            schedule_interval: Gauge::default(),
         };
         let r = registry.sub_registry_with_prefix("retention");
         r.register("runs", "Tenant retention runs done", m.runs.clone());
@@ -58,6 +61,18 @@ impl Metrics {
         r.register("archived_messages", "Messages archived by retention", m.archived.clone());
         r.register("deleted_messages", "Messages deleted by retention", m.deleted.clone());
         r.register("busy", "Tenant runs skipped: another run held the tenant", m.busy.clone());
+        r.register_with_unit(
+            "last_run_timestamp",
+            "When this process last finished a scheduled run (its start until then)",
+            Unit::Seconds,
+            m.last_run.clone(),
+        );
+        r.register_with_unit(
+            "schedule_interval",
+            "Longest gap between scheduled runs",
+            Unit::Seconds,
+            m.schedule_interval.clone(),
+        );
         r.register("commands", "Lifecycle commands answered, by outcome", m.commands.clone());
         r.register_with_unit(
             "delete_lock",
@@ -68,16 +83,10 @@ impl Metrics {
         m
     }
 
-    /// Messages deleted by a lifecycle command.
-    pub(crate) fn deleted(&self, tenant: &TenantId, n: u64) {
-        self.deleted.get_or_create(&TenantLabels { tenant: tenant.to_string() }).inc_by(n);
-    }
-
-    pub(crate) fn record(&self, tenant: &TenantId, archived: u64, deleted: u64, took: Duration) {
+    pub(crate) fn record(&self, archived: u64, deleted: u64, took: Duration) {
         self.runs.inc();
         self.duration.observe(took.as_secs_f64());
-        let labels = TenantLabels { tenant: tenant.to_string() };
-        self.archived.get_or_create(&labels).inc_by(archived);
-        self.deleted.get_or_create(&labels).inc_by(deleted);
+        self.archived.inc_by(archived);
+        self.deleted.inc_by(deleted);
     }
 }

@@ -128,7 +128,7 @@ impl Handler {
         let payload = &request.message.payload;
         let (bytes, outcome) = match endpoint {
             Endpoint::Search => {
-                let reply = match self.search(payload).await {
+                let reply = match self.search(payload, request.message.header(REQUEST_ID_HEADER)).await {
                     Ok(r) => Reply::Ok(r),
                     Err(e) => Reply::Error(e),
                 };
@@ -142,6 +142,7 @@ impl Handler {
                 (reply_bytes(&reply), outcome(&reply))
             }
         };
+        tracing::debug!(?outcome, took = ?started.elapsed(), "answered");
         self.metrics.requests.get_or_create(&RequestLabels { endpoint, outcome }).inc();
         self.metrics.duration.get_or_create(&EndpointLabels { endpoint }).observe(started.elapsed().as_secs_f64());
         if let Some(reply) = request.reply
@@ -151,7 +152,8 @@ impl Handler {
         }
     }
 
-    async fn search(&self, payload: &[u8]) -> Result<SearchResponse, RemoteError> {
+    async fn search(&self, payload: &[u8], request_id: Option<&str>) -> Result<SearchResponse, RemoteError> {
+        let started = Instant::now();
         let request: SearchRequest =
             serde_json::from_slice(payload).map_err(|e| bad_request(format!("malformed search request: {e}")))?;
         if request.v != VERSION {
@@ -166,11 +168,13 @@ impl Handler {
         let mut mode = request.mode;
         let mut partial = None;
         let (vectors, lexical) = match mode {
-            SearchMode::Vector => (Some(self.vector_candidates(&request, limit).await?), Vec::new()),
+            SearchMode::Vector => (Some(self.vector_candidates(&request, limit, request_id).await?), Vec::new()),
             SearchMode::Lexical => (None, self.lexical_candidates(&request, limit).await?),
             SearchMode::Hybrid => {
-                let (vectors, lexical) =
-                    tokio::join!(self.vector_candidates(&request, limit), self.lexical_candidates(&request, limit));
+                let (vectors, lexical) = tokio::join!(
+                    self.vector_candidates(&request, limit, request_id),
+                    self.lexical_candidates(&request, limit)
+                );
                 let lexical = lexical?;
                 match vectors {
                     Ok(v) => (Some(v), lexical),
@@ -207,6 +211,7 @@ impl Handler {
             }
         }
         let items = rank::rank(candidates, mode, &ranking, request.top_k as usize, Utc::now(), request.explain);
+        self.metrics.observe_search(request.mode, started.elapsed());
         Ok(SearchResponse { total: items.len(), items, partial })
     }
 
@@ -227,7 +232,12 @@ impl Handler {
         Ok(own.unwrap_or(self.ranking))
     }
 
-    async fn vector_candidates(&self, request: &SearchRequest, limit: u32) -> Result<VectorCandidates, RemoteError> {
+    async fn vector_candidates(
+        &self,
+        request: &SearchRequest,
+        limit: u32,
+        request_id: Option<&str>,
+    ) -> Result<VectorCandidates, RemoteError> {
         let space = self
             .deps
             .store
@@ -235,7 +245,7 @@ impl Handler {
             .await
             .map_err(|e| unavailable("reading the active embedding space", &e))?
             .ok_or_else(|| RemoteError::new(RemoteErrorCode::NoActiveSpace, "no embedding space is active yet"))?;
-        let embedded = self.embed_query(space.id, &request.tenant_id, &request.query).await?;
+        let embedded = self.embed_query(space.id, &request.tenant_id, &request.query, request_id).await?;
         if space.reference != embedded.space {
             // Never compare vectors of different models.
             return Err(RemoteError::new(
@@ -299,10 +309,14 @@ impl Handler {
         space_id: i32,
         tenant: &TenantId,
         query: &str,
+        request_id: Option<&str>,
     ) -> Result<EmbedQueryResponse, RemoteError> {
         let request = EmbedQueryRequest { v: VERSION, texts: vec![query.to_owned()], tenant_id: Some(tenant.clone()) };
-        let envelope =
+        let mut envelope =
             Envelope::new(self.deps.subjects.embed_query(space_id), serde_json::to_vec(&request).expect("serialise"));
+        if let Some(id) = request_id {
+            envelope = envelope.with_header(REQUEST_ID_HEADER, id);
+        }
         let bytes = self.deps.bus.request(envelope, self.request_timeout).await.map_err(|e| match e {
             BusError::NoResponders { .. } => RemoteError::new(
                 RemoteErrorCode::Unavailable,

@@ -2,6 +2,7 @@
 
 use std::fmt::Write as _;
 
+use common::domain::SearchMode;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -51,8 +52,17 @@ pub struct EndpointLabels {
     pub endpoint: Endpoint,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ModeLabels {
+    /// The mode asked for: `vector`, `lexical` or `hybrid`.
+    pub mode: &'static str,
+}
+
 #[derive(Clone)]
 pub struct Metrics {
+    /// Time to answer a search that succeeded, by the mode asked for:
+    /// `memory_searcher_search_duration_seconds`.
+    pub search_duration: Family<ModeLabels, Histogram, fn() -> Histogram>,
     /// Requests answered: `memory_searcher_requests_total`.
     pub requests: Family<RequestLabels, Counter>,
     /// Time to answer: `memory_searcher_request_duration_seconds`.
@@ -65,6 +75,7 @@ pub struct Metrics {
 impl Metrics {
     pub fn register(registry: &mut Registry) -> Self {
         let m = Self {
+            search_duration: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.0005, 2.0, 16))),
             requests: Family::default(),
             duration: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.0005, 2.0, 16))),
             degraded: Counter::default(),
@@ -72,11 +83,26 @@ impl Metrics {
         let r = registry.sub_registry_with_prefix("searcher");
         r.register("requests", "Requests answered, by endpoint and outcome", m.requests.clone());
         r.register_with_unit("request_duration", "Time to answer a request", Unit::Seconds, m.duration.clone());
+        r.register_with_unit(
+            "search_duration",
+            "Time to answer a search that succeeded, by mode",
+            Unit::Seconds,
+            m.search_duration.clone(),
+        );
         r.register(
             "degraded_searches",
             "Hybrid searches answered by full-text search alone (query vectors unavailable)",
             m.degraded.clone(),
         );
         m
+    }
+
+    pub(crate) fn observe_search(&self, mode: SearchMode, took: std::time::Duration) {
+        let mode = match mode {
+            SearchMode::Vector => "vector",
+            SearchMode::Lexical => "lexical",
+            SearchMode::Hybrid => "hybrid",
+        };
+        self.search_duration.get_or_create(&ModeLabels { mode }).observe(took.as_secs_f64());
     }
 }

@@ -163,6 +163,8 @@ pub struct ConsumerState {
     pub pending: u64,
     /// Delivered, not yet acknowledged.
     pub ack_pending: u64,
+    /// Redelivered, not yet acknowledged.
+    pub redelivered: u64,
 }
 
 /// A message a stream holds, and where it sits.

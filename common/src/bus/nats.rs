@@ -241,7 +241,11 @@ impl Bus for NatsBus {
             .consumer_info(durable)
             .await
             .map_err(|e| BusError::nats("reading consumer info", e))?;
-        Ok(ConsumerState { pending: info.num_pending, ack_pending: info.num_ack_pending as u64 })
+        Ok(ConsumerState {
+            pending: info.num_pending,
+            ack_pending: info.num_ack_pending as u64,
+            redelivered: info.num_redelivered as u64,
+        })
     }
 
     async fn last_on_subject(&self, stream: StreamKind, subject: &str) -> Result<Option<Held>, BusError> {

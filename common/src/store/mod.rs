@@ -32,6 +32,12 @@ pub enum StoreError {
     /// A row with this key exists already.
     #[error("{0} exists already")]
     Exists(String),
+    /// The database's schema is older than this build's (migrations are not applied yet).
+    #[error("the database schema is at migration {applied}, this build needs {expected}: run `memory migrate`")]
+    SchemaBehind { applied: i64, expected: i64 },
+    /// The database's schema is newer than this build knows: a newer release migrated it.
+    #[error("the database schema is at migration {applied}, newer than this build's {expected}")]
+    SchemaAhead { applied: i64, expected: i64 },
 }
 
 impl StoreError {
@@ -61,6 +67,8 @@ impl StoreError {
             Self::Database(sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Tls(_)) => true,
             // 57P03: the database system is starting up.
             Self::Database(sqlx::Error::Database(e)) => e.code().as_deref() == Some("57P03"),
+            // Not migrated yet: `memory migrate` (a Job, say) is probably running.
+            Self::SchemaBehind { .. } => true,
             _ => false,
         }
     }

@@ -79,21 +79,51 @@ impl PgStore {
     /// Connects a pool (opening one connection now, so a bad URL fails here) and applies pending
     /// migrations.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self, StoreError> {
+        let store = Self::connect_only(url, max_connections).await?;
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Connects a pool without touching the schema; see [`Self::check_schema`].
+    pub async fn connect_only(url: &str, max_connections: u32) -> Result<Self, StoreError> {
         let options = PgConnectOptions::from_str(url)?.application_name("memory-layer");
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(5))
             .connect_with(options)
             .await?;
-        let store = Self { pool };
-        store.migrate().await?;
-        Ok(store)
+        Ok(Self { pool })
     }
 
     /// Applies pending migrations; concurrent callers wait on sqlx's migration lock.
     pub async fn migrate(&self) -> Result<(), StoreError> {
         MIGRATOR.run(&self.pool).await?;
         Ok(())
+    }
+
+    /// The newest migration this build knows.
+    pub fn schema_version() -> i64 {
+        MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0)
+    }
+
+    /// `Ok` when the schema is exactly this build's: every migration applied successfully and
+    /// none newer. `SchemaBehind` (retryable: a migration job may be running) or `SchemaAhead`.
+    pub async fn check_schema(&self) -> Result<(), StoreError> {
+        let expected = Self::schema_version();
+        let exists: bool =
+            sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL").fetch_one(&self.pool).await?;
+        let applied: i64 = if exists {
+            sqlx::query_scalar("SELECT coalesce(max(version), 0) FROM _sqlx_migrations WHERE success")
+                .fetch_one(&self.pool)
+                .await?
+        } else {
+            0
+        };
+        match applied.cmp(&expected) {
+            std::cmp::Ordering::Less => Err(StoreError::SchemaBehind { applied, expected }),
+            std::cmp::Ordering::Greater => Err(StoreError::SchemaAhead { applied, expected }),
+            std::cmp::Ordering::Equal => Ok(()),
+        }
     }
 
     pub fn pool(&self) -> &PgPool {

@@ -104,17 +104,26 @@ impl TestEnv {
     }
 
     /// Polls `check` until it succeeds, failing with its last error after [`EVENTUALLY`].
-    pub async fn eventually<T, F, Fut>(&self, mut check: F) -> anyhow::Result<T>
+    pub async fn eventually<T, F, Fut>(&self, check: F) -> anyhow::Result<T>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = anyhow::Result<T>>,
     {
-        let deadline = tokio::time::Instant::now() + EVENTUALLY;
+        self.eventually_within(EVENTUALLY, check).await
+    }
+
+    /// Polls `check` until it succeeds, failing with its last error after `within`.
+    pub async fn eventually_within<T, F, Fut>(&self, within: Duration, mut check: F) -> anyhow::Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = anyhow::Result<T>>,
+    {
+        let deadline = tokio::time::Instant::now() + within;
         loop {
             match check().await {
                 Ok(v) => return Ok(v),
                 Err(e) if tokio::time::Instant::now() >= deadline => {
-                    return Err(e.context(format!("still failing after {EVENTUALLY:?}")));
+                    return Err(e.context(format!("still failing after {within:?}")));
                 }
                 Err(_) => tokio::time::sleep(Duration::from_millis(25)).await,
             }
@@ -199,15 +208,17 @@ pub struct Process {
 }
 
 impl Process {
-    pub fn spawn(binary: &str, vars: &BTreeMap<String, String>) -> anyhow::Result<Self> {
-        Self::start(binary, &[], vars, std::process::Stdio::null())
+    /// A service (`memory <role>`, say), its output dropped, logging warnings only.
+    pub fn spawn(binary: &str, args: &[&str], vars: &BTreeMap<String, String>) -> anyhow::Result<Self> {
+        Self::start(binary, args, vars, std::process::Stdio::null())
     }
 
     /// A service whose log (stdout, at `MEMORY_LOG` as given in `vars`) is kept; `terminate_logged`
     /// returns it.
-    pub fn spawn_logging(binary: &str, vars: &BTreeMap<String, String>) -> anyhow::Result<Self> {
+    pub fn spawn_logging(binary: &str, args: &[&str], vars: &BTreeMap<String, String>) -> anyhow::Result<Self> {
         use tokio::io::AsyncReadExt;
         let mut child = tokio::process::Command::new(binary)
+            .args(args)
             .env_clear()
             .envs(vars)
             .stdout(std::process::Stdio::piped())
@@ -258,12 +269,18 @@ impl Process {
 
     /// Sends SIGTERM and waits for the exit, at most 30 s.
     pub async fn terminate(mut self) -> anyhow::Result<std::process::ExitStatus> {
-        let pid = self.child.id().context("the process already exited")?;
-        let status = tokio::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status().await?;
-        anyhow::ensure!(status.success(), "kill -TERM {pid} failed");
+        self.signal("TERM").await?;
         Ok(tokio::time::timeout(Duration::from_secs(30), self.child.wait())
             .await
             .context("no exit within 30 s of SIGTERM")??)
+    }
+
+    /// Sends a signal (`TERM`, `KILL`, …) and returns at once.
+    pub async fn signal(&self, name: &str) -> anyhow::Result<()> {
+        let pid = self.child.id().context("the process already exited")?;
+        let status = tokio::process::Command::new("kill").arg(format!("-{name}")).arg(pid.to_string()).status().await?;
+        anyhow::ensure!(status.success(), "kill -{name} {pid} failed");
+        Ok(())
     }
 
     /// Waits for the process to exit on its own; returns its status and what it wrote to stderr.

@@ -152,7 +152,7 @@ async fn with_automatic_backfill_off_a_new_provider_waits_for_reembed() -> anyho
     let new = spawn_embedder_with(&env, &config).await?;
     env.eventually(|| async {
         let why = (new.readiness)().unwrap_err();
-        anyhow::ensure!(why.contains("memory-embedder reembed"), "{why}");
+        anyhow::ensure!(why.contains("memory reembed"), "{why}");
         Ok(())
     })
     .await?;

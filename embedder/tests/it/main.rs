@@ -1,7 +1,6 @@
 //! The embedder against real NATS, Postgres and Redis; Gemini is the only fake (wiremock).
 
 mod backfill;
-mod binary;
 mod gemini;
 mod local;
 mod query;

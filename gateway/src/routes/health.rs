@@ -39,8 +39,11 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, axum::Json<He
     }
 }
 
-/// Prometheus metrics.
+/// Prometheus metrics of the whole process (the same as on the ops port).
 #[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, content_type = "application/openmetrics-text")))]
-pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    common::ops::render(&state.registry)
+pub async fn metrics(State(state): State<AppState>) -> axum::response::Response {
+    match &state.registry {
+        Some(registry) => common::ops::render(registry).into_response(),
+        None => crate::ApiError::RouteNotFound.into_response(),
+    }
 }

@@ -148,14 +148,18 @@ pub(crate) async fn publish_as(
     let envelope = Envelope::new(state.deps.subjects.ingest(&m.tenant_id, m.message_id), payload)
         .with_header(REQUEST_ID_HEADER, request_id);
     let message_id = m.message_id;
-    state.deps.bus.publish(envelope, Some(dedup)).await.map_err(|e| match e {
+    let published = state.deps.bus.publish(envelope, Some(dedup)).await.map_err(|e| match e {
         BusError::Timeout { .. } => ApiError::PublishTimeout { message_id },
         BusError::TooLarge => ApiError::MessageTooLarge,
         e => {
             tracing::error!(error = %e, cause = ?std::error::Error::source(&e), "publishing to the ingest stream failed");
             ApiError::PublishFailed { message_id }
         }
-    })
+    })?;
+    if !published.duplicate {
+        state.metrics.accepted.inc();
+    }
+    Ok(published)
 }
 
 async fn lookup(

@@ -51,14 +51,12 @@ impl App {
             configure(vars);
         })
         .await?;
-        let gateway = gateway::Gateway::build(
-            &env.config,
-            env.deps.clone(),
-            Registry::with_prefix("memory"),
-            env.shutdown.clone(),
-        )
-        .await?;
-        let state = gateway.state();
+        let mut registry = Registry::with_prefix("memory");
+        let mut gateway = gateway::Gateway::build(&env.config, env.deps.clone(), &mut registry).await?;
+        gateway.expose_metrics(std::sync::Arc::new(registry));
+        // The router is driven in-process, without `run`: readiness follows the test's token.
+        let mut state = gateway.state();
+        state.shutdown = env.shutdown.clone();
         Ok(Self { env, state })
     }
 

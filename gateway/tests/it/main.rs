@@ -1,6 +1,5 @@
 //! Cross-service tests: the gateway, embedder and searcher against real NATS and Postgres.
 
-mod binary;
 mod embeddings;
 mod harness;
 mod ingest;

@@ -37,11 +37,12 @@ async fn the_gateway_refuses_to_start_without_an_admin_key() -> anyhow::Result<(
         vars.remove("MEMORY_ADMIN_API_KEY");
     })
     .await?;
-    let err = gateway::Gateway::build(&env.config, env.deps.clone(), Default::default(), env.shutdown.clone())
+    let err = gateway::Gateway::build(&env.config, env.deps.clone(), &mut Default::default())
         .await
         .err()
         .expect("must refuse");
-    assert!(err.to_string().contains("MEMORY_ADMIN_API_KEY"), "{err}");
+    let source = std::error::Error::source(&err).map(ToString::to_string).unwrap_or_default();
+    assert!(source.contains("MEMORY_ADMIN_API_KEY"), "{err}: {source}");
     env.finish().await
 }
 

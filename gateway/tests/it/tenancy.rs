@@ -198,35 +198,6 @@ async fn tenants_are_created_listed_and_deleted_by_the_operator() -> anyhow::Res
 }
 
 #[tokio::test]
-async fn the_operator_creates_keys_on_the_command_line() -> anyhow::Result<()> {
-    let app = App::start().await?;
-    let output = common::testing::Process::spawn_with_args(
-        env!("CARGO_BIN_EXE_memory-gateway"),
-        &["keys", "create", "--tenant", "cli-tenant", "--scopes", "read,write", "--name", "ci"],
-        &app.env.vars,
-    )?
-    .output()
-    .await?;
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    let key = String::from_utf8(output.stdout)?.trim().to_owned();
-    assert!(key.starts_with("mk_"), "{key}");
-    let r = as_key(
-        &app,
-        Method::POST,
-        "/v1/messages?wait=embedded",
-        Some(json!({"conversation_id": "c", "role": "user", "content": "from the cli key"})),
-        &key,
-    )
-    .await?;
-    assert_eq!(r.status, StatusCode::CREATED, "{r:?}");
-    assert_eq!(r.body["tenant_id"], "cli-tenant");
-    let listed = app.get("/v1/admin/tenants/cli-tenant/keys").await?;
-    assert_eq!(listed.body[0]["name"], "ci");
-    assert_eq!(listed.body[0]["scopes"], json!(["read", "write"]));
-    app.finish().await
-}
-
-#[tokio::test]
 async fn retention_runs_over_rest_for_the_operator_or_a_tenants_admin() -> anyhow::Result<()> {
     let app = App::start().await?;
     let old = json!({"tenant_id": "acme", "conversation_id": "c", "role": "user", "content": "long ago",

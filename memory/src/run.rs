@@ -1,0 +1,124 @@
+//! The lifecycle every role shares: read the configuration, set up logs, connect, build each
+//! role against one metrics registry, serve the ops port, run until SIGTERM, drain, exit.
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use common::Deps;
+use common::config::Config;
+use common::ops::{Built, Ops};
+use futures::FutureExt as _;
+use futures::future::BoxFuture;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tracing::{error, info};
+
+/// One role of the service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Role {
+    Gateway,
+    Embedder,
+    Searcher,
+    Retention,
+}
+
+impl Role {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Self::Gateway => "gateway",
+            Self::Embedder => "embedder",
+            Self::Searcher => "searcher",
+            Self::Retention => "retention",
+        }
+    }
+}
+
+/// A built role, ready to run until shutdown.
+type Running = BoxFuture<'static, anyhow::Result<()>>;
+
+/// Runs `roles` in this process until SIGTERM or SIGINT, then lets each finish its work in hand
+/// (up to `MEMORY_SHUTDOWN_GRACE_SECS`). If one role fails or stops on its own, the others are
+/// stopped too and the process fails, so an orchestrator restarts it whole.
+pub(crate) async fn serve(roles: &[Role]) -> anyhow::Result<()> {
+    let config = Config::from_env()?;
+    common::telemetry::init(&config.log);
+    let names = roles.iter().map(|r| r.name()).collect::<Vec<_>>().join(",");
+    info!(roles = %names, version = crate::VERSION, "starting");
+    let shutdown = common::shutdown::on_signal();
+    // What can be checked without a network comes first: a missing model, a taken port.
+    let provider = roles.contains(&Role::Embedder).then(|| embedder::provider(&config)).transpose()?;
+    let listener = TcpListener::bind(config.metrics.addr)
+        .await
+        .with_context(|| format!("binding MEMORY_METRICS_ADDR={}", config.metrics.addr))?;
+    let mut tasks = JoinSet::new();
+    // Alive, not ready, while connecting: a slow start is not a crash.
+    let ops = Ops::default();
+    let serving = common::ops::serve(listener, ops.clone(), shutdown.clone());
+    tasks.spawn(serving.map(|r| (None, r.context("the ops endpoint failed"))));
+    let (deps, pg) = tokio::select! {
+        connected = Deps::connect_pg(&config) => connected.context("connecting to Postgres and NATS")?,
+        () = shutdown.cancelled() => return Ok(()),
+    };
+
+    let mut root = Registry::default();
+    let probe = crate::metrics::register(&mut root, &names, pg.pool().clone());
+    let registry = root.sub_registry_with_prefix("memory");
+    let grace = config.shutdown_grace;
+    let mut running: Vec<(Role, Running)> = Vec::new();
+    let mut checks = Vec::new();
+    let mut gateway = None;
+    for &role in roles {
+        let (d, s) = (deps.clone(), shutdown.clone());
+        match role {
+            Role::Gateway => gateway = Some(gateway::Gateway::build(&config, d, registry).await?),
+            Role::Embedder => {
+                let provider = provider.clone().expect("made above for the embedder");
+                let worker = embedder::Embedder::build(&config, d, provider, registry).await?;
+                checks.push(worker.readiness());
+                running.push((role, worker.run(s, grace).map(|r| r.map_err(Into::into)).boxed()));
+            }
+            Role::Searcher => {
+                let worker = searcher::Searcher::build(&config, d, registry).await?;
+                running.push((role, worker.run(s, grace).map(|r| r.map_err(Into::into)).boxed()));
+            }
+            Role::Retention => {
+                let worker = retention::Retention::build(&config, d, registry).await?;
+                running.push((role, worker.run(s, grace).map(|r| r.map_err(Into::into)).boxed()));
+            }
+        }
+    }
+    let registry = Arc::new(root);
+    if let Some(mut gateway) = gateway {
+        gateway.expose_metrics(registry.clone());
+        running.push((Role::Gateway, gateway.run(shutdown.clone(), grace).map(|r| r.map_err(Into::into)).boxed()));
+    }
+
+    tasks.spawn(probe.run(shutdown.clone()).map(|()| (None, Ok(()))));
+    ops.built(Built { registry, deps, checks });
+    for (role, run) in running {
+        tasks.spawn(run.map(move |r| (Some(role), r)));
+    }
+    info!(roles = %names, "ready to serve");
+    let mut failure = None;
+    while let Some(joined) = tasks.join_next().await {
+        let (role, result) = joined.unwrap_or_else(|e| (None, Err(anyhow::anyhow!("a task panicked: {e}"))));
+        let what = role.map_or("ops", Role::name);
+        match result {
+            Ok(()) if shutdown.is_cancelled() => info!(role = what, "stopped"),
+            Ok(()) => failure = failure.or(Some(anyhow::anyhow!("{what} stopped on its own"))),
+            Err(e) => failure = failure.or(Some(e.context(format!("{what} failed")))),
+        }
+        if !shutdown.is_cancelled() {
+            error!(role = what, "stopping every role: one stopped before shutdown");
+            shutdown.cancel();
+        }
+    }
+    match failure {
+        Some(e) => Err(e),
+        None => {
+            info!("stopped cleanly");
+            Ok(())
+        }
+    }
+}
