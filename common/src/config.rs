@@ -57,8 +57,9 @@ impl FromStr for LogFormat {
 
 #[derive(Debug, Clone)]
 pub struct NatsConfig {
-    /// `MEMORY_NATS_URL`, default `nats://127.0.0.1:4222`.
-    pub url: String,
+    /// `MEMORY_NATS_URL`, default `nats://127.0.0.1:4222`: one or more comma-separated server
+    /// URLs, which may carry a user and password (hence a secret).
+    pub url: Secret,
     /// `MEMORY_SUBJECT_PREFIX`, default `mem`: one token of `[A-Za-z0-9_-]`.
     pub subject_prefix: String,
     /// Bound on every request/reply and publish acknowledgement (`MEMORY_NATS_REQUEST_TIMEOUT_MS`).
@@ -69,6 +70,9 @@ pub struct NatsConfig {
     pub events_max_age: Duration,
     /// How long dead letters are kept (`MEMORY_DEAD_MAX_AGE_DAYS`).
     pub dead_max_age: Duration,
+    /// Copies of each stream a NATS cluster keeps (`MEMORY_NATS_REPLICAS`, 1–5, default 1). With
+    /// one server there is one copy; a three-server cluster with 3 survives losing a server.
+    pub replicas: usize,
 }
 
 #[derive(Clone)]
@@ -440,12 +444,13 @@ impl Config {
                 filter: v.raw("MEMORY_LOG").unwrap_or_else(|| "info".into()),
             },
             nats: NatsConfig {
-                url: v.raw("MEMORY_NATS_URL").unwrap_or_else(|| "nats://127.0.0.1:4222".into()),
+                url: Secret(v.raw("MEMORY_NATS_URL").unwrap_or_else(|| "nats://127.0.0.1:4222".into())),
                 subject_prefix: v.raw("MEMORY_SUBJECT_PREFIX").unwrap_or_else(|| "mem".into()),
                 request_timeout: v.millis("MEMORY_NATS_REQUEST_TIMEOUT_MS", 5_000, 10, 600_000),
                 dedup_window: v.secs("MEMORY_INGEST_DEDUP_WINDOW_SECS", 120, 1, 7 * 86_400),
                 events_max_age: Duration::from_secs(3600 * v.ranged("MEMORY_EVENTS_MAX_AGE_HOURS", 24, 1, 24 * 365)),
                 dead_max_age: Duration::from_secs(86_400 * v.ranged("MEMORY_DEAD_MAX_AGE_DAYS", 30, 1, 3650)),
+                replicas: v.ranged("MEMORY_NATS_REPLICAS", 1, 1, 5),
             },
             database: DatabaseConfig {
                 url: v.secret("MEMORY_DATABASE_URL"),
@@ -669,8 +674,13 @@ mod tests {
 
     #[test]
     fn secrets_are_redacted_in_debug_output() {
-        let c = config(&[("MEMORY_ADMIN_API_KEY", "s3cret"), ("MEMORY_DATABASE_URL", "postgres://u:pw@h/db")]).unwrap();
+        let c = config(&[
+            ("MEMORY_ADMIN_API_KEY", "s3cret"),
+            ("MEMORY_DATABASE_URL", "postgres://u:pw@h/db"),
+            ("MEMORY_NATS_URL", "nats://svc:natspw@n:4222"),
+        ])
+        .unwrap();
         let debug = format!("{c:?}");
-        assert!(!debug.contains("s3cret") && !debug.contains("pw@h"), "{debug}");
+        assert!(!debug.contains("s3cret") && !debug.contains("pw@h") && !debug.contains("natspw"), "{debug}");
     }
 }

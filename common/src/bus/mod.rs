@@ -17,6 +17,8 @@ pub use nats::NatsBus;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
+    #[error("MEMORY_NATS_URL={url:?} is not a NATS URL: {reason}")]
+    BadUrl { url: String, reason: String },
     #[error("cannot connect to NATS at {url}")]
     Connect {
         url: String,

@@ -29,16 +29,70 @@ pub struct NatsBus {
     timeout: Duration,
 }
 
+/// `MEMORY_NATS_URL`: one or more comma-separated server URLs, credentials taken out.
+struct Server {
+    addrs: Vec<async_nats::ServerAddr>,
+    credentials: Option<(String, String)>,
+}
+
+impl Server {
+    fn parse(urls: &str) -> Result<Self, BusError> {
+        let mut addrs = Vec::new();
+        let mut credentials = None;
+        for url in urls.split(',').map(str::trim).filter(|u| !u.is_empty()) {
+            let addr: async_nats::ServerAddr = url
+                .parse()
+                .map_err(|e: std::io::Error| BusError::BadUrl { url: redact(url), reason: e.to_string() })?;
+            if let Some(user) = addr.username() {
+                let decode = |s: &str| percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned();
+                credentials.get_or_insert_with(|| (decode(user), decode(addr.password().unwrap_or_default())));
+            }
+            // The credentials travel in the CONNECT options, never in the address.
+            let bare = redact(url).replace("***@", "");
+            addrs.push(
+                bare.parse()
+                    .map_err(|e: std::io::Error| BusError::BadUrl { url: redact(url), reason: e.to_string() })?,
+            );
+        }
+        if addrs.is_empty() {
+            return Err(BusError::BadUrl { url: String::new(), reason: "no server given".into() });
+        }
+        Ok(Self { addrs, credentials })
+    }
+
+    /// The servers, for messages: no credentials.
+    fn shown(&self) -> String {
+        self.addrs.iter().map(|a| a.as_url_str().trim_end_matches('/').to_owned()).collect::<Vec<_>>().join(",")
+    }
+}
+
+/// A URL with its user information replaced by `***`.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => format!("{}***{}", &url[..scheme + 3], &url[at..]),
+        _ => url.to_owned(),
+    }
+}
+
 impl NatsBus {
-    /// Connects and makes sure the three streams exist with the configured limits.
+    /// Connects and makes sure the three streams exist with the configured limits. A user and
+    /// password in the URL (`nats://user:password@host:4222`, percent-encoded) authenticate the
+    /// connection: the client library itself ignores them.
     pub async fn connect(config: &NatsConfig, subjects: Subjects) -> Result<Self, BusError> {
-        let client = async_nats::ConnectOptions::new()
+        let server = Server::parse(config.url.expose())?;
+        let options = match &server.credentials {
+            Some((user, password)) => {
+                async_nats::ConnectOptions::with_user_and_password(user.clone(), password.clone())
+            }
+            None => async_nats::ConnectOptions::new(),
+        };
+        let client = options
             .name("memory-layer")
             .connection_timeout(config.request_timeout)
             .request_timeout(Some(config.request_timeout))
-            .connect(&config.url)
+            .connect(server.addrs.as_slice())
             .await
-            .map_err(|source| BusError::Connect { url: config.url.clone(), source })?;
+            .map_err(|source| BusError::Connect { url: server.shown(), source })?;
         let mut js = jetstream::new(client.clone());
         js.set_timeout(config.request_timeout);
         let bus = Self { client, js, subjects, timeout: config.request_timeout };
@@ -55,6 +109,7 @@ impl NatsBus {
                 retention: stream::RetentionPolicy::WorkQueue,
                 duplicate_window: config.dedup_window,
                 storage: stream::StorageType::File,
+                num_replicas: config.replicas,
                 ..Default::default()
             },
             stream::Config {
@@ -63,6 +118,7 @@ impl NatsBus {
                 max_age: config.events_max_age,
                 duplicate_window: config.dedup_window.min(config.events_max_age),
                 storage: stream::StorageType::File,
+                num_replicas: config.replicas,
                 ..Default::default()
             },
             stream::Config {
@@ -70,6 +126,7 @@ impl NatsBus {
                 subjects: vec![s.dead_all()],
                 max_age: config.dead_max_age,
                 storage: stream::StorageType::File,
+                num_replicas: config.replicas,
                 ..Default::default()
             },
         ];

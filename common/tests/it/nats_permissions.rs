@@ -129,3 +129,23 @@ async fn a_tenant_user_publishes_only_its_own_messages() -> anyhow::Result<()> {
     assert_eq!(info, 1, "only acme's message is in the stream");
     Ok(())
 }
+
+#[tokio::test]
+async fn the_services_authenticate_with_the_user_and_password_in_memory_nats_url() -> anyhow::Result<()> {
+    let server = start().await?;
+    let with = |credentials: &str| {
+        let url = server.url.replacen("nats://", &format!("nats://{credentials}@"), 1);
+        common::config::Config::from_map(&[("MEMORY_NATS_URL".to_owned(), url)].into())
+    };
+    let subjects = common::contract::Subjects::new("mem".to_owned());
+    let bus = common::bus::NatsBus::connect(&with("memory-service:service-pw")?.nats, subjects.clone()).await?;
+    common::bus::Bus::ping(&bus).await?;
+    // Percent-encoded, as a URL requires for `@`, `:` or `/` in a password: decoded before use.
+    let wrong = common::bus::NatsBus::connect(&with("memory-service:service%2Dpw%40x")?.nats, subjects.clone()).await;
+    let err = wrong.err().context("a wrong password must be refused")?;
+    let shown = format!("{err:#}");
+    assert!(!shown.contains("service-pw@x") && !shown.contains("service%2Dpw"), "the password leaks: {shown}");
+    assert!(shown.contains("nats://127.0.0.1:"), "{shown}");
+    assert!(common::bus::NatsBus::connect(&with("memory-service:service%2Dpw")?.nats, subjects).await.is_ok());
+    Ok(())
+}
