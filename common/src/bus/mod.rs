@@ -17,8 +17,9 @@ pub use nats::NatsBus;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
-    #[error("MEMORY_NATS_URL={url:?} is not a NATS URL: {reason}")]
-    BadUrl { url: String, reason: String },
+    /// The text is not shown: it may hold a password.
+    #[error("MEMORY_NATS_URL: server {server} of the list is not a NATS URL: {reason}")]
+    BadUrl { server: usize, reason: String },
     #[error("cannot connect to NATS at {url}")]
     Connect {
         url: String,
