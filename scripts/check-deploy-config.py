@@ -50,6 +50,7 @@ def image_env():
 
 
 def check_role(where, role, env, known):
+    """`env` holds the container's MEMORY_* variables (with "?" for values kept in a Secret)."""
     for name in env:
         if name.startswith("MEMORY_") and name not in known:
             problems.append(f"{where}: {name} is not a variable the service reads")
@@ -64,6 +65,21 @@ def check_role(where, role, env, known):
             needed.add("MEMORY_GEMINI_API_KEY")
     for name in sorted(needed - set(env)):
         problems.append(f"{where} ({role}): required {name} is not set")
+    ROLE_ENVS.setdefault(where.split(" ")[0], []).append((where, role, env))
+
+
+# Per deployment file: every role container's variables, for the checks across roles.
+ROLE_ENVS = {}
+
+
+def check_across_roles():
+    """The embedders cache query vectors in Redis: retention (which erases tenants) must reach the
+    same Redis, or an erased tenant's cached queries outlive it."""
+    for source, containers in ROLE_ENVS.items():
+        cached = any(role in ("embedder", "all") and "MEMORY_REDIS_URL" in env for _, role, env in containers)
+        for where, role, env in containers:
+            if cached and role == "retention" and "MEMORY_REDIS_URL" not in env:
+                problems.append(f"{where} (retention): the embedders cache in Redis but MEMORY_REDIS_URL is not set")
 
 
 def role_of(args):
@@ -138,6 +154,7 @@ def main():
     counts = [f"compose: {compose(known, base_env)} services"]
     for path in sys.argv[1:]:
         counts.append(f"{Path(path).name}: {kubernetes(path, known, base_env)} containers")
+    check_across_roles()
     if problems:
         print("\n".join(problems))
         sys.exit(1)

@@ -20,7 +20,7 @@ pub struct Deps {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
-    #[error(transparent)]
+    #[error("the configuration is not usable")]
     Config(#[from] ConfigError),
     #[error("cannot use Postgres")]
     Store(#[from] StoreError),

@@ -171,9 +171,12 @@ impl IngestWorker {
 
     /// Dead-letters a delivery that can never succeed, counting it by its reason's code.
     async fn reject(&self, delivery: Delivery, rejection: Rejection) {
-        self.metrics.count(Outcome::Rejected, 1);
-        self.metrics.dead_letters.get_or_create(&crate::metrics::ReasonLabels { reason: rejection.code }).inc();
-        settle(delivery, Disposition::Reject(rejection)).await;
+        let reason = rejection.code;
+        // Counted once it is in the dead-letter stream: a failed publish means a redelivery.
+        if settle(delivery, Disposition::Reject(rejection)).await {
+            self.metrics.count(Outcome::Rejected, 1);
+            self.metrics.dead_letters.get_or_create(&crate::metrics::ReasonLabels { reason }).inc();
+        }
     }
 
     async fn handle(&self, mut batch: Vec<Delivery>) {
@@ -461,11 +464,16 @@ impl IngestWorker {
     }
 }
 
-async fn settle(delivery: Delivery, disposition: Disposition) {
+/// Settles a delivery; `false` if that failed (it will be redelivered).
+async fn settle(delivery: Delivery, disposition: Disposition) -> bool {
     let subject = delivery.message.subject.clone();
-    if let Err(e) = delivery.settle(disposition).await {
-        // Not acked means redelivered after the ack wait: nothing is lost.
-        warn!(%subject, error = %e, "settling a delivery failed; it will be redelivered");
+    match delivery.settle(disposition).await {
+        Ok(()) => true,
+        Err(e) => {
+            // Not acked means redelivered after the ack wait: nothing is lost.
+            warn!(%subject, error = %e, "settling a delivery failed; it will be redelivered");
+            false
+        }
     }
 }
 

@@ -149,7 +149,8 @@ impl Gateway {
         tracing::info!(addr = %self.local_addr(), "gateway listening");
         // Last-used times of keys, written in batches.
         let keys = self.state.keys.clone();
-        let flushing = shutdown.child_token();
+        // Its own token: the last flush comes after the requests of the drain, not at SIGTERM.
+        let flushing = CancellationToken::new();
         let stop_flushing = flushing.clone();
         let flusher = tokio::spawn(async move {
             let mut every = tokio::time::interval(LAST_USED_FLUSH);

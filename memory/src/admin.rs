@@ -62,7 +62,9 @@ fn config() -> anyhow::Result<Config> {
 pub(crate) async fn migrate() -> anyhow::Result<()> {
     let mut config = config()?;
     config.database.migrate = true;
-    Deps::postgres(&config).await.context("migrating the database")?;
+    let store = Deps::postgres(&config).await.context("migrating the database")?;
+    // Read back: every migration of this build applied, none newer.
+    store.check_schema().await?;
     println!("migrate: the schema is at migration {}", PgStore::schema_version());
     Ok(())
 }

@@ -75,6 +75,7 @@ async fn main() -> ExitCode {
     // One TLS provider for NATS, Postgres, Redis and HTTP clients (see research/dependencies.md).
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
+    let probing = matches!(cli.command, Command::Probe { .. });
     let result = match cli.command {
         Command::All => run::serve(&[Role::Gateway, Role::Embedder, Role::Searcher, Role::Retention]).await,
         Command::Gateway => run::serve(&[Role::Gateway]).await,
@@ -92,9 +93,10 @@ async fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("memory: {e:#}");
-            // 2: the configuration is wrong, so restarting will not help.
+            // 2: the configuration is wrong, so restarting will not help. Not for `probe`: a
+            // container healthcheck knows 0 and 1 only (Docker reserves 2).
             let config = e.chain().any(|c| c.is::<common::config::ConfigError>());
-            ExitCode::from(if config { 2 } else { 1 })
+            ExitCode::from(if config && !probing { 2 } else { 1 })
         }
     }
 }

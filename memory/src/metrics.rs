@@ -57,16 +57,21 @@ pub(crate) struct PoolProbe {
 impl PoolProbe {
     pub(crate) async fn run(self, shutdown: CancellationToken) {
         let mut every = tokio::time::interval(PROBE_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 _ = every.tick() => {}
             }
             let started = Instant::now();
-            // A failed acquire (the pool's own timeout) still measured the wait.
-            let connection = self.pool.acquire().await;
-            self.acquire.observe(started.elapsed().as_secs_f64());
-            drop(connection);
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                // A failed acquire (the pool's own timeout) still measured the wait.
+                connection = self.pool.acquire() => {
+                    self.acquire.observe(started.elapsed().as_secs_f64());
+                    drop(connection);
+                }
+            }
         }
     }
 }
@@ -172,4 +177,39 @@ fn read(path: &str) -> Option<String> {
 /// When the machine booted, in seconds since the Unix epoch.
 fn boot_time() -> Option<f64> {
     read("/proc/stat")?.lines().find_map(|l| l.strip_prefix("btime "))?.trim().parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use prometheus_client::registry::Registry;
+
+    /// The value of an unlabelled sample.
+    fn sample(text: &str, name: &str) -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {text}"))
+    }
+
+    #[test]
+    fn process_metrics_read_this_process() {
+        // Some CPU time to count (the counter moves in ticks of 10 ms).
+        let spin = std::time::Instant::now();
+        while spin.elapsed() < std::time::Duration::from_millis(50) {
+            std::hint::black_box(spin.elapsed());
+        }
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(super::Process));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+        let started = sample(&text, "process_start_time_seconds");
+        assert!(now - started >= 0.0 && now - started < 600.0, "started {started}, now {now}");
+        assert!(sample(&text, "process_threads") >= 1.0);
+        assert!(sample(&text, "process_open_fds") >= 3.0, "stdin, stdout, stderr at least");
+        assert!(sample(&text, "process_max_fds") >= sample(&text, "process_open_fds"));
+        let rss = sample(&text, "process_resident_memory_bytes");
+        assert!(rss > 1e6 && rss <= sample(&text, "process_virtual_memory_bytes"), "{rss}");
+        assert!(sample(&text, "process_cpu_seconds_total") > 0.0);
+    }
 }

@@ -1,6 +1,7 @@
 //! The lifecycle every role shares: read the configuration, set up logs, connect, build each
 //! role against one metrics registry, serve the ops port, run until SIGTERM, drain, exit.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use anyhow::Context as _;
@@ -60,24 +61,26 @@ pub(crate) async fn serve(roles: &[Role]) -> anyhow::Result<()> {
         return Err(ConfigError(problems).into());
     }
     common::telemetry::init(&config.log);
-    let names = roles.iter().map(|r| r.name()).collect::<Vec<_>>().join(",");
-    info!(roles = %names, version = crate::VERSION, "starting");
+    let listed = roles.iter().map(|r| r.name()).collect::<Vec<_>>().join(",");
+    info!(roles = %listed, version = crate::VERSION, "starting");
     let shutdown = common::shutdown::on_signal();
     let listener = TcpListener::bind(config.metrics.addr)
         .await
         .with_context(|| format!("binding MEMORY_METRICS_ADDR={}", config.metrics.addr))?;
+    // Every task, and what it is (for logs and errors).
     let mut tasks = JoinSet::new();
+    let mut names = HashMap::new();
     // Alive, not ready, while connecting: a slow start is not a crash.
     let ops = Ops::default();
     let serving = common::ops::serve(listener, ops.clone(), shutdown.clone());
-    tasks.spawn(serving.map(|r| (None, r.context("the ops endpoint failed"))));
+    names.insert(tasks.spawn(serving.map(|r| r.context("the ops endpoint failed"))).id(), "ops");
     let (deps, pg) = tokio::select! {
         connected = Deps::connect_pg(&config) => connected.context("connecting to Postgres and NATS")?,
         () = shutdown.cancelled() => return Ok(()),
     };
 
     let mut root = Registry::default();
-    let probe = crate::metrics::register(&mut root, &names, pg.pool().clone());
+    let probe = crate::metrics::register(&mut root, &listed, pg.pool().clone());
     let registry = root.sub_registry_with_prefix("memory");
     let grace = config.shutdown_grace;
     let mut running: Vec<(Role, Running)> = Vec::new();
@@ -109,16 +112,18 @@ pub(crate) async fn serve(roles: &[Role]) -> anyhow::Result<()> {
         running.push((Role::Gateway, gateway.run(shutdown.clone(), grace).map(|r| r.map_err(Into::into)).boxed()));
     }
 
-    tasks.spawn(probe.run(shutdown.clone()).map(|()| (None, Ok(()))));
+    names.insert(tasks.spawn(probe.run(shutdown.clone()).map(Ok::<(), anyhow::Error>)).id(), "pool probe");
     ops.built(Built { registry, deps, checks });
     for (role, run) in running {
-        tasks.spawn(run.map(move |r| (Some(role), r)));
+        names.insert(tasks.spawn(run).id(), role.name());
     }
-    info!(roles = %names, "ready to serve");
+    info!(roles = %listed, "ready to serve");
     let mut failure = None;
-    while let Some(joined) = tasks.join_next().await {
-        let (role, result) = joined.unwrap_or_else(|e| (None, Err(anyhow::anyhow!("a task panicked: {e}"))));
-        let what = role.map_or("ops", Role::name);
+    while let Some(joined) = tasks.join_next_with_id().await {
+        let (what, result) = match joined {
+            Ok((id, result)) => (names[&id], result),
+            Err(e) => (names[&e.id()], Err(anyhow::anyhow!("it panicked: {e}"))),
+        };
         match result {
             Ok(()) if shutdown.is_cancelled() => info!(role = what, "stopped"),
             Ok(()) => failure = failure.or(Some(anyhow::anyhow!("{what} stopped on its own"))),

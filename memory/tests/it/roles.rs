@@ -169,9 +169,11 @@ async fn a_bad_or_missing_variable_stops_the_binary_with_exit_code_2_naming_it()
     let (status, stderr) = Process::spawn(MEMORY, &["embedder"], &vars)?.exit().await?;
     assert_eq!(status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("MEMORY_EMBEDDER_BATCH_SIZE=\"lots\""), "{stderr}");
-    let (status, stderr) = Process::spawn(MEMORY, &["searcher"], &Default::default())?.exit().await?;
-    assert_eq!(status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("MEMORY_DATABASE_URL is not set"), "{stderr}");
+    for command in ["searcher", "migrate"] {
+        let (status, stderr) = Process::spawn(MEMORY, &[command], &Default::default())?.exit().await?;
+        assert_eq!(status.code(), Some(2), "{command}: {stderr}");
+        assert!(stderr.contains("MEMORY_DATABASE_URL is not set"), "{command}: {stderr}");
+    }
 
     // Found once connected: a schedule retention cannot use.
     let env = TestEnv::start_with(|vars| {
@@ -256,8 +258,24 @@ async fn without_migrating_a_role_waits_for_memory_migrate() -> anyhow::Result<(
     vars.insert("MEMORY_DATABASE_URL".into(), url);
     vars.insert("MEMORY_DATABASE_MIGRATE".into(), "false".into());
 
+    let migrated = || async {
+        let url = common::testing::with_database(&env.vars["MEMORY_DATABASE_URL"], &fresh);
+        let mut db = <sqlx::PgConnection as sqlx::Connection>::connect(&url).await?;
+        let exists: bool =
+            sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL").fetch_one(&mut db).await?;
+        anyhow::Ok(exists)
+    };
+
+    // Given a second to find the schema, it never makes it: it gives up, naming the step to run.
+    let mut impatient = vars.clone();
+    impatient.insert("MEMORY_STARTUP_TIMEOUT_SECS".into(), "1".into());
+    let (status, stderr) = Process::spawn(MEMORY, &["searcher"], &impatient)?.exit().await?;
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("run `memory migrate`"), "{stderr}");
+    assert!(!migrated().await?, "a role with MEMORY_DATABASE_MIGRATE=false migrated");
+
+    // Given time, it waits alive and not ready until `memory migrate` has run.
     let searcher = Process::spawn(MEMORY, &["searcher"], &vars)?;
-    // It waits, alive and not ready, until the schema is there.
     env.eventually(|| async {
         anyhow::ensure!(http_get(ops, "/healthz").await?.0 == 200, "not up yet");
         Ok(())
@@ -267,9 +285,12 @@ async fn without_migrating_a_role_waits_for_memory_migrate() -> anyhow::Result<(
     assert_eq!((status, body.as_str()), (503, "starting: connecting to Postgres and NATS"));
     let output = Process::spawn_with_args(MEMORY, &["migrate"], &vars)?.output().await?;
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    assert!(String::from_utf8_lossy(&output.stdout).contains("the schema is at migration"));
+    assert!(migrated().await?);
     env.until_ready(ops).await?;
     assert!(searcher.terminate().await?.success());
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE \"{fresh}\" WITH (FORCE)")))
+        .execute(env.store.pool())
+        .await?;
     env.finish().await
 }
 
