@@ -125,7 +125,8 @@ pub struct BacklogLabels {
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct ReasonLabels {
-    /// The rejection's code (`invalid_event`, `delivery_limit`, `id_conflict`, …): a closed set.
+    /// The rejection's code (`malformed_json`, `invalid_message`, `delivery_limit`, `id_conflict`,
+    /// …; the README lists them): a closed set.
     pub reason: &'static str,
 }
 

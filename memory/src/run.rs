@@ -38,6 +38,11 @@ impl Role {
 /// A built role, ready to run until shutdown.
 type Running = BoxFuture<'static, anyhow::Result<()>>;
 
+/// A role's `run`, its error made an `anyhow::Error`.
+fn running<E: Into<anyhow::Error>>(run: impl Future<Output = Result<(), E>> + Send + 'static) -> Running {
+    run.map(|r| r.map_err(Into::into)).boxed()
+}
+
 /// Runs `roles` in this process until SIGTERM or SIGINT, then lets each finish its work in hand
 /// (up to `MEMORY_SHUTDOWN_GRACE_SECS`). If one role fails or stops on its own, the others are
 /// stopped too and the process fails, so an orchestrator restarts it whole.
@@ -83,7 +88,7 @@ pub(crate) async fn serve(roles: &[Role]) -> anyhow::Result<()> {
     let probe = crate::metrics::register(&mut root, &listed, pg.pool().clone());
     let registry = root.sub_registry_with_prefix("memory");
     let grace = config.shutdown_grace;
-    let mut running: Vec<(Role, Running)> = Vec::new();
+    let mut roles_built: Vec<(Role, Running)> = Vec::new();
     let mut checks = Vec::new();
     let mut gateway = None;
     for &role in roles {
@@ -94,27 +99,27 @@ pub(crate) async fn serve(roles: &[Role]) -> anyhow::Result<()> {
                 let provider = provider.clone().expect("made above for the embedder");
                 let worker = embedder::Embedder::build(&config, d, provider, registry).await?;
                 checks.push(worker.readiness());
-                running.push((role, worker.run(s, grace).map(|r| r.map_err(Into::into)).boxed()));
+                roles_built.push((role, running(worker.run(s, grace))));
             }
             Role::Searcher => {
                 let worker = searcher::Searcher::build(&config, d, registry).await?;
-                running.push((role, worker.run(s, grace).map(|r| r.map_err(Into::into)).boxed()));
+                roles_built.push((role, running(worker.run(s, grace))));
             }
             Role::Retention => {
                 let worker = retention::Retention::build(&config, d, registry).await?;
-                running.push((role, worker.run(s, grace).map(|r| r.map_err(Into::into)).boxed()));
+                roles_built.push((role, running(worker.run(s, grace))));
             }
         }
     }
     let registry = Arc::new(root);
     if let Some(mut gateway) = gateway {
         gateway.expose_metrics(registry.clone());
-        running.push((Role::Gateway, gateway.run(shutdown.clone(), grace).map(|r| r.map_err(Into::into)).boxed()));
+        roles_built.push((Role::Gateway, running(gateway.run(shutdown.clone(), grace))));
     }
 
     names.insert(tasks.spawn(probe.run(shutdown.clone()).map(Ok::<(), anyhow::Error>)).id(), "pool probe");
     ops.built(Built { registry, deps, checks });
-    for (role, run) in running {
+    for (role, run) in roles_built {
         names.insert(tasks.spawn(run).id(), role.name());
     }
     info!(roles = %listed, "ready to serve");

@@ -186,6 +186,11 @@ pub struct Retention {
     schedule: String,
 }
 
+/// Now, in seconds since the Unix epoch (for the last-run gauge).
+fn now_seconds() -> f64 {
+    Utc::now().timestamp_millis() as f64 / 1000.0
+}
+
 /// Parses a schedule as the scheduler does (six fields, seconds first).
 fn parse_schedule(schedule: &str) -> Result<croner::Cron, RetentionError> {
     croner::parser::CronParser::builder()
@@ -242,7 +247,7 @@ impl Retention {
         let metrics = Metrics::register(registry);
         metrics.schedule_interval.set(schedule_interval(&cron).as_secs_f64());
         // A fresh process counts as having run: the alert waits two periods from its start.
-        metrics.last_run.set(Utc::now().timestamp_millis() as f64 / 1000.0);
+        metrics.last_run.set(now_seconds());
         let lifecycle = lifecycle::Lifecycle {
             deps: deps.clone(),
             weights: config.embedder.importance,
@@ -278,7 +283,7 @@ impl Retention {
                 };
                 match runner.run(&all).await {
                     Ok(_) => {
-                        runner.metrics.last_run.set(Utc::now().timestamp_millis() as f64 / 1000.0);
+                        runner.metrics.last_run.set(now_seconds());
                     }
                     Err(e) => {
                         warn!(error = %e, cause = ?std::error::Error::source(&e), "a scheduled retention run failed")
