@@ -560,13 +560,20 @@ pub struct RetentionPolicyRequest {
     pub reset: bool,
 }
 
-/// The policy a tenant's runs apply, and whose it is.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// The policy a tenant's runs apply, and whose it is: the reply on NATS and the REST body alike.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct RetentionPolicyReply {
     pub tenant_id: TenantId,
     pub policy: RetentionPolicy,
-    /// `tenant` (its own) or `deployment`.
-    pub source: String,
+    pub source: SettingSource,
+}
+
+/// Whose a setting in effect is: the tenant's own, or the deployment's default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum SettingSource {
+    Tenant,
+    Deployment,
 }
 
 /// Most messages in one export page.

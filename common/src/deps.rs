@@ -1,4 +1,6 @@
-//! The handles a worker is built from. Only composition roots (`main`, tests) connect.
+//! The handles a worker is built from. Only composition roots (`main`, tests) connect; they
+//! hold the whole [`PgStore`], and each worker takes its own view of it ([`Deps::view`]), which
+//! names only the storage roles it uses.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,14 +11,56 @@ use tracing::warn;
 use crate::bus::{Bus, BusError, NatsBus};
 use crate::config::{Config, ConfigError};
 use crate::contract::Subjects;
-use crate::store::{PgStore, Store, StoreError};
+use crate::store::{Health, PgStore, StoreError};
 
-#[derive(Clone)]
-pub struct Deps {
-    pub store: Arc<dyn Store>,
+/// The store (`S`: the whole store at a composition root, a role's view in a worker), the bus
+/// and the subject names.
+pub struct Deps<S: ?Sized = PgStore> {
+    pub store: Arc<S>,
     pub bus: Arc<dyn Bus>,
     pub subjects: Subjects,
 }
+
+impl<S: ?Sized> Clone for Deps<S> {
+    fn clone(&self) -> Self {
+        Self { store: self.store.clone(), bus: self.bus.clone(), subjects: self.subjects.clone() }
+    }
+}
+
+impl<S: ?Sized> Deps<S> {
+    /// The same handles with the store seen through `narrow` (a worker's own storage trait).
+    pub fn view<T: ?Sized>(self, narrow: impl FnOnce(Arc<S>) -> Arc<T>) -> Deps<T> {
+        Deps { store: narrow(self.store), bus: self.bus, subjects: self.subjects }
+    }
+}
+
+impl<S: Health + ?Sized> Deps<S> {
+    /// `Ok` when both the store and the bus answer; else which did not.
+    pub async fn ready(&self) -> Result<(), Unready> {
+        let (store, bus) = tokio::join!(self.store.ping(), self.bus.ping());
+        match (store.err(), bus.err()) {
+            (None, None) => Ok(()),
+            (postgres, nats) => Err(Unready { postgres, nats }),
+        }
+    }
+}
+
+/// Which dependency did not answer, and how.
+#[derive(Debug)]
+pub struct Unready {
+    pub postgres: Option<StoreError>,
+    pub nats: Option<BusError>,
+}
+
+impl std::fmt::Display for Unready {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let postgres = self.postgres.as_ref().map(|e| format!("postgres: {e}"));
+        let nats = self.nats.as_ref().map(|e| format!("nats: {e}"));
+        f.write_str(&postgres.into_iter().chain(nats).collect::<Vec<_>>().join("; "))
+    }
+}
+
+impl std::error::Error for Unready {}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
@@ -75,18 +119,5 @@ impl Deps {
             .with_max_delay(Duration::from_secs(5))
             .with_total_delay(Some(config.startup_timeout))
             .without_max_times()
-    }
-
-    /// `Ok` when both the store and the bus answer; else which one did not.
-    pub async fn ready(&self) -> Result<(), String> {
-        let (store, bus) = tokio::join!(self.store.ping(), self.bus.ping());
-        let mut down = Vec::new();
-        if let Err(e) = store {
-            down.push(format!("postgres: {e}"));
-        }
-        if let Err(e) = bus {
-            down.push(format!("nats: {e}"));
-        }
-        if down.is_empty() { Ok(()) } else { Err(down.join("; ")) }
     }
 }

@@ -12,6 +12,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::deps::Deps;
+use crate::store::Health;
 
 /// Renders a registry in the Prometheus text format.
 pub fn render(registry: &Registry) -> impl IntoResponse + use<> {
@@ -76,11 +77,11 @@ async fn metrics(State(s): State<OpsState>) -> axum::response::Response {
 }
 
 /// Readiness of any worker: not shutting down, and Postgres and NATS answer. `Err` says why not.
-pub async fn readiness(deps: &Deps, shutdown: &CancellationToken) -> Result<(), String> {
+pub async fn readiness<S: Health + ?Sized>(deps: &Deps<S>, shutdown: &CancellationToken) -> Result<(), String> {
     if shutdown.is_cancelled() {
         return Err("shutting down".into());
     }
-    deps.ready().await
+    deps.ready().await.map_err(|e| e.to_string())
 }
 
 async fn readyz(State(s): State<OpsState>) -> (StatusCode, String) {

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use common::Deps;
+use crate::Deps;
 use common::store::{Failure, NewVector, Space, StoreError, StoredMessage, locks};
 use tokio_util::sync::CancellationToken;
 

@@ -18,11 +18,10 @@ mod write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::Deps;
 use common::bus::{BusError, ConsumerSpec};
 use common::config::{Config, ConfigError};
 use common::contract::StreamKind;
-use common::store::{Space, StoreError};
+use common::store::{Backfill, Health, IngestWrites, Locks, MessageReads, Space, Spaces, StoreError};
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
@@ -30,6 +29,14 @@ pub use breaker::State as BreakerState;
 pub use embed::Embeddings;
 pub use metrics::Metrics;
 pub use provider::{HashProvider, Provider, Purpose};
+
+/// The storage roles the embedder uses. It is the only writer of new messages and vectors.
+pub trait Store: Health + Locks + MessageReads + Spaces + IngestWrites + Backfill + 'static {}
+
+impl<T: Health + Locks + MessageReads + Spaces + IngestWrites + Backfill + 'static> Store for T {}
+
+/// The embedder's handles: its view of the store.
+pub(crate) type Deps = common::Deps<dyn Store>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EmbedderError {
@@ -94,10 +101,11 @@ impl Embedder {
     /// durable consumer and joins the space's query-embedding queue group.
     pub async fn build(
         config: &Config,
-        deps: Deps,
+        deps: common::Deps<impl Store>,
         provider: Arc<dyn Provider>,
         registry: &mut Registry,
     ) -> Result<Self, EmbedderError> {
+        let deps: Deps = deps.view(|s| s as Arc<dyn Store>);
         let metrics = Metrics::register(registry);
         let embeddings = Embeddings::new(provider, config.embedder.breaker.clone(), metrics.clone());
         let space: Space = deps.store.register_space(embeddings.space()).await?;
@@ -302,12 +310,13 @@ impl Worker {
 /// interrupted run; waits while another process backfills the same space.
 pub async fn reembed(
     config: &Config,
-    deps: Deps,
+    deps: common::Deps<impl Store>,
     provider: Arc<dyn Provider>,
     activate: bool,
     shutdown: &CancellationToken,
     mut progress: impl FnMut(&backfill::Progress),
 ) -> Result<backfill::Outcome, EmbedderError> {
+    let deps: Deps = deps.view(|s| s as Arc<dyn Store>);
     let metrics = Metrics::register(&mut Registry::default());
     let embeddings = Embeddings::new(provider, config.embedder.breaker.clone(), metrics.clone());
     let space = deps.store.register_space(embeddings.space()).await?;

@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
+use crate::Deps;
 use bytes::Bytes;
-use common::Deps;
 use common::bus::{Envelope, Request};
 use common::contract::{
     CachePurge, EmbedQueryRequest, EmbedQueryResponse, REQUEST_ID_HEADER, RemoteError, RemoteErrorCode, Reply, VERSION,

@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
+use crate::Deps;
 use chrono::Utc;
-use common::Deps;
 use common::config::SweeperConfig;
 use common::contract::StreamKind;
 use common::store::{Space, StoredMessage, locks};

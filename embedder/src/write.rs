@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use common::Deps;
+use crate::Deps;
 use common::bus::{BusError, Envelope};
 use common::contract::{EventKind, MessageEmbedded, MessageEmbeddingFailed, VERSION};
 use common::domain::MessageId;

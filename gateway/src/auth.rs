@@ -20,7 +20,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use common::domain::{ApiKey, Scope, TenantId};
-use common::store::{Store, StoreError};
+use common::store::{ApiKeys, StoreError};
 use lru::LruCache;
 use rand::Rng;
 use rand::distr::Alphanumeric;
@@ -133,7 +133,7 @@ type Cache = LruCache<[u8; 32], (Instant, Option<Arc<ApiKey>>)>;
 
 /// Key lookups, cached, and the keys used since the last flush.
 pub struct Keys {
-    store: Arc<dyn Store>,
+    store: Arc<dyn ApiKeys>,
     operator: [u8; 32],
     ttl: Duration,
     cache: Mutex<Cache>,
@@ -143,7 +143,7 @@ pub struct Keys {
 }
 
 impl Keys {
-    pub fn new(store: Arc<dyn Store>, operator_key: &str, ttl: Duration) -> Self {
+    pub fn new(store: Arc<dyn ApiKeys>, operator_key: &str, ttl: Duration) -> Self {
         Self {
             store,
             operator: hash(operator_key),

@@ -17,8 +17,8 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::HeaderName;
 use axum::middleware;
-use common::Deps;
 use common::config::{Config, ConfigError};
+use common::store::{ApiKeys, Health, Settings, SettingsAdmin, TenantLookup, Tenants};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -34,6 +34,15 @@ pub use state::AppState;
 
 /// Shortest admin key accepted: anything shorter is guessable.
 const ADMIN_KEY_MIN: usize = 16;
+
+/// The storage roles the gateway uses: tenants, their keys and settings, never a message row
+/// (messages go through NATS to the workers that own them).
+pub trait Store: Health + Tenants + TenantLookup + ApiKeys + Settings + SettingsAdmin + 'static {}
+
+impl<T: Health + Tenants + TenantLookup + ApiKeys + Settings + SettingsAdmin + 'static> Store for T {}
+
+/// The gateway's handles: its view of the store.
+pub type Deps = common::Deps<dyn Store>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
@@ -91,7 +100,12 @@ pub struct Gateway {
 impl Gateway {
     /// Checks the configuration, registers the gateway's metrics and binds the listener. Refuses
     /// to start without an admin key: the API is never open.
-    pub async fn build(config: &Config, deps: Deps, registry: &mut Registry) -> Result<Self, GatewayError> {
+    pub async fn build(
+        config: &Config,
+        deps: common::Deps<impl Store>,
+        registry: &mut Registry,
+    ) -> Result<Self, GatewayError> {
+        let deps: Deps = deps.view(|s| s as Arc<dyn Store>);
         let admin_key = config.http.admin_api_key.clone().ok_or_else(|| {
             ConfigError::one("MEMORY_ADMIN_API_KEY is not set: the gateway never runs without authentication")
         })?;
@@ -115,7 +129,6 @@ impl Gateway {
             keys: Arc::new(auth::Keys::new(deps.store.clone(), admin_key.expose(), config.http.auth_cache_ttl)),
             limiter: Arc::new(limiter),
             rate_limit: config.rate_limit,
-            retention: config.retention.policy,
             deps,
             body_limit: config.http.body_limit,
             wait_timeout: config.http.wait_timeout,

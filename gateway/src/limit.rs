@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use common::config::{RateLimit, RateLimitConfig, Secret};
 use common::domain::TenantId;
-use common::store::Store;
+use common::store::Settings;
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::StateInformationMiddleware;
 use governor::state::keyed::DefaultKeyedStateStore;
@@ -105,7 +105,7 @@ pub struct Limiter {
     script: redis::Script,
     memory: Mutex<HashMap<RateLimit, Arc<Memory>>>,
     overrides: Mutex<HashMap<TenantId, (Instant, Option<RateLimit>)>>,
-    store: Arc<dyn Store>,
+    store: Arc<dyn Settings>,
     metrics: Metrics,
     /// Made once: a clock calibrates itself when made.
     clock: DefaultClock,
@@ -125,7 +125,7 @@ impl Limiter {
         defaults: RateLimitConfig,
         redis_url: Option<&Secret>,
         namespace: &str,
-        store: Arc<dyn Store>,
+        store: Arc<dyn Settings>,
         metrics: Metrics,
     ) -> Self {
         let redis = redis_url.and_then(|url| match redis::Client::open(url.expose()) {

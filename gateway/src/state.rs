@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::Deps;
+use crate::Deps;
 
 use crate::auth::Keys;
 use prometheus_client::registry::Registry;
@@ -17,8 +17,6 @@ pub struct AppState {
     /// Key lookups and the operator key.
     pub keys: Arc<Keys>,
     pub limiter: Arc<crate::limit::Limiter>,
-    /// The deployment's retention policy, shown for tenants without their own.
-    pub retention: common::domain::RetentionPolicy,
     /// The deployment's rate limits, shown for tenants without their own.
     pub rate_limit: common::config::RateLimitConfig,
     pub body_limit: usize,

@@ -7,7 +7,9 @@ use clap::Subcommand;
 use common::Deps;
 use common::config::Config;
 use common::domain::{Scope, TenantId};
-use common::store::{PgStore, Store as _, StoreError};
+use common::store::ApiKeys;
+use common::store::Tenants;
+use common::store::{PgStore, StoreError};
 
 #[derive(Subcommand)]
 pub(crate) enum TenantCommand {

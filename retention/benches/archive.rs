@@ -11,7 +11,8 @@ use chrono::{Duration, Utc};
 use common::bus::Envelope;
 use common::contract::{Deleted, EraseTenantRequest, Reply, RetentionRunRequest, VERSION};
 use common::domain::{MessageId, MessageInput, RetentionAction, TenantId};
-use common::store::{NewRow, Store as _};
+use common::store::IngestWrites;
+use common::store::NewRow;
 use common::testing::TestEnv;
 use prometheus_client::registry::Registry;
 

@@ -1,8 +1,8 @@
 //! The events retention publishes on `mem.v1.events.<tenant>.<event>.<id>`. The change they
 //! announce is committed whatever becomes of the event: a failed publish is logged.
 
+use crate::Deps;
 use chrono::{DateTime, Utc};
-use common::Deps;
 use common::bus::Envelope;
 use common::contract::{
     EventKind, MessageUpdated, MessagesArchived, MessagesDeleted, MessagesRestored, TenantErased, VERSION,

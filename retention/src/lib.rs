@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use common::Deps;
 use common::bus::{BusError, Request};
 use common::config::{Config, ConfigError};
 use common::contract::{
@@ -20,7 +19,9 @@ use common::contract::{
     RetentionRunResponse, VERSION,
 };
 use common::domain::{MessageId, RetentionAction, RetentionPolicy, TenantId, TenantRetention};
-use common::store::{StoreError, StoredMessage, locks};
+use common::store::{
+    Deletes, Edits, Health, Locks, MessageReads, RetentionRuns, Spaces, StoreError, StoredMessage, TenantLookup, locks,
+};
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use prometheus_client::registry::Registry;
@@ -32,6 +33,17 @@ pub use metrics::Metrics;
 
 /// Ids kept per tenant and action for a run's report.
 const SAMPLE: usize = 20;
+
+/// The storage roles the retention service uses: every change to a stored message after ingest.
+pub trait Store:
+    Health + Locks + MessageReads + Spaces + RetentionRuns + Edits + Deletes + TenantLookup + 'static
+{
+}
+
+impl<T: Health + Locks + MessageReads + Spaces + RetentionRuns + Edits + Deletes + TenantLookup + 'static> Store for T {}
+
+/// The retention service's handles: its view of the store.
+pub(crate) type Deps = common::Deps<dyn Store>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RetentionError {
@@ -221,7 +233,12 @@ fn schedule_interval(cron: &croner::Cron) -> Duration {
 
 impl Retention {
     /// Checks the schedule and joins the `retention` queue group; the schedule starts with `run`.
-    pub async fn build(config: &Config, deps: Deps, registry: &mut Registry) -> Result<Self, RetentionError> {
+    pub async fn build(
+        config: &Config,
+        deps: common::Deps<impl Store>,
+        registry: &mut Registry,
+    ) -> Result<Self, RetentionError> {
+        let deps: Deps = deps.view(|s| s as std::sync::Arc<dyn Store>);
         let cron = parse_schedule(&config.retention.schedule)?;
         let group = deps.subjects.retention_group().to_owned();
         let s = &deps.subjects;

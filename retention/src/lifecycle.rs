@@ -10,15 +10,15 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use crate::Deps;
 use chrono::Utc;
-use common::Deps;
 use common::bus::{BusError, Envelope};
 use common::config::ImportanceWeights;
 use common::contract::{
     CachePurge, DeleteConversationRequest, DeleteMessagesRequest, DeleteMessagesResponse, Deleted, EXPORT_PAGE_MAX,
     EraseTenantRequest, ExportPage, ExportRecord, ExportRequest, ExportVector, MessageReceived, MessageUpdated,
-    REEMBED_HEADER, RemoteError, RemoteErrorCode, Reply, RetentionPolicyReply, RetentionPolicyRequest, StreamKind,
-    Subjects, UpdateMessagesRequest, UpdateMessagesResponse, VERSION,
+    REEMBED_HEADER, RemoteError, RemoteErrorCode, Reply, RetentionPolicyReply, RetentionPolicyRequest, SettingSource,
+    StreamKind, Subjects, UpdateMessagesRequest, UpdateMessagesResponse, VERSION,
 };
 use common::domain::{BATCH_MAX, MessageId, MessageInput, NewMessage, TenantId};
 use common::store::{Cutoff, Edited, StoreError, StoredMessage, Tombstone};
@@ -420,10 +420,12 @@ impl Lifecycle {
         }
         let own = store.tenant_retention(tenant).await.map_err(|e| unavailable("reading the policy", &e))?;
         Ok(match own {
-            Some(policy) => RetentionPolicyReply { tenant_id: tenant.clone(), policy, source: "tenant".into() },
-            None => {
-                RetentionPolicyReply { tenant_id: tenant.clone(), policy: self.policy, source: "deployment".into() }
-            }
+            Some(policy) => RetentionPolicyReply { tenant_id: tenant.clone(), policy, source: SettingSource::Tenant },
+            None => RetentionPolicyReply {
+                tenant_id: tenant.clone(),
+                policy: self.policy,
+                source: SettingSource::Deployment,
+            },
         })
     }
 

@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use chrono::Utc;
-use common::Deps;
 use common::bus::{BusError, Envelope, Request};
 use common::config::Config;
 use common::contract::{
@@ -20,7 +19,10 @@ use common::contract::{
     RemoteError, RemoteErrorCode, Reply, SearchRequest, SearchResponse, StreamKind, VERSION,
 };
 use common::domain::{MessageId, MessageView, Ranking, SearchMode, TenantId};
-use common::store::{LexicalHit, LexicalQuery, NewRow, Origin, StoreError, VectorQuery};
+use common::store::{
+    Health, LexicalHit, LexicalQuery, MessageReads, NewRow, Origin, SearchReads, Settings, Spaces, StoreError,
+    VectorQuery,
+};
 use futures::StreamExt;
 use futures::stream::{BoxStream, select};
 use prometheus_client::registry::Registry;
@@ -45,6 +47,13 @@ struct VectorCandidates {
     space: common::store::Space,
     query: Vec<f32>,
 }
+
+/// The storage roles the searcher uses: reads only.
+pub trait Store: Health + MessageReads + Spaces + SearchReads + Settings + 'static {}
+
+impl<T: Health + MessageReads + Spaces + SearchReads + Settings + 'static> Store for T {}
+
+type Deps = common::Deps<dyn Store>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SearcherError {
@@ -71,7 +80,12 @@ pub struct Searcher {
 
 impl Searcher {
     /// Joins the queue group: once this returns, requests find a responder.
-    pub async fn build(config: &Config, deps: Deps, registry: &mut Registry) -> Result<Self, SearcherError> {
+    pub async fn build(
+        config: &Config,
+        deps: common::Deps<impl Store>,
+        registry: &mut Registry,
+    ) -> Result<Self, SearcherError> {
+        let deps: Deps = deps.view(|s| s as Arc<dyn Store>);
         let metrics = Metrics::register(registry);
         let group = deps.subjects.searcher_group().to_owned();
         let search = deps.bus.serve(deps.subjects.search(), group.clone()).await?;

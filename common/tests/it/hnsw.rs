@@ -5,7 +5,7 @@
 use chrono::Utc;
 use common::contract::SpaceRef;
 use common::domain::{MessageId, MessageInput, SearchFilters, TenantId};
-use common::store::{NewRow, NewVector, Store, VectorQuery};
+use common::store::{Backfill, IngestWrites, NewRow, NewVector, SearchReads, VectorQuery};
 use common::testing::TestEnv;
 
 const DIMENSIONS: usize = 32;

@@ -1,7 +1,10 @@
 use chrono::Utc;
 use common::contract::SpaceRef;
 use common::domain::{MessageId, MessageInput, MessageStatus, TenantId};
-use common::store::{NewRow, NewVector, Store, StoreError, VectorQuery};
+use common::store::{
+    Backfill, Deletes, Edits, IngestWrites, Locks, MessageReads, NewRow, NewVector, SearchReads, Spaces, StoreError,
+    VectorQuery,
+};
 use common::testing::TestEnv;
 
 fn row(tenant: &str, content: &str) -> NewRow {

@@ -5,6 +5,7 @@ use std::time::Duration;
 use common::bus::Envelope;
 use common::contract::{EmbedQueryRequest, EmbedQueryResponse, Reply, VERSION};
 use common::domain::{MessageId, TenantId};
+use common::store::Spaces;
 use common::testing::TestEnv;
 use embedder::{Embedder, Embeddings};
 use prometheus_client::registry::Registry;

@@ -7,6 +7,7 @@ use common::testing::TestEnv;
 use common::testing::gemini::FakeGemini;
 
 use crate::support::{publish, spawn_embedder, until_status};
+use common::store::Spaces;
 
 async fn env(fake: &FakeGemini) -> anyhow::Result<TestEnv> {
     TestEnv::start_with(|vars| {

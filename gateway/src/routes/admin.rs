@@ -10,7 +10,7 @@ use axum::{Extension, Router};
 use chrono::{DateTime, Utc};
 use common::contract::{RetentionRunRequest, RetentionRunResponse, VERSION};
 use common::domain::{ApiKey, FieldError, NewApiKey, RetentionAction, Scope, Tenant, TenantId};
-use common::store::{Store, StoreError};
+use common::store::{ApiKeys, StoreError};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
@@ -278,7 +278,7 @@ pub async fn create_key(
 
 /// Mints and stores a key for an existing tenant.
 pub async fn issue(
-    store: &dyn Store,
+    store: &dyn ApiKeys,
     tenant_id: TenantId,
     name: Option<String>,
     mut scopes: Vec<Scope>,

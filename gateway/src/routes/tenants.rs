@@ -1,16 +1,18 @@
-//! A tenant's own ranking: `GET`, `PUT` and `DELETE /v1/tenants/{tenant_id}/ranking`. Searchers
-//! pick a change up within 5 seconds.
+//! A tenant's own settings: `GET`, `PUT` and `DELETE /v1/tenants/{tenant_id}/ranking`,
+//! `…/rate-limit` and `…/retention-policy`. Searchers pick a ranking up within 5 seconds. The
+//! retention policy is the retention service's: these routes ask it over NATS.
 
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::routing::get;
 use axum::{Extension, Router};
 use common::config::RateLimit;
+use common::contract::{RetentionPolicyReply, RetentionPolicyRequest, SettingSource, VERSION};
 use common::domain::{Ranking, RetentionPolicy, Scope, TenantId};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::store_unavailable as unavailable;
+use super::{call, request_id, store_unavailable as unavailable};
 use crate::auth::Principal;
 use crate::error::{ApiError, Problem};
 use crate::extract::AppJson;
@@ -27,31 +29,20 @@ pub fn router() -> Router<AppState> {
 }
 
 /// The retention policy a tenant's runs apply.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct TenantRetentionPolicy {
-    pub tenant_id: TenantId,
-    pub policy: RetentionPolicy,
-    pub source: RankingSource,
-}
-
-/// The retention policy a tenant's runs apply.
 #[utoipa::path(
     get, path = "/v1/tenants/{tenant_id}/retention-policy", tag = "tenants",
     params(("tenant_id" = String, Path)),
-    responses((status = 200, body = TenantRetentionPolicy), (status = 401, body = Problem), (status = 403, body = Problem)),
+    responses((status = 200, body = RetentionPolicyReply), (status = 401, body = Problem), (status = 403, body = Problem)),
     security(("api_key" = []), ("bearer" = []))
 )]
 pub async fn get_retention(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
+    headers: HeaderMap,
     Path(tenant_id): Path<String>,
-) -> Result<axum::Json<TenantRetentionPolicy>, ApiError> {
+) -> Result<axum::Json<RetentionPolicyReply>, ApiError> {
     let tenant_id = tenant(&principal, &tenant_id, Scope::Read)?;
-    let own = state.deps.store.tenant_retention(&tenant_id).await.map_err(unavailable)?;
-    Ok(axum::Json(match own {
-        Some(policy) => TenantRetentionPolicy { tenant_id, policy, source: RankingSource::Tenant },
-        None => TenantRetentionPolicy { tenant_id, policy: state.retention, source: RankingSource::Deployment },
-    }))
+    Ok(axum::Json(retention_policy(&state, tenant_id, None, false, &headers).await?))
 }
 
 /// Sets the tenant's own retention policy (the whole policy; `null` turns a rule off).
@@ -59,7 +50,7 @@ pub async fn get_retention(
     put, path = "/v1/tenants/{tenant_id}/retention-policy", tag = "tenants",
     params(("tenant_id" = String, Path)), request_body = RetentionPolicy,
     responses(
-        (status = 200, body = TenantRetentionPolicy), (status = 400, body = Problem), (status = 401, body = Problem),
+        (status = 200, body = RetentionPolicyReply), (status = 400, body = Problem), (status = 401, body = Problem),
         (status = 403, body = Problem), (status = 422, body = Problem),
     ),
     security(("api_key" = []), ("bearer" = []))
@@ -67,13 +58,13 @@ pub async fn get_retention(
 pub async fn put_retention(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
+    headers: HeaderMap,
     Path(tenant_id): Path<String>,
     AppJson(policy): AppJson<RetentionPolicy>,
-) -> Result<axum::Json<TenantRetentionPolicy>, ApiError> {
+) -> Result<axum::Json<RetentionPolicyReply>, ApiError> {
     let tenant_id = tenant(&principal, &tenant_id, Scope::Admin)?;
     policy.check().map_err(|e| ApiError::Invalid(e.0))?;
-    state.deps.store.set_tenant_retention(&tenant_id, Some(&policy)).await.map_err(unavailable)?;
-    Ok(axum::Json(TenantRetentionPolicy { tenant_id, policy, source: RankingSource::Tenant }))
+    Ok(axum::Json(retention_policy(&state, tenant_id, Some(policy), false, &headers).await?))
 }
 
 /// Back to the deployment's retention policy.
@@ -86,11 +77,24 @@ pub async fn put_retention(
 pub async fn delete_retention(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
+    headers: HeaderMap,
     Path(tenant_id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let tenant_id = tenant(&principal, &tenant_id, Scope::Admin)?;
-    state.deps.store.set_tenant_retention(&tenant_id, None).await.map_err(unavailable)?;
+    retention_policy(&state, tenant_id, None, true, &headers).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Asks the retention service for a tenant's policy, setting (`policy`) or resetting it first.
+async fn retention_policy(
+    state: &AppState,
+    tenant_id: TenantId,
+    policy: Option<RetentionPolicy>,
+    reset: bool,
+    headers: &HeaderMap,
+) -> Result<RetentionPolicyReply, ApiError> {
+    let request = RetentionPolicyRequest { v: VERSION, tenant_id, policy, reset };
+    call(state, state.deps.subjects.retention_policy(), &request, &request_id(headers)).await
 }
 
 /// A tenant's rate limit over all its keys.
@@ -99,7 +103,7 @@ pub struct TenantRateLimit {
     pub tenant_id: TenantId,
     /// E.g. `120/minute`.
     pub limit: String,
-    pub source: RankingSource,
+    pub source: SettingSource,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -124,9 +128,9 @@ pub async fn get_rate_limit(
     let tenant_id = tenant(&principal, &tenant_id, Scope::Read)?;
     let own = state.deps.store.tenant_rate_limit(&tenant_id).await.map_err(unavailable)?;
     Ok(axum::Json(match own {
-        Some(limit) => TenantRateLimit { tenant_id, limit: limit.to_string(), source: RankingSource::Tenant },
+        Some(limit) => TenantRateLimit { tenant_id, limit: limit.to_string(), source: SettingSource::Tenant },
         None => {
-            TenantRateLimit { tenant_id, limit: state.rate_limit.tenant.to_string(), source: RankingSource::Deployment }
+            TenantRateLimit { tenant_id, limit: state.rate_limit.tenant.to_string(), source: SettingSource::Deployment }
         }
     }))
 }
@@ -155,7 +159,7 @@ pub async fn put_rate_limit(
         .map_err(|e: String| ApiError::Invalid(vec![common::domain::FieldError::new("limit", "invalid", e)]))?;
     state.deps.store.set_tenant_rate_limit(&tenant_id, Some(limit)).await.map_err(unavailable)?;
     state.limiter.forget(&tenant_id);
-    Ok(axum::Json(TenantRateLimit { tenant_id, limit: limit.to_string(), source: RankingSource::Tenant }))
+    Ok(axum::Json(TenantRateLimit { tenant_id, limit: limit.to_string(), source: SettingSource::Tenant }))
 }
 
 /// Back to the deployment's rate limit (operator key).
@@ -183,14 +187,7 @@ pub struct TenantRanking {
     pub tenant_id: TenantId,
     pub ranking: Ranking,
     /// `tenant`: set for this tenant; `deployment`: the deployment's default.
-    pub source: RankingSource,
-}
-
-#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum RankingSource {
-    Tenant,
-    Deployment,
+    pub source: SettingSource,
 }
 
 /// A change of ranking; fields left out keep the deployment's value.
@@ -225,8 +222,8 @@ pub async fn get_ranking(
     let tenant_id = tenant(&principal, &tenant_id, Scope::Read)?;
     let own = state.deps.store.tenant_ranking(&tenant_id).await.map_err(unavailable)?;
     Ok(axum::Json(match own {
-        Some(ranking) => TenantRanking { tenant_id, ranking, source: RankingSource::Tenant },
-        None => TenantRanking { tenant_id, ranking: state.ranking, source: RankingSource::Deployment },
+        Some(ranking) => TenantRanking { tenant_id, ranking, source: SettingSource::Tenant },
+        None => TenantRanking { tenant_id, ranking: state.ranking, source: SettingSource::Deployment },
     }))
 }
 
@@ -258,7 +255,7 @@ pub async fn put_ranking(
     };
     ranking.check().map_err(|e| ApiError::Invalid(e.0))?;
     state.deps.store.set_tenant_ranking(&tenant_id, Some(&ranking)).await.map_err(unavailable)?;
-    Ok(axum::Json(TenantRanking { tenant_id, ranking, source: RankingSource::Tenant }))
+    Ok(axum::Json(TenantRanking { tenant_id, ranking, source: SettingSource::Tenant }))
 }
 
 /// Back to the deployment's ranking.

@@ -8,6 +8,7 @@ use axum::http::StatusCode;
 use common::testing::gemini::{FakeGemini, Fault};
 
 use crate::harness::{App, message};
+use common::store::Spaces;
 
 #[tokio::test]
 async fn local_embeddings_find_a_message_by_meaning() -> anyhow::Result<()> {

@@ -571,12 +571,12 @@ async fn archive_restore_policy_and_import_work_over_nats() -> anyhow::Result<()
         async move { nats::<_, Reply<RetentionPolicyReply>>(app, app.env.subjects.retention_policy(), &body).await }
     };
     let reply = ask(json!({"v": 1, "tenant_id": "acme"})).await?;
-    assert!(matches!(&reply, Reply::Ok(p) if p.source == "deployment"), "{reply:?}");
+    assert!(matches!(&reply, Reply::Ok(p) if p.source == common::contract::SettingSource::Deployment), "{reply:?}");
     let policy = json!({"archive_after_days": 7, "archive_below_importance": 0.5, "max_age_days": null,
                         "delete_archived_after_days": 30, "max_messages_per_conversation": 100});
     let reply = ask(json!({"v": 1, "tenant_id": "acme", "policy": policy})).await?;
     assert!(
-        matches!(&reply, Reply::Ok(p) if p.source == "tenant" && p.policy.archive_after_days == Some(7)),
+        matches!(&reply, Reply::Ok(p) if p.source == common::contract::SettingSource::Tenant && p.policy.archive_after_days == Some(7)),
         "{reply:?}"
     );
     assert_eq!(app.get("/v1/tenants/acme/retention-policy").await?.body["policy"]["archive_after_days"], 7);
@@ -585,7 +585,7 @@ async fn archive_restore_policy_and_import_work_over_nats() -> anyhow::Result<()
     let reply = ask(json!({"v": 1, "tenant_id": "acme", "policy": bad})).await?;
     assert!(matches!(&reply, Reply::Error(e) if e.code == common::contract::RemoteErrorCode::BadRequest), "{reply:?}");
     let reply = ask(json!({"v": 1, "tenant_id": "acme", "reset": true})).await?;
-    assert!(matches!(&reply, Reply::Ok(p) if p.source == "deployment"), "{reply:?}");
+    assert!(matches!(&reply, Reply::Ok(p) if p.source == common::contract::SettingSource::Deployment), "{reply:?}");
 
     // Importing by publishing straight to the ingest subject: archive state and importance kept.
     let imported = MessageId::new();

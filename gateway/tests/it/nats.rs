@@ -11,6 +11,7 @@ use common::store::NewRow;
 use serde_json::{Value, json};
 
 use crate::harness::App;
+use common::store::IngestWrites;
 
 fn event(tenant: &str, content: &str) -> Value {
     json!({"v": 1, "tenant_id": tenant, "conversation_id": "direct", "role": "user", "content": content})

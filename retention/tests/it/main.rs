@@ -6,7 +6,8 @@ use std::time::Duration;
 use chrono::{Duration as Days, Utc};
 use common::contract::{Reply, RetentionRunRequest, RetentionRunResponse, VERSION};
 use common::domain::{MessageId, MessageInput, RetentionAction, TenantId};
-use common::store::{NewRow, Store as _};
+use common::store::IngestWrites;
+use common::store::NewRow;
 use common::testing::TestEnv;
 use prometheus_client::registry::Registry;
 

@@ -1,0 +1,187 @@
+//! The searcher's reads: nearest neighbours and full-text candidates.
+
+use async_trait::async_trait;
+use pgvector::Vector;
+use sqlx::AssertSqlSafe;
+use uuid::Uuid;
+
+use super::PgStore;
+use super::rows::{HitRow, LexicalRow};
+use crate::domain::{MessageId, TenantId};
+use crate::store::{
+    LexicalHit, LexicalQuery, SearchReads, Space, StoreError, StoredMessage, TextQuery, VectorHit, VectorQuery,
+};
+
+impl PgStore {
+    /// The nearest-neighbour statement; `prefix` goes before it (`EXPLAIN`, say).
+    pub(super) fn vector_search_sql(space: &Space, prefix: &str) -> String {
+        format!(
+            "{prefix} SELECT {}, 1 - (v.embedding <=> $1) AS similarity
+             FROM {} v JOIN messages m ON m.id = v.message_id
+             WHERE v.tenant_id = $2 AND {}
+             ORDER BY v.embedding <=> $1
+             LIMIT $10",
+            message_columns!(),
+            Self::vector_table(space),
+            filters!()
+        )
+    }
+
+    /// Search settings for this transaction: a tenant filter applied after an HNSW scan returns
+    /// short lists unless the scan may continue past its first `ef_search` candidates
+    /// (pgvector ≥ 0.8 iterative scans).
+    pub(super) async fn hnsw_settings(tx: &mut sqlx::PgConnection, ef_search: u32) -> Result<(), StoreError> {
+        sqlx::query("SET LOCAL hnsw.iterative_scan = strict_order").execute(&mut *tx).await?;
+        // An integer, so no injection; SET takes no parameters.
+        let ef_search = ef_search.clamp(1, 1000);
+        sqlx::query(AssertSqlSafe(format!("SET LOCAL hnsw.ef_search = {ef_search}"))).execute(&mut *tx).await?;
+        Ok(())
+    }
+
+    /// The plan Postgres chooses for a vector search (`EXPLAIN`), to check that large tenants
+    /// use the HNSW index and small ones the exact per-tenant scan.
+    pub async fn explain_vector_search(&self, space: &Space, query: VectorQuery<'_>) -> Result<String, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        Self::hnsw_settings(&mut tx, query.ef_search).await?;
+        let statement = AssertSqlSafe(Self::vector_search_sql(space, "EXPLAIN (COSTS OFF)"));
+        let lines: Vec<String> = bind_filters!(
+            sqlx::query_scalar(statement).bind(Vector::from(query.vector.to_vec())).bind(query.tenant_id.as_str()),
+            query.filters
+        )
+        .bind(i64::from(query.limit))
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.rollback().await?;
+        Ok(lines.join("\n"))
+    }
+}
+
+/// A lexeme as a `to_tsquery` operand: quoted, so that none of its characters is an operator.
+fn quote_lexeme(lexeme: &str) -> String {
+    format!("'{}'", lexeme.replace('\\', "\\\\").replace('\'', "''"))
+}
+
+#[async_trait]
+impl SearchReads for PgStore {
+    async fn search_vectors(&self, space: &Space, query: VectorQuery<'_>) -> Result<Vec<VectorHit>, StoreError> {
+        if query.vector.len() != space.reference.dimensions as usize {
+            return Err(StoreError::Dimensions {
+                space: space.id,
+                expected: space.reference.dimensions,
+                got: query.vector.len(),
+            });
+        }
+        let mut tx = self.pool.begin().await?;
+        Self::hnsw_settings(&mut tx, query.ef_search).await?;
+        let statement = AssertSqlSafe(Self::vector_search_sql(space, ""));
+        let rows: Vec<HitRow> = bind_filters!(
+            sqlx::query_as(statement).bind(Vector::from(query.vector.to_vec())).bind(query.tenant_id.as_str()),
+            query.filters
+        )
+        .bind(i64::from(query.limit))
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        rows.into_iter()
+            .map(|r| Ok(VectorHit { similarity: r.similarity, message: StoredMessage::try_from(r.message)? }))
+            .collect()
+    }
+
+    async fn search_lexical(&self, query: LexicalQuery<'_>) -> Result<Vec<LexicalHit>, StoreError> {
+        let (function, text, terms, rank) = match query.query {
+            TextQuery::Websearch(text) => {
+                ("websearch_to_tsquery", text.clone(), Vec::new(), "ts_rank_cd(m.search_text, q)::float8")
+            }
+            TextQuery::AnyOf(terms) if terms.is_empty() => return Ok(Vec::new()),
+            TextQuery::AnyOf(terms) => (
+                "to_tsquery",
+                terms.iter().map(|t| quote_lexeme(&t.lexeme)).collect::<Vec<_>>().join(" | "),
+                terms.iter().map(|t| (quote_lexeme(&t.lexeme), t.weight)).collect::<Vec<_>>(),
+                "(SELECT coalesce(sum(w.weight), 0) FROM terms w WHERE m.search_text @@ w.q)::float8",
+            ),
+        };
+        let (words, weights): (Vec<String>, Vec<f64>) = terms.into_iter().unzip();
+        let statement = AssertSqlSafe(format!(
+            "WITH terms AS (
+                 SELECT to_tsquery('simple'::regconfig, t.word) AS q, t.weight
+                 FROM unnest($11::text[], $12::float8[]) AS t(word, weight)
+             )
+             SELECT {}, {rank} AS rank
+             FROM messages m, {function}('simple'::regconfig, $1) q
+             WHERE m.tenant_id = $2 AND m.search_text @@ q AND {}
+             ORDER BY rank DESC, m.created_at DESC
+             LIMIT $10",
+            message_columns!(),
+            filters!()
+        ));
+        let rows: Vec<LexicalRow> =
+            bind_filters!(sqlx::query_as(statement).bind(text).bind(query.tenant_id.as_str()), query.filters)
+                .bind(i64::from(query.limit))
+                .bind(&words)
+                .bind(&weights)
+                .fetch_all(&self.pool)
+                .await?;
+        rows.into_iter()
+            .map(|r| Ok(LexicalHit { rank: r.rank, message: StoredMessage::try_from(r.message)? }))
+            .collect()
+    }
+
+    async fn lexemes(&self, text: &str) -> Result<Vec<String>, StoreError> {
+        Ok(sqlx::query_scalar("SELECT lexeme FROM unnest(to_tsvector('simple'::regconfig, $1))")
+            .bind(text)
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    async fn document_frequencies(
+        &self,
+        tenant: &TenantId,
+        lexemes: &[String],
+        cap: i64,
+    ) -> Result<(i64, Vec<i64>), StoreError> {
+        let quoted: Vec<String> = lexemes.iter().map(|l| quote_lexeme(l)).collect();
+        let total: i64 = sqlx::query_scalar("SELECT count(*) FROM messages WHERE tenant_id = $1")
+            .bind(tenant.as_str())
+            .fetch_one(&self.pool)
+            .await?;
+        let counts: Vec<(i64, i64)> = sqlx::query_as(
+            "SELECT t.i, (SELECT count(*) FROM (SELECT 1 FROM messages m
+                          WHERE m.tenant_id = $1 AND m.search_text @@ to_tsquery('simple'::regconfig, t.word)
+                          LIMIT $3) s)
+             FROM unnest($2::text[]) WITH ORDINALITY AS t(word, i)",
+        )
+        .bind(tenant.as_str())
+        .bind(&quoted)
+        .bind(cap)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut frequencies = vec![0; lexemes.len()];
+        for (i, n) in counts {
+            if let Some(slot) = usize::try_from(i - 1).ok().and_then(|i| frequencies.get_mut(i)) {
+                *slot = n;
+            }
+        }
+        Ok((total, frequencies))
+    }
+
+    async fn similarities(
+        &self,
+        space: &Space,
+        ids: &[MessageId],
+        vector: &[f32],
+    ) -> Result<Vec<(MessageId, f64)>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let table = Self::vector_table(space);
+        let ids: Vec<Uuid> = ids.iter().map(|id| id.0).collect();
+        let rows: Vec<(Uuid, f64)> = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT message_id, 1 - (embedding <=> $1) FROM {table} WHERE message_id = ANY($2)"
+        )))
+        .bind(Vector::from(vector.to_vec()))
+        .bind(&ids)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|(id, s)| (MessageId(id), s)).collect())
+    }
+}

@@ -1,0 +1,213 @@
+//! Embedding spaces: registering one (and its vector table), backfilling and activating it.
+
+use async_trait::async_trait;
+use sqlx::AssertSqlSafe;
+use uuid::Uuid;
+
+use super::rows::{MessageRow, SpaceRow};
+use super::vectors::{RowLock, columns};
+use super::{PgStore, SPACES_LOCK};
+use crate::contract::SpaceRef;
+use crate::domain::{MessageId, MessageStatus};
+use crate::store::{Backfill, Coverage, Failure, NewVector, Space, Spaces, StoreError, StoredMessage};
+
+#[async_trait]
+impl Spaces for PgStore {
+    async fn active_space(&self) -> Result<Option<Space>, StoreError> {
+        let row: Option<SpaceRow> =
+            sqlx::query_as(concat!("SELECT ", space_columns!(), " FROM embedding_spaces WHERE active"))
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row.map(Space::from))
+    }
+
+    async fn space(&self, id: i32) -> Result<Option<Space>, StoreError> {
+        let row: Option<SpaceRow> =
+            sqlx::query_as(concat!("SELECT ", space_columns!(), " FROM embedding_spaces WHERE id = $1"))
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row.map(Space::from))
+    }
+}
+
+#[async_trait]
+impl Backfill for PgStore {
+    async fn register_space(&self, space: &SpaceRef) -> Result<Space, StoreError> {
+        let dimensions = i32::try_from(space.dimensions).unwrap_or(i32::MAX);
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(SPACES_LOCK).execute(&mut *tx).await?;
+        sqlx::query(
+            "INSERT INTO embedding_spaces (provider, model, dimensions, active, activated_at)
+             SELECT $1, $2, $3, first, CASE WHEN first THEN now() END
+             FROM (SELECT NOT EXISTS (SELECT 1 FROM embedding_spaces WHERE active) AS first) f
+             ON CONFLICT (provider, model, dimensions) DO NOTHING",
+        )
+        .bind(&space.provider)
+        .bind(&space.model)
+        .bind(dimensions)
+        .execute(&mut *tx)
+        .await?;
+        let row: SpaceRow = sqlx::query_as(concat!(
+            "SELECT ",
+            space_columns!(),
+            " FROM embedding_spaces WHERE provider = $1 AND model = $2 AND dimensions = $3"
+        ))
+        .bind(&space.provider)
+        .bind(&space.model)
+        .bind(dimensions)
+        .fetch_one(&mut *tx)
+        .await?;
+        let space = Space::from(row);
+        let table = Self::vector_table(&space);
+        // The table name is built from an integer id: no injection is possible.
+        sqlx::query(AssertSqlSafe(format!(
+            "CREATE TABLE IF NOT EXISTS {table} (
+                 message_id uuid PRIMARY KEY REFERENCES messages (id) ON DELETE CASCADE,
+                 tenant_id  text NOT NULL,
+                 embedding  vector({dimensions}) NOT NULL
+             )"
+        )))
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(AssertSqlSafe(format!("CREATE INDEX IF NOT EXISTS {table}_tenant ON {table} (tenant_id)")))
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(AssertSqlSafe(format!(
+            "CREATE INDEX IF NOT EXISTS {table}_hnsw ON {table} USING hnsw (embedding vector_cosine_ops)"
+        )))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(space)
+    }
+
+    async fn unembedded(
+        &self,
+        space: &Space,
+        after: Option<MessageId>,
+        limit: u32,
+    ) -> Result<Vec<StoredMessage>, StoreError> {
+        // Two statements rather than `$1 IS NULL OR m.id > $1`, which a generic plan cannot use
+        // to start the index scan at the cursor.
+        let after_cursor = if after.is_some() { "m.id > $1 AND" } else { "$1::uuid IS NULL AND" };
+        let rows: Vec<MessageRow> = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT {} FROM messages m
+             WHERE {after_cursor} {}
+             ORDER BY m.id LIMIT $2",
+            message_columns!(),
+            Self::missing_in(space)
+        )))
+        .bind(after.map(|id| id.0))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(StoredMessage::try_from).collect()
+    }
+
+    async fn save_backfill(
+        &self,
+        space: &Space,
+        vectors: &[NewVector],
+        failures: &[Failure],
+        cursor: MessageId,
+    ) -> Result<(), StoreError> {
+        let columns = columns(space, vectors)?;
+        let failed: Vec<Uuid> = failures.iter().map(|f| f.message_id.0).collect();
+        let reasons: Vec<&str> = failures.iter().map(|f| f.reason.as_str()).collect();
+        let revisions: Vec<i32> = failures.iter().map(|f| f.revision).collect();
+        let mut tx = self.pool.begin().await?;
+        if !columns.0.is_empty() {
+            Self::insert_vectors(&mut tx, space, &columns, RowLock::Share).await?;
+        }
+        if !failed.is_empty() {
+            Self::insert_failures(&mut tx, space, &failed, &reasons, &revisions, RowLock::Share).await?;
+        }
+        sqlx::query("UPDATE embedding_spaces SET backfill_cursor = $2, backfilled = backfilled + $3 WHERE id = $1")
+            .bind(space.id)
+            .bind(cursor.0)
+            .bind(i64::try_from(columns.0.len() + failed.len()).unwrap_or(i64::MAX))
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn coverage(&self, space: &Space) -> Result<Coverage, StoreError> {
+        let (messages, missing): (i64, i64) = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT count(*), count(*) FILTER (WHERE {}) FROM messages m",
+            Self::missing_in(space)
+        )))
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(Coverage { messages, missing })
+    }
+
+    async fn activate_space(
+        &self,
+        space: &Space,
+        leftover_limit: u32,
+    ) -> Result<Option<Vec<StoredMessage>>, StoreError> {
+        let table = Self::vector_table(space);
+        let mut tx = self.pool.begin().await?;
+        // Exclusive: waits for writes to the old space in flight (they hold it shared), and
+        // every write after this commits sees the new active space.
+        sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(SPACES_LOCK).execute(&mut *tx).await?;
+        // Messages stored since the backfill's last pass (ingest does not stop for it).
+        let leftovers: Vec<MessageRow> = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT {} FROM messages m WHERE {} ORDER BY m.id LIMIT $1",
+            message_columns!(),
+            Self::missing_in(space)
+        )))
+        .bind(i64::from(leftover_limit) + 1)
+        .fetch_all(&mut *tx)
+        .await?;
+        if leftovers.len() > leftover_limit as usize {
+            return Ok(None);
+        }
+        sqlx::query("UPDATE embedding_spaces SET active = false WHERE active AND id <> $1")
+            .bind(space.id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("UPDATE embedding_spaces SET active = true, activated_at = now() WHERE id = $1 AND NOT active")
+            .bind(space.id)
+            .execute(&mut *tx)
+            .await?;
+        // Statuses now describe the new space: a vector means embedded, a refusal failed, and
+        // the leftovers are pending until the caller embeds them.
+        sqlx::query(AssertSqlSafe(format!(
+            "UPDATE messages m SET status = 'embedded', failure_reason = NULL, updated_at = now()
+             WHERE m.status <> 'embedded' AND EXISTS (SELECT 1 FROM {table} v WHERE v.message_id = m.id)"
+        )))
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE messages m SET status = 'failed', failure_reason = f.reason, updated_at = now()
+             FROM embedding_failures f
+             WHERE f.space_id = $1 AND f.message_id = m.id
+               AND (m.status <> 'failed' OR m.failure_reason IS DISTINCT FROM f.reason)",
+        )
+        .bind(space.id)
+        .execute(&mut *tx)
+        .await?;
+        let ids: Vec<Uuid> = leftovers.iter().map(|r| r.id).collect();
+        sqlx::query(
+            "UPDATE messages SET status = 'pending', failure_reason = NULL, updated_at = now() WHERE id = ANY($1)",
+        )
+        .bind(&ids)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        leftovers
+            .into_iter()
+            .map(|r| {
+                StoredMessage::try_from(r).map(|m| StoredMessage {
+                    status: MessageStatus::Pending,
+                    failure_reason: None,
+                    ..m
+                })
+            })
+            .collect::<Result<_, _>>()
+            .map(Some)
+    }
+}
