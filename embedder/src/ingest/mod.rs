@@ -7,33 +7,42 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+mod fate;
+mod parse;
+
 use chrono::Utc;
-use common::Deps;
 use common::bus::{Consumer, Delivery, Disposition, KeepAlive, Rejection};
 use common::config::Config;
-use common::contract::{
-    EventKind, MessageReceived, MessageStored, REEMBED_HEADER, REQUEST_ID_HEADER, StreamKind, Subjects, VERSION,
-};
-use common::domain::{MessageId, MessageStatus, NewMessage};
+use common::contract::{EventKind, MessageStored, REEMBED_HEADER, REQUEST_ID_HEADER, VERSION};
+use common::domain::{MessageId, MessageStatus};
 use common::store::{Inserted, NewRow, Origin, Space, StoreError, StoredMessage};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info_span, warn};
 
+use self::fate::{Fate, IngestError, retry_delay};
+use self::parse::{Accepted, parse};
+use crate::Deps;
 use crate::breaker::State;
 use crate::embed::Embeddings;
 use crate::metrics::{Metrics, Outcome};
 use crate::write::{self, WriteError};
 
-/// Transient failures (store, bus) are retried after a delay that doubles with every delivery,
-/// up to this cap, so an outage of many minutes does not exhaust a message's deliveries.
-const RETRY_DELAY_MAX: Duration = Duration::from_secs(60);
 /// Pause after a failed pull before the next.
 const PULL_RETRY: Duration = Duration::from_secs(1);
 
-/// The delay before redelivering a message delivered `delivered` times: 1 s, 2 s, 4 s … 60 s.
-fn retry_delay(delivered: u64) -> Duration {
-    let exponent = u32::try_from(delivered.saturating_sub(1)).unwrap_or(u32::MAX).min(6);
-    Duration::from_secs(1u64 << exponent).min(RETRY_DELAY_MAX)
+/// Deliveries and what becomes of each.
+type Settled = Vec<(Delivery, Fate)>;
+
+/// A step failed for every delivery still in hand: they share its fate.
+struct Halted {
+    deliveries: Vec<Accepted>,
+    error: IngestError,
+}
+
+impl Halted {
+    fn store(deliveries: Vec<Accepted>, step: &'static str, source: StoreError) -> Self {
+        Self { deliveries, error: IngestError::Store { step, source } }
+    }
 }
 
 pub(crate) struct IngestWorker {
@@ -57,14 +66,6 @@ pub(crate) enum Ended {
     Shutdown,
     /// Another space became active: this embedder must stop writing.
     Retired,
-}
-
-/// A delivery that passed validation.
-struct Accepted {
-    delivery: Delivery,
-    message: NewMessage,
-    /// The importance it had when exported (an import), if given.
-    importance: Option<f64>,
 }
 
 impl IngestWorker {
@@ -169,20 +170,11 @@ impl IngestWorker {
         }
     }
 
-    /// Dead-letters a delivery that can never succeed, counting it by its reason's code.
-    async fn reject(&self, delivery: Delivery, rejection: Rejection) {
-        let reason = rejection.code;
-        // Counted once it is in the dead-letter stream: a failed publish means a redelivery.
-        if settle(delivery, Disposition::Reject(rejection)).await {
-            self.metrics.count(Outcome::Rejected, 1);
-            self.metrics.dead_letters.get_or_create(&crate::metrics::ReasonLabels { reason }).inc();
-        }
-    }
-
     async fn handle(&self, mut batch: Vec<Delivery>) {
         // A message redelivered while the pull was open arrives twice: settle it once.
         batch.sort_by_key(|d| (d.stream_sequence, std::cmp::Reverse(d.delivered)));
         batch.dedup_by_key(|d| d.stream_sequence);
+        let mut settled = Settled::with_capacity(batch.len());
         let mut accepted = Vec::with_capacity(batch.len());
         for delivery in batch {
             if delivery.delivered > 1 {
@@ -198,56 +190,86 @@ impl IngestWorker {
             };
             match parsed {
                 Ok((message, importance)) => accepted.push(Accepted { delivery, message, importance }),
-                Err(rejection) => {
-                    warn!(subject = %delivery.message.subject, code = rejection.code, reason = %rejection.reason, "dead-lettering an invalid event");
-                    self.reject(delivery, rejection).await;
+                Err(rejection) => settled.push((delivery, IngestError::Invalid(rejection).fate())),
+            }
+        }
+        if !accepted.is_empty() {
+            let span = info_span!(
+                "ingest_batch",
+                messages = accepted.len(),
+                request_ids = %accepted.iter().filter_map(|a| a.delivery.message.header(REQUEST_ID_HEADER)).collect::<Vec<_>>().join(","),
+            );
+            // A slow provider (retries, backoff) may take longer than the ack wait: keep the
+            // batch's messages from being redelivered to another replica while we work on them.
+            let keepalives: Vec<KeepAlive> = accepted.iter().map(|a| a.delivery.keepalive()).collect();
+            let heartbeat = async {
+                loop {
+                    tokio::time::sleep(self.ack_wait / 3).await;
+                    futures::future::join_all(keepalives.iter().map(KeepAlive::in_progress)).await;
                 }
+            };
+            let n = accepted.len();
+            let handled = async {
+                let outcome = self.store_and_embed(accepted, &mut settled).await;
+                debug!(messages = n, "batch handled");
+                outcome
+            };
+            let outcome = tokio::select! {
+                outcome = handled.instrument(span) => outcome,
+                () = heartbeat => Ok(()),
+            };
+            if let Err(Halted { deliveries, error }) = outcome {
+                warn!(error = %error, cause = ?std::error::Error::source(&error), messages = deliveries.len(), "batch failed; it will be redelivered");
+                let fate = error.fate();
+                settled.extend(deliveries.into_iter().map(|a| (a.delivery, fate.clone())));
             }
         }
-        if accepted.is_empty() {
-            return;
-        }
-        let span = info_span!(
-            "ingest_batch",
-            messages = accepted.len(),
-            request_ids = %accepted.iter().filter_map(|a| a.delivery.message.header(REQUEST_ID_HEADER)).collect::<Vec<_>>().join(","),
-        );
-        // A slow provider (retries, backoff) may take longer than the ack wait: keep the
-        // batch's messages from being redelivered to another replica while we work on them.
-        let keepalives: Vec<KeepAlive> = accepted.iter().map(|a| a.delivery.keepalive()).collect();
-        let heartbeat = async {
-            loop {
-                tokio::time::sleep(self.ack_wait / 3).await;
-                futures::future::join_all(keepalives.iter().map(KeepAlive::in_progress)).await;
-            }
-        };
-        let n = accepted.len();
-        let handled = async {
-            self.store_and_embed(accepted).await;
-            debug!(messages = n, "batch handled");
-        };
-        tokio::select! {
-            () = handled.instrument(span) => {}
-            () = heartbeat => {}
-        }
+        self.settle_all(settled).await;
     }
 
-    /// Inserts the batch's rows. A row the database refuses (bad data) must not hold back the
-    /// others: the batch is then inserted row by row and only the refused rows are dead-lettered.
-    /// `None` when the batch was handed back for redelivery.
-    async fn insert(&self, accepted: Vec<Accepted>) -> Option<(Vec<Accepted>, HashMap<MessageId, Inserted>)> {
-        // Re-embeds after an edit only ever find a stored row: were the message deleted since,
-        // inserting would bring it back.
+    /// Settles every delivery as its fate says, counting each: the ingest loop's one decision.
+    async fn settle_all(&self, settled: Settled) {
+        futures::future::join_all(settled.into_iter().map(|(delivery, fate)| async move {
+            match fate {
+                Fate::Done(outcome) => {
+                    self.metrics.count(outcome, 1);
+                    settle(delivery, Disposition::Ack).await;
+                }
+                Fate::Retry(at_least) => {
+                    self.metrics.count(Outcome::Retried, 1);
+                    let delay = retry_delay(delivery.delivered).max(at_least.unwrap_or_default());
+                    settle(delivery, Disposition::Retry(Some(delay))).await;
+                }
+                Fate::DeadLetter(rejection) => {
+                    let reason = rejection.code;
+                    warn!(subject = %delivery.message.subject, code = reason, reason = %rejection.reason, "dead-lettering an event");
+                    // Counted once it is in the dead-letter stream: a failed publish means a redelivery.
+                    if settle(delivery, Disposition::Reject(rejection)).await {
+                        self.metrics.count(Outcome::Rejected, 1);
+                        self.metrics.dead_letters.get_or_create(&crate::metrics::ReasonLabels { reason }).inc();
+                    }
+                }
+            }
+        }))
+        .await;
+    }
+
+    /// Inserts the batch's rows and reads back the rows of re-embeds (which only ever find a
+    /// stored row: were the message deleted since, inserting would bring it back).
+    async fn insert(
+        &self,
+        accepted: Vec<Accepted>,
+        settled: &mut Settled,
+    ) -> Result<(Vec<Accepted>, HashMap<MessageId, Inserted>), Halted> {
         let (reembeds, accepted): (Vec<Accepted>, Vec<Accepted>) =
             accepted.into_iter().partition(|a| a.delivery.message.header(REEMBED_HEADER).is_some());
-        let Some((mut kept, mut stored)) = self.insert_new(accepted).await else {
-            // The new rows went back for redelivery: the re-embeds go with them.
-            futures::future::join_all(reembeds.into_iter().map(|a| {
-                let delay = retry_delay(a.delivery.delivered);
-                settle(a.delivery, Disposition::Retry(Some(delay)))
-            }))
-            .await;
-            return None;
+        let (mut kept, mut stored) = match self.insert_new(accepted, settled).await {
+            Ok(done) => done,
+            // The new rows go back for redelivery: the re-embeds go with them.
+            Err(mut halted) => {
+                halted.deliveries.extend(reembeds);
+                return Err(halted);
+            }
         };
         let mut reembeds = reembeds.into_iter();
         while let Some(a) = reembeds.next() {
@@ -258,20 +280,24 @@ impl IngestWorker {
                 }
                 Ok(_) => {
                     debug!(message_id = %a.message.message_id, "dropping the re-embed of a deleted message");
-                    self.metrics.count(Outcome::Dropped, 1);
-                    settle(a.delivery, Disposition::Ack).await;
+                    settled.push((a.delivery, Fate::Done(Outcome::Dropped)));
                 }
                 Err(e) => {
                     let rest = kept.into_iter().chain(std::iter::once(a)).chain(reembeds).collect();
-                    self.retry_all(rest, "reading an edited message", &e, None).await;
-                    return None;
+                    return Err(Halted::store(rest, "reading an edited message", e));
                 }
             }
         }
-        Some((kept, stored))
+        Ok((kept, stored))
     }
 
-    async fn insert_new(&self, accepted: Vec<Accepted>) -> Option<(Vec<Accepted>, HashMap<MessageId, Inserted>)> {
+    /// Inserts the new rows. A row the database refuses (bad data) must not hold back the
+    /// others: the batch is then inserted row by row and only the refused rows are dead-lettered.
+    async fn insert_new(
+        &self,
+        accepted: Vec<Accepted>,
+        settled: &mut Settled,
+    ) -> Result<(Vec<Accepted>, HashMap<MessageId, Inserted>), Halted> {
         let now = Utc::now();
         let row = |a: &Accepted| NewRow {
             message: a.message.clone(),
@@ -279,19 +305,16 @@ impl IngestWorker {
                 Some(kept) if !a.message.pinned && a.message.importance_override.is_none() => kept,
                 _ => common::domain::importance::score(&a.message, now, self.importance),
             },
-            origin: Some(Origin { sequence: a.delivery.stream_sequence, published_at: a.delivery.published_at }),
+            origin: Some(origin(&a.delivery)),
         };
         let rows: Vec<NewRow> = accepted.iter().map(row).collect();
         let by_id = |inserted: Vec<Inserted>| inserted.into_iter().map(|r| (r.row.id, r)).collect::<HashMap<_, _>>();
         match self.deps.store.insert_messages(&rows).await {
-            Ok(inserted) => return Some((accepted, by_id(inserted))),
-            Err(e) if e.is_data_error() && accepted.len() > 1 => {
+            Ok(inserted) => return Ok((accepted, by_id(inserted))),
+            Err(e) if e.is_data_error() => {
                 warn!(error = %e, "the database refused a row; inserting the batch row by row");
             }
-            Err(e) => {
-                self.retry_all(accepted, "storing messages", &e, None).await;
-                return None;
-            }
+            Err(e) => return Err(Halted::store(accepted, "storing messages", e)),
         }
         let mut kept = Vec::with_capacity(accepted.len());
         let mut stored = HashMap::with_capacity(accepted.len());
@@ -302,54 +325,41 @@ impl IngestWorker {
                     stored.extend(by_id(inserted));
                     kept.push(a);
                 }
-                Err(e) if e.is_data_error() => {
-                    let reason = format!(
-                        "the database refused the message: {}",
-                        std::error::Error::source(&e).map_or_else(|| e.to_string(), ToString::to_string)
-                    );
-                    self.reject(a.delivery, Rejection { code: "store_rejected", reason }).await;
-                }
+                Err(e) if e.is_data_error() => settled.push((a.delivery, IngestError::Refused(e).fate())),
                 Err(e) => {
                     let rest: Vec<Accepted> = kept.into_iter().chain(std::iter::once(a)).chain(pending).collect();
-                    self.retry_all(rest, "storing messages", &e, None).await;
-                    return None;
+                    return Err(Halted::store(rest, "storing messages", e));
                 }
             }
         }
-        Some((kept, stored))
+        Ok((kept, stored))
     }
 
-    async fn store_and_embed(&self, accepted: Vec<Accepted>) {
-        let Some((accepted, stored)) = self.insert(accepted).await else { return };
-        let Some(accepted) = self.drop_deleted(accepted, &stored).await else { return };
+    async fn store_and_embed(&self, accepted: Vec<Accepted>, settled: &mut Settled) -> Result<(), Halted> {
+        let (accepted, stored) = self.insert(accepted, settled).await?;
+        let accepted = self.drop_deleted(accepted, &stored, settled).await?;
 
         // An id already stored for another tenant (a client-chosen id colliding) is never valid.
         let mut ready = Vec::with_capacity(accepted.len());
         for a in accepted {
-            match stored.get(&a.message.message_id) {
+            let id = a.message.message_id;
+            match stored.get(&id) {
                 Some(inserted) if inserted.row.tenant_id == a.message.tenant_id => ready.push((a, inserted)),
-                Some(_) => {
-                    let rejection = Rejection {
-                        code: "id_conflict",
-                        reason: format!("message id {} is already used", a.message.message_id),
-                    };
-                    self.reject(a.delivery, rejection).await;
-                }
-                None => {
-                    // The insert committed, so the row must be there; redeliver rather than guess.
-                    warn!(message_id = %a.message.message_id, "stored row not found after insert; retrying");
-                    self.metrics.count(Outcome::Retried, 1);
-                    let delay = retry_delay(a.delivery.delivered);
-                    settle(a.delivery, Disposition::Retry(Some(delay))).await;
-                }
+                Some(_) => settled.push((a.delivery, IngestError::IdConflict(id).fate())),
+                // The insert committed, so the row must be there; redeliver rather than guess.
+                None => settled.push((a.delivery, IngestError::Vanished(id).fate())),
             }
         }
         if ready.is_empty() {
-            return;
+            return Ok(());
         }
+        let halt = |ready: Vec<(Accepted, &Inserted)>, error| Halted {
+            deliveries: ready.into_iter().map(|(a, _)| a).collect(),
+            error,
+        };
 
         // Events are at-least-once; their ids let the events stream drop a repeat within its window.
-        let stored = futures::future::try_join_all(ready.iter().map(|(_, Inserted { row, .. })| {
+        let published = futures::future::try_join_all(ready.iter().map(|(_, Inserted { row, .. })| {
             let event = MessageStored {
                 v: VERSION,
                 message_id: row.id,
@@ -361,9 +371,8 @@ impl IngestWorker {
             };
             write::publish(&self.deps, EventKind::Stored, row, serde_json::to_vec(&event).expect("events serialise"))
         }));
-        if let Err(e) = stored.await {
-            let accepted = ready.into_iter().map(|(a, _)| a).collect();
-            return self.retry_all(accepted, "publishing MessageStored", &e, None).await;
+        if let Err(source) = published.await {
+            return Err(halt(ready, IngestError::Bus { step: "publishing MessageStored", source }));
         }
 
         // Two events may carry the same message id (a re-publish after the duplicate window):
@@ -381,87 +390,62 @@ impl IngestWorker {
                     // Another space was activated: this embedder's provider is retired.
                     self.retired.store(true, Ordering::Relaxed);
                 }
-                let retry_after = match &e {
-                    WriteError::Provider(p) => p.retry_after(),
-                    WriteError::Store(_) => None,
-                };
-                let accepted = ready.into_iter().map(|(a, _)| a).collect();
-                return self.retry_all(accepted, "embedding", &e, retry_after).await;
+                return Err(halt(ready, IngestError::Embed(e)));
             }
         };
         let rows: Vec<&StoredMessage> = ready.iter().map(|(_, i)| &i.row).collect();
-        if let Err(e) = write::publish_outcomes(&self.deps, &self.space, &rows, &refused).await {
-            let accepted = ready.into_iter().map(|(a, _)| a).collect();
-            return self.retry_all(accepted, "publishing MessageEmbedded", &e, None).await;
+        if let Err(source) = write::publish_outcomes(&self.deps, &self.space, &rows, &refused).await {
+            return Err(halt(ready, IngestError::Bus { step: "publishing MessageEmbedded", source }));
         }
         self.metrics.count(Outcome::Failed, refused.len());
-
         let fresh = ready.iter().filter(|(_, i)| i.new).count();
-        self.metrics.count(Outcome::Stored, fresh);
-        self.metrics.count(Outcome::Duplicate, ready.len() - fresh);
         debug!(stored = fresh, duplicates = ready.len() - fresh, "batch committed");
-        // Ack only now: acking first loses the message if a commit fails, and a redelivery is
+        // Acked only now: acking first loses the message if a commit fails, and a redelivery is
         // harmless because every step above skips what is already done.
-        futures::future::join_all(ready.into_iter().map(|(a, _)| settle(a.delivery, Disposition::Ack))).await;
+        settled.extend(
+            ready
+                .into_iter()
+                .map(|(a, i)| (a.delivery, Fate::Done(if i.new { Outcome::Stored } else { Outcome::Duplicate }))),
+        );
+        Ok(())
     }
 
-    /// Acks, without storing, the events a tombstone stopped (their message, conversation or
-    /// tenant was deleted after they were accepted) and returns the rest. `None` when the batch
-    /// was handed back for redelivery.
+    /// Settles as dropped, without storing, the events a tombstone stopped (their message,
+    /// conversation or tenant was deleted after they were accepted) and returns the rest.
     async fn drop_deleted(
         &self,
         accepted: Vec<Accepted>,
         stored: &HashMap<MessageId, Inserted>,
-    ) -> Option<Vec<Accepted>> {
+        settled: &mut Settled,
+    ) -> Result<Vec<Accepted>, Halted> {
         let missing: Vec<NewRow> = accepted
             .iter()
             .filter(|a| !stored.contains_key(&a.message.message_id))
-            .map(|a| NewRow {
-                message: a.message.clone(),
-                importance: 0.0,
-                origin: Some(Origin { sequence: a.delivery.stream_sequence, published_at: a.delivery.published_at }),
-            })
+            .map(|a| NewRow { message: a.message.clone(), importance: 0.0, origin: Some(origin(&a.delivery)) })
             .collect();
         if missing.is_empty() {
-            return Some(accepted);
+            return Ok(accepted);
         }
         let dropped: HashSet<MessageId> = match self.deps.store.tombstoned(&missing).await {
             Ok(ids) => ids.into_iter().collect(),
-            Err(e) => {
-                self.retry_all(accepted, "checking tombstones", &e, None).await;
-                return None;
-            }
+            Err(e) => return Err(Halted::store(accepted, "checking tombstones", e)),
         };
         let mut kept = Vec::with_capacity(accepted.len());
         for a in accepted {
             if dropped.contains(&a.message.message_id) && !stored.contains_key(&a.message.message_id) {
                 debug!(message_id = %a.message.message_id, "dropping an event of deleted data");
-                self.metrics.count(Outcome::Dropped, 1);
-                settle(a.delivery, Disposition::Ack).await;
+                settled.push((a.delivery, Fate::Done(Outcome::Dropped)));
             } else {
                 kept.push(a);
             }
         }
-        Some(kept)
+        Ok(kept)
     }
+}
 
-    /// Hands the batch back for redelivery after its backoff, or after `at_least` when the
-    /// provider asked for more.
-    async fn retry_all(
-        &self,
-        accepted: Vec<Accepted>,
-        step: &str,
-        error: &(dyn std::error::Error + Send + Sync),
-        at_least: Option<Duration>,
-    ) {
-        warn!(step, error = %error, cause = ?error.source(), messages = accepted.len(), "batch failed; it will be redelivered");
-        self.metrics.count(Outcome::Retried, accepted.len());
-        futures::future::join_all(accepted.into_iter().map(|a| {
-            let delay = retry_delay(a.delivery.delivered).max(at_least.unwrap_or_default());
-            settle(a.delivery, Disposition::Retry(Some(delay)))
-        }))
-        .await;
-    }
+/// Where a delivery sits in the ingest stream.
+fn origin(delivery: &Delivery) -> Origin {
+    Origin { sequence: delivery.stream_sequence, published_at: delivery.published_at }
 }
 
 /// Settles a delivery; `false` if that failed (it will be redelivered).
@@ -474,70 +458,5 @@ async fn settle(delivery: Delivery, disposition: Disposition) -> bool {
             warn!(%subject, error = %e, "settling a delivery failed; it will be redelivered");
             false
         }
-    }
-}
-
-/// Reads and validates one ingest event with the gateway's own rules.
-fn parse(subjects: &Subjects, delivery: &Delivery) -> Result<(NewMessage, Option<f64>), Rejection> {
-    let m = &delivery.message;
-    let reject = |code: &'static str, reason: String| Rejection { code, reason };
-    let (tenant_token, id_token) = subjects
-        .parse_ingest(&m.subject)
-        .ok_or_else(|| reject("bad_subject", format!("`{}` is not <prefix>.v1.ingest.<tenant>[.<id>]", m.subject)))?;
-    let event: MessageReceived = serde_json::from_slice(&m.payload)
-        .map_err(|e| reject("malformed_json", format!("payload is not a valid MessageReceived: {e}")))?;
-    if event.v != VERSION {
-        return Err(reject(
-            "unsupported_version",
-            format!("payload version {} is not supported (expected {VERSION})", event.v),
-        ));
-    }
-    if let Some(i) = event.importance
-        && !(0.0..=1.0).contains(&i)
-    {
-        return Err(reject("invalid_message", format!("importance must be between 0 and 1, got {i}")));
-    }
-    let mut input = event.message;
-    if let Some(token) = id_token {
-        let subject_id = MessageId::parse(token)
-            .map_err(|_| reject("bad_subject", format!("`{token}` in the subject is not a UUID")))?;
-        match input.message_id.as_deref().map(MessageId::parse) {
-            Some(Ok(payload_id)) if payload_id != subject_id => {
-                return Err(reject("id_mismatch", format!("subject names message {subject_id}, payload {payload_id}")));
-            }
-            None => input.message_id = Some(subject_id.to_string()),
-            _ => {}
-        }
-    }
-    if input.message_id.is_none()
-        && let Some(header) = m.header("Nats-Msg-Id").filter(|h| MessageId::parse(h).is_ok())
-    {
-        input.message_id = Some(header.to_owned());
-    }
-    let stream_name = subjects.stream(StreamKind::Ingest);
-    let seed = format!("{stream_name}:{}", delivery.stream_sequence);
-    let message = input
-        .validate(delivery.published_at, || MessageId::derived(delivery.published_at, seed.as_bytes()))
-        .map_err(|e| reject("invalid_message", e.to_string()))?;
-    let subject_tenant = Subjects::tenant_of(tenant_token);
-    if message.tenant_id.as_str() != subject_tenant {
-        return Err(reject(
-            "tenant_mismatch",
-            format!("subject tenant `{subject_tenant}` differs from payload tenant `{}`", message.tenant_id),
-        ));
-    }
-    Ok((message, event.importance))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn retry_delays_double_up_to_a_minute() {
-        let delays: Vec<u64> = (1..=9).map(|n| retry_delay(n).as_secs()).collect();
-        assert_eq!(delays, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
-        // The default twenty deliveries ride out 14 minutes of outage before a dead letter.
-        assert!((1..20).map(|n| retry_delay(n).as_secs()).sum::<u64>() > 14 * 60);
     }
 }
