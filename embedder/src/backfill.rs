@@ -81,7 +81,7 @@ impl Backfill {
                 return Ok(Outcome::Stopped);
             }
             let rows = store.unembedded(&space, cursor, self.batch_size).await?;
-            let Some(last) = rows.last().map(|r| r.id) else {
+            let Some(last) = rows.last().map(|r| r.message_id) else {
                 if cursor.is_some() {
                     // The end of the id order; messages stored meanwhile may sit before the cursor.
                     cursor = None;
@@ -123,14 +123,14 @@ impl Backfill {
                 match answer {
                     Ok(vector) => {
                         vectors.push(NewVector {
-                            message_id: row.id,
+                            message_id: row.message_id,
                             tenant_id: row.tenant_id.clone(),
                             vector,
                             revision: row.revision,
                         });
                     }
                     Err(refused) => {
-                        failures.push(Failure { message_id: row.id, reason: refused.0, revision: row.revision })
+                        failures.push(Failure { message_id: row.message_id, reason: refused.0, revision: row.revision })
                     }
                 }
             }

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use common::config::QueryCacheConfig;
 use common::contract::SpaceRef;
+use common::contract::Subjects;
 use common::domain::TenantId;
 use lru::LruCache;
 use redis::AsyncCommands as _;
@@ -35,8 +36,8 @@ type Memory = Mutex<LruCache<[u8; 32], (Option<TenantId>, Arc<[f32]>)>>;
 pub(crate) struct QueryCache {
     memory: Option<Arc<Memory>>,
     redis: Option<Arc<Redis>>,
-    /// Namespaces the Redis keys (the subject prefix), so deployments sharing a Redis do not mix.
-    namespace: String,
+    /// Names the Redis keys (under the subject prefix, so deployments sharing a Redis do not mix).
+    subjects: Subjects,
     ttl: Duration,
     metrics: Metrics,
     /// Tenants erased lately, and when.
@@ -59,7 +60,7 @@ impl QueryCache {
     pub(crate) fn new(
         config: &QueryCacheConfig,
         redis_url: Option<&common::config::Secret>,
-        namespace: &str,
+        subjects: Subjects,
         metrics: Metrics,
     ) -> Self {
         let memory = NonZeroUsize::new(config.capacity).map(|n| Arc::new(Mutex::new(LruCache::new(n))));
@@ -72,7 +73,7 @@ impl QueryCache {
                 None
             }
         });
-        Self { memory, redis, namespace: namespace.to_owned(), ttl: config.ttl, metrics, erased: Arc::default() }
+        Self { memory, redis, subjects, ttl: config.ttl, metrics, erased: Arc::default() }
     }
 
     /// The cached vector of `tenant`'s `text` in `space`, if any.
@@ -187,7 +188,7 @@ impl QueryCache {
         for b in key {
             let _ = write!(hex, "{b:02x}");
         }
-        common::contract::query_cache_key(&self.namespace, tenant, &hex)
+        self.subjects.query_cache_key(tenant, &hex)
     }
 
     fn redis_failed(&self, what: &str, error: &dyn std::fmt::Display) {
@@ -231,7 +232,7 @@ mod tests {
     async fn an_erased_tenants_queries_are_dropped_and_not_cached_again_for_a_while() {
         let config = QueryCacheConfig { ttl: Duration::from_secs(60), capacity: 100 };
         let metrics = Metrics::register(&mut prometheus_client::registry::Registry::default());
-        let cache = QueryCache::new(&config, None, "ns", metrics);
+        let cache = QueryCache::new(&config, None, Subjects::new("ns"), metrics);
         let space = SpaceRef { provider: "local".into(), model: "m".into(), dimensions: 2 };
         let (acme, globex) = (TenantId::parse("acme").unwrap(), TenantId::parse("globex").unwrap());
         cache.put(&space, Some(&acme), "q", &[1.0, 0.0]).await;

@@ -117,7 +117,7 @@ impl Embedder {
         let cache = cache::QueryCache::new(
             &config.embedder.cache,
             config.redis_url.as_ref(),
-            deps.subjects.prefix(),
+            deps.subjects.clone(),
             metrics.clone(),
         );
         tracing::info!(space = space.id, provider = %space.reference.provider, model = %space.reference.model, dimensions = space.reference.dimensions, active = space.active, "embedder built");

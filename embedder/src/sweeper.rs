@@ -67,7 +67,7 @@ impl Sweeper {
             }
             if let Err(e) = self.embed(&space, &rows).await {
                 // Whatever these rows hold, let the next round try others first.
-                let ids: Vec<_> = rows.iter().map(|r| r.id).collect();
+                let ids: Vec<_> = rows.iter().map(|r| r.message_id).collect();
                 store.touch(&ids).await?;
                 return Err(e);
             }

@@ -40,15 +40,15 @@ pub(crate) async fn embed_rows(
     for (row, answer) in rows.iter().zip(answers) {
         match answer {
             Ok(vector) => vectors.push(NewVector {
-                message_id: row.id,
+                message_id: row.message_id,
                 tenant_id: row.tenant_id.clone(),
                 vector,
                 revision: row.revision,
             }),
             Err(refusal) => {
-                tracing::warn!(message_id = %row.id, reason = %refusal, "the provider refused a message; it is marked failed");
-                refused.insert(row.id, refusal.0.clone());
-                failures.push(Failure { message_id: row.id, reason: refusal.0, revision: row.revision });
+                tracing::warn!(message_id = %row.message_id, reason = %refusal, "the provider refused a message; it is marked failed");
+                refused.insert(row.message_id, refusal.0.clone());
+                failures.push(Failure { message_id: row.message_id, reason: refusal.0, revision: row.revision });
             }
         }
     }
@@ -66,12 +66,12 @@ pub(crate) async fn publish_outcomes(
     refused: &HashMap<MessageId, String>,
 ) -> Result<(), BusError> {
     let publishes = rows.iter().map(|row| {
-        let (kind, payload) = match refused.get(&row.id) {
+        let (kind, payload) = match refused.get(&row.message_id) {
             None => (
                 EventKind::Embedded,
                 serde_json::to_vec(&MessageEmbedded {
                     v: VERSION,
-                    message_id: row.id,
+                    message_id: row.message_id,
                     tenant_id: row.tenant_id.clone(),
                     space: space.reference.clone(),
                 }),
@@ -80,7 +80,7 @@ pub(crate) async fn publish_outcomes(
                 EventKind::EmbeddingFailed,
                 serde_json::to_vec(&MessageEmbeddingFailed {
                     v: VERSION,
-                    message_id: row.id,
+                    message_id: row.message_id,
                     tenant_id: row.tenant_id.clone(),
                     space: space.reference.clone(),
                     reason: reason.clone(),
@@ -99,6 +99,6 @@ pub(crate) async fn publish(
     row: &StoredMessage,
     payload: Vec<u8>,
 ) -> Result<(), BusError> {
-    let envelope = Envelope::new(deps.subjects.event(&row.tenant_id, kind, row.id), payload);
-    deps.bus.publish(envelope, Some(&format!("{}-{}", kind.as_str(), row.id))).await.map(|_| ())
+    let envelope = Envelope::new(deps.subjects.event(&row.tenant_id, kind, row.message_id), payload);
+    deps.bus.publish(envelope, Some(&format!("{}-{}", kind.as_str(), row.message_id))).await.map(|_| ())
 }

@@ -35,7 +35,7 @@ async fn main() -> anyhow::Result<()> {
         let limiter = Limiter::new(
             limits,
             url,
-            env.subjects.prefix(),
+            env.subjects.clone(),
             Arc::new(env.store.clone()),
             Metrics::register(&mut Registry::default()),
         );

@@ -121,7 +121,7 @@ impl Gateway {
         let limiter = limit::Limiter::new(
             config.rate_limit,
             config.redis_url.as_ref(),
-            deps.subjects.prefix(),
+            deps.subjects.clone(),
             deps.store.clone(),
             metrics.clone(),
         );

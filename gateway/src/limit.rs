@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use common::config::{RateLimit, RateLimitConfig, Secret};
+use common::contract::Subjects;
 use common::domain::TenantId;
 use common::store::Settings;
 use governor::clock::{Clock, DefaultClock};
@@ -100,7 +101,8 @@ struct Redis {
 
 pub struct Limiter {
     defaults: RateLimitConfig,
-    namespace: String,
+    /// Names the Redis keys.
+    subjects: Subjects,
     redis: Option<Redis>,
     script: redis::Script,
     memory: Mutex<HashMap<RateLimit, Arc<Memory>>>,
@@ -124,7 +126,7 @@ impl Limiter {
     pub fn new(
         defaults: RateLimitConfig,
         redis_url: Option<&Secret>,
-        namespace: &str,
+        subjects: Subjects,
         store: Arc<dyn Settings>,
         metrics: Metrics,
     ) -> Self {
@@ -138,7 +140,7 @@ impl Limiter {
         metrics.limiter_backend.set(i64::from(redis.is_some()));
         Self {
             defaults,
-            namespace: namespace.to_owned(),
+            subjects,
             redis,
             script: redis::Script::new(GCRA),
             memory: Mutex::new(HashMap::new()),
@@ -154,13 +156,13 @@ impl Limiter {
     pub async fn check(&self, client: &str, tenant: Option<&TenantId>, cost: u32) -> Decision {
         let mut charges = vec![Charge {
             scope: Scope::Client,
-            key: format!("{}:rate:client:{client}", self.namespace),
+            key: self.subjects.rate_limit_client(client),
             limit: self.defaults.client,
         }];
         if let Some(tenant) = tenant {
             charges.push(Charge {
                 scope: Scope::Tenant,
-                key: format!("{}:rate:tenant:{tenant}", self.namespace),
+                key: self.subjects.rate_limit_tenant(tenant),
                 limit: self.tenant_limit(tenant).await,
             });
         }

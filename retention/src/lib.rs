@@ -54,8 +54,8 @@ pub enum RetentionError {
     Config(#[from] ConfigError),
     #[error("the retention scheduler failed")]
     Scheduler(#[from] tokio_cron_scheduler::JobSchedulerError),
-    #[error("MEMORY_REDIS_URL is not usable: {0}")]
-    Redis(String),
+    #[error("MEMORY_REDIS_URL is not usable")]
+    Redis(#[source] redis::RedisError),
 }
 
 /// Runs retention; cheap to clone.
@@ -258,7 +258,7 @@ impl Retention {
         }
         let requests = futures::stream::select_all(streams).boxed();
         let redis = match &config.redis_url {
-            Some(url) => Some(redis::Client::open(url.expose()).map_err(|e| RetentionError::Redis(e.to_string()))?),
+            Some(url) => Some(redis::Client::open(url.expose()).map_err(RetentionError::Redis)?),
             None => None,
         };
         let metrics = Metrics::register(registry);
@@ -414,7 +414,7 @@ async fn archive_or_restore(runner: &Runner, request: Request, archive: bool) {
             match runner.deps.store.set_archived(r.message_id, r.tenant_id.as_ref(), archive, now).await {
                 Ok(message) => {
                     if let Some(m) = &message {
-                        let ids = [m.id];
+                        let ids = [m.message_id];
                         if archive {
                             events::archived(&runner.deps, &m.tenant_id, &ids, now).await;
                         } else {

@@ -20,7 +20,7 @@ use common::contract::{
     REEMBED_HEADER, RemoteError, RemoteErrorCode, Reply, RetentionPolicyReply, RetentionPolicyRequest, SettingSource,
     StreamKind, Subjects, UpdateMessagesRequest, UpdateMessagesResponse, VERSION,
 };
-use common::domain::{BATCH_MAX, MessageId, MessageInput, NewMessage, TenantId};
+use common::domain::{BATCH_MAX, MessageId, MessageInput, TenantId};
 use common::store::{Cutoff, Edited, StoreError, StoredMessage, Tombstone};
 use redis::AsyncCommands as _;
 use tracing::{info, warn};
@@ -130,9 +130,9 @@ impl Lifecycle {
         match archived {
             Some(true) => {
                 let at = message.archived_at.unwrap_or(now);
-                crate::events::archived(&self.deps, &message.tenant_id, &[message.id], at).await;
+                crate::events::archived(&self.deps, &message.tenant_id, &[message.message_id], at).await;
             }
-            Some(false) => crate::events::restored(&self.deps, &message.tenant_id, &[message.id]).await,
+            Some(false) => crate::events::restored(&self.deps, &message.tenant_id, &[message.message_id]).await,
             None => {}
         }
         if content_changed {
@@ -140,7 +140,7 @@ impl Lifecycle {
         }
         let event = MessageUpdated {
             v: VERSION,
-            message_id: message.id,
+            message_id: message.message_id,
             tenant_id: message.tenant_id.clone(),
             revision: message.revision,
             content_changed,
@@ -152,32 +152,19 @@ impl Lifecycle {
     /// Queues an edited message for embedding through the ingest stream: the embedder finds it
     /// stored and `pending` at its new revision. If the publish fails, the sweeper embeds it later.
     async fn reembed(&self, m: &StoredMessage) {
-        let message = NewMessage {
-            message_id: m.id,
-            tenant_id: m.tenant_id.clone(),
-            conversation_id: m.conversation_id.clone(),
-            role: m.role,
-            name: m.name.clone(),
-            content: m.content.clone(),
-            metadata: m.metadata.clone(),
-            importance_override: m.importance_override,
-            pinned: m.pinned,
-            created_at: m.created_at,
-            archived_at: m.archived_at,
-        };
         let payload = serde_json::to_vec(&MessageReceived {
             v: VERSION,
-            message: MessageInput::from(&message),
+            message: MessageInput::from(&m.message),
             importance: None,
         })
         .expect("events serialise");
-        let envelope = Envelope::new(self.deps.subjects.ingest(&m.tenant_id, m.id), payload)
+        let envelope = Envelope::new(self.deps.subjects.ingest(&m.tenant_id, m.message_id), payload)
             .with_header(REEMBED_HEADER, m.revision.to_string());
         // A duplicate id of its own: a message deleted, sent again and edited within the
         // stream's duplicate window must not have its re-embed taken for the old one's.
-        let dedup = format!("{}.r{}.{}", m.id, m.revision, MessageId::new());
+        let dedup = format!("{}.r{}.{}", m.message_id, m.revision, MessageId::new());
         if let Err(e) = self.deps.bus.publish(envelope, Some(&dedup)).await {
-            warn!(error = %e, message_id = %m.id, "queueing an edited message for embedding failed; the sweeper will embed it");
+            warn!(error = %e, message_id = %m.message_id, "queueing an edited message for embedding failed; the sweeper will embed it");
         }
     }
 
@@ -208,7 +195,7 @@ impl Lifecycle {
         for &id in &unique {
             let stored = self.deps.store.get_message(id).await.map_err(|e| unavailable("reading a message", &e))?;
             let owner = match stored {
-                Some(m) if tenant.is_none_or(|t| *t == m.tenant_id) => Some(m.tenant_id),
+                Some(m) if tenant.is_none_or(|t| *t == m.tenant_id) => Some(m.message.tenant_id),
                 Some(_) => None,
                 None => match self.queued(tenant, id).await? {
                     Some(owner) => Some(owner),
@@ -219,7 +206,7 @@ impl Lifecycle {
                         .get_message(id)
                         .await
                         .map_err(|e| unavailable("reading a message", &e))?
-                        .map(|m| m.tenant_id)
+                        .map(|m| m.message.tenant_id)
                         .filter(|owner| tenant.is_none_or(|t| t == owner)),
                 },
             };
@@ -372,7 +359,7 @@ impl Lifecycle {
             .await
             .map_err(|e| unavailable("telling embedders to purge their caches", &e))?;
         if let Some(client) = &self.redis {
-            let pattern = common::contract::query_cache_pattern(self.deps.subjects.prefix(), tenant);
+            let pattern = self.deps.subjects.query_cache_pattern(tenant);
             let purge = async {
                 let mut connection = client.get_multiplexed_async_connection().await?;
                 let keys: Vec<String> = {

@@ -212,7 +212,7 @@ impl Handler {
         // Messages found only by their words get their similarity too, when they have a vector.
         if let Some((space, query)) = &space_and_query {
             let missing: Vec<MessageId> =
-                candidates.iter().filter(|c| c.similarity.is_none()).map(|c| c.message.id).collect();
+                candidates.iter().filter(|c| c.similarity.is_none()).map(|c| c.message.message_id).collect();
             let found = self
                 .deps
                 .store
@@ -221,7 +221,7 @@ impl Handler {
                 .map_err(|e| unavailable("reading similarities", &e))?;
             let found: std::collections::HashMap<MessageId, f64> = found.into_iter().collect();
             for c in candidates.iter_mut().filter(|c| c.similarity.is_none()) {
-                c.similarity = found.get(&c.message.id).copied();
+                c.similarity = found.get(&c.message.message_id).copied();
             }
         }
         let items = rank::rank(candidates, mode, &ranking, request.top_k as usize, Utc::now(), request.explain);

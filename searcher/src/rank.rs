@@ -35,7 +35,7 @@ pub fn merge(vector: Vec<VectorHit>, lexical: Vec<LexicalHit>) -> Vec<Candidate>
     let mut by_id: HashMap<MessageId, usize> = HashMap::new();
     let mut out: Vec<Candidate> = Vec::with_capacity(vector.len() + lexical.len());
     for (i, hit) in vector.into_iter().enumerate() {
-        by_id.insert(hit.message.id, out.len());
+        by_id.insert(hit.message.message_id, out.len());
         out.push(Candidate {
             message: hit.message,
             similarity: Some(hit.similarity),
@@ -46,13 +46,13 @@ pub fn merge(vector: Vec<VectorHit>, lexical: Vec<LexicalHit>) -> Vec<Candidate>
     }
     for (i, hit) in lexical.into_iter().enumerate() {
         let rank = Some(i as u32 + 1);
-        match by_id.get(&hit.message.id) {
+        match by_id.get(&hit.message.message_id) {
             Some(&at) => {
                 out[at].lexical_rank = rank;
                 out[at].lexical_score = Some(hit.rank);
             }
             None => {
-                by_id.insert(hit.message.id, out.len());
+                by_id.insert(hit.message.message_id, out.len());
                 out.push(Candidate {
                     message: hit.message,
                     similarity: None,
@@ -105,15 +105,15 @@ pub fn rank(
                 SearchMode::Vector => c.similarity.unwrap_or(0.0),
                 SearchMode::Lexical | SearchMode::Hybrid => 1.0 - position as f64 / n,
             };
-            let m = c.message;
+            let (importance, m) = (c.message.importance, c.message.message);
             let decay = decay(m.created_at, now, ranking.decay_days);
-            let score = w_rel * relevance + w_imp * m.importance + w_rec * decay;
+            let score = w_rel * relevance + w_imp * importance + w_rec * decay;
             SearchHit {
-                message_id: m.id,
+                message_id: m.message_id,
                 score,
                 similarity: c.similarity,
                 decay,
-                importance: m.importance,
+                importance,
                 content: m.content,
                 role: m.role,
                 name: m.name,
@@ -128,7 +128,7 @@ pub fn rank(
                     lexical_score: c.lexical_score,
                     fused,
                     relevance,
-                    importance: m.importance,
+                    importance,
                     decay,
                     score,
                     ranking: normalised,
@@ -145,25 +145,28 @@ pub fn rank(
 mod tests {
     use super::*;
     use chrono::Duration;
-    use common::domain::{ConversationId, MessageStatus, Role, TenantId};
+    use common::domain::{ConversationId, MessageStatus, NewMessage, Role, TenantId};
 
     fn message(content: &str, importance: f64, age: Duration, now: DateTime<Utc>) -> StoredMessage {
-        StoredMessage {
-            id: MessageId::new(),
+        let message = NewMessage {
+            message_id: MessageId::new(),
             tenant_id: TenantId::parse("t").unwrap(),
             conversation_id: ConversationId::parse("c").unwrap(),
             role: Role::User,
             name: None,
             content: content.into(),
             metadata: Default::default(),
-            importance,
             importance_override: None,
             pinned: false,
+            created_at: now - age,
+            archived_at: None,
+        };
+        StoredMessage {
+            message,
+            importance,
             status: MessageStatus::Embedded,
             failure_reason: None,
-            created_at: now - age,
             stored_at: now - age,
-            archived_at: None,
             revision: 0,
         }
     }
@@ -188,14 +191,14 @@ mod tests {
         let lexical = vec![LexicalHit { message: c.clone(), rank: 0.3 }, LexicalHit { message: a.clone(), rank: 0.1 }];
         let merged = merge(vector, lexical);
         assert_eq!(merged.len(), 3);
-        let get = |id| merged.iter().find(|m| m.message.id == id).unwrap();
+        let get = |id| merged.iter().find(|m| m.message.message_id == id).unwrap();
         // a: vector 1, lexical 2 → 1/61 + 1/62.
-        assert_eq!((get(a.id).vector_rank, get(a.id).lexical_rank), (Some(1), Some(2)));
-        assert!((fused(get(a.id), 60.0) - (1.0 / 61.0 + 1.0 / 62.0)).abs() < 1e-15);
+        assert_eq!((get(a.message_id).vector_rank, get(a.message_id).lexical_rank), (Some(1), Some(2)));
+        assert!((fused(get(a.message_id), 60.0) - (1.0 / 61.0 + 1.0 / 62.0)).abs() < 1e-15);
         // b: vector 2 only; c: lexical 1 only, and no similarity known.
-        assert!((fused(get(b.id), 60.0) - 1.0 / 62.0).abs() < 1e-15);
-        assert_eq!(get(c.id).similarity, None);
-        assert!((fused(get(c.id), 60.0) - 1.0 / 61.0).abs() < 1e-15);
+        assert!((fused(get(b.message_id), 60.0) - 1.0 / 62.0).abs() < 1e-15);
+        assert_eq!(get(c.message_id).similarity, None);
+        assert!((fused(get(c.message_id), 60.0) - 1.0 / 61.0).abs() < 1e-15);
     }
 
     #[test]
@@ -210,7 +213,7 @@ mod tests {
         let hits = rank(merged, SearchMode::Hybrid, &Ranking::default(), 10, now, true);
         // a: first in both lists, fused 1/61 + 1/61, first of 2 → relevance 1;
         // 0.6·1 + 0.3·0.54 + 0.1·1 = 0.862.
-        assert_eq!(hits[0].message_id, a.id);
+        assert_eq!(hits[0].message_id, a.message_id);
         assert!((hits[0].score - 0.862).abs() < 1e-9, "{}", hits[0].score);
         let explain = hits[0].explain.as_ref().unwrap();
         assert!((explain.fused - 2.0 / 61.0).abs() < 1e-15);
@@ -262,7 +265,7 @@ mod tests {
             false,
         );
         assert_eq!(hits.len(), 1);
-        assert_eq!(hits[0].message_id, high.id);
+        assert_eq!(hits[0].message_id, high.message_id);
         assert!((hits[0].score - 0.9).abs() < 1e-12);
     }
 }

@@ -406,25 +406,31 @@ pub struct MessageView {
 }
 
 impl MessageView {
-    /// The view of a message that is accepted but not yet stored.
-    pub fn queued(m: &NewMessage) -> Self {
+    /// The view of an accepted message in `status`: every field it was accepted with, and none
+    /// of what storing adds (the one place a message's fields are copied into a view).
+    pub fn accepted(m: NewMessage, status: MessageStatus) -> Self {
         Self {
             id: m.message_id,
-            tenant_id: m.tenant_id.clone(),
-            conversation_id: m.conversation_id.clone(),
+            tenant_id: m.tenant_id,
+            conversation_id: m.conversation_id,
             role: m.role,
-            name: m.name.clone(),
-            content: m.content.clone(),
-            metadata: m.metadata.clone(),
+            name: m.name,
+            content: m.content,
+            metadata: m.metadata,
             importance: None,
             importance_override: m.importance_override,
             pinned: m.pinned,
-            status: MessageStatus::Queued,
+            status,
             failure_reason: None,
             created_at: m.created_at,
             stored_at: None,
             archived_at: m.archived_at,
         }
+    }
+
+    /// The view of a message that is accepted but not yet stored.
+    pub fn queued(m: &NewMessage) -> Self {
+        Self::accepted(m.clone(), MessageStatus::Queued)
     }
 }
 

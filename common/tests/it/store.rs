@@ -43,7 +43,7 @@ async fn inserts_are_idempotent_and_say_which_rows_are_new() -> anyhow::Result<(
     let again = env.store.insert_messages(&[a.clone(), b.clone(), b.clone()]).await?;
     assert_eq!(again.len(), 2);
     for inserted in &again {
-        assert_eq!(inserted.new, inserted.row.id == b.message.message_id, "{inserted:?}");
+        assert_eq!(inserted.new, inserted.row.message_id == b.message.message_id, "{inserted:?}");
     }
     let stored = env.store.get_message(a.message.message_id).await?.unwrap();
     assert_eq!(stored.content, "first");
@@ -137,12 +137,12 @@ async fn activation_takes_over_statuses_and_retires_the_old_space() -> anyhow::R
     let refusal = common::store::Failure { message_id: ids[2], reason: "refused".into(), revision: 0 };
     env.store.save_backfill(&new, &[vector(ids[0]), vector(ids[1])], &[refusal], ids[2]).await?;
     assert_eq!(env.store.coverage(&new).await?, common::store::Coverage { messages: 4, missing: 1 });
-    assert_eq!(env.store.unembedded(&new, None, 10).await?.iter().map(|m| m.id).collect::<Vec<_>>(), [ids[3]]);
+    assert_eq!(env.store.unembedded(&new, None, 10).await?.iter().map(|m| m.message_id).collect::<Vec<_>>(), [ids[3]]);
     assert!(env.store.activate_space(&new, 0).await?.is_none(), "one missing, none allowed: not activated");
     assert!(env.store.active_space().await?.unwrap().id == old.id);
 
     let leftovers = env.store.activate_space(&new, 1).await?.expect("activated");
-    assert_eq!(leftovers.iter().map(|m| m.id).collect::<Vec<_>>(), [ids[3]]);
+    assert_eq!(leftovers.iter().map(|m| m.message_id).collect::<Vec<_>>(), [ids[3]]);
     let store = &env.store;
     let status = |id| async move { store.get_message(id).await.map(|m| m.unwrap().status) };
     assert_eq!(status(ids[0]).await?, MessageStatus::Embedded);
@@ -200,7 +200,7 @@ async fn tombstones_stop_only_the_events_accepted_before_the_delete() -> anyhow:
     let direct = row("acme", "a direct write");
     let rows = [old.clone(), newer.clone(), recreated.clone(), other.clone(), direct.clone()];
     let stored = env.store.insert_messages(&rows).await?;
-    let ids: std::collections::HashSet<MessageId> = stored.iter().map(|i| i.row.id).collect();
+    let ids: std::collections::HashSet<MessageId> = stored.iter().map(|i| i.row.message_id).collect();
     assert!(!ids.contains(&old.message.message_id));
     for kept in [&newer, &recreated, &other, &direct] {
         assert!(ids.contains(&kept.message.message_id), "{} was dropped", kept.message.content);

@@ -275,7 +275,7 @@ impl IngestWorker {
         while let Some(a) = reembeds.next() {
             match self.deps.store.get_message(a.message.message_id).await {
                 Ok(Some(row)) if row.tenant_id == a.message.tenant_id => {
-                    stored.insert(row.id, Inserted { row, new: false });
+                    stored.insert(row.message_id, Inserted { row, new: false });
                     kept.push(a);
                 }
                 Ok(_) => {
@@ -308,7 +308,8 @@ impl IngestWorker {
             origin: Some(origin(&a.delivery)),
         };
         let rows: Vec<NewRow> = accepted.iter().map(row).collect();
-        let by_id = |inserted: Vec<Inserted>| inserted.into_iter().map(|r| (r.row.id, r)).collect::<HashMap<_, _>>();
+        let by_id =
+            |inserted: Vec<Inserted>| inserted.into_iter().map(|r| (r.row.message_id, r)).collect::<HashMap<_, _>>();
         match self.deps.store.insert_messages(&rows).await {
             Ok(inserted) => return Ok((accepted, by_id(inserted))),
             Err(e) if e.is_data_error() => {
@@ -362,7 +363,7 @@ impl IngestWorker {
         let published = futures::future::try_join_all(ready.iter().map(|(_, Inserted { row, .. })| {
             let event = MessageStored {
                 v: VERSION,
-                message_id: row.id,
+                message_id: row.message_id,
                 tenant_id: row.tenant_id.clone(),
                 conversation_id: row.conversation_id.clone(),
                 role: row.role,
@@ -381,7 +382,7 @@ impl IngestWorker {
         let to_embed: Vec<&StoredMessage> = ready
             .iter()
             .map(|(_, i)| &i.row)
-            .filter(|row| row.status != MessageStatus::Embedded && seen.insert(row.id))
+            .filter(|row| row.status != MessageStatus::Embedded && seen.insert(row.message_id))
             .collect();
         let refused = match write::embed_rows(&self.deps, &self.embeddings, &self.space, &to_embed).await {
             Ok(refused) => refused,

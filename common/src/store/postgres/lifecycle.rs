@@ -189,7 +189,7 @@ impl Edits for PgStore {
         ))
         .bind(id.0)
         .bind(update.content.as_deref().unwrap_or(&old.content))
-        .bind(Json(Value::Object(update.metadata.clone().unwrap_or(old.metadata))))
+        .bind(Json(Value::Object(update.metadata.clone().unwrap_or_else(|| old.metadata.clone()))))
         .bind(importance_override)
         .bind(pinned)
         .bind(importance)

@@ -7,7 +7,7 @@ use sqlx::types::Json;
 use uuid::Uuid;
 
 use crate::contract::SpaceRef;
-use crate::domain::{ApiKey, ConversationId, MessageId, MessageStatus, Role, Scope, Tenant, TenantId};
+use crate::domain::{ApiKey, ConversationId, MessageId, MessageStatus, NewMessage, Role, Scope, Tenant, TenantId};
 use crate::store::{NewRow, Space, StoreError, StoredMessage};
 
 /// New rows as one array per column, for `UNNEST`.
@@ -73,23 +73,26 @@ impl TryFrom<MessageRow> for StoredMessage {
     type Error = StoreError;
     fn try_from(r: MessageRow) -> Result<Self, StoreError> {
         let corrupt = |what: &str| StoreError::Corrupt(format!("message {}: {what}", r.id));
-        Ok(StoredMessage {
-            id: MessageId(r.id),
+        let message = NewMessage {
+            message_id: MessageId(r.id),
             tenant_id: TenantId::parse(r.tenant_id.clone()).map_err(|_| corrupt("tenant_id"))?,
             conversation_id: ConversationId::parse(r.conversation_id.clone())
                 .map_err(|_| corrupt("conversation_id"))?,
             role: Role::parse(&r.role).ok_or_else(|| corrupt("role"))?,
-            status: MessageStatus::parse(&r.status).ok_or_else(|| corrupt("status"))?,
             name: r.name,
             content: r.content,
             metadata: r.metadata.0,
-            importance: r.importance,
             importance_override: r.importance_override,
             pinned: r.pinned,
-            failure_reason: r.failure_reason,
             created_at: r.created_at,
-            stored_at: r.stored_at,
             archived_at: r.archived_at,
+        };
+        Ok(StoredMessage {
+            message,
+            importance: r.importance,
+            status: MessageStatus::parse(&r.status).ok_or_else(|| corrupt("status"))?,
+            failure_reason: r.failure_reason,
+            stored_at: r.stored_at,
             revision: r.revision,
         })
     }
