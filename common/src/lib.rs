@@ -6,6 +6,7 @@ pub mod config;
 pub mod contract;
 pub mod deps;
 pub mod domain;
+pub mod metrics;
 pub mod ops;
 pub mod shutdown;
 pub mod store;

@@ -2,12 +2,13 @@
 
 use std::fmt::Write as _;
 
+use common::metrics::{registered, seconds};
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::registry::{Registry, Unit};
+use prometheus_client::registry::Registry;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Outcome {
@@ -183,73 +184,88 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn register(registry: &mut Registry) -> Self {
-        let m = Self {
-            messages: Family::default(),
-            batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 11)),
-            batch_duration: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
-            query_requests: Counter::default(),
-            embeddings: Family::default(),
-            provider_batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 11)),
-            provider_duration: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.001, 2.0, 16))),
-            breaker_state: Gauge::default(),
-            query_cache: Family::default(),
-            query_cache_errors: Counter::default(),
-            backlog: Family::default(),
-            swept: Counter::default(),
-            backfilled: Counter::default(),
-            backfill_remaining: Gauge::default(),
-            redeliveries: Counter::default(),
-            dead_letters: Family::default(),
-            consumer_pending: Family::default(),
-            consumer_ack_pending: Family::default(),
-            consumer_redelivered: Family::default(),
-        };
         let r = registry.sub_registry_with_prefix("embedder");
-        r.register("messages", "Messages handled, by outcome", m.messages.clone());
-        r.register("batch_size", "Messages per batch", m.batch_size.clone());
-        r.register_with_unit("batch_duration", "Time to handle one batch", Unit::Seconds, m.batch_duration.clone());
-        r.register("query_requests", "Query embedding requests served", m.query_requests.clone());
-        r.register("embeddings", "Texts sent to the embedding provider, by outcome", m.embeddings.clone());
-        r.register("provider_batch_size", "Texts per provider call", m.provider_batch_size.clone());
-        r.register_with_unit(
-            "provider_duration",
-            "Time of one provider call, retries included",
-            Unit::Seconds,
-            m.provider_duration.clone(),
-        );
-        r.register("breaker_state", "Provider circuit: 0 closed, 1 open, 2 half-open", m.breaker_state.clone());
-        r.register("query_cache", "Query vectors by where they came from", m.query_cache.clone());
-        r.register(
-            "query_cache_errors",
-            "Query-cache operations that failed (served as misses)",
-            m.query_cache_errors.clone(),
-        );
-        r.register("backlog_messages", "Messages waiting to be embedded", m.backlog.clone());
-        r.register("swept_messages", "Messages re-embedded by the sweeper", m.swept.clone());
-        r.register("backfilled_messages", "Messages embedded into a new space by backfills", m.backfilled.clone());
-        r.register(
-            "backfill_remaining_messages",
-            "Messages a running backfill still has to embed",
-            m.backfill_remaining.clone(),
-        );
-        r.register("redeliveries", "Deliveries of messages delivered before", m.redeliveries.clone());
-        r.register("dead_letters", "Events dead-lettered, by reason", m.dead_letters.clone());
-        r.register(
-            "consumer_pending_messages",
-            "Messages the ingest consumer has not delivered yet",
-            m.consumer_pending.clone(),
-        );
-        r.register(
-            "consumer_ack_pending_messages",
-            "Messages delivered by the ingest consumer, not yet acknowledged",
-            m.consumer_ack_pending.clone(),
-        );
-        r.register(
-            "consumer_redelivered_messages",
-            "Messages redelivered by the ingest consumer, not yet acknowledged",
-            m.consumer_redelivered.clone(),
-        );
-        m
+        Self {
+            messages: registered(r, "messages", "Messages handled, by outcome", Family::default()),
+            batch_size: registered(
+                r,
+                "batch_size",
+                "Messages per batch",
+                Histogram::new(exponential_buckets(1.0, 2.0, 11)),
+            ),
+            batch_duration: seconds(
+                r,
+                "batch_duration",
+                "Time to handle one batch",
+                Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+            ),
+            query_requests: registered(r, "query_requests", "Query embedding requests served", Counter::default()),
+            embeddings: registered(
+                r,
+                "embeddings",
+                "Texts sent to the embedding provider, by outcome",
+                Family::default(),
+            ),
+            provider_batch_size: registered(
+                r,
+                "provider_batch_size",
+                "Texts per provider call",
+                Histogram::new(exponential_buckets(1.0, 2.0, 11)),
+            ),
+            provider_duration: seconds(
+                r,
+                "provider_duration",
+                "Time of one provider call, retries included",
+                Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.001, 2.0, 16))),
+            ),
+            breaker_state: registered(
+                r,
+                "breaker_state",
+                "Provider circuit: 0 closed, 1 open, 2 half-open",
+                Gauge::default(),
+            ),
+            query_cache: registered(r, "query_cache", "Query vectors by where they came from", Family::default()),
+            query_cache_errors: registered(
+                r,
+                "query_cache_errors",
+                "Query-cache operations that failed (served as misses)",
+                Counter::default(),
+            ),
+            backlog: registered(r, "backlog_messages", "Messages waiting to be embedded", Family::default()),
+            swept: registered(r, "swept_messages", "Messages re-embedded by the sweeper", Counter::default()),
+            backfilled: registered(
+                r,
+                "backfilled_messages",
+                "Messages embedded into a new space by backfills",
+                Counter::default(),
+            ),
+            backfill_remaining: registered(
+                r,
+                "backfill_remaining_messages",
+                "Messages a running backfill still has to embed",
+                Gauge::default(),
+            ),
+            redeliveries: registered(r, "redeliveries", "Deliveries of messages delivered before", Counter::default()),
+            dead_letters: registered(r, "dead_letters", "Events dead-lettered, by reason", Family::default()),
+            consumer_pending: registered(
+                r,
+                "consumer_pending_messages",
+                "Messages the ingest consumer has not delivered yet",
+                Family::default(),
+            ),
+            consumer_ack_pending: registered(
+                r,
+                "consumer_ack_pending_messages",
+                "Messages delivered by the ingest consumer, not yet acknowledged",
+                Family::default(),
+            ),
+            consumer_redelivered: registered(
+                r,
+                "consumer_redelivered_messages",
+                "Messages redelivered by the ingest consumer, not yet acknowledged",
+                Family::default(),
+            ),
+        }
     }
 
     pub fn count(&self, outcome: Outcome, n: usize) {

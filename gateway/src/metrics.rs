@@ -6,12 +6,13 @@ use std::time::Instant;
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
+use common::metrics::{registered, seconds};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::registry::{Registry, Unit};
+use prometheus_client::registry::Registry;
 
 use crate::state::AppState;
 
@@ -62,37 +63,36 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn register(registry: &mut Registry) -> Self {
-        let m = Self {
-            accepted: Counter::default(),
-            decisions: Family::default(),
-            rate_limited: Family::default(),
-            limiter_backend: Gauge::default(),
-            limiter_fallbacks: Counter::default(),
-            requests: Family::default(),
-            duration: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.0005, 2.0, 16))),
-        };
         let r = registry.sub_registry_with_prefix("gateway");
-        r.register("http_requests", "HTTP requests answered, by method, route and status", m.requests.clone());
-        r.register("accepted_messages", "Messages the ingest stream accepted", m.accepted.clone());
-        r.register("rate_limit_decisions", "Rate-limit checks, by outcome", m.decisions.clone());
-        r.register("rate_limited", "Requests refused by a rate limit", m.rate_limited.clone());
-        r.register(
-            "rate_limiter_redis",
-            "1 while rate limits are kept in Redis, 0 in process",
-            m.limiter_backend.clone(),
-        );
-        r.register(
-            "rate_limiter_fallbacks",
-            "Times Redis failed and the in-process limiter answered",
-            m.limiter_fallbacks.clone(),
-        );
-        r.register_with_unit(
-            "http_request_duration",
-            "Time to answer an HTTP request",
-            Unit::Seconds,
-            m.duration.clone(),
-        );
-        m
+        Self {
+            accepted: registered(r, "accepted_messages", "Messages the ingest stream accepted", Counter::default()),
+            decisions: registered(r, "rate_limit_decisions", "Rate-limit checks, by outcome", Family::default()),
+            rate_limited: registered(r, "rate_limited", "Requests refused by a rate limit", Family::default()),
+            limiter_backend: registered(
+                r,
+                "rate_limiter_redis",
+                "1 while rate limits are kept in Redis, 0 in process",
+                Gauge::default(),
+            ),
+            limiter_fallbacks: registered(
+                r,
+                "rate_limiter_fallbacks",
+                "Times Redis failed and the in-process limiter answered",
+                Counter::default(),
+            ),
+            requests: registered(
+                r,
+                "http_requests",
+                "HTTP requests answered, by method, route and status",
+                Family::default(),
+            ),
+            duration: seconds(
+                r,
+                "http_request_duration",
+                "Time to answer an HTTP request",
+                Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.0005, 2.0, 16))),
+            ),
+        }
     }
 }
 

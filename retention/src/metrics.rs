@@ -2,12 +2,13 @@
 
 use std::time::Duration;
 
+use common::metrics::{registered, seconds};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::registry::{Registry, Unit};
+use prometheus_client::registry::Registry;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct CommandLabels {
@@ -44,43 +45,33 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn register(registry: &mut Registry) -> Self {
-        let m = Self {
-            commands: Family::default(),
-            delete_lock: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
-            runs: Counter::default(),
-            duration: Histogram::new(exponential_buckets(0.001, 2.0, 20)),
-            archived: Counter::default(),
-            deleted: Counter::default(),
-            busy: Counter::default(),
-            last_run: Gauge::default(),
-            schedule_interval: Gauge::default(),
-        };
         let r = registry.sub_registry_with_prefix("retention");
-        r.register("runs", "Tenant retention runs done", m.runs.clone());
-        r.register_with_unit("run_duration", "Time of one tenant's retention run", Unit::Seconds, m.duration.clone());
-        r.register("archived_messages", "Messages archived by retention", m.archived.clone());
-        r.register("deleted_messages", "Messages deleted by retention", m.deleted.clone());
-        r.register("busy", "Tenant runs skipped: another run held the tenant", m.busy.clone());
-        r.register_with_unit(
-            "last_run_timestamp",
-            "When this process last finished a scheduled run (its start until then)",
-            Unit::Seconds,
-            m.last_run.clone(),
-        );
-        r.register_with_unit(
-            "schedule_interval",
-            "Longest gap between scheduled runs",
-            Unit::Seconds,
-            m.schedule_interval.clone(),
-        );
-        r.register("commands", "Lifecycle commands answered, by outcome", m.commands.clone());
-        r.register_with_unit(
-            "delete_lock",
-            "Time to take a tenant's write lock and write a tombstone",
-            Unit::Seconds,
-            m.delete_lock.clone(),
-        );
-        m
+        Self {
+            commands: registered(r, "commands", "Lifecycle commands answered, by outcome", Family::default()),
+            delete_lock: seconds(
+                r,
+                "delete_lock",
+                "Time to take a tenant's write lock and write a tombstone",
+                Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            ),
+            runs: registered(r, "runs", "Tenant retention runs done", Counter::default()),
+            duration: seconds(
+                r,
+                "run_duration",
+                "Time of one tenant's retention run",
+                Histogram::new(exponential_buckets(0.001, 2.0, 20)),
+            ),
+            archived: registered(r, "archived_messages", "Messages archived by retention", Counter::default()),
+            deleted: registered(r, "deleted_messages", "Messages deleted by retention", Counter::default()),
+            busy: registered(r, "busy", "Tenant runs skipped: another run held the tenant", Counter::default()),
+            last_run: seconds(
+                r,
+                "last_run_timestamp",
+                "When this process last finished a scheduled run (its start until then)",
+                Gauge::default(),
+            ),
+            schedule_interval: seconds(r, "schedule_interval", "Longest gap between scheduled runs", Gauge::default()),
+        }
     }
 
     pub(crate) fn record(&self, archived: u64, deleted: u64, took: Duration) {

@@ -3,11 +3,12 @@
 use std::fmt::Write as _;
 
 use common::domain::SearchMode;
+use common::metrics::{registered, seconds};
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::registry::{Registry, Unit};
+use prometheus_client::registry::Registry;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Endpoint {
@@ -74,27 +75,28 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn register(registry: &mut Registry) -> Self {
-        let m = Self {
-            search_duration: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.0005, 2.0, 16))),
-            requests: Family::default(),
-            duration: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.0005, 2.0, 16))),
-            degraded: Counter::default(),
-        };
         let r = registry.sub_registry_with_prefix("searcher");
-        r.register("requests", "Requests answered, by endpoint and outcome", m.requests.clone());
-        r.register_with_unit("request_duration", "Time to answer a request", Unit::Seconds, m.duration.clone());
-        r.register_with_unit(
-            "search_duration",
-            "Time to answer a search that succeeded, by mode",
-            Unit::Seconds,
-            m.search_duration.clone(),
-        );
-        r.register(
-            "degraded_searches",
-            "Hybrid searches answered by full-text search alone (query vectors unavailable)",
-            m.degraded.clone(),
-        );
-        m
+        Self {
+            search_duration: seconds(
+                r,
+                "search_duration",
+                "Time to answer a search that succeeded, by mode",
+                Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.0005, 2.0, 16))),
+            ),
+            requests: registered(r, "requests", "Requests answered, by endpoint and outcome", Family::default()),
+            duration: seconds(
+                r,
+                "request_duration",
+                "Time to answer a request",
+                Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.0005, 2.0, 16))),
+            ),
+            degraded: registered(
+                r,
+                "degraded_searches",
+                "Hybrid searches answered by full-text search alone (query vectors unavailable)",
+                Counter::default(),
+            ),
+        }
     }
 
     pub(crate) fn observe_search(&self, mode: SearchMode, took: std::time::Duration) {
