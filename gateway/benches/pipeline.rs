@@ -5,16 +5,17 @@
 //! searcher and the query embedder.
 //! Sizes: `BENCH_MESSAGES` (default 20000), `BENCH_SEARCHES` (default 500).
 
+mod support;
+
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use common::testing::TestEnv;
-use prometheus_client::registry::Registry;
 use serde_json::json;
 use tower::ServiceExt;
 
-const KEY: &str = "bench-admin-key-0123456789";
+use support::{KEY, percentile};
+
 const WORDS: &[&str] = &[
     "lisbon", "budget", "meeting", "flight", "invoice", "garden", "piano", "recipe", "doctor", "train", "holiday",
     "project", "deadline", "coffee", "birthday", "manual", "contract", "weather", "museum", "bicycle", "camera",
@@ -28,18 +29,11 @@ fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let messages = env_usize("BENCH_MESSAGES", 20_000);
     let searches = env_usize("BENCH_SEARCHES", 500);
-    let env = TestEnv::start_with(|vars| {
-        vars.insert("MEMORY_ADMIN_API_KEY".into(), KEY.into());
-        vars.insert("MEMORY_HTTP_ADDR".into(), "127.0.0.1:0".into());
-        vars.insert("MEMORY_DATABASE_MAX_CONNECTIONS".into(), "10".into());
+    let env = support::env(|vars| {
         // `MEMORY_EMBEDDING_PROVIDER=local MEMORY_MODEL_DIR=…` measures the local model instead.
         for name in ["MEMORY_EMBEDDING_PROVIDER", "MEMORY_MODEL_DIR"] {
             if let Ok(value) = std::env::var(name) {
@@ -48,19 +42,7 @@ async fn main() -> anyhow::Result<()> {
         }
     })
     .await?;
-    let embedder = embedder::Embedder::build(
-        &env.config,
-        env.deps.clone(),
-        embedder::provider(&env.config)?,
-        &mut Registry::default(),
-    )
-    .await?;
-    let searcher = searcher::Searcher::build(&env.config, env.deps.clone(), &mut Registry::default()).await?;
-    let grace = env.config.shutdown_grace;
-    env.tasks.spawn(embedder.run(env.shutdown.clone(), grace));
-    env.tasks.spawn(searcher.run(env.shutdown.clone(), grace));
-    let gateway = gateway::Gateway::build(&env.config, env.deps.clone(), &mut Registry::default()).await?;
-    let app = gateway::router(gateway.state());
+    let app = support::serve(&env, support::embedder(&env).await?).await?;
 
     let started = Instant::now();
     for chunk in (0..messages).collect::<Vec<_>>().chunks(100) {
@@ -90,15 +72,7 @@ async fn main() -> anyhow::Result<()> {
     let mut latencies = Vec::with_capacity(searches);
     for i in 0..searches {
         let query = sentence(i * 31 + 5).split(' ').take(4).collect::<Vec<_>>().join("%20");
-        let req = Request::get(format!("/v1/memory/search?tenant_id=bench&query={query}&top_k=5"))
-            .header("x-api-key", KEY)
-            .body(Body::empty())?;
-        let t = Instant::now();
-        let response = app.clone().oneshot(req).await?;
-        let status = response.status();
-        axum::body::to_bytes(response.into_body(), usize::MAX).await?;
-        latencies.push(t.elapsed());
-        anyhow::ensure!(status == StatusCode::OK, "search: {status}");
+        latencies.push(support::timed_search(&app, &format!("tenant_id=bench&query={query}&top_k=5")).await?);
     }
     latencies.sort();
 

@@ -6,10 +6,10 @@
 //! searcher, then through the gateway's REST router. Queries repeat, so their vectors come from the
 //! query cache after the first round.
 
+mod support;
+
 use std::time::{Duration, Instant};
 
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
 use bytes::Bytes;
 use chrono::Utc;
 use common::bus::Envelope;
@@ -18,12 +18,10 @@ use common::domain::{MessageId, MessageInput, SearchFilters, SearchMode, TenantI
 use common::store::IngestWrites;
 use common::store::Spaces;
 use common::store::{NewRow, NewVector};
-use common::testing::TestEnv;
 use embedder::HashProvider;
-use prometheus_client::registry::Registry;
-use tower::ServiceExt;
 
-const KEY: &str = "bench-admin-key-0123456789";
+use support::percentile;
+
 const QUERIES: usize = 50;
 
 /// A word from a vocabulary of a few thousand, rarer the higher `n`.
@@ -56,10 +54,6 @@ fn sentence(i: u64) -> String {
         .join(" ")
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
 fn summary(mut samples: Vec<Duration>) -> String {
     samples.sort();
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
@@ -81,19 +75,8 @@ async fn main() -> anyhow::Result<()> {
     let searches: usize = std::env::var("BENCH_SEARCHES").ok().and_then(|v| v.parse().ok()).unwrap_or(300);
     println!("machine: {} cores", std::thread::available_parallelism().map_or(0, |n| n.get()));
     for size in sizes {
-        let env = TestEnv::start_with(|vars| {
-            vars.insert("MEMORY_ADMIN_API_KEY".into(), KEY.into());
-            vars.insert("MEMORY_HTTP_ADDR".into(), "127.0.0.1:0".into());
-            vars.insert("MEMORY_DATABASE_MAX_CONNECTIONS".into(), "10".into());
-        })
-        .await?;
-        let embedder = embedder::Embedder::build(
-            &env.config,
-            env.deps.clone(),
-            embedder::provider(&env.config)?,
-            &mut Registry::default(),
-        )
-        .await?;
+        let env = support::env(|_| {}).await?;
+        let embedder = support::embedder(&env).await?;
         let space = env.deps.store.active_space().await?.expect("the hash space");
         let tenant = TenantId::parse("bench")?;
         let hash = HashProvider::new();
@@ -128,12 +111,7 @@ async fn main() -> anyhow::Result<()> {
         sqlx::query("ANALYZE").execute(env.store.pool()).await?;
         println!("\n{size} messages in one tenant, loaded in {:.1} s; top_k 5", loading.elapsed().as_secs_f64());
 
-        let searcher = searcher::Searcher::build(&env.config, env.deps.clone(), &mut Registry::default()).await?;
-        let grace = env.config.shutdown_grace;
-        env.tasks.spawn(embedder.run(env.shutdown.clone(), grace));
-        env.tasks.spawn(searcher.run(env.shutdown.clone(), grace));
-        let gateway = gateway::Gateway::build(&env.config, env.deps.clone(), &mut Registry::default()).await?;
-        let app = gateway::router(gateway.state());
+        let app = support::serve(&env, embedder).await?;
         // Queries: four words of stored messages.
         let queries: Vec<String> = (0..QUERIES)
             .map(|i| sentence((i * 7919 % size) as u64).split(' ').take(4).collect::<Vec<_>>().join(" "))
@@ -167,16 +145,8 @@ async fn main() -> anyhow::Result<()> {
             let mode_name = serde_json::to_value(mode)?.as_str().unwrap_or_default().to_owned();
             for i in 0..searches {
                 let query = queries[i % QUERIES].replace(' ', "%20");
-                let req =
-                    Request::get(format!("/v1/memory/search?tenant_id=bench&query={query}&top_k=5&mode={mode_name}"))
-                        .header("x-api-key", KEY)
-                        .body(Body::empty())?;
-                let t = Instant::now();
-                let response = app.clone().oneshot(req).await?;
-                let status = response.status();
-                axum::body::to_bytes(response.into_body(), usize::MAX).await?;
-                rest.push(t.elapsed());
-                anyhow::ensure!(status == StatusCode::OK, "search: {status}");
+                let query_string = format!("tenant_id=bench&query={query}&top_k=5&mode={mode_name}");
+                rest.push(support::timed_search(&app, &query_string).await?);
             }
             println!("  {mode_name:<8} searcher (NATS): {}   REST: {}", summary(nats), summary(rest));
         }
