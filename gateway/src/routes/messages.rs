@@ -4,7 +4,8 @@
 
 use axum::Extension;
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -327,18 +328,10 @@ fn results(outcomes: Vec<Result<MessageId, ApiError>>) -> Vec<BatchItem> {
     ),
     security(("api_key" = []), ("bearer" = []))
 )]
-pub async fn get_message(
-    State(state): State<AppState>,
-    Extension(principal): Extension<Principal>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-    AppQuery(params): AppQuery<GetParams>,
-) -> Result<axum::Json<MessageView>, ApiError> {
-    principal.require(Scope::Read)?;
-    let message_id = MessageId::parse(&id).map_err(|_| ApiError::InvalidMessageId(id))?;
+pub async fn get_message(State(state): State<AppState>, one: OneMessage) -> Result<axum::Json<MessageView>, ApiError> {
+    let (message_id, tenant) = one.checked(Scope::Read)?;
     // A tenant key sees only its tenant's messages: another tenant's is "not found".
-    let tenant = principal.tenant_filter(params.tenant_id)?;
-    lookup(&state, message_id, tenant, &request_id(&headers))
+    lookup(&state, message_id, tenant, &one.request_id)
         .await?
         .map(axum::Json)
         .ok_or(ApiError::MessageNotFound(message_id))
@@ -356,12 +349,9 @@ pub async fn get_message(
 )]
 pub async fn archive_message(
     State(state): State<AppState>,
-    Extension(principal): Extension<Principal>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-    AppQuery(params): AppQuery<GetParams>,
+    one: OneMessage,
 ) -> Result<axum::Json<MessageView>, ApiError> {
-    set_archived(&state, &principal, &headers, id, params, true).await
+    set_archived(&state, one, true).await
 }
 
 /// Restore an archived message.
@@ -376,27 +366,47 @@ pub async fn archive_message(
 )]
 pub async fn restore_message(
     State(state): State<AppState>,
-    Extension(principal): Extension<Principal>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-    AppQuery(params): AppQuery<GetParams>,
+    one: OneMessage,
 ) -> Result<axum::Json<MessageView>, ApiError> {
-    set_archived(&state, &principal, &headers, id, params, false).await
+    set_archived(&state, one, false).await
 }
 
-async fn set_archived(
-    state: &AppState,
-    principal: &Principal,
-    headers: &HeaderMap,
-    id: String,
-    params: GetParams,
-    archive: bool,
-) -> Result<axum::Json<MessageView>, ApiError> {
-    principal.require(Scope::Write)?;
-    let message_id = MessageId::parse(&id).map_err(|_| ApiError::InvalidMessageId(id))?;
-    let tenant_id = principal.tenant_filter(params.tenant_id)?;
+async fn set_archived(state: &AppState, one: OneMessage, archive: bool) -> Result<axum::Json<MessageView>, ApiError> {
+    let (message_id, tenant_id) = one.checked(Scope::Write)?;
     let subject = if archive { state.deps.subjects.archive_message() } else { state.deps.subjects.restore_message() };
     let request = GetMessageRequest { v: VERSION, message_id, tenant_id };
-    let response: GetMessageResponse = call(state, subject, &request, &request_id(headers)).await?;
+    let response: GetMessageResponse = call(state, subject, &request, &one.request_id).await?;
     response.message.map(axum::Json).ok_or(ApiError::MessageNotFound(message_id))
+}
+
+/// A request about one message (`/v1/messages/{id}?tenant_id=`): who asks, the request id, and
+/// the id and tenant as given; [`OneMessage::checked`] checks them in that order.
+pub struct OneMessage {
+    principal: Principal,
+    request_id: String,
+    id: String,
+    tenant_id: Option<String>,
+}
+
+impl OneMessage {
+    /// The message id and the tenant filter, once the key has `scope`: a key without it is
+    /// refused before its input is looked at.
+    fn checked(&self, scope: Scope) -> Result<(MessageId, Option<TenantId>), ApiError> {
+        self.principal.require(scope)?;
+        let message_id = MessageId::parse(&self.id).map_err(|_| ApiError::InvalidMessageId(self.id.clone()))?;
+        Ok((message_id, self.principal.tenant_filter(self.tenant_id.clone())?))
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for OneMessage {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let principal = parts.extensions.get::<Principal>().cloned().ok_or(ApiError::Unauthorized)?;
+        let Path(id) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiError::InvalidMessageId(e.body_text()))?;
+        let AppQuery(GetParams { tenant_id }) = AppQuery::from_request_parts(parts, state).await?;
+        Ok(Self { principal, request_id: request_id(&parts.headers), id, tenant_id })
+    }
 }
