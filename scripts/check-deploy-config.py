@@ -2,11 +2,11 @@
 """Checks that the deployments configure the service with variables it reads.
 
 - Every MEMORY_* variable set in docker-compose.yml, the Dockerfile and the rendered Kubernetes
-  overlays (env, envFrom ConfigMaps and Secrets) is one that common/src/config.rs reads.
+  overlays (env, envFrom ConfigMaps and Secrets) is one that common/src/config/ reads.
 - Every container running a role has what that role requires: MEMORY_DATABASE_URL and
   MEMORY_NATS_URL for all, MEMORY_ADMIN_API_KEY for the gateway, MEMORY_MODEL_DIR (provider local,
   the default) or MEMORY_GEMINI_API_KEY (provider gemini) for the embedder.
-- Every variable config.rs reads is documented in the README.
+- Every variable common/src/config/ reads is documented in the README.
 
 Usage: check-deploy-config.py RENDERED.yaml...   (kubectl kustomize output of each overlay)
 Needs PyYAML. Exits 1 with one line per problem.
@@ -33,7 +33,7 @@ problems = []
 
 
 def known_variables():
-    text = (ROOT / "common/src/config.rs").read_text()
+    text = "".join(f.read_text() for f in sorted((ROOT / "common/src/config").glob("*.rs")))
     return set(re.findall(r'"(MEMORY_[A-Z0-9_]+)"', text))
 
 

@@ -3,6 +3,7 @@
 //! implementation.
 
 mod nats;
+mod server;
 
 use std::time::Duration;
 

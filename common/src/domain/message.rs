@@ -5,10 +5,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
+use super::metadata::check_metadata;
 use super::{
-    CONTENT_MAX, CONVERSATION_ID_MAX, CREATED_AT_SKEW_SECS, ConversationId, FieldError, METADATA_DEPTH_MAX,
-    METADATA_KEYS_MAX, METADATA_STRING_MAX, MessageId, MessageStatus, NAME_MAX, QUERY_MAX, Role, TENANT_ID_MAX,
-    TOP_K_MAX, TenantId, ValidationError, check_id,
+    CONTENT_MAX, CONVERSATION_ID_MAX, CREATED_AT_SKEW_SECS, ConversationId, FieldError, MessageId, MessageStatus,
+    NAME_MAX, QUERY_MAX, Role, TENANT_ID_MAX, TOP_K_MAX, TenantId, ValidationError, check_id,
 };
 
 /// A message as a client submits it (REST body or the payload of a direct NATS publish).
@@ -193,7 +193,7 @@ impl MessageInput {
     }
 }
 
-fn check_content(content: &str, errors: &mut Vec<FieldError>) {
+pub(super) fn check_content(content: &str, errors: &mut Vec<FieldError>) {
     let len = content.chars().count();
     if content.contains('\0') {
         errors.push(FieldError::new("content", "invalid_characters", "must not contain NUL characters"));
@@ -209,11 +209,11 @@ fn check_content(content: &str, errors: &mut Vec<FieldError>) {
 }
 
 /// Metadata as given: `null` (or absent) is `{}`, anything but an object is an error.
-fn metadata_map(metadata: Option<Value>, errors: &mut Vec<FieldError>) -> Map<String, Value> {
+pub(super) fn metadata_map(metadata: Option<Value>, errors: &mut Vec<FieldError>) -> Map<String, Value> {
     match metadata {
         None | Some(Value::Null) => Map::new(),
         Some(Value::Object(map)) => {
-            check_metadata_object(&map, "metadata", 1, errors);
+            check_metadata(&map, errors);
             map
         }
         Some(_) => {
@@ -223,156 +223,11 @@ fn metadata_map(metadata: Option<Value>, errors: &mut Vec<FieldError>) -> Map<St
     }
 }
 
-fn check_override(value: Option<f64>, errors: &mut Vec<FieldError>) {
+pub(super) fn check_override(value: Option<f64>, errors: &mut Vec<FieldError>) {
     if let Some(v) = value
         && !(0.0..=1.0).contains(&v)
     {
         errors.push(FieldError::new("importance_override", "out_of_range", "must be between 0 and 1"));
-    }
-}
-
-/// A change to a stored message (`PUT /v1/messages/{id}`): every field is optional, and only
-/// the fields given change. `importance_override: null` clears the override.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct MessageUpdate {
-    /// New content (1–100,000 characters): the message is embedded again.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub content: Option<String>,
-    /// Replaces the metadata; `null` means `{}`.
-    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
-    pub metadata: Option<Value>,
-    /// 0–1, or `null` to go back to the computed importance.
-    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<f64>)]
-    pub importance_override: Option<Option<f64>>,
-    /// Pinned messages rank with importance 1.0 and are exempt from retention.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pinned: Option<bool>,
-    /// Archive (`true`) or restore (`false`) the message.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub archived: Option<bool>,
-}
-
-/// Tells a field given as `null` (`Some(null)`) from an absent one (`None`).
-fn present<'de, T, D>(deserializer: D) -> Result<Option<T>, D::Error>
-where
-    T: Deserialize<'de>,
-    D: serde::Deserializer<'de>,
-{
-    T::deserialize(deserializer).map(Some)
-}
-
-/// A validated [`MessageUpdate`].
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct ValidUpdate {
-    pub content: Option<String>,
-    pub metadata: Option<Map<String, Value>>,
-    pub importance_override: Option<Option<f64>>,
-    pub pinned: Option<bool>,
-    pub archived: Option<bool>,
-}
-
-impl MessageUpdate {
-    /// Checks every given field with the rules of a new message; at least one must be given.
-    pub fn validate(self) -> Result<ValidUpdate, ValidationError> {
-        let mut errors = Vec::new();
-        if let Some(content) = &self.content {
-            check_content(content, &mut errors);
-        }
-        let metadata = self.metadata.map(|m| metadata_map(Some(m), &mut errors));
-        check_override(self.importance_override.flatten(), &mut errors);
-        let empty = self.content.is_none()
-            && metadata.is_none()
-            && self.importance_override.is_none()
-            && self.pinned.is_none()
-            && self.archived.is_none();
-        if empty {
-            errors.push(FieldError::new(
-                "",
-                "empty_update",
-                "give at least one of content, metadata, importance_override, pinned, archived",
-            ));
-        }
-        if !errors.is_empty() {
-            return Err(ValidationError(errors));
-        }
-        Ok(ValidUpdate {
-            content: self.content,
-            metadata,
-            importance_override: self.importance_override,
-            pinned: self.pinned,
-            archived: self.archived,
-        })
-    }
-}
-
-/// The limits on a message's metadata, applied to a metadata filter too.
-pub(crate) fn check_metadata(map: &Map<String, Value>, errors: &mut Vec<FieldError>) {
-    check_metadata_object(map, "metadata", 1, errors);
-}
-
-fn check_metadata_object(map: &Map<String, Value>, path: &str, depth: usize, errors: &mut Vec<FieldError>) {
-    if map.len() > METADATA_KEYS_MAX {
-        errors.push(FieldError::new(
-            path,
-            "too_many_keys",
-            format!("an object may have at most {METADATA_KEYS_MAX} keys, got {}", map.len()),
-        ));
-    }
-    for (key, value) in map {
-        if key.contains('\0') {
-            // Postgres stores no JSON with NUL characters; the key cannot be quoted in a path either.
-            errors.push(FieldError::new(path, "invalid_characters", "keys must not contain NUL characters"));
-            continue;
-        }
-        let child = format!("{path}.{key}");
-        if key.chars().count() > METADATA_STRING_MAX {
-            errors.push(FieldError::new(
-                &child,
-                "key_too_long",
-                format!("keys must be at most {METADATA_STRING_MAX} characters"),
-            ));
-        }
-        check_metadata_value(value, &child, depth, errors);
-    }
-}
-
-fn check_metadata_value(value: &Value, path: &str, depth: usize, errors: &mut Vec<FieldError>) {
-    match value {
-        Value::Object(_) | Value::Array(_) if depth >= METADATA_DEPTH_MAX => {
-            errors.push(FieldError::new(
-                path,
-                "too_deep",
-                format!("metadata may nest at most {METADATA_DEPTH_MAX} levels"),
-            ));
-        }
-        Value::Object(map) => check_metadata_object(map, path, depth + 1, errors),
-        Value::Array(items) => {
-            if items.len() > METADATA_KEYS_MAX {
-                errors.push(FieldError::new(
-                    path,
-                    "too_many_items",
-                    format!("an array may have at most {METADATA_KEYS_MAX} items, got {}", items.len()),
-                ));
-            }
-            for (i, item) in items.iter().enumerate() {
-                check_metadata_value(item, &format!("{path}[{i}]"), depth + 1, errors);
-            }
-        }
-        // Postgres stores neither text nor JSON with NUL characters.
-        Value::String(s) if s.contains('\0') => {
-            errors.push(FieldError::new(path, "invalid_characters", "strings must not contain NUL characters"));
-        }
-        Value::String(s) if s.chars().count() > METADATA_STRING_MAX => {
-            errors.push(FieldError::new(
-                path,
-                "too_long",
-                format!("strings must be at most {METADATA_STRING_MAX} characters, got {}", s.chars().count()),
-            ));
-        }
-        Value::String(_) | Value::Number(_) | Value::Bool(_) | Value::Null => {}
     }
 }
 
@@ -437,6 +292,7 @@ impl MessageView {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::METADATA_STRING_MAX;
     use serde_json::json;
 
     fn input() -> MessageInput {

@@ -4,9 +4,11 @@
 
 pub mod importance;
 mod message;
+mod metadata;
 mod retention;
 mod search;
 mod tenancy;
+mod update;
 
 use std::fmt;
 
@@ -15,10 +17,11 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-pub use message::{MessageInput, MessageUpdate, MessageView, NewMessage, ValidUpdate, check_search, embedding_text};
+pub use message::{MessageInput, MessageView, NewMessage, check_search, embedding_text};
 pub use retention::{RetentionAction, RetentionPolicy, TenantRetention};
 pub use search::{Ranking, SearchFilters, SearchMode};
 pub use tenancy::{ApiKey, NewApiKey, Scope, Tenant};
+pub use update::{MessageUpdate, ValidUpdate};
 
 /// Maximum length of a tenant id, in characters.
 pub const TENANT_ID_MAX: usize = 64;

@@ -62,7 +62,7 @@ impl SearchFilters {
             errors.push(FieldError::new("min_importance", "out_of_range", "must be between 0 and 1"));
         }
         if let Some(metadata) = &self.metadata {
-            super::message::check_metadata(metadata, &mut errors);
+            super::metadata::check_metadata(metadata, &mut errors);
         }
         if errors.is_empty() { Ok(()) } else { Err(ValidationError(errors)) }
     }

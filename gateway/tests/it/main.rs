@@ -1,5 +1,6 @@
 //! Cross-service tests: the gateway, embedder and searcher against real NATS and Postgres.
 
+mod deletes;
 mod embeddings;
 mod harness;
 mod ingest;
@@ -12,3 +13,4 @@ mod ratelimit;
 mod relevance;
 mod search;
 mod tenancy;
+mod transfer;
