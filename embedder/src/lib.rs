@@ -147,6 +147,11 @@ impl Embedder {
         &self.worker.embeddings
     }
 
+    /// This embedder's metrics (handles on the registered series).
+    pub fn metrics(&self) -> &Metrics {
+        &self.worker.metrics
+    }
+
     /// Ready means ingesting with a closed (or probing) circuit.
     pub fn readiness(&self) -> common::ops::Check {
         let (mode, embeddings) = (self.worker.mode.clone(), self.worker.embeddings.clone());

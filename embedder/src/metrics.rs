@@ -165,6 +165,9 @@ pub struct Metrics {
     /// Messages swept (re-embedded after being left `pending` or `failed`):
     /// `memory_embedder_swept_messages_total`.
     pub swept: Counter,
+    /// Sweeper rounds this replica finished holding the sweeper lock (a round with nothing to do
+    /// included): `memory_embedder_sweeps_total`.
+    pub sweeps: Counter,
     /// Messages embedded into a new space by backfills: `memory_embedder_backfilled_messages_total`.
     pub backfilled: Counter,
     /// Messages a running backfill still has to embed: `memory_embedder_backfill_remaining_messages`.
@@ -233,6 +236,7 @@ impl Metrics {
             ),
             backlog: registered(r, "backlog_messages", "Messages waiting to be embedded", Family::default()),
             swept: registered(r, "swept_messages", "Messages re-embedded by the sweeper", Counter::default()),
+            sweeps: registered(r, "sweeps", "Sweeper rounds finished by this replica", Counter::default()),
             backfilled: registered(
                 r,
                 "backfilled_messages",

@@ -77,6 +77,7 @@ impl Sweeper {
                 break;
             }
         }
+        self.metrics.sweeps.inc();
         Ok(swept)
     }
 

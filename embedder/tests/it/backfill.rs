@@ -156,7 +156,9 @@ async fn with_automatic_backfill_off_a_new_provider_waits_for_reembed() -> anyho
         Ok(())
     })
     .await?;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // A message arriving now is embedded by the old provider, never the waiting one.
+    let later = publish(&env, None, "arrives while the new provider waits").await?;
+    until_status(&env, later, "embedded").await?;
     assert!(fake.calls().is_empty(), "nothing was embedded with the new provider");
     assert_eq!(active_provider(&env).await?, "hash");
     old.stop.cancel();

@@ -120,11 +120,10 @@ async fn an_outage_opens_the_breaker_and_every_message_is_embedded_once_after_re
     .await?;
     assert!(embedder.embeddings.readiness().is_err(), "an open circuit is not ready");
     let opened_at = tokio::time::Instant::now();
+    let open_until = opened_at + embedder.embeddings.breaker().open_for().unwrap_or_default();
     let calls_when_opened = fake.calls().len();
     // Three failed calls (each retried once) opened it.
     assert_eq!(calls_when_opened, 6, "{:?}", fake.calls().iter().map(|c| &c.texts).collect::<Vec<_>>());
-    tokio::time::sleep(Duration::from_millis(1000)).await;
-    assert_eq!(fake.calls().len(), calls_when_opened, "no call while the circuit is open");
 
     // Still failing at the first probe: it opens again, and no message text is ever probed with.
     env.eventually(|| async {
@@ -132,6 +131,9 @@ async fn an_outage_opens_the_breaker_and_every_message_is_embedded_once_after_re
         Ok(())
     })
     .await?;
+    // The first call after opening came once the cool-down was over (less the clock's grain).
+    let first_after = fake.calls()[calls_when_opened].at;
+    assert!(first_after + Duration::from_millis(20) >= open_until, "no call while the circuit is open");
     fake.always(None);
     for id in &ids {
         until_status(&env, *id, "embedded").await?;
@@ -207,7 +209,12 @@ async fn vectors_of_the_wrong_dimension_are_never_stored() -> anyhow::Result<()>
     })
     .await?;
     until_status(&env, id, "pending").await?;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A second call means the first answer was handled (refused) and the message handed back.
+    env.eventually(|| async {
+        anyhow::ensure!(fake.calls().len() >= 2, "not called again yet");
+        Ok(())
+    })
+    .await?;
     assert_eq!(vector_rows(&env).await?, 0, "the 767-dimension answer was rejected");
     assert_eq!(status(&env, id).await?.unwrap().0, "pending", "and the message is not failed: it is retried");
     fake.always(None);

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 pub(crate) struct Running {
     pub(crate) embeddings: Embeddings,
+    pub(crate) metrics: embedder::Metrics,
     pub(crate) readiness: common::ops::Check,
     pub(crate) stop: CancellationToken,
 }
@@ -29,11 +30,12 @@ pub(crate) async fn spawn_embedder_with(env: &TestEnv, config: &common::Config) 
     let provider = embedder::provider(config)?;
     let worker = Embedder::build(config, env.deps.clone(), provider, &mut Registry::default()).await?;
     let embeddings = worker.embeddings().clone();
+    let metrics = worker.metrics().clone();
     let readiness = worker.readiness();
     let stop = env.shutdown.child_token();
     let (t, grace) = (stop.clone(), config.shutdown_grace);
     env.tasks.spawn(async move { worker.run(t, grace).await });
-    Ok(Running { embeddings, readiness, stop })
+    Ok(Running { embeddings, metrics, readiness, stop })
 }
 
 /// The environment's configuration with some variables changed.

@@ -9,11 +9,14 @@ use common::testing::gemini::FakeGemini;
 use crate::support::{publish, spawn_embedder, until_status};
 use common::store::Spaces;
 
+/// How old a `pending` or `failed` message must be before the sweeper takes it.
+const SWEEP_AFTER: Duration = Duration::from_millis(300);
+
 async fn env(fake: &FakeGemini) -> anyhow::Result<TestEnv> {
     TestEnv::start_with(|vars| {
         vars.extend(fake.vars());
         vars.insert("MEMORY_SWEEP_INTERVAL_MS".into(), "100".into());
-        vars.insert("MEMORY_SWEEP_AFTER_MS".into(), "300".into());
+        vars.insert("MEMORY_SWEEP_AFTER_MS".into(), SWEEP_AFTER.as_millis().to_string());
         vars.insert("MEMORY_SWEEP_MAX_ATTEMPTS".into(), "3".into());
     })
     .await
@@ -45,7 +48,7 @@ async fn a_text_refused_for_good_is_tried_a_bounded_number_of_times() -> anyhow:
     let fake = FakeGemini::start().await;
     fake.poison(Some("ALWAYS-REFUSED"));
     let env = env(&fake).await?;
-    let _embedder = spawn_embedder(&env).await?;
+    let embedder = spawn_embedder(&env).await?;
     let id = publish(&env, None, "ALWAYS-REFUSED text").await?;
     until_status(&env, id, "failed").await?;
     env.eventually(|| async {
@@ -59,7 +62,14 @@ async fn a_text_refused_for_good_is_tried_a_bounded_number_of_times() -> anyhow:
     .await?;
     let tried = || fake.calls().iter().filter(|c| c.texts == ["ALWAYS-REFUSED text"]).count();
     let after_three = tried();
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    // Once it is old enough to be swept again (`MEMORY_SWEEP_AFTER_MS`), two whole rounds pass it by.
+    tokio::time::sleep(SWEEP_AFTER).await;
+    let rounds = embedder.metrics.sweeps.get();
+    env.eventually(|| async {
+        anyhow::ensure!(embedder.metrics.sweeps.get() >= rounds + 2, "fewer than two rounds since");
+        Ok(())
+    })
+    .await?;
     assert_eq!(tried(), after_three, "no fourth attempt");
     assert_eq!(after_three, 3, "the ingest attempt and two sweeps");
     env.finish().await
