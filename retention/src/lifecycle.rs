@@ -15,18 +15,15 @@ use chrono::Utc;
 use common::bus::{BusError, Envelope};
 use common::config::ImportanceWeights;
 use common::contract::{
-    CachePurge, DeleteConversationRequest, DeleteMessagesRequest, DeleteMessagesResponse, Deleted, EXPORT_PAGE_MAX,
-    EraseTenantRequest, ExportPage, ExportRecord, ExportRequest, ExportVector, MessageReceived, MessageUpdated,
-    REEMBED_HEADER, RemoteError, RemoteErrorCode, Reply, RetentionPolicyReply, RetentionPolicyRequest, SettingSource,
-    StreamKind, Subjects, UpdateMessagesRequest, UpdateMessagesResponse, VERSION,
+    CachePurge, DeleteConversationRequest, DeleteMessagesRequest, DeleteMessagesResponse, Deleted, EraseTenantRequest,
+    MessageReceived, MessageUpdated, REEMBED_HEADER, RemoteError, RemoteErrorCode, Reply, StreamKind, Subjects,
+    UpdateMessagesRequest, UpdateMessagesResponse, VERSION,
 };
 use common::domain::{BATCH_MAX, MessageId, MessageInput, TenantId};
 use common::store::{Cutoff, Edited, StoreError, StoredMessage, Tombstone};
 use redis::AsyncCommands as _;
 use tracing::{info, warn};
 
-/// Largest export page in serialised bytes (under NATS's 1 MiB default).
-const EXPORT_PAGE_BYTES: usize = 512 * 1024;
 /// Tries of a delete that Postgres aborted to break a deadlock.
 const CONFLICT_ATTEMPTS: u32 = 3;
 
@@ -56,16 +53,16 @@ pub(crate) struct Lifecycle {
     pub(crate) policy: common::domain::RetentionPolicy,
 }
 
-fn bad(message: impl Into<String>) -> RemoteError {
+pub(crate) fn bad(message: impl Into<String>) -> RemoteError {
     RemoteError::new(RemoteErrorCode::BadRequest, message)
 }
 
-fn unavailable(what: &str, e: &dyn std::error::Error) -> RemoteError {
+pub(crate) fn unavailable(what: &str, e: &dyn std::error::Error) -> RemoteError {
     warn!(error = %e, cause = ?e.source(), "{what} failed");
     RemoteError::new(RemoteErrorCode::Unavailable, format!("{what} failed: {e}"))
 }
 
-fn check_version(v: u8) -> Result<(), RemoteError> {
+pub(crate) fn check_version(v: u8) -> Result<(), RemoteError> {
     if v == VERSION { Ok(()) } else { Err(bad(format!("unsupported version {v}"))) }
 }
 
@@ -385,74 +382,5 @@ impl Lifecycle {
             }
         }
         Ok(())
-    }
-
-    pub(crate) async fn policy(&self, request: RetentionPolicyRequest) -> Result<RetentionPolicyReply, RemoteError> {
-        check_version(request.v)?;
-        let tenant = &request.tenant_id;
-        let store = &self.deps.store;
-        match (request.policy, request.reset) {
-            (Some(_), true) => return Err(bad("give a policy or reset, not both")),
-            (Some(policy), false) => {
-                policy.check().map_err(|e| bad(e.to_string()))?;
-                store
-                    .set_tenant_retention(tenant, Some(&policy))
-                    .await
-                    .map_err(|e| unavailable("saving the policy", &e))?;
-            }
-            (None, true) => {
-                store.set_tenant_retention(tenant, None).await.map_err(|e| unavailable("saving the policy", &e))?;
-            }
-            (None, false) => {}
-        }
-        let own = store.tenant_retention(tenant).await.map_err(|e| unavailable("reading the policy", &e))?;
-        Ok(match own {
-            Some(policy) => RetentionPolicyReply { tenant_id: tenant.clone(), policy, source: SettingSource::Tenant },
-            None => RetentionPolicyReply {
-                tenant_id: tenant.clone(),
-                policy: self.policy,
-                source: SettingSource::Deployment,
-            },
-        })
-    }
-
-    pub(crate) async fn export(&self, request: ExportRequest) -> Result<ExportPage, RemoteError> {
-        check_version(request.v)?;
-        if !(1..=EXPORT_PAGE_MAX).contains(&request.limit) {
-            return Err(bad(format!("limit must be 1 to {EXPORT_PAGE_MAX}")));
-        }
-        let space = if request.include_vectors {
-            self.deps.store.active_space().await.map_err(|e| unavailable("reading the active space", &e))?
-        } else {
-            None
-        };
-        let rows = self
-            .deps
-            .store
-            .export(&request.tenant_id, request.after, request.limit, space.as_ref())
-            .await
-            .map_err(|e| unavailable("reading messages", &e))?;
-        let full = rows.len() == request.limit as usize;
-        let (mut records, mut bytes) = (Vec::with_capacity(rows.len()), 0);
-        let mut truncated = false;
-        for row in rows {
-            let record = ExportRecord {
-                revision: row.message.revision,
-                vector: row
-                    .vector
-                    .zip(space.as_ref())
-                    .map(|(values, s)| ExportVector { space: s.reference.clone(), values }),
-                message: row.message.view(),
-            };
-            let size = serde_json::to_vec(&record).map_or(0, |b| b.len());
-            if !records.is_empty() && bytes + size > EXPORT_PAGE_BYTES {
-                truncated = true;
-                break;
-            }
-            bytes += size;
-            records.push(record);
-        }
-        let next = if full || truncated { records.last().map(|r| r.message.id) } else { None };
-        Ok(ExportPage { records, next })
     }
 }

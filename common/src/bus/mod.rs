@@ -2,6 +2,7 @@
 //! subscriptions, behind one trait so workers never see the transport. `NatsBus` is the JetStream
 //! implementation.
 
+mod consumer;
 mod nats;
 mod server;
 

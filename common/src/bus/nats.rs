@@ -5,21 +5,17 @@
 use std::time::Duration;
 
 use async_nats::HeaderMap;
-use async_nats::jetstream::{self, AckKind, consumer::pull, stream};
+use async_nats::jetstream::{self, consumer::pull, stream};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 
+use super::consumer::{NatsConsumer, NatsSettle};
 use super::server::Server;
-use super::{
-    Bus, BusError, Consumer, ConsumerSpec, ConsumerState, Delivery, Disposition, Envelope, Held, Published, Request,
-    Settle, StreamState,
-};
+use super::{Bus, BusError, Consumer, ConsumerSpec, ConsumerState, Envelope, Held, Published, Request, StreamState};
 use crate::config::NatsConfig;
-use crate::contract::{
-    DEAD_CODE_HEADER, DEAD_REASON_HEADER, DEAD_SEQUENCE_HEADER, DEAD_SUBJECT_HEADER, StreamKind, Subjects,
-};
+use crate::contract::{StreamKind, Subjects};
 
 /// A connection to NATS with JetStream, bound to one subject prefix.
 #[derive(Clone, Debug)]
@@ -110,7 +106,7 @@ const REASON_MAX: usize = 512;
 
 /// A header value from free text (which may quote client input): no control characters (a CR or
 /// LF would be rejected by the client), at most [`REASON_MAX`] bytes.
-fn header_safe(text: &str) -> String {
+pub(super) fn header_safe(text: &str) -> String {
     let mut out = String::with_capacity(text.len().min(REASON_MAX));
     for c in text.chars().map(|c| if c.is_control() { ' ' } else { c }) {
         if out.len() + c.len_utf8() > REASON_MAX {
@@ -122,7 +118,7 @@ fn header_safe(text: &str) -> String {
     out
 }
 
-fn header_map(headers: &[(String, String)]) -> HeaderMap {
+pub(super) fn header_map(headers: &[(String, String)]) -> HeaderMap {
     let mut map = HeaderMap::new();
     for (name, value) in headers {
         map.append(name.as_str(), value.as_str());
@@ -130,7 +126,7 @@ fn header_map(headers: &[(String, String)]) -> HeaderMap {
     map
 }
 
-fn header_vec(headers: Option<&HeaderMap>) -> Vec<(String, String)> {
+pub(super) fn header_vec(headers: Option<&HeaderMap>) -> Vec<(String, String)> {
     headers
         .map(|h| {
             h.iter().flat_map(|(name, values)| values.iter().map(move |v| (name.to_string(), v.to_string()))).collect()
@@ -138,7 +134,7 @@ fn header_vec(headers: Option<&HeaderMap>) -> Vec<(String, String)> {
         .unwrap_or_default()
 }
 
-fn envelope(message: async_nats::Message) -> Envelope {
+pub(super) fn envelope(message: async_nats::Message) -> Envelope {
     Envelope {
         subject: message.subject.to_string(),
         headers: header_vec(message.headers.as_ref()),
@@ -316,100 +312,10 @@ impl Bus for NatsBus {
     }
 }
 
-struct NatsConsumer {
-    consumer: jetstream::consumer::Consumer<pull::Config>,
-    settle: NatsSettle,
-}
-
-#[async_trait]
-impl Consumer for NatsConsumer {
-    async fn fetch(&mut self, max: usize, wait: Duration) -> Result<Vec<Delivery>, BusError> {
-        let mut batch = self
-            .consumer
-            .batch()
-            .max_messages(max)
-            .expires(wait)
-            .messages()
-            .await
-            .map_err(|e| BusError::nats("pulling messages", e))?;
-        let mut out = Vec::with_capacity(max);
-        while let Some(next) = batch.next().await {
-            let message = next.map_err(|source| BusError::Nats { operation: "pulling messages", source })?;
-            let info = message.info().map_err(|e| BusError::Nats { operation: "reading delivery info", source: e })?;
-            let (delivered, stream_sequence, published_at) =
-                (info.delivered.unsigned_abs(), info.stream_sequence, info.published);
-            let (message, acker) = message.split();
-            out.push(Delivery {
-                message: envelope(message),
-                delivered,
-                stream_sequence,
-                published_at,
-                settle: std::sync::Arc::new(NatsAck { acker, inner: self.settle.clone() }),
-            });
-        }
-        Ok(out)
-    }
-}
-
-#[derive(Clone)]
-struct NatsSettle {
-    js: jetstream::Context,
-    subjects: Subjects,
-}
-
-struct NatsAck {
-    acker: jetstream::message::Acker,
-    inner: NatsSettle,
-}
-
-#[async_trait]
-impl Settle for NatsAck {
-    async fn in_progress(&self) -> Result<(), BusError> {
-        self.acker
-            .ack_with(AckKind::Progress)
-            .await
-            .map_err(|e| BusError::Nats { operation: "extending the ack wait", source: e })
-    }
-
-    async fn settle(&self, message: &Envelope, sequence: u64, disposition: Disposition) -> Result<(), BusError> {
-        match disposition {
-            // A double ack waits for the server to confirm, so a lost ack cannot go unnoticed.
-            Disposition::Ack => {
-                self.acker.double_ack().await.map_err(|e| BusError::Nats { operation: "acking", source: e })
-            }
-            Disposition::Retry(delay) => self
-                .acker
-                .ack_with(AckKind::Nak(delay))
-                .await
-                .map_err(|e| BusError::Nats { operation: "naking", source: e }),
-            Disposition::Reject(rejection) => {
-                let mut headers = header_map(&message.headers);
-                headers.insert(DEAD_REASON_HEADER, header_safe(&rejection.reason).as_str());
-                headers.insert(DEAD_CODE_HEADER, rejection.code);
-                headers.insert(DEAD_SUBJECT_HEADER, message.subject.as_str());
-                headers.insert(DEAD_SEQUENCE_HEADER, sequence.to_string().as_str());
-                // The original payload is kept byte for byte; an id derived from the source
-                // sequence makes a repeated dead-lettering (after a lost ack) a duplicate.
-                let publish = jetstream::message::PublishMessage::build()
-                    .payload(message.payload.clone())
-                    .headers(headers)
-                    .message_id(format!("dead-{sequence}"));
-                self.inner
-                    .js
-                    .send_publish(self.inner.subjects.dead_for(&message.subject), publish)
-                    .await
-                    .map_err(|e| BusError::nats("dead-lettering", e))?
-                    .await
-                    .map_err(|e| BusError::nats("dead-lettering", e))?;
-                self.acker.double_ack().await.map_err(|e| BusError::Nats { operation: "acking", source: e })
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::contract::DEAD_REASON_HEADER;
 
     #[test]
     fn reasons_lose_control_characters_and_are_capped() {

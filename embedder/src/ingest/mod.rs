@@ -2,20 +2,20 @@
 //! `MessageEmbedded`, ack. Every step only finishes what is missing, so a redelivery at any point
 //! converges on the same rows and never duplicates one.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 mod fate;
+mod insert;
 mod parse;
 
-use chrono::Utc;
 use common::bus::{Consumer, Delivery, Disposition, KeepAlive, Rejection};
 use common::config::Config;
-use common::contract::{EventKind, MessageStored, REEMBED_HEADER, REQUEST_ID_HEADER, VERSION};
-use common::domain::{MessageId, MessageStatus};
-use common::store::{Inserted, NewRow, Origin, Space, StoreError, StoredMessage};
+use common::contract::{EventKind, MessageStored, REQUEST_ID_HEADER, VERSION};
+use common::domain::MessageStatus;
+use common::store::{Inserted, Origin, Space, StoreError, StoredMessage};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info_span, warn};
 
@@ -254,88 +254,6 @@ impl IngestWorker {
         .await;
     }
 
-    /// Inserts the batch's rows and reads back the rows of re-embeds (which only ever find a
-    /// stored row: were the message deleted since, inserting would bring it back).
-    async fn insert(
-        &self,
-        accepted: Vec<Accepted>,
-        settled: &mut Settled,
-    ) -> Result<(Vec<Accepted>, HashMap<MessageId, Inserted>), Halted> {
-        let (reembeds, accepted): (Vec<Accepted>, Vec<Accepted>) =
-            accepted.into_iter().partition(|a| a.delivery.message.header(REEMBED_HEADER).is_some());
-        let (mut kept, mut stored) = match self.insert_new(accepted, settled).await {
-            Ok(done) => done,
-            // The new rows go back for redelivery: the re-embeds go with them.
-            Err(mut halted) => {
-                halted.deliveries.extend(reembeds);
-                return Err(halted);
-            }
-        };
-        let mut reembeds = reembeds.into_iter();
-        while let Some(a) = reembeds.next() {
-            match self.deps.store.get_message(a.message.message_id).await {
-                Ok(Some(row)) if row.tenant_id == a.message.tenant_id => {
-                    stored.insert(row.message_id, Inserted { row, new: false });
-                    kept.push(a);
-                }
-                Ok(_) => {
-                    debug!(message_id = %a.message.message_id, "dropping the re-embed of a deleted message");
-                    settled.push((a.delivery, Fate::Done(Outcome::Dropped)));
-                }
-                Err(e) => {
-                    let rest = kept.into_iter().chain(std::iter::once(a)).chain(reembeds).collect();
-                    return Err(Halted::store(rest, "reading an edited message", e));
-                }
-            }
-        }
-        Ok((kept, stored))
-    }
-
-    /// Inserts the new rows. A row the database refuses (bad data) must not hold back the
-    /// others: the batch is then inserted row by row and only the refused rows are dead-lettered.
-    async fn insert_new(
-        &self,
-        accepted: Vec<Accepted>,
-        settled: &mut Settled,
-    ) -> Result<(Vec<Accepted>, HashMap<MessageId, Inserted>), Halted> {
-        let now = Utc::now();
-        let row = |a: &Accepted| NewRow {
-            message: a.message.clone(),
-            importance: match a.importance {
-                Some(kept) if !a.message.pinned && a.message.importance_override.is_none() => kept,
-                _ => common::domain::importance::score(&a.message, now, self.importance),
-            },
-            origin: Some(origin(&a.delivery)),
-        };
-        let rows: Vec<NewRow> = accepted.iter().map(row).collect();
-        let by_id =
-            |inserted: Vec<Inserted>| inserted.into_iter().map(|r| (r.row.message_id, r)).collect::<HashMap<_, _>>();
-        match self.deps.store.insert_messages(&rows).await {
-            Ok(inserted) => return Ok((accepted, by_id(inserted))),
-            Err(e) if e.is_data_error() => {
-                warn!(error = %e, "the database refused a row; inserting the batch row by row");
-            }
-            Err(e) => return Err(Halted::store(accepted, "storing messages", e)),
-        }
-        let mut kept = Vec::with_capacity(accepted.len());
-        let mut stored = HashMap::with_capacity(accepted.len());
-        let mut pending = accepted.into_iter();
-        while let Some(a) = pending.next() {
-            match self.deps.store.insert_messages(&[row(&a)]).await {
-                Ok(inserted) => {
-                    stored.extend(by_id(inserted));
-                    kept.push(a);
-                }
-                Err(e) if e.is_data_error() => settled.push((a.delivery, IngestError::Refused(e).fate())),
-                Err(e) => {
-                    let rest: Vec<Accepted> = kept.into_iter().chain(std::iter::once(a)).chain(pending).collect();
-                    return Err(Halted::store(rest, "storing messages", e));
-                }
-            }
-        }
-        Ok((kept, stored))
-    }
-
     async fn store_and_embed(&self, accepted: Vec<Accepted>, settled: &mut Settled) -> Result<(), Halted> {
         let (accepted, stored) = self.insert(accepted, settled).await?;
         let accepted = self.drop_deleted(accepted, &stored, settled).await?;
@@ -409,38 +327,6 @@ impl IngestWorker {
                 .map(|(a, i)| (a.delivery, Fate::Done(if i.new { Outcome::Stored } else { Outcome::Duplicate }))),
         );
         Ok(())
-    }
-
-    /// Settles as dropped, without storing, the events a tombstone stopped (their message,
-    /// conversation or tenant was deleted after they were accepted) and returns the rest.
-    async fn drop_deleted(
-        &self,
-        accepted: Vec<Accepted>,
-        stored: &HashMap<MessageId, Inserted>,
-        settled: &mut Settled,
-    ) -> Result<Vec<Accepted>, Halted> {
-        let missing: Vec<NewRow> = accepted
-            .iter()
-            .filter(|a| !stored.contains_key(&a.message.message_id))
-            .map(|a| NewRow { message: a.message.clone(), importance: 0.0, origin: Some(origin(&a.delivery)) })
-            .collect();
-        if missing.is_empty() {
-            return Ok(accepted);
-        }
-        let dropped: HashSet<MessageId> = match self.deps.store.tombstoned(&missing).await {
-            Ok(ids) => ids.into_iter().collect(),
-            Err(e) => return Err(Halted::store(accepted, "checking tombstones", e)),
-        };
-        let mut kept = Vec::with_capacity(accepted.len());
-        for a in accepted {
-            if dropped.contains(&a.message.message_id) && !stored.contains_key(&a.message.message_id) {
-                debug!(message_id = %a.message.message_id, "dropping an event of deleted data");
-                settled.push((a.delivery, Fate::Done(Outcome::Dropped)));
-            } else {
-                kept.push(a);
-            }
-        }
-        Ok(kept)
     }
 }
 
