@@ -11,12 +11,15 @@ use prometheus_client::registry::Registry;
 pub(crate) const KEY: &str = "bench-admin-key-0123456789";
 
 /// A test environment for a bench: the operator key, a pool of ten connections, an HTTP
-/// address the system picks, and whatever `extra` sets.
+/// address the system picks, rate limits far above any bench's load (a batch costs one request
+/// per item), and whatever `extra` sets.
 pub(crate) async fn env(extra: impl FnOnce(&mut BTreeMap<String, String>)) -> anyhow::Result<TestEnv> {
     TestEnv::start_with(|vars| {
         vars.insert("MEMORY_ADMIN_API_KEY".into(), KEY.into());
         vars.insert("MEMORY_HTTP_ADDR".into(), "127.0.0.1:0".into());
         vars.insert("MEMORY_DATABASE_MAX_CONNECTIONS".into(), "10".into());
+        vars.insert("MEMORY_RATE_LIMIT_CLIENT".into(), "1000000/second".into());
+        vars.insert("MEMORY_RATE_LIMIT_TENANT".into(), "1000000/second".into());
         extra(vars);
     })
     .await
