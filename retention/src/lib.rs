@@ -21,7 +21,7 @@ use common::contract::{
     VERSION,
 };
 use common::domain::{RetentionAction, TenantId};
-use common::store::{Deletes, Edits, Health, Locks, MessageReads, RetentionRuns, Spaces, StoredMessage, TenantLookup};
+use common::store::{Deletes, Edits, Locks, MessageReads, RetentionRuns, Spaces, StoredMessage, TenantLookup};
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use prometheus_client::registry::Registry;
@@ -33,12 +33,9 @@ pub use metrics::Metrics;
 pub use runs::Runner;
 
 /// The storage roles the retention service uses: every change to a stored message after ingest.
-pub trait Store:
-    Health + Locks + MessageReads + Spaces + RetentionRuns + Edits + Deletes + TenantLookup + 'static
-{
-}
+pub trait Store: Locks + MessageReads + Spaces + RetentionRuns + Edits + Deletes + TenantLookup + 'static {}
 
-impl<T: Health + Locks + MessageReads + Spaces + RetentionRuns + Edits + Deletes + TenantLookup + 'static> Store for T {}
+impl<T: Locks + MessageReads + Spaces + RetentionRuns + Edits + Deletes + TenantLookup + 'static> Store for T {}
 
 /// The retention service's handles: its view of the store.
 pub(crate) type Deps = common::Deps<dyn Store>;

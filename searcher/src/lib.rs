@@ -20,8 +20,7 @@ use common::contract::{
 };
 use common::domain::{MessageId, MessageView, Ranking, SearchMode, TenantId};
 use common::store::{
-    Health, LexicalHit, LexicalQuery, MessageReads, NewRow, Origin, SearchReads, Settings, Spaces, StoreError,
-    VectorQuery,
+    LexicalHit, LexicalQuery, MessageReads, NewRow, Origin, SearchReads, Settings, Spaces, StoreError, VectorQuery,
 };
 use futures::StreamExt;
 use futures::stream::{BoxStream, select};
@@ -49,9 +48,9 @@ struct VectorCandidates {
 }
 
 /// The storage roles the searcher uses: reads only.
-pub trait Store: Health + MessageReads + Spaces + SearchReads + Settings + 'static {}
+pub trait Store: MessageReads + Spaces + SearchReads + Settings + 'static {}
 
-impl<T: Health + MessageReads + Spaces + SearchReads + Settings + 'static> Store for T {}
+impl<T: MessageReads + Spaces + SearchReads + Settings + 'static> Store for T {}
 
 type Deps = common::Deps<dyn Store>;
 

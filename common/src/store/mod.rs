@@ -5,7 +5,7 @@
 //!
 //! | trait | what | used by |
 //! |---|---|---|
-//! | [`Health`], [`Locks`] | ping; advisory locks across replicas | every role; embedder, retention |
+//! | [`Health`], [`Locks`] | ping; advisory locks across replicas | readiness (gateway, composition roots); embedder, retention |
 //! | [`MessageReads`] | one message; which ingest rows a tombstone stops | embedder, searcher, retention |
 //! | [`IngestWrites`] | new messages, their vectors and refusals; the sweeper's queue | embedder |
 //! | [`Spaces`], [`Backfill`] | the active space; registering, backfilling, activating | all readers; embedder |
@@ -35,7 +35,8 @@ pub use search::{LexicalHit, LexicalQuery, SearchReads, Term, TextQuery, VectorH
 pub use spaces::{Backfill, Coverage, Space, Spaces};
 pub use tenants::{ApiKeys, Settings, SettingsAdmin, TenantLookup, Tenants};
 
-/// Whether the store answers: every role's readiness.
+/// Whether the store answers: readiness (the gateway's `/readyz`, and the ops port of every
+/// process through its composition root's handle).
 #[async_trait]
 pub trait Health: Send + Sync {
     /// Succeeds when the store answers.

@@ -73,6 +73,12 @@ impl IngestWorker {
             |inserted: Vec<Inserted>| inserted.into_iter().map(|r| (r.row.message_id, r)).collect::<HashMap<_, _>>();
         match self.deps.store.insert_messages(&rows).await {
             Ok(inserted) => return Ok((accepted, by_id(inserted))),
+            // One row: it is the one refused.
+            Err(e) if e.is_data_error() && accepted.len() == 1 => {
+                let fate = IngestError::Refused(e).fate();
+                settled.extend(accepted.into_iter().map(|a| (a.delivery, fate.clone())));
+                return Ok((Vec::new(), HashMap::new()));
+            }
             Err(e) if e.is_data_error() => {
                 warn!(error = %e, "the database refused a row; inserting the batch row by row");
             }

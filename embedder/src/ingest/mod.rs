@@ -193,38 +193,41 @@ impl IngestWorker {
                 Err(rejection) => settled.push((delivery, IngestError::Invalid(rejection).fate())),
             }
         }
-        if !accepted.is_empty() {
-            let span = info_span!(
-                "ingest_batch",
-                messages = accepted.len(),
-                request_ids = %accepted.iter().filter_map(|a| a.delivery.message.header(REQUEST_ID_HEADER)).collect::<Vec<_>>().join(","),
-            );
-            // A slow provider (retries, backoff) may take longer than the ack wait: keep the
-            // batch's messages from being redelivered to another replica while we work on them.
-            let keepalives: Vec<KeepAlive> = accepted.iter().map(|a| a.delivery.keepalive()).collect();
-            let heartbeat = async {
-                loop {
-                    tokio::time::sleep(self.ack_wait / 3).await;
-                    futures::future::join_all(keepalives.iter().map(KeepAlive::in_progress)).await;
-                }
-            };
-            let n = accepted.len();
-            let handled = async {
-                let outcome = self.store_and_embed(accepted, &mut settled).await;
-                debug!(messages = n, "batch handled");
-                outcome
-            };
-            let outcome = tokio::select! {
-                outcome = handled.instrument(span) => outcome,
-                () = heartbeat => Ok(()),
-            };
-            if let Err(Halted { deliveries, error }) = outcome {
-                warn!(error = %error, cause = ?std::error::Error::source(&error), messages = deliveries.len(), "batch failed; it will be redelivered");
-                let fate = error.fate();
-                settled.extend(deliveries.into_iter().map(|a| (a.delivery, fate.clone())));
-            }
+        // Invalid events are dead-lettered at once: nothing keeps them alive while the rest works.
+        self.settle_all(std::mem::take(&mut settled)).await;
+        if accepted.is_empty() {
+            return;
         }
-        self.settle_all(settled).await;
+        let span = info_span!(
+            "ingest_batch",
+            messages = accepted.len(),
+            request_ids = %accepted.iter().filter_map(|a| a.delivery.message.header(REQUEST_ID_HEADER)).collect::<Vec<_>>().join(","),
+        );
+        // A slow provider (retries, backoff) may take longer than the ack wait: keep the
+        // batch's messages from being redelivered to another replica while we work on them.
+        let keepalives: Vec<KeepAlive> = accepted.iter().map(|a| a.delivery.keepalive()).collect();
+        let heartbeat = async {
+            loop {
+                tokio::time::sleep(self.ack_wait / 3).await;
+                futures::future::join_all(keepalives.iter().map(KeepAlive::in_progress)).await;
+            }
+        };
+        let n = accepted.len();
+        let handled = async {
+            let outcome = self.store_and_embed(accepted, &mut settled).await;
+            debug!(messages = n, "batch handled");
+            outcome
+        };
+        let outcome = tokio::select! {
+            outcome = handled.instrument(span.clone()) => outcome,
+            () = heartbeat => Ok(()),
+        };
+        if let Err(Halted { deliveries, error }) = outcome {
+            span.in_scope(|| warn!(error = %error, cause = ?std::error::Error::source(&error), messages = deliveries.len(), "batch failed; it will be redelivered"));
+            let fate = error.fate();
+            settled.extend(deliveries.into_iter().map(|a| (a.delivery, fate.clone())));
+        }
+        self.settle_all(settled).instrument(span).await;
     }
 
     /// Settles every delivery as its fate says, counting each: the ingest loop's one decision.
@@ -266,7 +269,10 @@ impl IngestWorker {
                 Some(inserted) if inserted.row.tenant_id == a.message.tenant_id => ready.push((a, inserted)),
                 Some(_) => settled.push((a.delivery, IngestError::IdConflict(id).fate())),
                 // The insert committed, so the row must be there; redeliver rather than guess.
-                None => settled.push((a.delivery, IngestError::Vanished(id).fate())),
+                None => {
+                    warn!(message_id = %id, "stored row not found after insert; retrying");
+                    settled.push((a.delivery, IngestError::Vanished(id).fate()));
+                }
             }
         }
         if ready.is_empty() {

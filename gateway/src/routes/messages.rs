@@ -405,7 +405,7 @@ impl<S: Send + Sync> FromRequestParts<S> for OneMessage {
         let principal = parts.extensions.get::<Principal>().cloned().ok_or(ApiError::Unauthorized)?;
         let Path(id) = Path::<String>::from_request_parts(parts, state)
             .await
-            .map_err(|e| ApiError::InvalidMessageId(e.body_text()))?;
+            .map_err(|_| ApiError::InvalidMessageId("(a path segment that is not UTF-8)".into()))?;
         let AppQuery(GetParams { tenant_id }) = AppQuery::from_request_parts(parts, state).await?;
         Ok(Self { principal, request_id: request_id(&parts.headers), id, tenant_id })
     }

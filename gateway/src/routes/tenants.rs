@@ -32,7 +32,10 @@ pub fn router() -> Router<AppState> {
 #[utoipa::path(
     get, path = "/v1/tenants/{tenant_id}/retention-policy", tag = "tenants",
     params(("tenant_id" = String, Path)),
-    responses((status = 200, body = RetentionPolicyReply), (status = 401, body = Problem), (status = 403, body = Problem)),
+    responses(
+        (status = 200, body = RetentionPolicyReply), (status = 401, body = Problem), (status = 403, body = Problem),
+        (status = 503, body = Problem), (status = 504, body = Problem),
+    ),
     security(("api_key" = []), ("bearer" = []))
 )]
 pub async fn get_retention(
@@ -51,7 +54,8 @@ pub async fn get_retention(
     params(("tenant_id" = String, Path)), request_body = RetentionPolicy,
     responses(
         (status = 200, body = RetentionPolicyReply), (status = 400, body = Problem), (status = 401, body = Problem),
-        (status = 403, body = Problem), (status = 422, body = Problem),
+        (status = 403, body = Problem), (status = 422, body = Problem), (status = 503, body = Problem),
+        (status = 504, body = Problem),
     ),
     security(("api_key" = []), ("bearer" = []))
 )]
@@ -71,7 +75,10 @@ pub async fn put_retention(
 #[utoipa::path(
     delete, path = "/v1/tenants/{tenant_id}/retention-policy", tag = "tenants",
     params(("tenant_id" = String, Path)),
-    responses((status = 204), (status = 401, body = Problem), (status = 403, body = Problem)),
+    responses(
+        (status = 204), (status = 401, body = Problem), (status = 403, body = Problem), (status = 503, body = Problem),
+        (status = 504, body = Problem),
+    ),
     security(("api_key" = []), ("bearer" = []))
 )]
 pub async fn delete_retention(
