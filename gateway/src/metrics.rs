@@ -1,5 +1,6 @@
-//! The gateway's HTTP metrics, registered under `memory_gateway_*`. Routes are labelled by their
-//! template (`/v1/messages/{id}`), never the raw path, so cardinality stays bounded.
+//! The gateway's HTTP metrics, registered under `memory_gateway_*`. Every label comes from a
+//! closed set, because it is taken before authentication: routes by their template
+//! (`/v1/messages/{id}`, never the raw path), methods from the standard ones or `OTHER`.
 
 use std::time::Instant;
 
@@ -18,14 +19,14 @@ use crate::state::AppState;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct RequestLabels {
-    pub method: String,
+    pub method: &'static str,
     pub route: String,
     pub status: u16,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct RouteLabels {
-    pub method: String,
+    pub method: &'static str,
     pub route: String,
 }
 
@@ -98,11 +99,29 @@ impl Metrics {
 
 pub(crate) async fn track(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let started = Instant::now();
-    let method = req.method().as_str().to_owned();
+    let method = method_label(req.method());
     let route = req.extensions().get::<MatchedPath>().map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let response = next.run(req).await;
     let status = response.status().as_u16();
-    state.metrics.requests.get_or_create(&RequestLabels { method: method.clone(), route: route.clone(), status }).inc();
+    state.metrics.requests.get_or_create(&RequestLabels { method, route: route.clone(), status }).inc();
     state.metrics.duration.get_or_create(&RouteLabels { method, route }).observe(started.elapsed().as_secs_f64());
     response
+}
+
+/// A method as a label: one of the standard methods, or `OTHER` for any extension method a
+/// client makes up (each would otherwise be a new series).
+fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::OPTIONS => "OPTIONS",
+        Method::TRACE => "TRACE",
+        Method::CONNECT => "CONNECT",
+        _ => "OTHER",
+    }
 }

@@ -47,6 +47,25 @@ async fn the_gateway_refuses_to_start_without_an_admin_key() -> anyhow::Result<(
 }
 
 #[tokio::test]
+async fn made_up_methods_share_one_metrics_label() -> anyhow::Result<()> {
+    let app = App::start().await?;
+    // Read twice, so the second read already holds the series of `GET /metrics` itself.
+    app.send(Method::GET, "/metrics", None, None).await?;
+    let before = app.send(Method::GET, "/metrics", None, None).await?.body.as_str().unwrap().len();
+    for i in 0..1_000 {
+        let method = Method::from_bytes(format!("X{i:04}QZ").as_bytes())?;
+        let r = app.send(method, "/v1/messages", None, None).await?;
+        assert!(r.status.is_client_error(), "{r:?}");
+    }
+    let text = app.send(Method::GET, "/metrics", None, None).await?.body.as_str().unwrap().to_owned();
+    assert!(!text.contains("QZ\""), "a made-up method became a label");
+    assert!(text.contains("method=\"OTHER\""), "{text}");
+    // A few new series (count and duration of `OTHER`), not a thousand of each.
+    assert!(text.len() < before + 8_192, "/metrics grew from {before} to {} bytes", text.len());
+    app.finish().await
+}
+
+#[tokio::test]
 async fn health_readiness_metrics_and_docs_need_no_key() -> anyhow::Result<()> {
     let app = App::start().await?;
     app.post("/v1/messages?wait=embedded", &message("acme", "count me")).await?;
