@@ -61,6 +61,9 @@ pub fn consumer_spec(config: &Config, subjects: &common::contract::Subjects) -> 
         // Enough for a few batches in flight at once, bounded so one slow replica does not
         // hoard the backlog.
         max_ack_pending: i64::try_from(config.embedder.batch_size * 4).unwrap_or(i64::MAX),
+        // Past the embedder's own limit a message is dead-lettered, or terminated if even that
+        // fails; the server stops a few deliveries later whatever happens.
+        max_deliver: i64::try_from(config.embedder.max_deliveries + 5).unwrap_or(i64::MAX),
     }
 }
 

@@ -176,6 +176,9 @@ pub struct Metrics {
     pub redeliveries: Counter,
     /// Events dead-lettered, by the rejection's code: `memory_embedder_dead_letters_total`.
     pub dead_letters: Family<ReasonLabels, Counter>,
+    /// Events ended unsaved because not even their dead-letter copy could be published, by the
+    /// rejection's code: `memory_embedder_terminated_events_total`. Each is logged as an error.
+    pub terminated: Family<ReasonLabels, Counter>,
     /// The ingest consumer's messages not yet delivered (shared by every replica, so each reports
     /// the same): `memory_embedder_consumer_pending_messages`.
     pub consumer_pending: Family<ConsumerLabels, Gauge>,
@@ -251,6 +254,12 @@ impl Metrics {
             ),
             redeliveries: registered(r, "redeliveries", "Deliveries of messages delivered before", Counter::default()),
             dead_letters: registered(r, "dead_letters", "Events dead-lettered, by reason", Family::default()),
+            terminated: registered(
+                r,
+                "terminated_events",
+                "Events ended unsaved: their dead-letter copy could not be published",
+                Family::default(),
+            ),
             consumer_pending: registered(
                 r,
                 "consumer_pending_messages",

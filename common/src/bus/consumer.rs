@@ -7,9 +7,12 @@ use async_nats::jetstream::{self, AckKind, consumer::pull};
 use async_trait::async_trait;
 use futures::StreamExt;
 
-use super::nats::{envelope, header_map, header_safe};
+use super::nats::{envelope, header_safe};
 use super::{BusError, Consumer, Delivery, Disposition, Envelope, Settle};
-use crate::contract::{DEAD_CODE_HEADER, DEAD_REASON_HEADER, DEAD_SEQUENCE_HEADER, DEAD_SUBJECT_HEADER, Subjects};
+use crate::contract::{
+    DEAD_CODE_HEADER, DEAD_PAYLOAD_MAX, DEAD_REASON_HEADER, DEAD_SEQUENCE_HEADER, DEAD_SUBJECT_HEADER,
+    DEAD_TRUNCATED_HEADER, REQUEST_ID_HEADER, Subjects,
+};
 
 pub(super) struct NatsConsumer {
     pub(super) consumer: jetstream::consumer::Consumer<pull::Config>,
@@ -77,16 +80,32 @@ impl Settle for NatsAck {
                 .ack_with(AckKind::Nak(delay))
                 .await
                 .map_err(|e| BusError::Nats { operation: "naking", source: e }),
+            Disposition::Terminate => self
+                .acker
+                .ack_with(AckKind::Term)
+                .await
+                .map_err(|e| BusError::Nats { operation: "terminating", source: e }),
             Disposition::Reject(rejection) => {
-                let mut headers = header_map(&message.headers);
+                // Only our own headers: a publisher's (`Nats-Expected-Stream`, say) could make the
+                // dead-letter stream refuse the copy.
+                let mut headers = async_nats::HeaderMap::new();
+                if let Some(id) = message.header(REQUEST_ID_HEADER) {
+                    headers.insert(REQUEST_ID_HEADER, header_safe(id).as_str());
+                }
                 headers.insert(DEAD_REASON_HEADER, header_safe(&rejection.reason).as_str());
                 headers.insert(DEAD_CODE_HEADER, rejection.code);
-                headers.insert(DEAD_SUBJECT_HEADER, message.subject.as_str());
+                headers.insert(DEAD_SUBJECT_HEADER, header_safe(&message.subject).as_str());
                 headers.insert(DEAD_SEQUENCE_HEADER, sequence.to_string().as_str());
-                // The original payload is kept byte for byte; an id derived from the source
-                // sequence makes a repeated dead-lettering (after a lost ack) a duplicate.
+                // The payload as sent, cut to what the dead-letter stream takes (and marked so);
+                // an id derived from the source sequence makes a repeated dead-lettering (after a
+                // lost ack) a duplicate.
+                let mut payload = message.payload.clone();
+                if payload.len() > DEAD_PAYLOAD_MAX {
+                    headers.insert(DEAD_TRUNCATED_HEADER, payload.len().to_string().as_str());
+                    payload.truncate(DEAD_PAYLOAD_MAX);
+                }
                 let publish = jetstream::message::PublishMessage::build()
-                    .payload(message.payload.clone())
+                    .payload(payload)
                     .headers(headers)
                     .message_id(format!("dead-{sequence}"));
                 self.inner

@@ -65,6 +65,8 @@ pub enum Disposition {
     Retry(Option<Duration>),
     /// Never valid: publish it to the dead-letter stream with the reason, then ack it.
     Reject(Rejection),
+    /// Stop delivering it, unsaved (`AckTerm`): for an event that cannot even be dead-lettered.
+    Terminate,
 }
 
 /// Why a message was dead-lettered: a stable code and a sentence.
@@ -127,7 +129,7 @@ impl std::fmt::Debug for Delivery {
 
 impl Delivery {
     /// Applies the disposition: ack, redeliver later, or dead-letter then ack.
-    pub async fn settle(self, disposition: Disposition) -> Result<(), BusError> {
+    pub async fn settle(&self, disposition: Disposition) -> Result<(), BusError> {
         self.settle.settle(&self.message, self.stream_sequence, disposition).await
     }
 
@@ -200,6 +202,9 @@ pub struct ConsumerSpec {
     pub filter: String,
     pub ack_wait: Duration,
     pub max_ack_pending: i64,
+    /// The server's own delivery limit: a backstop behind the worker's, so that no message is
+    /// delivered forever whatever happens to the worker.
+    pub max_deliver: i64,
 }
 
 /// A durable pull consumer.

@@ -15,7 +15,7 @@ use super::consumer::{NatsConsumer, NatsSettle};
 use super::server::Server;
 use super::{Bus, BusError, Consumer, ConsumerSpec, ConsumerState, Envelope, Held, Published, Request, StreamState};
 use crate::config::NatsConfig;
-use crate::contract::{StreamKind, Subjects};
+use crate::contract::{DEAD_MESSAGE_MAX, StreamKind, Subjects};
 
 /// A connection to NATS with JetStream, bound to one subject prefix.
 #[derive(Clone, Debug)]
@@ -72,6 +72,7 @@ impl NatsBus {
                 name: s.stream(StreamKind::Dead),
                 subjects: vec![s.dead_all()],
                 max_age: config.dead_max_age,
+                max_message_size: i32::try_from(DEAD_MESSAGE_MAX).unwrap_or(i32::MAX),
                 storage: stream::StorageType::File,
                 num_replicas: config.replicas,
                 ..Default::default()
@@ -223,9 +224,9 @@ impl Bus for NatsBus {
                 ack_policy: jetstream::consumer::AckPolicy::Explicit,
                 ack_wait: spec.ack_wait,
                 max_ack_pending: spec.max_ack_pending,
-                // Unlimited at the server: the worker dead-letters a message past its own limit,
-                // so nothing is ever dropped silently.
-                max_deliver: -1,
+                // The worker dead-letters (or, failing that, terminates) a message past its own
+                // limit; this backstop stops redelivery even if the worker cannot.
+                max_deliver: spec.max_deliver,
                 ..Default::default()
             })
             .await

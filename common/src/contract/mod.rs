@@ -26,6 +26,13 @@ pub const DEAD_REASON_HEADER: &str = "Memory-Dead-Reason";
 pub const DEAD_CODE_HEADER: &str = "Memory-Dead-Code";
 pub const DEAD_SUBJECT_HEADER: &str = "Memory-Dead-Subject";
 pub const DEAD_SEQUENCE_HEADER: &str = "Memory-Dead-Sequence";
+/// Set on a dead letter whose payload was cut to [`DEAD_PAYLOAD_MAX`]: the original size in bytes.
+pub const DEAD_TRUNCATED_HEADER: &str = "Memory-Dead-Truncated";
+/// Most payload bytes a dead letter keeps: enough to diagnose, and always within the dead-letter
+/// stream's message size whatever a publisher sent.
+pub const DEAD_PAYLOAD_MAX: usize = 60 * 1024;
+/// The dead-letter stream's largest message: the payload cap plus room for our own headers.
+pub const DEAD_MESSAGE_MAX: usize = 64 * 1024;
 
 /// Every request/reply answer: the result, or a typed error the caller maps instead of timing out.
 #[derive(Debug, Clone, Serialize, Deserialize)]

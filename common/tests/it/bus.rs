@@ -12,6 +12,7 @@ fn spec(env: &TestEnv) -> ConsumerSpec {
         filter: env.subjects.ingest_all(),
         ack_wait: Duration::from_secs(1),
         max_ack_pending: 100,
+        max_deliver: 10,
     }
 }
 

@@ -17,7 +17,7 @@ use common::contract::{EventKind, MessageStored, REQUEST_ID_HEADER, VERSION};
 use common::domain::MessageStatus;
 use common::store::{Inserted, Origin, Space, StoreError, StoredMessage};
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, debug, info_span, warn};
+use tracing::{Instrument, debug, error, info_span, warn};
 
 use self::fate::{Fate, IngestError, retry_delay};
 use self::parse::{Accepted, parse};
@@ -243,18 +243,36 @@ impl IngestWorker {
                     let delay = retry_delay(delivery.delivered).max(at_least.unwrap_or_default());
                     settle(delivery, Disposition::Retry(Some(delay))).await;
                 }
-                Fate::DeadLetter(rejection) => {
-                    let reason = rejection.code;
-                    warn!(subject = %delivery.message.subject, code = reason, reason = %rejection.reason, "dead-lettering an event");
-                    // Counted once it is in the dead-letter stream: a failed publish means a redelivery.
-                    if settle(delivery, Disposition::Reject(rejection)).await {
-                        self.metrics.count(Outcome::Rejected, 1);
-                        self.metrics.dead_letters.get_or_create(&crate::metrics::ReasonLabels { reason }).inc();
-                    }
-                }
+                Fate::DeadLetter(rejection) => self.dead_letter(delivery, rejection).await,
             }
         }))
         .await;
+    }
+
+    /// Dead-letters an event, counted once it is in the dead-letter stream. If that publish
+    /// fails, the event is tried again later; once it has used up its deliveries it is
+    /// terminated (never redelivered), counted and logged, so no poison event circles forever.
+    async fn dead_letter(&self, delivery: Delivery, rejection: Rejection) {
+        let reason = rejection.code;
+        let labels = crate::metrics::ReasonLabels { reason };
+        let subject = delivery.message.subject.clone();
+        warn!(%subject, code = reason, reason = %rejection.reason, "dead-lettering an event");
+        let Err(e) = delivery.settle(Disposition::Reject(rejection)).await else {
+            self.metrics.count(Outcome::Rejected, 1);
+            self.metrics.dead_letters.get_or_create(&labels).inc();
+            return;
+        };
+        if delivery.delivered < self.max_deliveries {
+            warn!(%subject, error = %e, "publishing a dead letter failed; it will be tried again");
+            self.metrics.count(Outcome::Retried, 1);
+            let delay = retry_delay(delivery.delivered);
+            settle(delivery, Disposition::Retry(Some(delay))).await;
+            return;
+        }
+        error!(%subject, code = reason, error = %e, delivered = delivery.delivered, "publishing a dead letter keeps failing; the event is terminated unsaved");
+        if settle(delivery, Disposition::Terminate).await {
+            self.metrics.terminated.get_or_create(&labels).inc();
+        }
     }
 
     async fn store_and_embed(&self, accepted: Vec<Accepted>, settled: &mut Settled) -> Result<(), Halted> {

@@ -3,6 +3,7 @@
 mod backfill;
 mod gemini;
 mod local;
+mod poison;
 mod query;
 mod support;
 mod sweeper;
