@@ -301,10 +301,14 @@ fn classify(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> CallError {
     }
 }
 
-/// `Retry-After` in seconds. (The HTTP-date form is not used by Google APIs.)
+/// The longest wait a provider may ask for: a larger one (or a malformed one) is taken as this.
+const RETRY_AFTER_MAX: Duration = Duration::from_secs(3600);
+
+/// `Retry-After` in seconds, at most [`RETRY_AFTER_MAX`]. (The HTTP-date form is not used by
+/// Google APIs.)
 fn retry_after_header(headers: &HeaderMap) -> Option<Duration> {
     let value = headers.get(RETRY_AFTER)?.to_str().ok()?;
-    value.trim().parse::<u64>().ok().map(Duration::from_secs)
+    value.trim().parse::<u64>().ok().map(|s| Duration::from_secs(s).min(RETRY_AFTER_MAX))
 }
 
 /// `google.rpc.RetryInfo.retryDelay`, a proto3 JSON duration such as `"37s"` or `"1.5s"`.
@@ -314,7 +318,7 @@ fn retry_info(details: &[Value]) -> Option<Duration> {
         .filter(|d| d["@type"].as_str().is_some_and(|t| t.ends_with("google.rpc.RetryInfo")))
         .find_map(|d| d["retryDelay"].as_str()?.strip_suffix('s')?.parse::<f64>().ok())
         .filter(|s| s.is_finite() && *s >= 0.0)
-        .map(Duration::from_secs_f64)
+        .map(|s| Duration::try_from_secs_f64(s).unwrap_or(RETRY_AFTER_MAX).min(RETRY_AFTER_MAX))
 }
 
 fn error_reason_is(details: &[Value], reason: &str) -> bool {
@@ -380,6 +384,28 @@ mod tests {
         headers.insert(RETRY_AFTER, HeaderValue::from_static("7"));
         match classify(StatusCode::TOO_MANY_REQUESTS, &headers, &quota) {
             CallError::Transient { retry_after, .. } => assert_eq!(retry_after, Some(Duration::from_secs(7))),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_huge_wait_asked_for_is_capped_not_a_panic() {
+        let none = HeaderMap::new();
+        let quota = |delay: &str| {
+            serde_json::to_vec(&json!({"error": {"code": 429, "message": "m", "status": "RESOURCE_EXHAUSTED",
+                "details": [{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": delay}]}}))
+            .unwrap()
+        };
+        for delay in ["1e300s", "18446744073709551616s", "7200s"] {
+            match classify(StatusCode::TOO_MANY_REQUESTS, &none, &quota(delay)) {
+                CallError::Transient { retry_after, .. } => assert_eq!(retry_after, Some(RETRY_AFTER_MAX), "{delay}"),
+                other => panic!("{delay}: {other:?}"),
+            }
+        }
+        let mut headers = HeaderMap::new();
+        headers.insert(RETRY_AFTER, HeaderValue::from_static("18446744073709551615"));
+        match classify(StatusCode::SERVICE_UNAVAILABLE, &headers, b"") {
+            CallError::Transient { retry_after, .. } => assert_eq!(retry_after, Some(RETRY_AFTER_MAX)),
             other => panic!("{other:?}"),
         }
     }
