@@ -56,11 +56,52 @@ impl Ops {
 struct OpsState {
     ops: Ops,
     shutdown: CancellationToken,
+    ready: Arc<ReadyCache>,
+}
+
+/// How long a readiness answer is reused: `/readyz` needs no key, so without this every probe
+/// (and anyone else) would cost a Postgres and a NATS round trip.
+pub const READY_CACHE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The last readiness answer of the dependencies, reused for [`READY_CACHE`]. Callers arriving
+/// while a check runs wait for it rather than start their own.
+pub struct ReadyCache {
+    ttl: std::time::Duration,
+    last: tokio::sync::Mutex<Option<(tokio::time::Instant, Result<(), String>)>>,
+}
+
+impl Default for ReadyCache {
+    fn default() -> Self {
+        Self::new(READY_CACHE)
+    }
+}
+
+impl ReadyCache {
+    pub fn new(ttl: std::time::Duration) -> Self {
+        Self { ttl, last: tokio::sync::Mutex::new(None) }
+    }
+
+    /// The cached answer if it is fresh, else `check`'s, remembered.
+    pub async fn get<F, Fut>(&self, check: F) -> Result<(), String>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<(), String>>,
+    {
+        let mut last = self.last.lock().await;
+        if let Some((at, answer)) = &*last
+            && at.elapsed() < self.ttl
+        {
+            return answer.clone();
+        }
+        let answer = check().await;
+        *last = Some((tokio::time::Instant::now(), answer.clone()));
+        answer
+    }
 }
 
 /// Serves the operations endpoints until `shutdown` is cancelled.
 pub async fn serve(listener: TcpListener, ops: Ops, shutdown: CancellationToken) -> std::io::Result<()> {
-    let state = OpsState { ops, shutdown: shutdown.clone() };
+    let state = OpsState { ops, shutdown: shutdown.clone(), ready: Arc::default() };
     let app = axum::Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
@@ -77,11 +118,16 @@ async fn metrics(State(s): State<OpsState>) -> axum::response::Response {
 }
 
 /// Readiness of any worker: not shutting down, and Postgres and NATS answer. `Err` says why not.
-pub async fn readiness<S: Health + ?Sized>(deps: &Deps<S>, shutdown: &CancellationToken) -> Result<(), String> {
+/// Shutting down is seen at once; the dependencies' answer comes through `cache`.
+pub async fn readiness<S: Health + ?Sized>(
+    deps: &Deps<S>,
+    shutdown: &CancellationToken,
+    cache: &ReadyCache,
+) -> Result<(), String> {
     if shutdown.is_cancelled() {
         return Err("shutting down".into());
     }
-    deps.ready().await.map_err(|e| e.to_string())
+    cache.get(|| async { deps.ready().await.map_err(|e| e.to_string()) }).await
 }
 
 async fn readyz(State(s): State<OpsState>) -> (StatusCode, String) {
@@ -89,8 +135,32 @@ async fn readyz(State(s): State<OpsState>) -> (StatusCode, String) {
         return (StatusCode::SERVICE_UNAVAILABLE, "starting: connecting to Postgres and NATS".into());
     };
     let own = built.checks.iter().try_for_each(|check| check());
-    match readiness(&built.deps, &s.shutdown).await.and(own) {
+    match readiness(&built.deps, &s.shutdown, &s.ready).await.and(own) {
         Ok(()) => (StatusCode::OK, "ok".into()),
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn readiness_is_checked_at_most_once_per_interval() {
+        let cache = ReadyCache::default();
+        let checks = AtomicUsize::new(0);
+        let check = || async {
+            checks.fetch_add(1, Ordering::Relaxed);
+            Err("postgres: down".to_owned())
+        };
+        for _ in 0..100 {
+            assert_eq!(cache.get(check).await, Err("postgres: down".to_owned()));
+        }
+        assert_eq!(checks.load(Ordering::Relaxed), 1, "one check for a hundred probes");
+        tokio::time::advance(READY_CACHE).await;
+        let _ = cache.get(check).await;
+        assert_eq!(checks.load(Ordering::Relaxed), 2, "checked again once the answer is old");
     }
 }

@@ -136,6 +136,7 @@ impl Gateway {
             ranking: config.searcher.ranking,
             registry: None,
             metrics,
+            ready: Arc::default(),
             shutdown: CancellationToken::new(),
         };
         Ok(Self { listener, state })

@@ -28,6 +28,8 @@ pub struct AppState {
     /// ([`crate::Gateway::expose_metrics`]). Without it the path is not found.
     pub registry: Option<Arc<Registry>>,
     pub metrics: Metrics,
+    /// The dependencies' last readiness answer, reused for a moment.
+    pub ready: Arc<common::ops::ReadyCache>,
     /// Cancelled when the gateway stops: readiness turns 503.
     pub shutdown: CancellationToken,
 }

@@ -33,7 +33,7 @@ pub async fn healthz() -> axum::Json<Health> {
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses((status = 200, body = Health), (status = 503, body = Health)))]
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, axum::Json<Health>) {
-    match common::ops::readiness(&state.deps, &state.shutdown).await {
+    match common::ops::readiness(&state.deps, &state.shutdown, &state.ready).await {
         Ok(()) => (StatusCode::OK, axum::Json(Health { status: "ok", detail: None })),
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, axum::Json(Health { status: "unavailable", detail: Some(e) })),
     }
