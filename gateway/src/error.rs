@@ -78,6 +78,23 @@ fn describe_period(period: std::time::Duration) -> String {
     }
 }
 
+/// Most field errors one problem lists; `errors_omitted` counts the rest.
+pub const FIELD_ERRORS_MAX: usize = 20;
+/// Longest `detail`, and a field error's longest path and message, in characters: input quoted
+/// back (a field name, say) never makes a problem large. With the list cap, a problem stays
+/// under about 16 KiB whatever it was sent.
+const DETAIL_MAX: usize = 1024;
+const FIELD_PATH_MAX: usize = 200;
+const FIELD_MESSAGE_MAX: usize = 300;
+
+/// `text` cut to `max` characters, marked with `…` when cut.
+fn clip(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_owned(),
+    }
+}
+
 /// The RFC 9457 body.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Problem {
@@ -92,6 +109,9 @@ pub struct Problem {
     /// Per-field problems, on `validation_failed`.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<FieldError>,
+    /// Field errors found beyond the first [`FIELD_ERRORS_MAX`], not listed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub errors_omitted: Option<usize>,
     /// The message concerned, on `wait_timeout`, `publish_timeout` and `publish_failed`: retry
     /// with it as `message_id` and the message is stored once.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -138,11 +158,23 @@ impl ApiError {
             kind: format!("urn:memory:problem:{code}"),
             title: status.canonical_reason().unwrap_or("Error").to_owned(),
             status: status.as_u16(),
-            detail: self.to_string(),
+            detail: clip(&self.to_string(), DETAIL_MAX),
             code,
             errors: match self {
-                Self::Invalid(errors) => errors.clone(),
+                Self::Invalid(errors) => errors
+                    .iter()
+                    .take(FIELD_ERRORS_MAX)
+                    .map(|e| FieldError {
+                        field: clip(&e.field, FIELD_PATH_MAX),
+                        code: clip(&e.code, FIELD_PATH_MAX),
+                        message: clip(&e.message, FIELD_MESSAGE_MAX),
+                    })
+                    .collect(),
                 _ => Vec::new(),
+            },
+            errors_omitted: match self {
+                Self::Invalid(errors) if errors.len() > FIELD_ERRORS_MAX => Some(errors.len() - FIELD_ERRORS_MAX),
+                _ => None,
             },
             message_id: match self {
                 Self::WaitTimeout { message_id }

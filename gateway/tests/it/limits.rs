@@ -194,3 +194,23 @@ async fn malformed_requests_get_problem_responses() -> anyhow::Result<()> {
     assert_eq!((r.status, r.body["code"].as_str()), (StatusCode::NOT_FOUND, Some("route_not_found")));
     app.finish().await
 }
+
+#[tokio::test]
+async fn problems_stay_small_whatever_the_input() -> anyhow::Result<()> {
+    let app = App::start().await?;
+    // Four hundred keys, each too long: four hundred field errors, each quoting its key.
+    let keys: Map<String, Value> = (0..400).map(|i| (format!("{i:04}{}", "k".repeat(2_100)), json!(1))).collect();
+    let r = post_message(&app, |m| m["metadata"] = Value::Object(keys)).await?;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(r.body.to_string().len() < 64 * 1024, "a {}-byte problem", r.body.to_string().len());
+    let listed = r.body["errors"].as_array().unwrap().len();
+    assert_eq!(listed, gateway::error::FIELD_ERRORS_MAX);
+    assert!(r.body["errors_omitted"].as_u64().unwrap() >= 380, "{}", r.body["errors_omitted"]);
+    // An unknown field with a huge name, quoted back in the detail.
+    let mut body = message("acme", "hi");
+    body[&"x".repeat(200_000)] = json!(1);
+    let r = app.send(Method::POST, "/v1/messages", Some(Body::from(body.to_string())), Some(KEY)).await?;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.body.to_string().len() < 64 * 1024, "a {}-byte problem", r.body.to_string().len());
+    app.finish().await
+}
