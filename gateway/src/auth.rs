@@ -270,9 +270,12 @@ pub(crate) async fn authenticate(State(state): State<AppState>, req: Request, ne
         Some(principal) => {
             let mut req = req;
             req.extensions_mut().insert(principal);
+            req.extensions_mut().insert(crate::limit::Payer { client, tenant });
             next.run(req).await
         }
     };
+    // A handler that charged more (an import) answers with its own last decision.
+    let decision = response.extensions().get::<crate::limit::Decision>().cloned().unwrap_or(decision);
     crate::limit::headers(response.headers_mut(), &decision);
     response
 }

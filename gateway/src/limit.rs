@@ -77,6 +77,14 @@ pub enum Scope {
     Tenant,
 }
 
+/// Whom a request is charged to: its client (key, operator or IP) and its key's tenant. Handed
+/// to handlers that charge more as they go (an import, per message).
+#[derive(Debug, Clone)]
+pub struct Payer {
+    pub client: String,
+    pub tenant: Option<TenantId>,
+}
+
 /// The outcome of charging a request, for its headers.
 #[derive(Debug, Clone)]
 pub struct Decision {

@@ -23,6 +23,7 @@ use super::{call, request_id};
 use crate::auth::Principal;
 use crate::error::{ApiError, Problem};
 use crate::extract::AppQuery;
+use crate::limit::{Decision, Payer};
 use crate::state::AppState;
 
 /// Largest import body.
@@ -143,7 +144,8 @@ pub struct LineError {
         (status = 200, description = "Every line queued", body = ImportResponse),
         (status = 207, description = "Some lines refused: see `errors`", body = ImportResponse),
         (status = 401, body = Problem), (status = 403, body = Problem),
-        (status = 413, body = Problem), (status = 503, body = Problem),
+        (status = 413, body = Problem), (status = 422, body = Problem), (status = 429, body = Problem),
+        (status = 503, body = Problem),
     ),
     security(("api_key" = []), ("bearer" = []))
 )]
@@ -151,10 +153,13 @@ pub async fn import(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
     headers: HeaderMap,
+    Extension(payer): Extension<Payer>,
     Path(tenant_id): Path<String>,
     body: Body,
 ) -> Result<Response, ApiError> {
     principal.require(Scope::Admin)?;
+    // Charged per message, as batches are: the request's own charge covers the first.
+    let mut meter = Meter { payer, credit: 1, last: None };
     let tenant_id = principal.tenant(Some(&tenant_id))?;
     let request_id = request_id(&headers);
     let mut report = ImportResponse { queued: 0, rejected: 0, errors: Vec::new() };
@@ -211,7 +216,11 @@ pub async fn import(
                 chunk.push((number, parse(line, &tenant_id)));
             }
             if chunk.len() == IMPORT_CHUNK {
-                queue(&state, std::mem::take(&mut chunk), &request_id, import, &mut report).await?;
+                let chunk = std::mem::take(&mut chunk);
+                if let Err(refused) = meter.charge(&state, &chunk).await {
+                    return Ok(refused);
+                }
+                queue(&state, chunk, &request_id, import, &mut report).await?;
             }
         }
         buffer.drain(..start);
@@ -231,9 +240,62 @@ pub async fn import(
             break;
         }
     }
+    if let Err(refused) = meter.charge(&state, &chunk).await {
+        return Ok(refused);
+    }
     queue(&state, chunk, &request_id, import, &mut report).await?;
     let status = if report.rejected == 0 { StatusCode::OK } else { StatusCode::MULTI_STATUS };
-    Ok((status, axum::Json(report)).into_response())
+    Ok(meter.with_headers((status, axum::Json(report)).into_response()))
+}
+
+/// An import's rate-limit charges, one per message about to be queued.
+struct Meter {
+    payer: Payer,
+    /// Messages already paid for (by the request's own charge).
+    credit: usize,
+    last: Option<Decision>,
+}
+
+impl Meter {
+    /// Charges the chunk's valid lines; `Err` is the refusal to answer with: 429, or 422 when
+    /// the chunk alone exceeds the whole limit. What was queued before stays queued (an import
+    /// sent again stores each message once).
+    async fn charge(&mut self, state: &AppState, chunk: &[(usize, Result<Line, ApiError>)]) -> Result<(), Response> {
+        let valid = chunk.iter().filter(|(_, parsed)| parsed.is_ok()).count();
+        let covered = valid.min(self.credit);
+        self.credit -= covered;
+        let Ok(cost) = u32::try_from(valid - covered) else { return Ok(()) };
+        if cost == 0 {
+            return Ok(());
+        }
+        let decision = state.limiter.check(&self.payer.client, self.payer.tenant.as_ref(), cost).await;
+        self.last = Some(decision.clone());
+        if decision.allowed {
+            return Ok(());
+        }
+        let refusal = if decision.retry_after == std::time::Duration::MAX {
+            ApiError::Invalid(vec![common::domain::FieldError::new(
+                "messages",
+                "exceeds_rate_limit",
+                format!(
+                    "{cost} messages in one chunk exceed the rate limit of {} per {}s",
+                    decision.limit.count,
+                    decision.limit.period.as_secs()
+                ),
+            )])
+        } else {
+            ApiError::RateLimited(decision)
+        };
+        Err(self.with_headers(refusal.into_response()))
+    }
+
+    /// The response, carrying the last decision for the rate-limit headers.
+    fn with_headers(&self, mut response: Response) -> Response {
+        if let Some(decision) = &self.last {
+            response.extensions_mut().insert(decision.clone());
+        }
+        response
+    }
 }
 
 /// A line to import, and the importance it had when exported.

@@ -226,3 +226,25 @@ async fn a_batch_larger_than_the_quota_is_refused_for_good() -> anyhow::Result<(
     assert_eq!(header(&probe(&app, &key).await?, "ratelimit-remaining"), 4);
     app.finish().await
 }
+
+#[tokio::test]
+async fn an_import_costs_one_request_per_message() -> anyhow::Result<()> {
+    let app = app("1000/minute", "10/minute", None).await?;
+    let key = app.tenant_key("acme", &["read", "write", "admin"]).await?;
+    let lines = |from: usize, n: usize| {
+        let lines: Vec<String> = (from..from + n)
+            .map(|i| json!({"conversation_id": "c", "role": "user", "content": format!("m{i}")}).to_string())
+            .collect();
+        Body::from(lines.join("\n"))
+    };
+    let r = app.send(Method::POST, "/v1/tenants/acme/import", Some(lines(0, 5)), Some(&key)).await?;
+    assert_eq!(
+        (r.status, header(&r, "ratelimit-remaining")),
+        (StatusCode::OK, 5),
+        "five messages, five requests: {r:?}"
+    );
+    let r = app.send(Method::POST, "/v1/tenants/acme/import", Some(lines(5, 11)), Some(&key)).await?;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "eleven messages, five left: {r:?}");
+    assert_eq!(r.body["code"], "rate_limited");
+    app.finish().await
+}
