@@ -82,8 +82,9 @@ impl Runner {
                 continue;
             }
             let (count, sample) = if dry_run {
-                let ids = self.deps.store.retention_candidates(tenant, &policy, action, now, None).await?;
-                (ids.len() as u64, ids.into_iter().take(SAMPLE).collect())
+                let sample = u32::try_from(SAMPLE).unwrap_or(u32::MAX);
+                let found = self.deps.store.retention_candidates(tenant, &policy, action, now, sample).await?;
+                (found.total, found.ids)
             } else {
                 self.apply(tenant, &policy, action, now).await?
             };
@@ -110,7 +111,7 @@ impl Runner {
         let store = &self.deps.store;
         let (mut total, mut sample) = (0, Vec::new());
         loop {
-            let ids = store.retention_candidates(tenant, policy, action, now, Some(self.batch_size)).await?;
+            let ids = store.retention_candidates(tenant, policy, action, now, self.batch_size).await?.ids;
             if ids.is_empty() {
                 return Ok((total, sample));
             }

@@ -57,6 +57,13 @@ pub struct Exported {
     pub vector: Option<Vec<f32>>,
 }
 
+/// What a retention action would take: the first ids, and the count of all.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Candidates {
+    pub ids: Vec<MessageId>,
+    pub total: u64,
+}
+
 /// Retention policies and what a run archives and deletes.
 #[async_trait]
 pub trait RetentionRuns: Send + Sync {
@@ -70,16 +77,16 @@ pub trait RetentionRuns: Send + Sync {
     async fn set_tenant_retention(&self, tenant: &TenantId, policy: Option<&RetentionPolicy>)
     -> Result<(), StoreError>;
 
-    /// Up to `limit` (or all) of the tenant's messages the policy would archive or delete at `now`,
-    /// oldest first.
+    /// Up to `limit` of the tenant's messages the policy would archive or delete at `now`, oldest
+    /// first, and how many there are in all (a dry run counts without loading every id).
     async fn retention_candidates(
         &self,
         tenant: &TenantId,
         policy: &RetentionPolicy,
         action: RetentionAction,
         now: DateTime<Utc>,
-        limit: Option<u32>,
-    ) -> Result<Vec<MessageId>, StoreError>;
+        limit: u32,
+    ) -> Result<Candidates, StoreError>;
 
     /// Archives these live, unpinned messages of the tenant at `now`; how many it archived.
     async fn archive_messages(

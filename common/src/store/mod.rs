@@ -28,7 +28,7 @@ use async_trait::async_trait;
 
 pub use error::StoreError;
 pub use ingest::{Failure, IngestWrites, Inserted, MessageReads, NewRow, NewVector, Origin};
-pub use lifecycle::{Cutoff, Deletes, Edited, Edits, Exported, RetentionRuns, TenantHold, Tombstone};
+pub use lifecycle::{Candidates, Cutoff, Deletes, Edited, Edits, Exported, RetentionRuns, TenantHold, Tombstone};
 pub use message::StoredMessage;
 pub use postgres::PgStore;
 pub use search::{LexicalHit, LexicalQuery, SearchReads, Term, TextQuery, VectorHit, VectorQuery};

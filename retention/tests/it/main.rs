@@ -226,3 +226,16 @@ async fn lifecycle_commands_are_counted_and_runs_prune_old_tombstones() -> anyho
     assert_eq!(tombstones().await?, 0);
     env.finish().await
 }
+
+#[tokio::test]
+async fn a_dry_run_counts_every_candidate_and_lists_the_oldest_twenty() -> anyhow::Result<()> {
+    let env = TestEnv::start().await?;
+    let mut ids = Vec::new();
+    for age in 0..25 {
+        ids.push(message(&env, "c", 100 - age, 0.1, false).await?);
+    }
+    let dry = runner(&env, &[]).await?.run(&request(true)).await?;
+    assert_eq!(dry.archived, 25, "{dry:?}");
+    assert_eq!(dry.tenants[0].sample_archived, ids[..20], "the oldest twenty, oldest first");
+    env.finish().await
+}

@@ -13,7 +13,7 @@ use super::rows::MessageRow;
 use crate::config::ImportanceWeights;
 use crate::domain::importance::Parts;
 use crate::domain::{MessageId, RetentionAction, RetentionPolicy, TenantId, ValidUpdate};
-use crate::store::{Edited, Edits, Exported, RetentionRuns, Space, StoreError, StoredMessage};
+use crate::store::{Candidates, Edited, Edits, Exported, RetentionRuns, Space, StoreError, StoredMessage};
 
 #[async_trait]
 impl RetentionRuns for PgStore {
@@ -57,11 +57,12 @@ impl RetentionRuns for PgStore {
         policy: &RetentionPolicy,
         action: RetentionAction,
         now: DateTime<Utc>,
-        limit: Option<u32>,
-    ) -> Result<Vec<MessageId>, StoreError> {
+        limit: u32,
+    ) -> Result<Candidates, StoreError> {
         let days = |d: Option<u32>| d.map(|d| i32::try_from(d).unwrap_or(i32::MAX));
-        let limit = limit.map_or(i64::MAX, i64::from);
-        let ids: Vec<Uuid> = match action {
+        let limit = i64::from(limit);
+        // Each row carries the count of every match (taken before the limit).
+        let rows: Vec<(Uuid, i64)> = match action {
             RetentionAction::Archive => {
                 // The per-conversation rank is computed only when there is a cap.
                 let newest = if policy.max_messages_per_conversation.is_some() {
@@ -69,11 +70,11 @@ impl RetentionRuns for PgStore {
                 } else {
                     "0"
                 };
-                sqlx::query_scalar(AssertSqlSafe(format!(
+                sqlx::query_as(AssertSqlSafe(format!(
                     "WITH live AS (
                          SELECT id, created_at, importance, {newest} AS newest
                          FROM messages WHERE tenant_id = $1 AND archived_at IS NULL AND NOT pinned)
-                     SELECT id FROM live
+                     SELECT id, count(*) OVER () FROM live
                      WHERE ($2::int IS NOT NULL AND created_at < $6 - make_interval(days => $2) AND importance < $3)
                         OR ($4::int IS NOT NULL AND created_at < $6 - make_interval(days => $4))
                         OR ($5::int IS NOT NULL AND newest > $5)
@@ -90,9 +91,9 @@ impl RetentionRuns for PgStore {
                 .await?
             }
             RetentionAction::Delete => {
-                let Some(after) = days(policy.delete_archived_after_days) else { return Ok(Vec::new()) };
-                sqlx::query_scalar(
-                    "SELECT id FROM messages
+                let Some(after) = days(policy.delete_archived_after_days) else { return Ok(Candidates::default()) };
+                sqlx::query_as(
+                    "SELECT id, count(*) OVER () FROM messages
                      WHERE tenant_id = $1 AND archived_at IS NOT NULL AND NOT pinned
                        AND archived_at < $3 - make_interval(days => $2)
                      ORDER BY archived_at, id LIMIT $4",
@@ -105,7 +106,8 @@ impl RetentionRuns for PgStore {
                 .await?
             }
         };
-        Ok(ids.into_iter().map(MessageId).collect())
+        let total = rows.first().map_or(0, |(_, total)| u64::try_from(*total).unwrap_or(0));
+        Ok(Candidates { ids: rows.into_iter().map(|(id, _)| MessageId(id)).collect(), total })
     }
 
     async fn archive_messages(
