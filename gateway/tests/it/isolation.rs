@@ -138,3 +138,51 @@ async fn no_route_lets_one_tenant_reach_another() -> anyhow::Result<()> {
     assert_eq!(app.get("/v1/admin/tenants/globex/keys").await?.body[0]["revoked_at"], Value::Null);
     app.finish().await
 }
+
+/// The matrix names tenant B in each request; here tenant A's key names no tenant at all and
+/// gives B's message id, as a client guessing or reusing ids would.
+#[tokio::test]
+async fn a_key_naming_no_tenant_cannot_touch_another_tenants_message() -> anyhow::Result<()> {
+    let app = App::start().await?;
+    let (acme, _) = key(&app, "acme").await?;
+    let (globex, _) = key(&app, "globex").await?;
+    let r = app
+        .send(
+            Method::POST,
+            "/v1/messages?wait=embedded",
+            Some(Body::from(json!({"conversation_id": "c", "role": "user", "content": SECRET}).to_string())),
+            Some(&globex),
+        )
+        .await?;
+    anyhow::ensure!(r.status == StatusCode::CREATED, "{r:?}");
+    let id = r.body["id"].as_str().unwrap().to_owned();
+    let edit = json!({"content": "overwritten by acme", "pinned": true});
+    let single = [
+        (Method::GET, format!("/v1/messages/{id}"), None),
+        (Method::PUT, format!("/v1/messages/{id}"), Some(edit.clone())),
+        (Method::POST, format!("/v1/messages/{id}/archive"), None),
+        (Method::POST, format!("/v1/messages/{id}/restore"), None),
+        (Method::DELETE, format!("/v1/messages/{id}"), None),
+    ];
+    for (method, uri, body) in single {
+        let r = app.send(method.clone(), &uri, body.map(|b| Body::from(b.to_string())), Some(&acme)).await?;
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "{method} {uri}: {r:?}");
+        assert!(!r.body.to_string().contains(SECRET), "{method} {uri} leaked B's content");
+    }
+    let batches = [
+        ("/v1/messages/batch/update", json!({"updates": [{"message_id": id, "update": edit}]})),
+        ("/v1/messages/batch/delete", json!({"message_ids": [id]})),
+    ];
+    for (uri, body) in batches {
+        let r = app.send(Method::POST, uri, Some(Body::from(body.to_string())), Some(&acme)).await?;
+        let text = r.body.to_string();
+        assert!(!text.contains(SECRET), "{uri} leaked B's content: {text}");
+        assert!(!text.contains("overwritten"), "{uri}: {text}");
+    }
+    // B's message is as B left it.
+    let r = app.send(Method::GET, &format!("/v1/messages/{id}"), None, Some(&globex)).await?;
+    assert_eq!(r.status, StatusCode::OK, "{r:?}");
+    assert_eq!((r.body["content"].as_str(), r.body["pinned"].as_bool()), (Some(SECRET), Some(false)));
+    assert!(r.body.get("archived_at").is_none(), "{r:?}");
+    app.finish().await
+}
