@@ -129,72 +129,116 @@ pub fn hash(key: &str) -> [u8; 32] {
     Sha256::digest(key.as_bytes()).into()
 }
 
-type Cache = LruCache<[u8; 32], (Instant, Option<Arc<ApiKey>>)>;
+type Cache = LruCache<[u8; 32], (Instant, Arc<ApiKey>)>;
 
-/// Key lookups, cached, and the keys used since the last flush.
+/// What the caches know of a presented key before any lookup.
+pub enum Known {
+    /// The operator, a cached key (live or not), or a key known not to exist: no lookup.
+    Answer(Option<Principal>),
+    /// A well-formed key not seen lately: finding out costs a database lookup.
+    Unknown([u8; 32]),
+}
+
+/// Key lookups, cached (found and not found apart, so unknown keys never evict real ones), and
+/// the keys used since the last flush.
 pub struct Keys {
     store: Arc<dyn ApiKeys>,
     operator: [u8; 32],
     ttl: Duration,
     cache: Mutex<Cache>,
+    /// Hashes looked up and not found, and when.
+    missing: Mutex<LruCache<[u8; 32], Instant>>,
+    /// Database lookups made: `memory_gateway_key_lookups_total`.
+    lookups: prometheus_client::metrics::counter::Counter,
     /// Counts revocations made here, so a lookup racing one is not cached.
     revocations: AtomicU64,
     used: Mutex<HashSet<Uuid>>,
 }
 
 impl Keys {
-    pub fn new(store: Arc<dyn ApiKeys>, operator_key: &str, ttl: Duration) -> Self {
+    pub fn new(
+        store: Arc<dyn ApiKeys>,
+        operator_key: &str,
+        ttl: Duration,
+        lookups: prometheus_client::metrics::counter::Counter,
+    ) -> Self {
         Self {
             store,
             operator: hash(operator_key),
             ttl,
             cache: Mutex::new(LruCache::new(NonZeroUsize::new(CACHE_ENTRIES).expect("non-zero"))),
+            missing: Mutex::new(LruCache::new(NonZeroUsize::new(CACHE_ENTRIES).expect("non-zero"))),
+            lookups,
             revocations: AtomicU64::new(0),
             used: Mutex::new(HashSet::new()),
         }
     }
 
-    /// The principal of a presented key; `None` for a wrong, revoked or expired key.
+    /// The principal of a presented key, with a lookup if the caches do not know it; `None`
+    /// for a wrong, revoked or expired key.
     pub async fn authenticate(&self, presented: &str) -> Result<Option<Principal>, StoreError> {
+        match self.known(presented) {
+            Known::Answer(principal) => Ok(principal),
+            Known::Unknown(hash) => self.look_up(hash).await,
+        }
+    }
+
+    /// What the caches know of a presented key, without touching the database.
+    pub fn known(&self, presented: &str) -> Known {
         let hash = hash(presented);
         // Compared as hashes: constant time whatever the lengths.
         if bool::from(hash.ct_eq(&self.operator)) {
-            return Ok(Some(Principal::Operator));
+            return Known::Answer(Some(Principal::Operator));
         }
         // Anything not shaped like a key is refused without a lookup.
         let shaped = presented.len() == KEY_PREFIX.len() + KEY_RANDOM_CHARS
             && presented.starts_with(KEY_PREFIX)
             && presented[KEY_PREFIX.len()..].bytes().all(|b| b.is_ascii_alphanumeric());
         if !shaped {
-            return Ok(None);
+            return Known::Answer(None);
         }
-        let cached =
-            self.cache.lock().expect("key cache").get(&hash).filter(|(at, _)| at.elapsed() < self.ttl).cloned();
-        let key = match cached {
-            Some((_, key)) => key,
-            None => {
-                // A revocation here while the lookup runs must not be cached over.
-                let generation = self.revocations.load(Ordering::Acquire);
-                let key = self.store.key_by_hash(&hash).await?.map(Arc::new);
-                let mut cache = self.cache.lock().expect("key cache");
-                if self.revocations.load(Ordering::Acquire) == generation {
-                    cache.put(hash, (Instant::now(), key.clone()));
+        let fresh = |at: &Instant| at.elapsed() < self.ttl;
+        if let Some((_, key)) = self.cache.lock().expect("key cache").get(&hash).filter(|(at, _)| fresh(at)) {
+            return Known::Answer(self.principal(key.clone()));
+        }
+        if self.missing.lock().expect("missing keys").get(&hash).is_some_and(fresh) {
+            return Known::Answer(None);
+        }
+        Known::Unknown(hash)
+    }
+
+    /// Looks a key up in the database and caches the answer.
+    pub async fn look_up(&self, hash: [u8; 32]) -> Result<Option<Principal>, StoreError> {
+        // A revocation here while the lookup runs must not be cached over.
+        let generation = self.revocations.load(Ordering::Acquire);
+        self.lookups.inc();
+        let key = self.store.key_by_hash(&hash).await?.map(Arc::new);
+        if self.revocations.load(Ordering::Acquire) == generation {
+            match &key {
+                Some(key) => {
+                    self.cache.lock().expect("key cache").put(hash, (Instant::now(), key.clone()));
                 }
-                key
+                None => {
+                    self.missing.lock().expect("missing keys").put(hash, Instant::now());
+                }
             }
-        };
-        Ok(key.filter(|k| k.is_live(Utc::now())).map(|k| {
-            self.used.lock().expect("used keys").insert(k.id);
-            Principal::Key(k)
-        }))
+        }
+        Ok(key.and_then(|k| self.principal(k)))
+    }
+
+    /// A live key's principal, noted as used.
+    fn principal(&self, key: Arc<ApiKey>) -> Option<Principal> {
+        key.is_live(Utc::now()).then(|| {
+            self.used.lock().expect("used keys").insert(key.id);
+            Principal::Key(key)
+        })
     }
 
     /// Forgets a key at once (it was revoked here).
     pub fn forget(&self, id: Uuid) {
         let mut cache = self.cache.lock().expect("key cache");
         self.revocations.fetch_add(1, Ordering::AcqRel);
-        let stale: Vec<[u8; 32]> =
-            cache.iter().filter(|(_, (_, k))| k.as_ref().is_some_and(|k| k.id == id)).map(|(h, _)| *h).collect();
+        let stale: Vec<[u8; 32]> = cache.iter().filter(|(_, (_, k))| k.id == id).map(|(h, _)| *h).collect();
         for h in stale {
             cache.pop(&h);
         }
@@ -223,23 +267,36 @@ fn presented(req: &Request) -> Option<&str> {
 /// request's extensions. A request is charged to its key (or its IP when it has no valid key)
 /// and its key's tenant; a batch costs its item count. Every answer carries the limit headers.
 pub(crate) async fn authenticate(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let principal = match presented(&req) {
-        Some(key) => match state.keys.authenticate(key).await {
-            Ok(principal) => principal,
-            Err(e) => {
-                tracing::warn!(error = %e, cause = ?std::error::Error::source(&e), "looking up an API key failed");
-                return ApiError::Unavailable("keys cannot be checked right now".into()).into_response();
-            }
-        },
+    let ip = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip().to_string());
+    let ip = format!("ip:{}", ip.as_deref().unwrap_or("unknown"));
+    // The address's charge for a lookup, which is also the whole charge if the key is unknown.
+    let mut prepaid = None;
+    let principal = match presented(&req).map(|key| state.keys.known(key)) {
         None => None,
+        Some(Known::Answer(principal)) => principal,
+        // A key no cache knows costs a database lookup: its IP pays for it first, so made-up
+        // keys cannot flood the database.
+        Some(Known::Unknown(hash)) => {
+            let decision = state.limiter.check(&ip, None, 1).await;
+            if !decision.allowed {
+                let mut response = ApiError::RateLimited(decision.clone()).into_response();
+                crate::limit::headers(response.headers_mut(), &decision);
+                return response;
+            }
+            prepaid = Some(decision);
+            match state.keys.look_up(hash).await {
+                Ok(principal) => principal,
+                Err(e) => {
+                    tracing::warn!(error = %e, cause = ?std::error::Error::source(&e), "looking up an API key failed");
+                    return ApiError::Unavailable("keys cannot be checked right now".into()).into_response();
+                }
+            }
+        }
     };
     let (client, tenant) = match &principal {
         Some(Principal::Operator) => ("operator".to_owned(), None),
         Some(Principal::Key(key)) => (format!("key:{}", key.id), Some(key.tenant_id.clone())),
-        None => {
-            let ip = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip().to_string());
-            (format!("ip:{}", ip.as_deref().unwrap_or("unknown")), None)
-        }
+        None => (ip, None),
     };
     // A batch costs its items; its body is read only for a key that may write.
     let may_write = principal.as_ref().is_some_and(|p| p.require(Scope::Write).is_ok());
@@ -251,7 +308,10 @@ pub(crate) async fn authenticate(State(state): State<AppState>, req: Request, ne
     } else {
         (req, 1)
     };
-    let decision = state.limiter.check(&client, tenant.as_ref(), cost).await;
+    let decision = match prepaid {
+        Some(decision) if principal.is_none() => decision,
+        _ => state.limiter.check(&client, tenant.as_ref(), cost).await,
+    };
     let mut response = match principal {
         _ if !decision.allowed && decision.retry_after == Duration::MAX => {
             ApiError::Invalid(vec![common::domain::FieldError::new(

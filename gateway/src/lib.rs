@@ -126,7 +126,12 @@ impl Gateway {
             metrics.clone(),
         );
         let state = AppState {
-            keys: Arc::new(auth::Keys::new(deps.store.clone(), admin_key.expose(), config.http.auth_cache_ttl)),
+            keys: Arc::new(auth::Keys::new(
+                deps.store.clone(),
+                admin_key.expose(),
+                config.http.auth_cache_ttl,
+                metrics.key_lookups.clone(),
+            )),
             limiter: Arc::new(limiter),
             rate_limit: config.rate_limit,
             deps,

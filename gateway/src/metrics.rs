@@ -47,6 +47,9 @@ pub struct Metrics {
     /// Messages the ingest stream accepted from this gateway (single, batch or import):
     /// `memory_gateway_accepted_messages_total`.
     pub accepted: Counter,
+    /// API keys looked up in the database (no cache knew them):
+    /// `memory_gateway_key_lookups_total`.
+    pub key_lookups: Counter,
     /// Rate-limit checks, by outcome: `memory_gateway_rate_limit_decisions_total`.
     pub decisions: Family<DecisionLabels, Counter>,
     /// Requests refused by a rate limit: `memory_gateway_rate_limited_total{scope}`.
@@ -67,6 +70,7 @@ impl Metrics {
         let r = registry.sub_registry_with_prefix("gateway");
         Self {
             accepted: registered(r, "accepted_messages", "Messages the ingest stream accepted", Counter::default()),
+            key_lookups: registered(r, "key_lookups", "API keys looked up in the database", Counter::default()),
             decisions: registered(r, "rate_limit_decisions", "Rate-limit checks, by outcome", Family::default()),
             rate_limited: registered(r, "rate_limited", "Requests refused by a rate limit", Family::default()),
             limiter_backend: registered(

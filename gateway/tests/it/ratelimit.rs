@@ -248,3 +248,34 @@ async fn an_import_costs_one_request_per_message() -> anyhow::Result<()> {
     assert_eq!(r.body["code"], "rate_limited");
     app.finish().await
 }
+
+#[tokio::test]
+async fn made_up_keys_cost_their_ip_before_any_lookup() -> anyhow::Result<()> {
+    let app = app("20/minute", "1000/minute", None).await?;
+    let lookups = || async {
+        let text = app.send(Method::GET, "/metrics", None, None).await?.body.as_str().unwrap_or_default().to_owned();
+        let line = text.lines().find(|l| l.starts_with("memory_gateway_key_lookups_total ")).unwrap_or_default();
+        anyhow::Ok(line.rsplit(' ').next().and_then(|n| n.parse::<u64>().ok()).unwrap_or(0))
+    };
+    let before = lookups().await?;
+    // Two hundred well-formed keys nobody issued, from one address.
+    let mut refused = 0;
+    for i in 0..200 {
+        let r = probe(&app, &format!("mk_{i:0>43}")).await?;
+        assert!(matches!(r.status, StatusCode::UNAUTHORIZED | StatusCode::TOO_MANY_REQUESTS), "{r:?}");
+        refused += usize::from(r.status == StatusCode::TOO_MANY_REQUESTS);
+    }
+    let flooded = lookups().await? - before;
+    assert!(flooded <= 20, "{flooded} database lookups for 200 made-up keys");
+    assert_eq!(refused, 200 - 20, "the address's budget paid for the lookups, then it was refused");
+
+    // One made-up key, again and again: looked up once, then known not to exist.
+    let other = self::app("1000/minute", "1000/minute", None).await?;
+    for _ in 0..50 {
+        assert_eq!(probe(&other, &format!("mk_{:0>43}", "repeat")).await?.status, StatusCode::UNAUTHORIZED);
+    }
+    let text = other.send(Method::GET, "/metrics", None, None).await?.body.as_str().unwrap_or_default().to_owned();
+    assert!(text.contains("memory_gateway_key_lookups_total 1\n"), "{text}");
+    other.finish().await?;
+    app.finish().await
+}
