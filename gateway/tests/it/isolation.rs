@@ -20,6 +20,14 @@ async fn key(app: &App, tenant: &str) -> anyhow::Result<(String, String)> {
     Ok((r.body["key"].as_str().unwrap().to_owned(), r.body["id"].as_str().unwrap().to_owned()))
 }
 
+/// Stores B's secret message with B's key (embedded, so searchable); its id.
+async fn secret_message(app: &App, key: &str) -> anyhow::Result<String> {
+    let body = json!({"conversation_id": "c", "role": "user", "content": SECRET}).to_string();
+    let r = app.send(Method::POST, "/v1/messages?wait=embedded", Some(Body::from(body)), Some(key)).await?;
+    anyhow::ensure!(r.status == StatusCode::CREATED, "{r:?}");
+    Ok(r.body["id"].as_str().unwrap().to_owned())
+}
+
 /// A body for the operation that acts on tenant B, or `None` when it takes none.
 fn body(method: &str, path: &str, message_id: &str) -> Option<Value> {
     let message = json!({"tenant_id": "globex", "conversation_id": "c", "role": "user", "content": "from acme"});
@@ -51,16 +59,7 @@ async fn no_route_lets_one_tenant_reach_another() -> anyhow::Result<()> {
     let (acme, _) = key(&app, "acme").await?;
     let (globex, globex_key_id) = key(&app, "globex").await?;
     // B's data: a message, a ranking, a rate limit.
-    let r = app
-        .send(
-            Method::POST,
-            "/v1/messages?wait=embedded",
-            Some(Body::from(json!({"conversation_id": "c", "role": "user", "content": SECRET}).to_string())),
-            Some(&globex),
-        )
-        .await?;
-    anyhow::ensure!(r.status == StatusCode::CREATED, "{r:?}");
-    let message_id = r.body["id"].as_str().unwrap().to_owned();
+    let message_id = secret_message(&app, &globex).await?;
     let r = app
         .send(Method::PUT, "/v1/tenants/globex/ranking", Some(Body::from(r#"{"importance_weight":2}"#)), Some(&globex))
         .await?;
@@ -146,16 +145,7 @@ async fn a_key_naming_no_tenant_cannot_touch_another_tenants_message() -> anyhow
     let app = App::start().await?;
     let (acme, _) = key(&app, "acme").await?;
     let (globex, _) = key(&app, "globex").await?;
-    let r = app
-        .send(
-            Method::POST,
-            "/v1/messages?wait=embedded",
-            Some(Body::from(json!({"conversation_id": "c", "role": "user", "content": SECRET}).to_string())),
-            Some(&globex),
-        )
-        .await?;
-    anyhow::ensure!(r.status == StatusCode::CREATED, "{r:?}");
-    let id = r.body["id"].as_str().unwrap().to_owned();
+    let id = secret_message(&app, &globex).await?;
     let edit = json!({"content": "overwritten by acme", "pinned": true});
     let single = [
         (Method::GET, format!("/v1/messages/{id}"), None),
