@@ -56,6 +56,8 @@ pub enum GatewayError {
     },
     #[error("the HTTP server failed")]
     Serve(#[source] std::io::Error),
+    #[error("cannot subscribe to key revocations")]
+    Subscribe(#[source] common::bus::BusError),
 }
 
 /// The application: every route, layer and the shared state.
@@ -95,6 +97,8 @@ const LAST_USED_FLUSH: std::time::Duration = std::time::Duration::from_secs(30);
 pub struct Gateway {
     listener: TcpListener,
     state: AppState,
+    /// Keys revoked by any gateway, to forget here.
+    revocations: futures::stream::BoxStream<'static, common::bus::Envelope>,
 }
 
 impl Gateway {
@@ -144,7 +148,9 @@ impl Gateway {
             ready: Arc::default(),
             shutdown: CancellationToken::new(),
         };
-        Ok(Self { listener, state })
+        let revocations =
+            state.deps.bus.subscribe(state.deps.subjects.keys_revoked()).await.map_err(GatewayError::Subscribe)?;
+        Ok(Self { listener, state, revocations })
     }
 
     /// Serves `registry` (the whole process's, once every role registered) at `/metrics`.
@@ -181,6 +187,16 @@ impl Gateway {
             }
             keys.flush_last_used().await;
         });
+        // Keys revoked on any gateway stop here at once.
+        let (keys, mut revocations) = (self.state.keys.clone(), self.revocations);
+        let forgetting = tokio::spawn(async move {
+            while let Some(revoked) = futures::StreamExt::next(&mut revocations).await {
+                match std::str::from_utf8(&revoked.payload).ok().and_then(|id| uuid::Uuid::parse_str(id).ok()) {
+                    Some(id) => keys.forget(id),
+                    None => tracing::warn!("ignoring a malformed key revocation"),
+                }
+            }
+        });
         let serve = axum::serve(self.listener, router(self.state).into_make_service_with_connect_info::<SocketAddr>())
             .with_graceful_shutdown(shutdown.clone().cancelled_owned());
         let deadline = async {
@@ -194,6 +210,7 @@ impl Gateway {
                 Ok(())
             }
         };
+        forgetting.abort();
         // The last flush of last-used times.
         stop_flushing.cancel();
         if let Err(e) = flusher.await {

@@ -172,6 +172,11 @@ impl Subjects {
     pub fn cache_purge(&self) -> String {
         format!("{}.v1.cache.purge", self.prefix)
     }
+    /// `mem.v1.keys.revoked`: a broadcast (core NATS) of a revoked key's id, so every gateway
+    /// drops it from its cache at once, not when the cache entry expires.
+    pub fn keys_revoked(&self) -> String {
+        format!("{}.v1.keys.revoked", self.prefix)
+    }
     pub fn retention_group(&self) -> &'static str {
         "retention"
     }

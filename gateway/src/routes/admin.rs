@@ -231,7 +231,7 @@ pub async fn delete_tenant(
     let keys = state.deps.store.keys(&id).await.map_err(unavailable)?;
     for key in &keys {
         state.deps.store.revoke_key(&id, key.id).await.map_err(unavailable)?;
-        state.keys.forget(key.id);
+        revoked(&state, key.id).await;
     }
     super::lifecycle::erase(&state, id.clone(), true, &request_id(&headers)).await?;
     if !state.deps.store.delete_tenant(&id).await.map_err(unavailable)? {
@@ -332,6 +332,16 @@ pub async fn revoke_key(
     if !state.deps.store.revoke_key(&id, key).await.map_err(unavailable)? {
         return Err(ApiError::KeyNotFound(key_id));
     }
-    state.keys.forget(key);
+    revoked(&state, key).await;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// A key revoked in the store stops here at once, and on every other gateway as soon as the
+/// broadcast reaches it (else when its cache entry expires).
+async fn revoked(state: &AppState, key: Uuid) {
+    state.keys.forget(key);
+    let notice = common::bus::Envelope::new(state.deps.subjects.keys_revoked(), key.to_string());
+    if let Err(e) = state.deps.bus.broadcast(notice).await {
+        tracing::warn!(error = %e, %key, "telling the other gateways of a revoked key failed; they drop it when their cache expires");
+    }
 }

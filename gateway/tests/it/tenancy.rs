@@ -295,3 +295,41 @@ async fn a_message_is_archived_and_restored_by_its_tenant_only() -> anyhow::Resu
     assert!(found(&as_key(&app, Method::GET, search, None, &acme).await?), "restored: back in search");
     app.finish().await
 }
+
+#[tokio::test]
+async fn a_key_revoked_on_one_gateway_stops_on_every_gateway_at_once() -> anyhow::Result<()> {
+    use common::testing::{http, http_get};
+    let app = App::start().await?;
+    // Two gateways serving HTTP, beside the harness's router; key caches last 10 s by default.
+    let mut addrs = Vec::new();
+    for _ in 0..2 {
+        let mut vars = app.env.vars.clone();
+        vars.insert("MEMORY_HTTP_ADDR".into(), "127.0.0.1:0".into());
+        let config = common::Config::from_map(&vars)?;
+        let gateway = gateway::Gateway::build(&config, app.env.deps.clone(), &mut Default::default()).await?;
+        addrs.push(gateway.local_addr());
+        app.env.tasks.spawn(gateway.run(app.env.shutdown.clone(), config.shutdown_grace));
+    }
+    for &addr in &addrs {
+        app.env.until_ready(addr).await?;
+    }
+    let key = app.tenant_key("acme", &["read"]).await?;
+    let ranking = |addr| {
+        let key = key.clone();
+        async move { http(addr, "GET", "/v1/tenants/acme/ranking", &[("x-api-key", &key)], None).await }
+    };
+    assert_eq!(ranking(addrs[1]).await?.0, 200, "the second gateway caches the key as valid");
+    let id = app.get("/v1/admin/tenants/acme/keys").await?.body[0]["id"].as_str().unwrap().to_owned();
+    let path = format!("/v1/admin/tenants/acme/keys/{id}");
+    let (status, body) = http(addrs[0], "DELETE", &path, &[("x-api-key", KEY)], None).await?;
+    assert_eq!(status, 204, "{body}");
+    app.env
+        .eventually_within(std::time::Duration::from_secs(5), || async {
+            let (status, _) = ranking(addrs[1]).await?;
+            anyhow::ensure!(status == 401, "still {status} on the other gateway");
+            Ok(())
+        })
+        .await?;
+    assert_eq!(http_get(addrs[1], "/healthz").await?.0, 200);
+    app.finish().await
+}
