@@ -174,15 +174,6 @@ impl Keys {
         }
     }
 
-    /// The principal of a presented key, with a lookup if the caches do not know it; `None`
-    /// for a wrong, revoked or expired key.
-    pub async fn authenticate(&self, presented: &str) -> Result<Option<Principal>, StoreError> {
-        match self.known(presented) {
-            Known::Answer(principal) => Ok(principal),
-            Known::Unknown(hash) => self.look_up(hash).await,
-        }
-    }
-
     /// What the caches know of a presented key, without touching the database.
     pub fn known(&self, presented: &str) -> Known {
         let hash = hash(presented);
@@ -278,17 +269,18 @@ pub(crate) async fn authenticate(State(state): State<AppState>, req: Request, ne
         // keys cannot flood the database.
         Some(Known::Unknown(hash)) => {
             let decision = state.limiter.check(&ip, None, 1).await;
-            if !decision.allowed {
-                let mut response = ApiError::RateLimited(decision.clone()).into_response();
-                crate::limit::headers(response.headers_mut(), &decision);
-                return response;
-            }
+            let allowed = decision.allowed;
             prepaid = Some(decision);
-            match state.keys.look_up(hash).await {
-                Ok(principal) => principal,
-                Err(e) => {
-                    tracing::warn!(error = %e, cause = ?std::error::Error::source(&e), "looking up an API key failed");
-                    return ApiError::Unavailable("keys cannot be checked right now".into()).into_response();
+            // Refused: no lookup, and the address's refusal below is the answer.
+            if !allowed {
+                None
+            } else {
+                match state.keys.look_up(hash).await {
+                    Ok(principal) => principal,
+                    Err(e) => {
+                        tracing::warn!(error = %e, cause = ?std::error::Error::source(&e), "looking up an API key failed");
+                        return ApiError::Unavailable("keys cannot be checked right now".into()).into_response();
+                    }
                 }
             }
         }
@@ -313,19 +305,7 @@ pub(crate) async fn authenticate(State(state): State<AppState>, req: Request, ne
         _ => state.limiter.check(&client, tenant.as_ref(), cost).await,
     };
     let mut response = match principal {
-        _ if !decision.allowed && decision.retry_after == Duration::MAX => {
-            ApiError::Invalid(vec![common::domain::FieldError::new(
-                "messages",
-                "exceeds_rate_limit",
-                format!(
-                    "{cost} items exceed the rate limit of {} per {}s",
-                    decision.limit.count,
-                    decision.limit.period.as_secs()
-                ),
-            )])
-            .into_response()
-        }
-        _ if !decision.allowed => ApiError::RateLimited(decision.clone()).into_response(),
+        _ if !decision.allowed => ApiError::refused(&decision, cost, "items").into_response(),
         None => ApiError::Unauthorized.into_response(),
         Some(principal) => {
             let mut req = req;

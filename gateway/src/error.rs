@@ -122,6 +122,21 @@ pub struct Problem {
 }
 
 impl ApiError {
+    /// A refused rate-limit charge of `cost` `what`s: 429, or 422 `exceeds_rate_limit` when the
+    /// cost alone is more than the whole quota (waiting would never help).
+    pub fn refused(decision: &crate::limit::Decision, cost: u32, what: &str) -> Self {
+        if decision.retry_after == std::time::Duration::MAX {
+            let (count, secs) = (decision.limit.count, decision.limit.period.as_secs());
+            Self::Invalid(vec![FieldError::new(
+                "messages",
+                "exceeds_rate_limit",
+                format!("{cost} {what} exceed the rate limit of {count} per {secs}s"),
+            )])
+        } else {
+            Self::RateLimited(decision.clone())
+        }
+    }
+
     pub fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
             Self::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),

@@ -264,7 +264,7 @@ impl Meter {
         let valid = chunk.iter().filter(|(_, parsed)| parsed.is_ok()).count();
         let covered = valid.min(self.credit);
         self.credit -= covered;
-        let Ok(cost) = u32::try_from(valid - covered) else { return Ok(()) };
+        let cost = u32::try_from(valid - covered).unwrap_or(u32::MAX);
         if cost == 0 {
             return Ok(());
         }
@@ -273,20 +273,7 @@ impl Meter {
         if decision.allowed {
             return Ok(());
         }
-        let refusal = if decision.retry_after == std::time::Duration::MAX {
-            ApiError::Invalid(vec![common::domain::FieldError::new(
-                "messages",
-                "exceeds_rate_limit",
-                format!(
-                    "{cost} messages in one chunk exceed the rate limit of {} per {}s",
-                    decision.limit.count,
-                    decision.limit.period.as_secs()
-                ),
-            )])
-        } else {
-            ApiError::RateLimited(decision)
-        };
-        Err(self.with_headers(refusal.into_response()))
+        Err(self.with_headers(ApiError::refused(&decision, cost, "messages in one chunk").into_response()))
     }
 
     /// The response, carrying the last decision for the rate-limit headers.
