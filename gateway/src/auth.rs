@@ -279,6 +279,7 @@ pub(crate) async fn authenticate(State(state): State<AppState>, req: Request, ne
                     Ok(principal) => principal,
                     Err(e) => {
                         tracing::warn!(error = %e, cause = ?std::error::Error::source(&e), "looking up an API key failed");
+                        crate::guard::discard_body(req, state.body_limit).await;
                         return ApiError::Unavailable("keys cannot be checked right now".into()).into_response();
                     }
                 }
@@ -304,9 +305,16 @@ pub(crate) async fn authenticate(State(state): State<AppState>, req: Request, ne
         Some(decision) if principal.is_none() => decision,
         _ => state.limiter.check(&client, tenant.as_ref(), cost).await,
     };
+    // A refusal reads the body it leaves unused, so the connection carries the next request.
     let mut response = match principal {
-        _ if !decision.allowed => ApiError::refused(&decision, cost, "items").into_response(),
-        None => ApiError::Unauthorized.into_response(),
+        _ if !decision.allowed => {
+            crate::guard::discard_body(req, state.body_limit).await;
+            ApiError::refused(&decision, cost, "items").into_response()
+        }
+        None => {
+            crate::guard::discard_body(req, state.body_limit).await;
+            ApiError::Unauthorized.into_response()
+        }
         Some(principal) => {
             let mut req = req;
             req.extensions_mut().insert(principal);

@@ -64,6 +64,12 @@ pub enum ApiError {
     Unavailable(String),
     #[error("the service is shutting down")]
     ShuttingDown,
+    #[error("the service is handling as many requests as it can; retry shortly")]
+    Overloaded,
+    #[error("the request took longer than the service allows")]
+    RequestTimeout,
+    #[error("the request body stopped arriving")]
+    BodyTimeout,
     #[error("rate limit exceeded: {} per {} ({})", .0.limit.count, describe_period(.0.limit.period), match .0.scope { crate::limit::Scope::Client => "this client", crate::limit::Scope::Tenant => "this tenant" })]
     RateLimited(crate::limit::Decision),
 }
@@ -163,6 +169,9 @@ impl ApiError {
             Self::MessageTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Self::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+            Self::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
+            Self::RequestTimeout => (StatusCode::GATEWAY_TIMEOUT, "request_timeout"),
+            Self::BodyTimeout => (StatusCode::REQUEST_TIMEOUT, "body_timeout"),
             Self::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
         }
     }
@@ -244,8 +253,18 @@ impl IntoResponse for ApiError {
         let mut response = (status, Json(problem)).into_response();
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
-        if matches!(self, Self::Unauthorized) {
-            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"memory\""));
+        match self {
+            Self::Unauthorized => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"memory\""));
+            }
+            Self::Overloaded => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            // The client stopped sending: the rest of its request is not coming.
+            Self::BodyTimeout => {
+                headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            _ => {}
         }
         response
     }

@@ -22,6 +22,7 @@ impl<T: DeserializeOwned> FromRequest<AppState> for AppJson<T> {
             Err(JsonRejection::BytesRejection(e)) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
                 Err(ApiError::PayloadTooLarge { limit: state.body_limit })
             }
+            Err(JsonRejection::BytesRejection(e)) if crate::guard::timed_out(&e) => Err(ApiError::BodyTimeout),
             Err(e) => Err(ApiError::MalformedBody(e.body_text())),
         }
     }

@@ -4,10 +4,12 @@
 pub mod auth;
 pub mod error;
 mod extract;
+mod guard;
 pub mod limit;
 pub mod metrics;
 pub mod openapi;
 pub mod routes;
+mod serve;
 mod state;
 
 use std::net::SocketAddr;
@@ -54,8 +56,6 @@ pub enum GatewayError {
         #[source]
         source: std::io::Error,
     },
-    #[error("the HTTP server failed")]
-    Serve(#[source] std::io::Error),
     #[error("cannot subscribe to key revocations")]
     Subscribe(#[source] common::bus::BusError),
 }
@@ -70,13 +70,17 @@ pub fn router(state: AppState) -> Router {
         .merge(routes::search::router())
         .merge(routes::tenants::router())
         .merge(routes::admin::router())
-        .route_layer(middleware::from_fn_with_state(state.clone(), auth::authenticate));
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth::authenticate))
+        // Shed before any work, even a key lookup; health, readiness and metrics are never shed.
+        .route_layer(middleware::from_fn_with_state(state.clone(), guard::shed));
     Router::new()
         .merge(api)
         .merge(routes::health::router())
         .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi::ApiDoc::openapi()))
         .fallback(|| async { ApiError::RouteNotFound })
         .layer(DefaultBodyLimit::max(state.body_limit))
+        .layer(middleware::from_fn_with_state(state.clone(), guard::deadline))
+        .layer(middleware::from_fn_with_state(state.clone(), guard::watch_body))
         .layer(middleware::from_fn_with_state(state.clone(), metrics::track))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
@@ -99,6 +103,7 @@ pub struct Gateway {
     state: AppState,
     /// Keys revoked by any gateway, to forget here.
     revocations: futures::stream::BoxStream<'static, common::bus::Envelope>,
+    limits: serve::Limits,
 }
 
 impl Gateway {
@@ -140,6 +145,9 @@ impl Gateway {
             rate_limit: config.rate_limit,
             deps,
             body_limit: config.http.body_limit,
+            body_timeout: config.http.body_timeout,
+            http_request_timeout: config.http.request_timeout,
+            in_flight: Arc::new(tokio::sync::Semaphore::new(config.http.max_in_flight)),
             wait_timeout: config.http.wait_timeout,
             request_timeout: config.nats.request_timeout,
             ranking: config.searcher.ranking,
@@ -150,7 +158,9 @@ impl Gateway {
         };
         let revocations =
             state.deps.bus.subscribe(state.deps.subjects.keys_revoked()).await.map_err(GatewayError::Subscribe)?;
-        Ok(Self { listener, state, revocations })
+        let limits =
+            serve::Limits { header_timeout: config.http.header_timeout, max_connections: config.http.max_connections };
+        Ok(Self { listener, state, revocations, limits })
     }
 
     /// Serves `registry` (the whole process's, once every role registered) at `/metrics`.
@@ -197,14 +207,14 @@ impl Gateway {
                 }
             }
         });
-        let serve = axum::serve(self.listener, router(self.state).into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        let open = self.state.metrics.connections.clone();
+        let serve = serve::serve(self.listener, router(self.state), self.limits, open, shutdown.clone());
         let deadline = async {
             shutdown.cancelled().await;
             tokio::time::sleep(grace).await;
         };
         let served = tokio::select! {
-            served = serve => served.map_err(GatewayError::Serve),
+            () = serve => Ok(()),
             () = deadline => {
                 tracing::warn!(?grace, "requests still in flight at the end of the grace period");
                 Ok(())

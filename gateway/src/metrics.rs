@@ -59,6 +59,10 @@ pub struct Metrics {
     /// Times Redis failed and the in-process limiter answered:
     /// `memory_gateway_rate_limiter_fallbacks_total`.
     pub limiter_fallbacks: Counter,
+    /// API requests shed because too many were in flight: `memory_gateway_shed_requests_total`.
+    pub shed: Counter,
+    /// Client connections open now: `memory_gateway_connections`.
+    pub connections: Gauge,
     /// `memory_gateway_http_requests_total`.
     pub requests: Family<RequestLabels, Counter>,
     /// `memory_gateway_http_request_duration_seconds`.
@@ -85,6 +89,13 @@ impl Metrics {
                 "Times Redis failed and the in-process limiter answered",
                 Counter::default(),
             ),
+            shed: registered(
+                r,
+                "shed_requests",
+                "API requests shed because too many were in flight",
+                Counter::default(),
+            ),
+            connections: registered(r, "connections", "Client connections open now", Gauge::default()),
             requests: registered(
                 r,
                 "http_requests",

@@ -20,7 +20,14 @@ pub struct AppState {
     /// The deployment's rate limits, shown for tenants without their own.
     pub rate_limit: common::config::RateLimitConfig,
     pub body_limit: usize,
+    /// Longest pause while a request body arrives.
+    pub body_timeout: Duration,
+    /// Longest time before a request's answer starts (routes of long work get more).
+    pub http_request_timeout: Duration,
+    /// Room for the API requests handled at once; the rest are shed.
+    pub in_flight: Arc<tokio::sync::Semaphore>,
     pub wait_timeout: Duration,
+    /// How long a worker has to answer a NATS request.
     pub request_timeout: Duration,
     /// The deployment's ranking, shown for tenants without their own.
     pub ranking: common::domain::Ranking,

@@ -148,6 +148,11 @@ impl Config {
                 admin_api_key: v.secret("MEMORY_ADMIN_API_KEY"),
                 wait_timeout: v.millis("MEMORY_HTTP_WAIT_TIMEOUT_MS", 10_000, 10, 300_000),
                 auth_cache_ttl: v.secs("MEMORY_AUTH_CACHE_TTL_SECS", 10, 0, 3600),
+                header_timeout: v.millis("MEMORY_HTTP_HEADER_TIMEOUT_MS", 10_000, 10, 600_000),
+                body_timeout: v.millis("MEMORY_HTTP_BODY_TIMEOUT_MS", 10_000, 10, 600_000),
+                request_timeout: v.millis("MEMORY_HTTP_REQUEST_TIMEOUT_MS", 30_000, 10, 600_000),
+                max_connections: v.ranged("MEMORY_HTTP_MAX_CONNECTIONS", 4096, 1, 1_000_000),
+                max_in_flight: v.ranged("MEMORY_HTTP_MAX_IN_FLIGHT", 512, 1, 1_000_000),
             },
             metrics: MetricsConfig {
                 addr: v.parse_or("MEMORY_METRICS_ADDR", SocketAddr::from(([127, 0, 0, 1], 9090))),

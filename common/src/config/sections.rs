@@ -87,6 +87,23 @@ pub struct HttpConfig {
     /// How long a key lookup is reused (`MEMORY_AUTH_CACHE_TTL_SECS`, 0–3600, default 10): a
     /// revoked key stops working on other gateways within this time.
     pub auth_cache_ttl: Duration,
+    /// Longest time a client may take to send a request's headers, and longest idle time of a
+    /// kept-alive connection between requests (`MEMORY_HTTP_HEADER_TIMEOUT_MS`, default 10 000):
+    /// the connection is closed after it.
+    pub header_timeout: Duration,
+    /// Longest pause while a request body arrives (`MEMORY_HTTP_BODY_TIMEOUT_MS`, default
+    /// 10 000); longer → 408 `body_timeout`.
+    pub body_timeout: Duration,
+    /// Longest time a request may take before its answer starts (`MEMORY_HTTP_REQUEST_TIMEOUT_MS`,
+    /// default 30 000); longer → 504 `request_timeout`. Deletes of conversations and tenants,
+    /// tenant erasure, retention runs and imports have 5 minutes.
+    pub request_timeout: Duration,
+    /// Most open client connections (`MEMORY_HTTP_MAX_CONNECTIONS`, default 4096); more wait
+    /// in the listen backlog.
+    pub max_connections: usize,
+    /// Most API requests handled at once (`MEMORY_HTTP_MAX_IN_FLIGHT`, default 512); more are
+    /// shed with 503 `overloaded` and `Retry-After`. Health, readiness and metrics are never shed.
+    pub max_in_flight: usize,
 }
 
 #[derive(Debug, Clone)]

@@ -172,6 +172,23 @@ impl App {
         Ok(r.body["key"].as_str().unwrap().to_owned())
     }
 
+    /// Another gateway on this environment, serving HTTP on a free port (with extra `MEMORY_*`
+    /// variables); returns its address once it is ready.
+    pub(crate) async fn serve_http(
+        &self,
+        configure: impl FnOnce(&mut BTreeMap<String, String>),
+    ) -> anyhow::Result<std::net::SocketAddr> {
+        let mut vars = self.env.vars.clone();
+        vars.insert("MEMORY_HTTP_ADDR".into(), "127.0.0.1:0".into());
+        configure(&mut vars);
+        let config = common::Config::from_map(&vars)?;
+        let gateway = gateway::Gateway::build(&config, self.env.deps.clone(), &mut Registry::default()).await?;
+        let addr = gateway.local_addr();
+        self.env.tasks.spawn(gateway.run(self.env.shutdown.clone(), config.shutdown_grace));
+        self.env.until_ready(addr).await?;
+        Ok(addr)
+    }
+
     /// Starts a retention service on this environment.
     pub(crate) async fn spawn_retention(&self) -> anyhow::Result<()> {
         let service =

@@ -301,18 +301,7 @@ async fn a_key_revoked_on_one_gateway_stops_on_every_gateway_at_once() -> anyhow
     use common::testing::{http, http_get};
     let app = App::start().await?;
     // Two gateways serving HTTP, beside the harness's router; key caches last 10 s by default.
-    let mut addrs = Vec::new();
-    for _ in 0..2 {
-        let mut vars = app.env.vars.clone();
-        vars.insert("MEMORY_HTTP_ADDR".into(), "127.0.0.1:0".into());
-        let config = common::Config::from_map(&vars)?;
-        let gateway = gateway::Gateway::build(&config, app.env.deps.clone(), &mut Default::default()).await?;
-        addrs.push(gateway.local_addr());
-        app.env.tasks.spawn(gateway.run(app.env.shutdown.clone(), config.shutdown_grace));
-    }
-    for &addr in &addrs {
-        app.env.until_ready(addr).await?;
-    }
+    let addrs = [app.serve_http(|_| {}).await?, app.serve_http(|_| {}).await?];
     let key = app.tenant_key("acme", &["read"]).await?;
     let ranking = |addr| {
         let key = key.clone();
