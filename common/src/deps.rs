@@ -95,10 +95,10 @@ impl Deps {
     /// Connects to Postgres alone, migrating or waiting for the schema as configured.
     pub async fn postgres(config: &Config) -> Result<PgStore, ConnectError> {
         let url = config.database_url()?;
-        let (max, migrate) = (config.database.max_connections, config.database.migrate);
+        let settings = &config.database;
         let store = (|| async move {
-            let store = PgStore::connect_only(url, max).await?;
-            if migrate {
+            let store = PgStore::connect_only(url, settings).await?;
+            if settings.migrate {
                 store.migrate().await?;
             } else {
                 store.check_schema().await?;

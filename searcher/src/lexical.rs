@@ -3,6 +3,7 @@
 //! words except the commonest function words: requiring every word of "what did Priya say about
 //! the invoice" would find nothing, and matching "the" would find everything. The index itself
 //! keeps every word (the `simple` configuration), so names, numbers and codes match as typed.
+//! However long the query, it costs a bounded number of terms.
 
 use common::store::{Term, TextQuery};
 
@@ -192,15 +193,31 @@ fn has_operators(query: &str) -> bool {
         || query.split_whitespace().any(|w| w.eq_ignore_ascii_case("or") || (w.len() > 1 && w.starts_with('-')))
 }
 
-/// Whether `query` is taken as typed (`Some`), else the words to look for, given its lexemes as
-/// the index stores them.
+/// Most words a plain question looks for. Each costs a count and a term in every match's
+/// score, so a pasted page must not cost a thousand; the longest words are kept, being the
+/// rarest as a rule (and rarity is what the score rewards).
+pub const MAX_TERMS: usize = 32;
+
+/// Most words of a query taken as typed; the rest are dropped.
+pub const MAX_TYPED_WORDS: usize = 64;
+
+/// Whether `query` is taken as typed (`Err`, cut to [`MAX_TYPED_WORDS`]), else the words to
+/// look for (at most [`MAX_TERMS`]), given its lexemes as the index stores them.
 pub fn words(query: &str, lexemes: Vec<String>) -> Result<Vec<String>, TextQuery> {
     if has_operators(query) {
-        return Err(TextQuery::Websearch(query.to_owned()));
+        let typed = query.split_whitespace().take(MAX_TYPED_WORDS).collect::<Vec<_>>().join(" ");
+        return Err(TextQuery::Websearch(typed));
     }
     let content: Vec<String> = lexemes.iter().filter(|l| !STOP_WORDS.contains(&l.as_str())).cloned().collect();
     // A query of nothing but function words still looks for them.
-    Ok(if content.is_empty() { lexemes } else { content })
+    let mut words = if content.is_empty() { lexemes } else { content };
+    if words.len() > MAX_TERMS {
+        // Longest first; ties in the index's (alphabetical) order, so a query always keeps the same words.
+        words.sort_by(|a, b| b.chars().count().cmp(&a.chars().count()).then_with(|| a.cmp(b)));
+        words.truncate(MAX_TERMS);
+        words.sort();
+    }
+    Ok(words)
 }
 
 /// BM25's inverse document frequency: a word in few of the tenant's `total` messages counts for
@@ -248,6 +265,17 @@ mod tests {
         }
         // A hyphenated word or a lone dash is not an operator.
         assert!(words("well-known - thing", list(&["well-known", "thing"])).is_ok());
+    }
+
+    #[test]
+    fn a_long_query_looks_for_its_longest_words_only() {
+        let lexemes: Vec<String> = (0..1000).map(|i| format!("w{}", "x".repeat(i % 50) + &i.to_string())).collect();
+        let kept = words("a pasted page", lexemes).unwrap();
+        assert_eq!(kept.len(), MAX_TERMS);
+        assert!(kept.iter().all(|w| w.len() >= 50), "{kept:?}");
+        let typed = format!("\"quoted\" {}", "word ".repeat(5000));
+        let Err(TextQuery::Websearch(cut)) = words(&typed, vec![]) else { panic!("typed") };
+        assert_eq!(cut.split_whitespace().count(), MAX_TYPED_WORDS);
     }
 
     #[test]

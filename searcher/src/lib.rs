@@ -124,8 +124,11 @@ fn bad_request(message: impl Into<String>) -> RemoteError {
     RemoteError::new(RemoteErrorCode::BadRequest, message)
 }
 
-fn unavailable(what: &str, e: &dyn std::error::Error) -> RemoteError {
+fn unavailable(what: &str, e: &(dyn std::error::Error + 'static)) -> RemoteError {
     warn!(error = %e, cause = ?e.source(), "{what} failed");
+    if e.downcast_ref::<StoreError>().is_some_and(StoreError::is_timeout) {
+        return RemoteError::new(RemoteErrorCode::Unavailable, format!("{what} took longer than allowed"));
+    }
     RemoteError::new(RemoteErrorCode::Unavailable, format!("{what} failed: {e}"))
 }
 

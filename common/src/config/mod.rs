@@ -141,6 +141,8 @@ impl Config {
                 url: v.secret("MEMORY_DATABASE_URL"),
                 max_connections: v.ranged("MEMORY_DATABASE_MAX_CONNECTIONS", 10, 1, 1000),
                 migrate: v.parse_or("MEMORY_DATABASE_MIGRATE", true),
+                statement_timeout: v.millis("MEMORY_DATABASE_STATEMENT_TIMEOUT_MS", 5_000, 10, 3_600_000),
+                long_statement_timeout: v.secs("MEMORY_DATABASE_LONG_STATEMENT_TIMEOUT_SECS", 600, 1, 86_400),
             },
             http: HttpConfig {
                 addr: v.parse_or("MEMORY_HTTP_ADDR", SocketAddr::from(([127, 0, 0, 1], 8080))),

@@ -62,6 +62,14 @@ pub struct DatabaseConfig {
     /// true). With `false` it waits for the schema to be current instead, so one step
     /// (`memory migrate`, a Kubernetes Job) migrates and replicas never race to.
     pub migrate: bool,
+    /// Longest a statement on a request path (search, reads, keys, settings) may run before
+    /// Postgres cancels it (`MEMORY_DATABASE_STATEMENT_TIMEOUT_MS`, default 5 000: the time a
+    /// caller waits for a worker). A caller that gave up leaves no query running past it.
+    pub statement_timeout: Duration,
+    /// The same for lifecycle work over many rows: ingest batches, backfill, retention passes,
+    /// deletes, exports (`MEMORY_DATABASE_LONG_STATEMENT_TIMEOUT_SECS`, default 600).
+    /// Migrations have none.
+    pub long_statement_timeout: Duration,
 }
 
 impl fmt::Debug for DatabaseConfig {
@@ -70,6 +78,8 @@ impl fmt::Debug for DatabaseConfig {
             .field("url", &self.url.as_ref().map(|_| "[redacted]"))
             .field("max_connections", &self.max_connections)
             .field("migrate", &self.migrate)
+            .field("statement_timeout", &self.statement_timeout)
+            .field("long_statement_timeout", &self.long_statement_timeout)
             .finish()
     }
 }

@@ -45,6 +45,15 @@ impl StoreError {
         }
     }
 
+    /// Whether Postgres cancelled the statement for running past its `statement_timeout`
+    /// (SQLSTATE 57014).
+    pub fn is_timeout(&self) -> bool {
+        match self {
+            Self::Database(sqlx::Error::Database(e)) => e.code().as_deref() == Some("57014"),
+            _ => false,
+        }
+    }
+
     /// Whether the database was unreachable or not ready yet, so trying again may succeed.
     pub fn is_unreachable(&self) -> bool {
         match self {

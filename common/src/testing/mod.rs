@@ -86,7 +86,7 @@ impl TestEnv {
         configure(&mut vars);
         let config = Config::from_map(&vars)?;
         let subjects = Subjects::new(config.nats.subject_prefix.clone());
-        let store = PgStore::connect(config.database_url()?, config.database.max_connections).await?;
+        let store = PgStore::connect(config.database_url()?, &config.database).await?;
         let nats = NatsBus::connect(&config.nats, subjects.clone()).await?;
         let deps = Deps { store: Arc::new(store.clone()), bus: Arc::new(nats.clone()), subjects: subjects.clone() };
         Ok(Self {

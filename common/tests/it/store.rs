@@ -120,6 +120,27 @@ async fn connecting_to_an_unreachable_server_gives_up_after_the_startup_timeout(
 }
 
 #[tokio::test]
+async fn request_statements_are_cancelled_at_their_timeout_and_lifecycle_work_gets_longer() -> anyhow::Result<()> {
+    let env = TestEnv::start_with(|vars| {
+        vars.insert("MEMORY_DATABASE_STATEMENT_TIMEOUT_MS".into(), "200".into());
+    })
+    .await?;
+    let store = common::store::PgStore::connect(env.config.database_url()?, &env.config.database).await?;
+    let err = sqlx::query("SELECT pg_sleep(2)").execute(store.pool()).await.map_err(StoreError::from).unwrap_err();
+    assert!(err.is_timeout(), "{err:?}");
+    // The connection that ran it serves the next statement.
+    let one: i32 = sqlx::query_scalar("SELECT 1").fetch_one(store.pool()).await?;
+    assert_eq!(one, 1);
+    let mut tx = store.long_work().await?;
+    sqlx::query("SELECT pg_sleep(0.5)").execute(&mut *tx).await?;
+    tx.commit().await?;
+    // The long timeout ends with its transaction.
+    let err = sqlx::query("SELECT pg_sleep(2)").execute(store.pool()).await.map_err(StoreError::from).unwrap_err();
+    assert!(err.is_timeout(), "{err:?}");
+    env.finish().await
+}
+
+#[tokio::test]
 async fn activation_takes_over_statuses_and_retires_the_old_space() -> anyhow::Result<()> {
     let env = TestEnv::start().await?;
     let old = env.store.register_space(&space("old", 4)).await?;

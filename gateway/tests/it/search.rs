@@ -245,3 +245,41 @@ async fn hybrid_search_answers_by_words_while_query_embeddings_are_unavailable()
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "vector mode has nothing to fall back on: {r:?}");
     app.finish().await
 }
+
+#[tokio::test]
+async fn a_pasted_page_as_query_over_a_large_tenant_is_answered_and_leaves_the_pool_usable() -> anyhow::Result<()> {
+    let app = App::start().await?;
+    let marker = store(
+        &app,
+        json!({"tenant_id": "big", "conversation_id": "c", "role": "user", "content": "the zeppelin manifest w77"}),
+    )
+    .await?;
+    // 20,000 messages of eight words each from a vocabulary of 2,000.
+    sqlx::query(
+        "INSERT INTO messages (id, tenant_id, conversation_id, role, content, importance, created_at)
+         SELECT gen_random_uuid(), 'big', 'c' || (i % 50), 'user',
+                (SELECT string_agg('w' || ((i * 7919 + j * 104729) % 2000), ' ') FROM generate_series(1, 8) j),
+                0.5, now() - make_interval(secs => i)
+         FROM generate_series(1, 20000) i",
+    )
+    .execute(app.env.store.pool())
+    .await?;
+    // Every word of the vocabulary, up to the longest query allowed: over 1,400 distinct words.
+    let mut page = String::new();
+    for word in (0..2000).map(|i| format!("w{i} ")) {
+        if page.len() + word.len() > common::domain::QUERY_MAX {
+            break;
+        }
+        page.push_str(&word);
+    }
+    for mode in MODES {
+        let r = app.post("/v1/memory/search", &json!({"tenant_id": "big", "query": page, "mode": mode})).await?;
+        assert_eq!(r.status, StatusCode::OK, "{mode}: {r:?}");
+        assert!(!r.body["items"].as_array().unwrap().is_empty(), "{mode}");
+    }
+    // The pool serves ordinary searches afterwards.
+    let r = app.post("/v1/memory/search", &json!({"tenant_id": "big", "query": "zeppelin", "mode": "lexical"})).await?;
+    assert_eq!(r.status, StatusCode::OK, "{r:?}");
+    assert_eq!(r.body["items"][0]["message_id"], marker.as_str());
+    app.finish().await
+}

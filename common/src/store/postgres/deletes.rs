@@ -70,7 +70,7 @@ impl TenantHold for PgTenantHold {
 #[async_trait]
 impl Deletes for PgStore {
     async fn hold_tenant(&self, tenant: &TenantId) -> Result<Box<dyn TenantHold>, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.long_work().await?;
         sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(locks::tenant_writes(tenant)).execute(&mut *tx).await?;
         Ok(Box::new(PgTenantHold { tx, tenant: tenant.clone() }))
     }
@@ -82,6 +82,7 @@ impl Deletes for PgStore {
         stored_before: DateTime<Utc>,
         limit: u32,
     ) -> Result<Vec<MessageId>, StoreError> {
+        let mut tx = self.long_work().await?;
         let deleted: Vec<Uuid> = sqlx::query_scalar(
             "DELETE FROM messages WHERE id IN (
                  SELECT id FROM messages
@@ -93,8 +94,9 @@ impl Deletes for PgStore {
         .bind(conversation.map(ConversationId::as_str))
         .bind(stored_before)
         .bind(i64::from(limit))
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(deleted.into_iter().map(MessageId).collect())
     }
 
@@ -107,11 +109,13 @@ impl Deletes for PgStore {
     }
 
     async fn prune_tombstones(&self, first_sequence: u64, older_than: DateTime<Utc>) -> Result<u64, StoreError> {
+        let mut tx = self.long_work().await?;
         let done = sqlx::query("DELETE FROM tombstones WHERE created_at < $2 AND before_sequence < $1")
             .bind(i64::try_from(first_sequence).unwrap_or(i64::MAX))
             .bind(older_than)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
         Ok(done.rows_affected())
     }
 }

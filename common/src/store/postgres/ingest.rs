@@ -50,7 +50,7 @@ impl IngestWrites for PgStore {
             return Ok(Vec::new());
         }
         let c = RowColumns::of(rows);
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.long_work().await?;
         // Shared per tenant: a delete of the tenant's data (exclusive) waits for this insert, or
         // this insert waits for the delete and then sees its tombstone.
         let mut keys: Vec<i64> = rows.iter().map(|r| locks::tenant_writes(&r.message.tenant_id)).collect();
@@ -114,7 +114,7 @@ impl IngestWrites for PgStore {
             return Ok(());
         }
         let columns = columns(space, vectors)?;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.long_work().await?;
         ensure_active(&mut tx, space).await?;
         Self::insert_vectors(&mut tx, space, &columns, RowLock::Update).await?;
         sqlx::query(
@@ -137,7 +137,7 @@ impl IngestWrites for PgStore {
         let ids: Vec<Uuid> = failures.iter().map(|f| f.message_id.0).collect();
         let reasons: Vec<&str> = failures.iter().map(|f| f.reason.as_str()).collect();
         let revisions: Vec<i32> = failures.iter().map(|f| f.revision).collect();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.long_work().await?;
         ensure_active(&mut tx, space).await?;
         Self::insert_failures(&mut tx, space, &ids, &reasons, &revisions, RowLock::Update).await?;
         sqlx::query(
@@ -161,6 +161,7 @@ impl IngestWrites for PgStore {
         max_failures: u32,
         limit: u32,
     ) -> Result<Vec<StoredMessage>, StoreError> {
+        let mut tx = self.long_work().await?;
         let rows: Vec<MessageRow> = sqlx::query_as(concat!(
             "SELECT ",
             message_columns!(),
@@ -172,8 +173,9 @@ impl IngestWrites for PgStore {
         .bind(before)
         .bind(i32::try_from(max_failures).unwrap_or(i32::MAX))
         .bind(i64::from(limit))
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *tx)
         .await?;
+        tx.commit().await?;
         rows.into_iter().map(StoredMessage::try_from).collect()
     }
 
@@ -184,6 +186,10 @@ impl IngestWrites for PgStore {
     }
 
     async fn pending_count(&self) -> Result<i64, StoreError> {
-        Ok(sqlx::query_scalar("SELECT count(*) FROM messages WHERE status = 'pending'").fetch_one(&self.pool).await?)
+        let mut tx = self.long_work().await?;
+        let count =
+            sqlx::query_scalar("SELECT count(*) FROM messages WHERE status = 'pending'").fetch_one(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(count)
     }
 }

@@ -18,9 +18,11 @@ use crate::store::{Candidates, Edited, Edits, Exported, RetentionRuns, Space, St
 #[async_trait]
 impl RetentionRuns for PgStore {
     async fn tenants_with_messages(&self) -> Result<Vec<TenantId>, StoreError> {
+        let mut tx = self.long_work().await?;
         let ids: Vec<String> = sqlx::query_scalar("SELECT DISTINCT tenant_id FROM messages ORDER BY tenant_id")
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *tx)
             .await?;
+        tx.commit().await?;
         ids.into_iter()
             .map(|id| TenantId::parse(id.clone()).map_err(|_| StoreError::Corrupt(format!("tenant {id}"))))
             .collect()
@@ -59,6 +61,7 @@ impl RetentionRuns for PgStore {
         now: DateTime<Utc>,
         limit: u32,
     ) -> Result<Candidates, StoreError> {
+        let mut tx = self.long_work().await?;
         let days = |d: Option<u32>| d.map(|d| i32::try_from(d).unwrap_or(i32::MAX));
         let limit = i64::from(limit);
         // Each row carries the count of every match (taken before the limit).
@@ -87,7 +90,7 @@ impl RetentionRuns for PgStore {
                 .bind(days(policy.max_messages_per_conversation))
                 .bind(now)
                 .bind(limit)
-                .fetch_all(&self.pool)
+                .fetch_all(&mut *tx)
                 .await?
             }
             RetentionAction::Delete => {
@@ -102,10 +105,11 @@ impl RetentionRuns for PgStore {
                 .bind(after)
                 .bind(now)
                 .bind(limit)
-                .fetch_all(&self.pool)
+                .fetch_all(&mut *tx)
                 .await?
             }
         };
+        tx.commit().await?;
         let total = rows.first().map_or(0, |(_, total)| u64::try_from(*total).unwrap_or(0));
         Ok(Candidates { ids: rows.into_iter().map(|(id, _)| MessageId(id)).collect(), total })
     }
@@ -116,6 +120,7 @@ impl RetentionRuns for PgStore {
         ids: &[MessageId],
         now: DateTime<Utc>,
     ) -> Result<u64, StoreError> {
+        let mut tx = self.long_work().await?;
         let ids: Vec<Uuid> = ids.iter().map(|id| id.0).collect();
         let done = sqlx::query(
             "UPDATE messages SET archived_at = $3, updated_at = now()
@@ -124,20 +129,23 @@ impl RetentionRuns for PgStore {
         .bind(tenant.as_str())
         .bind(&ids)
         .bind(now)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(done.rows_affected())
     }
 
     async fn delete_messages(&self, tenant: &TenantId, ids: &[MessageId]) -> Result<u64, StoreError> {
+        let mut tx = self.long_work().await?;
         let ids: Vec<Uuid> = ids.iter().map(|id| id.0).collect();
         let done = sqlx::query(
             "DELETE FROM messages WHERE tenant_id = $1 AND id = ANY($2) AND archived_at IS NOT NULL AND NOT pinned",
         )
         .bind(tenant.as_str())
         .bind(&ids)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(done.rows_affected())
     }
 }
@@ -249,6 +257,7 @@ impl Edits for PgStore {
         limit: u32,
         vectors: Option<&Space>,
     ) -> Result<Vec<Exported>, StoreError> {
+        let mut tx = self.long_work().await?;
         let rows: Vec<MessageRow> = sqlx::query_as(concat!(
             "SELECT ",
             message_columns!(),
@@ -257,7 +266,7 @@ impl Edits for PgStore {
         .bind(tenant.as_str())
         .bind(after.map(|a| a.0))
         .bind(i64::from(limit))
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *tx)
         .await?;
         let mut found: std::collections::HashMap<Uuid, Vec<f32>> = std::collections::HashMap::new();
         if let Some(space) = vectors {
@@ -267,10 +276,11 @@ impl Edits for PgStore {
                 "SELECT message_id, embedding FROM {table} WHERE message_id = ANY($1)"
             )))
             .bind(&ids)
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *tx)
             .await?;
             found = pairs.into_iter().map(|(id, v)| (id, v.to_vec())).collect();
         }
+        tx.commit().await?;
         rows.into_iter()
             .map(|r| {
                 let vector = found.remove(&r.id);

@@ -6,10 +6,11 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{AssertSqlSafe, PgPool};
 
 use super::{Health, Lock, Locks, StoreError};
+use crate::config::DatabaseConfig;
 
 // The SQL fragments several files share: macros, so `concat!` builds constant statements.
 
@@ -94,32 +95,51 @@ const SPACES_LOCK: i64 = 0x006d_656d_0001;
 #[derive(Clone, Debug)]
 pub struct PgStore {
     pool: PgPool,
+    /// `statement_timeout` of lifecycle work, in milliseconds (see [`Self::long_work`]).
+    long_timeout_ms: u64,
 }
 
 impl PgStore {
     /// Connects a pool (opening one connection now, so a bad URL fails here) and applies pending
     /// migrations.
-    pub async fn connect(url: &str, max_connections: u32) -> Result<Self, StoreError> {
-        let store = Self::connect_only(url, max_connections).await?;
+    pub async fn connect(url: &str, settings: &DatabaseConfig) -> Result<Self, StoreError> {
+        let store = Self::connect_only(url, settings).await?;
         store.migrate().await?;
         Ok(store)
     }
 
-    /// Connects a pool without touching the schema; see [`Self::check_schema`].
-    pub async fn connect_only(url: &str, max_connections: u32) -> Result<Self, StoreError> {
-        let options = PgConnectOptions::from_str(url)?.application_name("memory-layer");
+    /// Connects a pool without touching the schema; see [`Self::check_schema`]. Every
+    /// connection's statements are cancelled after `settings.statement_timeout`, except in
+    /// [`Self::long_work`].
+    pub async fn connect_only(url: &str, settings: &DatabaseConfig) -> Result<Self, StoreError> {
+        let options = PgConnectOptions::from_str(url)?
+            .application_name("memory-layer")
+            .options([("statement_timeout", settings.statement_timeout.as_millis().to_string())]);
         let pool = PgPoolOptions::new()
-            .max_connections(max_connections)
+            .max_connections(settings.max_connections)
             .acquire_timeout(Duration::from_secs(5))
             .connect_with(options)
             .await?;
-        Ok(Self { pool })
+        let long_timeout_ms = u64::try_from(settings.long_statement_timeout.as_millis()).unwrap_or(u64::MAX);
+        Ok(Self { pool, long_timeout_ms })
     }
 
-    /// Applies pending migrations; concurrent callers wait on sqlx's migration lock.
+    /// Applies pending migrations; concurrent callers wait on sqlx's migration lock. They run on
+    /// a connection of their own without a statement timeout (an index over a large table takes
+    /// what it takes), closed afterwards.
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        MIGRATOR.run(&self.pool).await?;
+        let mut connection = self.pool.acquire().await?.detach();
+        sqlx::query("SET statement_timeout = 0").execute(&mut connection).await?;
+        MIGRATOR.run(&mut connection).await?;
         Ok(())
+    }
+
+    /// A transaction for lifecycle work over many rows, whose statements may run up to the long
+    /// timeout instead of the request paths' one. Begun in one round trip, like any other.
+    pub async fn long_work(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, StoreError> {
+        // An integer, so no injection; SET takes no parameters.
+        let begin = format!("BEGIN; SET LOCAL statement_timeout = {}", self.long_timeout_ms);
+        Ok(self.pool.begin_with(AssertSqlSafe(begin)).await?)
     }
 
     /// The newest migration this build knows.

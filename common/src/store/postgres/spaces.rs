@@ -35,7 +35,7 @@ impl Spaces for PgStore {
 impl Backfill for PgStore {
     async fn register_space(&self, space: &SpaceRef) -> Result<Space, StoreError> {
         let dimensions = i32::try_from(space.dimensions).unwrap_or(i32::MAX);
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.long_work().await?;
         sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(SPACES_LOCK).execute(&mut *tx).await?;
         sqlx::query(
             "INSERT INTO embedding_spaces (provider, model, dimensions, active, activated_at)
@@ -88,6 +88,7 @@ impl Backfill for PgStore {
         after: Option<MessageId>,
         limit: u32,
     ) -> Result<Vec<StoredMessage>, StoreError> {
+        let mut tx = self.long_work().await?;
         // Two statements rather than `$1 IS NULL OR m.id > $1`, which a generic plan cannot use
         // to start the index scan at the cursor.
         let after_cursor = if after.is_some() { "m.id > $1 AND" } else { "$1::uuid IS NULL AND" };
@@ -100,8 +101,9 @@ impl Backfill for PgStore {
         )))
         .bind(after.map(|id| id.0))
         .bind(i64::from(limit))
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *tx)
         .await?;
+        tx.commit().await?;
         rows.into_iter().map(StoredMessage::try_from).collect()
     }
 
@@ -116,7 +118,7 @@ impl Backfill for PgStore {
         let failed: Vec<Uuid> = failures.iter().map(|f| f.message_id.0).collect();
         let reasons: Vec<&str> = failures.iter().map(|f| f.reason.as_str()).collect();
         let revisions: Vec<i32> = failures.iter().map(|f| f.revision).collect();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.long_work().await?;
         if !columns.0.is_empty() {
             Self::insert_vectors(&mut tx, space, &columns, RowLock::Share).await?;
         }
@@ -134,12 +136,14 @@ impl Backfill for PgStore {
     }
 
     async fn coverage(&self, space: &Space) -> Result<Coverage, StoreError> {
+        let mut tx = self.long_work().await?;
         let (messages, missing): (i64, i64) = sqlx::query_as(AssertSqlSafe(format!(
             "SELECT count(*), count(*) FILTER (WHERE {}) FROM messages m",
             Self::missing_in(space)
         )))
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(Coverage { messages, missing })
     }
 
@@ -149,7 +153,7 @@ impl Backfill for PgStore {
         leftover_limit: u32,
     ) -> Result<Option<Vec<StoredMessage>>, StoreError> {
         let table = Self::vector_table(space);
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.long_work().await?;
         // Exclusive: waits for writes to the old space in flight (they hold it shared), and
         // every write after this commits sees the new active space.
         sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(SPACES_LOCK).execute(&mut *tx).await?;
