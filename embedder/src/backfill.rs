@@ -75,15 +75,15 @@ impl Backfill {
             Progress { space_id: space.id, done: 0, missing_at_start: coverage.missing, started: Instant::now() };
         self.metrics.backfill_remaining.set(coverage.missing);
         tracing::info!(space = space.id, messages = coverage.messages, missing = coverage.missing, resume_after = ?space.backfill_cursor, "backfill started");
-        let mut cursor = space.backfill_cursor;
+        let mut cursor = space.backfill_cursor.clone();
         loop {
             if shutdown.is_cancelled() {
                 return Ok(Outcome::Stopped);
             }
-            let rows = store.unembedded(&space, cursor, self.batch_size).await?;
-            let Some(last) = rows.last().map(|r| r.message_id) else {
+            let rows = store.unembedded(&space, cursor.as_ref(), self.batch_size).await?;
+            let Some(last) = rows.last().map(|r| r.key()) else {
                 if cursor.is_some() {
-                    // The end of the id order; messages stored meanwhile may sit before the cursor.
+                    // The end of the (tenant, id) order; messages stored meanwhile may sit before the cursor.
                     cursor = None;
                     continue;
                 }
@@ -129,12 +129,15 @@ impl Backfill {
                             revision: row.revision,
                         });
                     }
-                    Err(refused) => {
-                        failures.push(Failure { message_id: row.message_id, reason: refused.0, revision: row.revision })
-                    }
+                    Err(refused) => failures.push(Failure {
+                        message_id: row.message_id,
+                        tenant_id: row.tenant_id.clone(),
+                        reason: refused.0,
+                        revision: row.revision,
+                    }),
                 }
             }
-            store.save_backfill(&space, &vectors, &failures, last).await?;
+            store.save_backfill(&space, &vectors, &failures, &last).await?;
             cursor = Some(last);
             let n = rows.len() as i64;
             state.done += n;

@@ -126,7 +126,7 @@ pub struct BacklogLabels {
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct ReasonLabels {
-    /// The rejection's code (`malformed_json`, `invalid_message`, `delivery_limit`, `id_conflict`,
+    /// The rejection's code (`malformed_json`, `invalid_message`, `delivery_limit`,
     /// …; the README lists them): a closed set.
     pub reason: &'static str,
 }

@@ -67,8 +67,8 @@ impl Sweeper {
             }
             if let Err(e) = self.embed(&space, &rows).await {
                 // Whatever these rows hold, let the next round try others first.
-                let ids: Vec<_> = rows.iter().map(|r| r.message_id).collect();
-                store.touch(&ids).await?;
+                let keys: Vec<_> = rows.iter().map(|r| r.key()).collect();
+                store.touch(&keys).await?;
                 return Err(e);
             }
             swept += rows.len();

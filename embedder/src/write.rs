@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use crate::Deps;
 use common::bus::{BusError, Envelope};
 use common::contract::{EventKind, MessageEmbedded, MessageEmbeddingFailed, VERSION};
-use common::domain::MessageId;
+use common::domain::MessageKey;
 use common::store::{Failure, NewVector, Space, StoreError, StoredMessage};
 
 use crate::embed::Embeddings;
@@ -27,7 +27,7 @@ pub(crate) async fn embed_rows(
     embeddings: &Embeddings,
     space: &Space,
     rows: &[&StoredMessage],
-) -> Result<HashMap<MessageId, String>, WriteError> {
+) -> Result<HashMap<MessageKey, String>, WriteError> {
     let mut refused = HashMap::new();
     if rows.is_empty() {
         return Ok(refused);
@@ -47,8 +47,13 @@ pub(crate) async fn embed_rows(
             }),
             Err(refusal) => {
                 tracing::warn!(message_id = %row.message_id, reason = %refusal, "the provider refused a message; it is marked failed");
-                refused.insert(row.message_id, refusal.0.clone());
-                failures.push(Failure { message_id: row.message_id, reason: refusal.0, revision: row.revision });
+                refused.insert(row.key(), refusal.0.clone());
+                failures.push(Failure {
+                    message_id: row.message_id,
+                    tenant_id: row.tenant_id.clone(),
+                    reason: refusal.0,
+                    revision: row.revision,
+                });
             }
         }
     }
@@ -63,10 +68,10 @@ pub(crate) async fn publish_outcomes(
     deps: &Deps,
     space: &Space,
     rows: &[&StoredMessage],
-    refused: &HashMap<MessageId, String>,
+    refused: &HashMap<MessageKey, String>,
 ) -> Result<(), BusError> {
     let publishes = rows.iter().map(|row| {
-        let (kind, payload) = match refused.get(&row.message_id) {
+        let (kind, payload) = match refused.get(&row.key()) {
             None => (
                 EventKind::Embedded,
                 serde_json::to_vec(&MessageEmbedded {
@@ -100,5 +105,5 @@ pub(crate) async fn publish(
     payload: Vec<u8>,
 ) -> Result<(), BusError> {
     let envelope = Envelope::new(deps.subjects.event(&row.tenant_id, kind, row.message_id), payload);
-    deps.bus.publish(envelope, Some(&format!("{}-{}", kind.as_str(), row.message_id))).await.map(|_| ())
+    deps.bus.publish(envelope, Some(&format!("{}-{}", kind.as_str(), row.key()))).await.map(|_| ())
 }

@@ -74,14 +74,18 @@ impl Principal {
             (Self::Key(key), None) => Ok(key.tenant_id.clone()),
             (Self::Key(key), Some(t)) if t == key.tenant_id.as_str() => Ok(key.tenant_id.clone()),
             (Self::Key(_), Some(_)) => Err(ApiError::TenantForbidden),
-            (Self::Operator, t) => {
-                TenantId::parse(t.unwrap_or_default().to_owned()).map_err(|e| ApiError::Invalid(e.0))
-            }
+            (Self::Operator, None) => Err(ApiError::Invalid(vec![common::domain::FieldError::new(
+                "tenant_id",
+                "required",
+                "the operator key acts for any tenant, so it must name one",
+            )])),
+            (Self::Operator, Some(t)) => TenantId::parse(t.to_owned()).map_err(|e| ApiError::Invalid(e.0)),
         }
     }
 
     /// The tenant a request is narrowed to: a tenant key's own (naming another is
-    /// `tenant_forbidden`); for the operator, the one it names, or none (every tenant).
+    /// `tenant_forbidden`); for the operator, the one it names, or none (every tenant: only
+    /// where a request over every tenant makes sense, and said so explicitly to the worker).
     pub fn tenant_filter(&self, requested: Option<String>) -> Result<Option<TenantId>, ApiError> {
         match self {
             Self::Key(_) => self.tenant(requested.as_deref()).map(Some),

@@ -52,6 +52,7 @@ async fn main() -> anyhow::Result<()> {
     let run = |action| RetentionRunRequest {
         v: VERSION,
         tenant_id: Some(TenantId::parse("bench").expect("valid")),
+        all_tenants: false,
         actions: vec![action],
         dry_run: false,
     };

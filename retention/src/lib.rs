@@ -171,6 +171,7 @@ impl Retention {
                 let all = RetentionRunRequest {
                     v: VERSION,
                     tenant_id: None,
+                    all_tenants: true,
                     actions: vec![RetentionAction::Archive, RetentionAction::Delete],
                     dry_run: false,
                 };
@@ -262,6 +263,9 @@ async fn answer(runner: &Runner, request: Request) {
         Err(e) => bad(format!("malformed retention request: {e}")),
         Ok(r) if r.v != VERSION => bad(format!("unsupported version {}", r.v)),
         Ok(r) if r.actions.is_empty() => bad("give at least one action: archive, delete".into()),
+        Ok(r) if r.tenant_id.is_none() && !r.all_tenants => {
+            bad("name a tenant_id, or set all_tenants to run for every tenant".into())
+        }
         Ok(r) if r.tenant_id.is_some() && !known(runner, r.tenant_id.as_ref()).await => Reply::Error(RemoteError::new(
             RemoteErrorCode::NotFound,
             format!("no tenant {}", r.tenant_id.as_ref().map_or("", TenantId::as_str)),
@@ -280,14 +284,14 @@ async fn answer(runner: &Runner, request: Request) {
     }
 }
 
-/// Archives or restores one message (of the named tenant only, when one is named).
+/// Archives or restores one of the tenant's messages.
 async fn archive_or_restore(runner: &Runner, request: Request, archive: bool) {
     let Some(reply) = request.reply.clone() else { return };
     let outcome = match serde_json::from_slice::<GetMessageRequest>(&request.message.payload) {
         Err(e) => Reply::Error(RemoteError::new(RemoteErrorCode::BadRequest, format!("malformed request: {e}"))),
         Ok(r) => {
             let now = Utc::now();
-            match runner.deps.store.set_archived(r.message_id, r.tenant_id.as_ref(), archive, now).await {
+            match runner.deps.store.set_archived(&r.tenant_id, r.message_id, archive, now).await {
                 Ok(message) => {
                     if let Some(m) = &message {
                         let ids = [m.message_id];

@@ -7,7 +7,6 @@
 //! still in flight when the delete came is dropped by the embedder on sight of the tombstone,
 //! so deleted data never comes back.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::Deps;
@@ -16,7 +15,7 @@ use common::bus::{BusError, Envelope};
 use common::config::ImportanceWeights;
 use common::contract::{
     CachePurge, DeleteConversationRequest, DeleteMessagesRequest, DeleteMessagesResponse, Deleted, EraseTenantRequest,
-    MessageReceived, MessageUpdated, REEMBED_HEADER, RemoteError, RemoteErrorCode, Reply, StreamKind, Subjects,
+    MessageReceived, MessageUpdated, REEMBED_HEADER, RemoteError, RemoteErrorCode, Reply, StreamKind,
     UpdateMessagesRequest, UpdateMessagesResponse, VERSION,
 };
 use common::domain::{BATCH_MAX, MessageId, MessageInput, TenantId};
@@ -87,7 +86,7 @@ impl Lifecycle {
         check_batch(request.updates.len(), "updates")?;
         let mut results = Vec::with_capacity(request.updates.len());
         for edit in request.updates {
-            results.push(match self.update_one(request.tenant_id.as_ref(), edit.message_id, edit.update).await {
+            results.push(match self.update_one(&request.tenant_id, edit.message_id, edit.update).await {
                 Ok(view) => Reply::Ok(view),
                 Err(e) => Reply::Error(e),
             });
@@ -97,7 +96,7 @@ impl Lifecycle {
 
     async fn update_one(
         &self,
-        tenant: Option<&TenantId>,
+        tenant: &TenantId,
         id: MessageId,
         update: common::domain::MessageUpdate,
     ) -> Result<common::domain::MessageView, RemoteError> {
@@ -106,13 +105,13 @@ impl Lifecycle {
         let edit = || async {
             self.deps
                 .store
-                .update_message(id, tenant, &update, self.weights, now)
+                .update_message(tenant, id, &update, self.weights, now)
                 .await
                 .map_err(|e| unavailable("updating the message", &e))
         };
         let mut updated = edit().await?;
         if updated.is_none() {
-            if self.queued(tenant, id).await?.is_some() {
+            if self.queued(tenant, id).await? {
                 return Err(RemoteError::new(
                     RemoteErrorCode::Queued,
                     format!("message {id} is still queued: edit it once it is stored (its status shows when)"),
@@ -165,61 +164,49 @@ impl Lifecycle {
         }
     }
 
-    /// The tenant of a message still in the ingest stream, if it is there.
-    async fn queued(&self, tenant: Option<&TenantId>, id: MessageId) -> Result<Option<TenantId>, RemoteError> {
-        let subject = self.deps.subjects.ingest_lookup(tenant, id);
+    /// Whether the tenant's message is still in the ingest stream.
+    async fn queued(&self, tenant: &TenantId, id: MessageId) -> Result<bool, RemoteError> {
+        let subject = self.deps.subjects.ingest(tenant, id);
         let envelope = self
             .deps
             .bus
             .last_on_subject(StreamKind::Ingest, &subject)
             .await
             .map_err(|e| unavailable("reading the ingest stream", &e))?;
-        Ok(envelope.and_then(|held| {
-            let (token, _) = self.deps.subjects.parse_ingest(&held.message.subject)?;
-            TenantId::parse(Subjects::tenant_of(token)).ok()
-        }))
+        Ok(envelope.is_some())
+    }
+
+    /// Whether the tenant's message is stored.
+    async fn stored(&self, tenant: &TenantId, id: MessageId) -> Result<bool, RemoteError> {
+        let stored = self.deps.store.get_message(tenant, id).await.map_err(|e| unavailable("reading a message", &e))?;
+        Ok(stored.is_some())
     }
 
     pub(crate) async fn delete(&self, request: DeleteMessagesRequest) -> Result<DeleteMessagesResponse, RemoteError> {
         check_version(request.v)?;
         check_batch(request.message_ids.len(), "message ids")?;
-        let tenant = request.tenant_id.as_ref();
+        let owner = &request.tenant_id;
         let mut seen = std::collections::HashSet::new();
         let unique: Vec<MessageId> = request.message_ids.iter().copied().filter(|id| seen.insert(*id)).collect();
-        // Whose each message is: stored, or still queued; else it does not exist.
-        let mut by_tenant: BTreeMap<TenantId, Vec<MessageId>> = BTreeMap::new();
+        // Each message is stored, or still queued (or stored and acked between the two
+        // lookups); else it does not exist.
+        let mut ids = Vec::new();
         let mut not_found = Vec::new();
         for &id in &unique {
-            let stored = self.deps.store.get_message(id).await.map_err(|e| unavailable("reading a message", &e))?;
-            let owner = match stored {
-                Some(m) if tenant.is_none_or(|t| *t == m.tenant_id) => Some(m.message.tenant_id),
-                Some(_) => None,
-                None => match self.queued(tenant, id).await? {
-                    Some(owner) => Some(owner),
-                    // Stored (and acked) between the two lookups?
-                    None => self
-                        .deps
-                        .store
-                        .get_message(id)
-                        .await
-                        .map_err(|e| unavailable("reading a message", &e))?
-                        .map(|m| m.message.tenant_id)
-                        .filter(|owner| tenant.is_none_or(|t| t == owner)),
-                },
-            };
-            match owner {
-                Some(owner) => by_tenant.entry(owner).or_default().push(id),
-                None => not_found.push(id),
+            if self.stored(owner, id).await? || self.queued(owner, id).await? || self.stored(owner, id).await? {
+                ids.push(id);
+            } else {
+                not_found.push(id);
             }
         }
         let mut deleted = Vec::new();
-        for (owner, ids) in by_tenant {
+        if !ids.is_empty() {
             let what: Vec<Tombstone> = ids.iter().map(|id| Tombstone::Message(*id)).collect();
-            let (cutoff, _, rows) = self.tombstone(&owner, &what, &ids).await?;
+            let (cutoff, _, rows) = self.tombstone(owner, &what, &ids).await?;
             self.metrics.deleted.inc_by(rows.len() as u64);
-            crate::events::deleted(&self.deps, &owner, &rows).await;
+            crate::events::deleted(&self.deps, owner, &rows).await;
             for id in ids {
-                let subject = self.deps.subjects.ingest(&owner, id);
+                let subject = self.deps.subjects.ingest(owner, id);
                 let purged = self
                     .deps
                     .bus

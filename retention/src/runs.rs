@@ -25,12 +25,14 @@ pub struct Runner {
 }
 
 impl Runner {
-    /// Applies `actions` to one tenant, or to every tenant with messages.
+    /// Applies `actions` to the named tenant, or with `all_tenants` to every tenant with
+    /// messages (and to none when the request names neither).
     pub async fn run(&self, request: &RetentionRunRequest) -> Result<RetentionRunResponse, StoreError> {
         let now = Utc::now();
         let tenants = match &request.tenant_id {
             Some(t) => vec![t.clone()],
-            None => self.deps.store.tenants_with_messages().await?,
+            None if request.all_tenants => self.deps.store.tenants_with_messages().await?,
+            None => Vec::new(),
         };
         if !request.dry_run {
             self.prune_tombstones(now).await;

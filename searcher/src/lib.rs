@@ -218,7 +218,7 @@ impl Handler {
             let found = self
                 .deps
                 .store
-                .similarities(space, &missing, query)
+                .similarities(space, &request.tenant_id, &missing, query)
                 .await
                 .map_err(|e| unavailable("reading similarities", &e))?;
             let found: std::collections::HashMap<MessageId, f64> = found.into_iter().collect();
@@ -357,15 +357,12 @@ impl Handler {
         if request.v != VERSION {
             return Err(bad_request(format!("unsupported version {}", request.v)));
         }
-        let visible = |view: MessageView| match &request.tenant_id {
-            Some(t) if *t != view.tenant_id => None,
-            _ => Some(view),
-        };
-        if let Some(view) = self.stored(request.message_id).await? {
-            return Ok(GetMessageResponse { message: visible(view) });
+        let (tenant, id) = (&request.tenant_id, request.message_id);
+        if let Some(view) = self.stored(tenant, id).await? {
+            return Ok(GetMessageResponse { message: Some(view) });
         }
-        // Not stored: it may still wait in the ingest stream, where the subject names its id.
-        let subject = self.deps.subjects.ingest_lookup(request.tenant_id.as_ref(), request.message_id);
+        // Not stored: it may still wait in the ingest stream, where the subject names it.
+        let subject = self.deps.subjects.ingest(tenant, id);
         let queued = self
             .deps
             .bus
@@ -375,10 +372,11 @@ impl Handler {
         if let Some(held) = queued {
             let message = serde_json::from_slice::<MessageReceived>(&held.message.payload)
                 .ok()
-                .and_then(|e| e.message.validate(Utc::now(), || request.message_id).ok());
+                .and_then(|e| e.message.validate(Utc::now(), || id).ok())
+                .filter(|m| m.tenant_id == *tenant && m.message_id == id);
             // It may have been stored between the two lookups; the store is the truth.
-            if let Some(stored) = self.stored(request.message_id).await? {
-                return Ok(GetMessageResponse { message: visible(stored) });
+            if let Some(stored) = self.stored(tenant, id).await? {
+                return Ok(GetMessageResponse { message: Some(stored) });
             }
             let Some(message) = message else { return Ok(GetMessageResponse { message: None }) };
             // Queued, but its message, conversation or tenant was deleted since: it will never
@@ -394,15 +392,15 @@ impl Handler {
             if !dropped.is_empty() {
                 return Ok(GetMessageResponse { message: None });
             }
-            return Ok(GetMessageResponse { message: visible(MessageView::queued(&row.message)) });
+            return Ok(GetMessageResponse { message: Some(MessageView::queued(&row.message)) });
         }
-        Ok(GetMessageResponse { message: self.stored(request.message_id).await?.and_then(visible) })
+        Ok(GetMessageResponse { message: self.stored(tenant, id).await? })
     }
 
-    async fn stored(&self, id: MessageId) -> Result<Option<MessageView>, RemoteError> {
+    async fn stored(&self, tenant: &TenantId, id: MessageId) -> Result<Option<MessageView>, RemoteError> {
         self.deps
             .store
-            .get_message(id)
+            .get_message(tenant, id)
             .await
             .map(|m| m.map(common::store::StoredMessage::view))
             .map_err(|e| unavailable("reading the message", &e))

@@ -90,12 +90,16 @@ pub struct Explain {
     pub ranking: Ranking,
 }
 
-/// `mem.v1.retention.run`: apply the retention policy to one tenant, or to every tenant.
+/// `mem.v1.retention.run`: apply the retention policy to one tenant, or to every tenant. A
+/// request naming no tenant is refused unless it says `all_tenants` (which only the operator
+/// may ask for through the gateway): leaving a field out never widens a request.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RetentionRunRequest {
     pub v: u8,
     #[serde(default)]
     pub tenant_id: Option<TenantId>,
+    #[serde(default)]
+    pub all_tenants: bool,
     pub actions: Vec<RetentionAction>,
     #[serde(default)]
     pub dry_run: bool,
@@ -109,14 +113,13 @@ pub struct RetentionRunResponse {
     pub tenants: Vec<TenantRetention>,
 }
 
-/// `mem.v1.messages.get`: one message by id, with its pipeline status.
+/// `mem.v1.messages.get` (and `archive`, `restore`): one of the tenant's messages by id, with
+/// its pipeline status. Ids are unique within a tenant only.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct GetMessageRequest {
     pub v: u8,
+    pub tenant_id: TenantId,
     pub message_id: MessageId,
-    /// When given, a message of another tenant is reported as not found.
-    #[serde(default)]
-    pub tenant_id: Option<TenantId>,
 }
 
 /// `None` when no such message is stored or queued.
@@ -136,13 +139,12 @@ pub struct EmbedQueryRequest {
     pub tenant_id: Option<TenantId>,
 }
 
-/// `mem.v1.messages.update`: edit messages (of `tenant_id` only, when given).
+/// `mem.v1.messages.update`: edit some of the tenant's messages.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct UpdateMessagesRequest {
     pub v: u8,
-    #[serde(default)]
-    #[schema(value_type = Option<String>)]
-    pub tenant_id: Option<TenantId>,
+    #[schema(value_type = String)]
+    pub tenant_id: TenantId,
     pub updates: Vec<MessageEdit>,
 }
 
@@ -161,13 +163,11 @@ pub struct UpdateMessagesResponse {
     pub results: Vec<Reply<MessageView>>,
 }
 
-/// `mem.v1.messages.delete`: delete messages by id (of `tenant_id` only, when given), stored or
-/// still queued.
+/// `mem.v1.messages.delete`: delete some of the tenant's messages by id, stored or still queued.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DeleteMessagesRequest {
     pub v: u8,
-    #[serde(default)]
-    pub tenant_id: Option<TenantId>,
+    pub tenant_id: TenantId,
     pub message_ids: Vec<MessageId>,
 }
 

@@ -38,7 +38,7 @@ impl Subjects {
     /// Where a message for `tenant` is published: `mem.v1.ingest.<tenant>.<message_id>`.
     /// Direct publishers may also use `mem.v1.ingest.<tenant>`.
     pub fn ingest(&self, tenant: &TenantId, id: MessageId) -> String {
-        self.ingest_lookup(Some(tenant), id)
+        format!("{}.v1.ingest.{}.{id}", self.prefix, Self::tenant_token(tenant))
     }
     /// Every subject a tenant's data may sit on in each stream, for erasing it: ingest with and
     /// without a message id, events, dead letters.
@@ -51,12 +51,6 @@ impl Subjects {
             (StreamKind::Dead, format!("{p}.v1.dead.{t}")),
         ]
     }
-    /// The ingest subject of a message, for looking it up in the stream: any tenant when `None`.
-    pub fn ingest_lookup(&self, tenant: Option<&TenantId>, id: MessageId) -> String {
-        let tenant = tenant.map_or_else(|| "*".to_owned(), Self::tenant_token);
-        format!("{}.v1.ingest.{tenant}.{id}", self.prefix)
-    }
-
     /// Every ingest subject, for the stream and the embedder's consumer.
     pub fn ingest_all(&self) -> String {
         format!("{}.v1.ingest.>", self.prefix)
@@ -233,7 +227,6 @@ mod tests {
         assert_eq!(subject, format!("mem.v1.ingest.acme~eu.{id}"));
         assert_eq!(s.parse_ingest(&subject), Some(("acme~eu", Some(id.to_string().as_str()))));
         assert_eq!(Subjects::tenant_of("acme~eu"), "acme.eu");
-        assert_eq!(s.ingest_lookup(None, id), format!("mem.v1.ingest.*.{id}"));
         assert_eq!(s.parse_ingest("mem.v1.ingest.acme"), Some(("acme", None)));
         assert_eq!(s.parse_ingest(&format!("mem.v1.ingest.acme.{id}")), Some(("acme", Some(id.to_string().as_str()))));
         assert_eq!(s.parse_ingest("mem.v1.ingest.a.b.c"), None);

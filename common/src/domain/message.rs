@@ -7,8 +7,8 @@ use utoipa::ToSchema;
 
 use super::metadata::check_metadata;
 use super::{
-    CONTENT_MAX, CONVERSATION_ID_MAX, CREATED_AT_SKEW_SECS, ConversationId, FieldError, MessageId, MessageStatus,
-    NAME_MAX, QUERY_MAX, Role, TENANT_ID_MAX, TOP_K_MAX, TenantId, ValidationError, check_id,
+    CONTENT_MAX, CONVERSATION_ID_MAX, CREATED_AT_SKEW_SECS, ConversationId, FieldError, MessageId, MessageKey,
+    MessageStatus, NAME_MAX, QUERY_MAX, Role, TENANT_ID_MAX, TOP_K_MAX, TenantId, ValidationError, check_id,
 };
 
 /// A message as a client submits it (REST body or the payload of a direct NATS publish).
@@ -74,6 +74,11 @@ pub struct NewMessage {
 }
 
 impl NewMessage {
+    /// What names this message: its tenant and id.
+    pub fn key(&self) -> MessageKey {
+        MessageKey::new(self.tenant_id.clone(), self.message_id)
+    }
+
     /// The text the embedding model sees: the speaker's name leads, because questions name people.
     pub fn embedding_text(&self) -> String {
         embedding_text(self.name.as_deref(), &self.content)

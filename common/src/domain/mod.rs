@@ -161,6 +161,26 @@ impl fmt::Display for MessageId {
     }
 }
 
+/// What names one message: ids are unique within a tenant, not across tenants, so one tenant's
+/// export imports into another and no tenant can claim or probe another's ids.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MessageKey {
+    pub tenant_id: TenantId,
+    pub id: MessageId,
+}
+
+impl MessageKey {
+    pub fn new(tenant_id: TenantId, id: MessageId) -> Self {
+        Self { tenant_id, id }
+    }
+}
+
+impl fmt::Display for MessageKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.tenant_id, self.id)
+    }
+}
+
 fn fnv1a_128(bytes: &[u8]) -> u128 {
     const OFFSET: u128 = 0x6c62272e07bb014262b821756295c58d;
     const PRIME: u128 = 0x0000000001000000000000000000013B;

@@ -5,7 +5,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::{Space, StoreError, StoredMessage};
-use crate::domain::{MessageId, NewMessage, TenantId};
+use crate::domain::{MessageId, MessageKey, NewMessage, TenantId};
 
 /// A validated message with the importance computed at ingest.
 #[derive(Debug, Clone)]
@@ -45,6 +45,7 @@ pub struct NewVector {
 #[derive(Debug, Clone)]
 pub struct Failure {
     pub message_id: MessageId,
+    pub tenant_id: TenantId,
     pub reason: String,
     /// The revision refused: an edited message is not failed for its old content.
     pub revision: i32,
@@ -53,18 +54,19 @@ pub struct Failure {
 /// Reads of single messages, which every role that handles messages shares.
 #[async_trait]
 pub trait MessageReads: Send + Sync {
-    async fn get_message(&self, id: MessageId) -> Result<Option<StoredMessage>, StoreError>;
+    /// The tenant's message with this id (ids are unique within a tenant only).
+    async fn get_message(&self, tenant: &TenantId, id: MessageId) -> Result<Option<StoredMessage>, StoreError>;
 
-    /// Of these ingest rows, the ids a tombstone stops (their message, conversation or tenant
+    /// Of these ingest rows, those a tombstone stops (their message, conversation or tenant
     /// was deleted after they were accepted).
-    async fn tombstoned(&self, rows: &[NewRow]) -> Result<Vec<MessageId>, StoreError>;
+    async fn tombstoned(&self, rows: &[NewRow]) -> Result<Vec<MessageKey>, StoreError>;
 }
 
 /// The embedder's writes: the only way a message row comes into being.
 #[async_trait]
 pub trait IngestWrites: Send + Sync {
-    /// Inserts the rows in one statement, skipping ids already stored, and returns the stored row
-    /// of every id given, new or not, in no particular order.
+    /// Inserts the rows in one statement, skipping messages already stored (the same tenant and
+    /// id), and returns the stored row of every one given, new or not, in no particular order.
     async fn insert_messages(&self, rows: &[NewRow]) -> Result<Vec<Inserted>, StoreError>;
 
     /// Stores vectors in `space` and marks their messages `embedded`, in one transaction.
@@ -84,7 +86,7 @@ pub trait IngestWrites: Send + Sync {
     ) -> Result<Vec<StoredMessage>, StoreError>;
 
     /// Marks messages as just changed, which sends them to the back of the sweeper's queue.
-    async fn touch(&self, ids: &[MessageId]) -> Result<(), StoreError>;
+    async fn touch(&self, keys: &[MessageKey]) -> Result<(), StoreError>;
 
     /// Messages with status `pending`.
     async fn pending_count(&self) -> Result<i64, StoreError>;

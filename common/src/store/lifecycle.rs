@@ -103,25 +103,25 @@ pub trait RetentionRuns: Send + Sync {
 /// Changes to one stored message, and reading a tenant's messages out.
 #[async_trait]
 pub trait Edits: Send + Sync {
-    /// Applies an edit to one message (of `tenant`, when given). A change of the override or the
+    /// Applies an edit to one of the tenant's messages. A change of the override or the
     /// pin recomputes its importance with `weights` as of when it was stored. A content change
     /// bumps the revision, drops its vectors and refusals and sets it `pending`. `None` if there
     /// is no such message.
     async fn update_message(
         &self,
+        tenant: &TenantId,
         id: MessageId,
-        tenant: Option<&TenantId>,
         update: &ValidUpdate,
         weights: ImportanceWeights,
         now: DateTime<Utc>,
     ) -> Result<Option<Edited>, StoreError>;
 
-    /// Archives (at `now`) or restores one message, of `tenant` when given; the message as it is
-    /// now, or `None` if there is no such message.
+    /// Archives (at `now`) or restores one of the tenant's messages; the message as it is now,
+    /// or `None` if there is no such message.
     async fn set_archived(
         &self,
+        tenant: &TenantId,
         id: MessageId,
-        tenant: Option<&TenantId>,
         archived: bool,
         now: DateTime<Utc>,
     ) -> Result<Option<StoredMessage>, StoreError>;

@@ -78,10 +78,12 @@ pub trait SearchReads: Send + Sync {
         cap: i64,
     ) -> Result<(i64, Vec<i64>), StoreError>;
 
-    /// Cosine similarity of `vector` to each of these messages that has a vector in `space`.
+    /// Cosine similarity of `vector` to each of these messages of the tenant that has a vector
+    /// in `space`.
     async fn similarities(
         &self,
         space: &Space,
+        tenant: &TenantId,
         ids: &[MessageId],
         vector: &[f32],
     ) -> Result<Vec<(MessageId, f64)>, StoreError>;

@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 
 use super::{Failure, NewVector, StoreError, StoredMessage};
 use crate::contract::SpaceRef;
-use crate::domain::MessageId;
+use crate::domain::MessageKey;
 
 /// A registered embedding space and the id naming its vector table.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,8 +16,8 @@ pub struct Space {
     pub active: bool,
     /// When it last became active; a space that was active and is not any more is retired.
     pub activated_at: Option<DateTime<Utc>>,
-    /// Where an interrupted backfill resumes: the last message id it finished.
-    pub backfill_cursor: Option<MessageId>,
+    /// Where an interrupted backfill resumes: the last message it finished.
+    pub backfill_cursor: Option<MessageKey>,
     /// Messages embedded (or refused) by backfills of this space so far.
     pub backfilled: i64,
 }
@@ -54,12 +54,12 @@ pub trait Backfill: Send + Sync {
     /// registered becomes active; later ones wait for a backfill to activate them.
     async fn register_space(&self, space: &SpaceRef) -> Result<Space, StoreError>;
 
-    /// Up to `limit` messages in id order after `after`, with neither a vector nor a recorded
+    /// Up to `limit` messages in (tenant, id) order after `after`, with neither a vector nor a recorded
     /// refusal in `space`: what a backfill still has to embed.
     async fn unembedded(
         &self,
         space: &Space,
-        after: Option<MessageId>,
+        after: Option<&MessageKey>,
         limit: u32,
     ) -> Result<Vec<StoredMessage>, StoreError>;
 
@@ -70,7 +70,7 @@ pub trait Backfill: Send + Sync {
         space: &Space,
         vectors: &[NewVector],
         failures: &[Failure],
-        cursor: MessageId,
+        cursor: &MessageKey,
     ) -> Result<(), StoreError>;
 
     async fn coverage(&self, space: &Space) -> Result<Coverage, StoreError>;

@@ -45,7 +45,7 @@ async fn inserts_are_idempotent_and_say_which_rows_are_new() -> anyhow::Result<(
     for inserted in &again {
         assert_eq!(inserted.new, inserted.row.message_id == b.message.message_id, "{inserted:?}");
     }
-    let stored = env.store.get_message(a.message.message_id).await?.unwrap();
+    let stored = env.store.get_message(&a.message.tenant_id, a.message.message_id).await?.unwrap();
     assert_eq!(stored.content, "first");
     assert_eq!(stored.tenant_id, TenantId::parse("acme")?);
     env.finish().await
@@ -80,7 +80,11 @@ async fn vector_search_is_tenant_scoped_and_checks_dimensions() -> anyhow::Resul
         })
         .collect();
     env.store.save_vectors(&s, &vectors).await?;
-    assert_eq!(env.store.get_message(rows[0].message.message_id).await?.unwrap().status, MessageStatus::Embedded);
+    let first = &rows[0].message;
+    assert_eq!(
+        env.store.get_message(&first.tenant_id, first.message_id).await?.unwrap().status,
+        MessageStatus::Embedded
+    );
 
     let tenant = TenantId::parse("a")?;
     let query = unit(4, 1);
@@ -155,8 +159,11 @@ async fn activation_takes_over_statuses_and_retires_the_old_space() -> anyhow::R
     env.store.save_vectors(&old, &ids.iter().map(|id| vector(*id)).collect::<Vec<_>>()).await?;
 
     // The backfill covered two messages with vectors and refused one; one is still missing.
-    let refusal = common::store::Failure { message_id: ids[2], reason: "refused".into(), revision: 0 };
-    env.store.save_backfill(&new, &[vector(ids[0]), vector(ids[1])], &[refusal], ids[2]).await?;
+    let refusal =
+        common::store::Failure { message_id: ids[2], tenant_id: tenant.clone(), reason: "refused".into(), revision: 0 };
+    let cursor = rows[2].message.key();
+    env.store.save_backfill(&new, &[vector(ids[0]), vector(ids[1])], &[refusal], &cursor).await?;
+    assert_eq!(env.store.space(new.id).await?.unwrap().backfill_cursor, Some(cursor), "the cursor reads back");
     assert_eq!(env.store.coverage(&new).await?, common::store::Coverage { messages: 4, missing: 1 });
     assert_eq!(env.store.unembedded(&new, None, 10).await?.iter().map(|m| m.message_id).collect::<Vec<_>>(), [ids[3]]);
     assert!(env.store.activate_space(&new, 0).await?.is_none(), "one missing, none allowed: not activated");
@@ -165,7 +172,8 @@ async fn activation_takes_over_statuses_and_retires_the_old_space() -> anyhow::R
     let leftovers = env.store.activate_space(&new, 1).await?.expect("activated");
     assert_eq!(leftovers.iter().map(|m| m.message_id).collect::<Vec<_>>(), [ids[3]]);
     let store = &env.store;
-    let status = |id| async move { store.get_message(id).await.map(|m| m.unwrap().status) };
+    let acme = &tenant;
+    let status = |id| async move { store.get_message(acme, id).await.map(|m| m.unwrap().status) };
     assert_eq!(status(ids[0]).await?, MessageStatus::Embedded);
     assert_eq!(status(ids[2]).await?, MessageStatus::Failed);
     assert_eq!(status(ids[3]).await?, MessageStatus::Pending, "a leftover waits for its vector");
@@ -226,9 +234,9 @@ async fn tombstones_stop_only_the_events_accepted_before_the_delete() -> anyhow:
     for kept in [&newer, &recreated, &other, &direct] {
         assert!(ids.contains(&kept.message.message_id), "{} was dropped", kept.message.content);
     }
-    assert_eq!(env.store.tombstoned(&rows).await?, [old.message.message_id]);
+    assert_eq!(env.store.tombstoned(&rows).await?, [old.message.key()]);
 
-    // A message tombstone: by id, whoever's.
+    // A message tombstone: the tenant's message of that id.
     let by_id = from_stream(row("acme", "deleted by id"), 7, t0 - chrono::Duration::seconds(5));
     let mut hold = env.store.hold_tenant(&acme).await?;
     hold.tombstone(&[Tombstone::Message(by_id.message.message_id)], cutoff).await?;
@@ -255,20 +263,21 @@ async fn a_vector_computed_before_an_edit_is_not_stored() -> anyhow::Result<()> 
     env.store.insert_messages(std::slice::from_ref(&r)).await?;
     let update =
         common::domain::MessageUpdate { content: Some("new words".into()), ..Default::default() }.validate()?;
-    let edited = env.store.update_message(id, None, &update, Default::default(), Utc::now()).await?.expect("stored");
+    let acme = TenantId::parse("acme")?;
+    let edited = env.store.update_message(&acme, id, &update, Default::default(), Utc::now()).await?.expect("stored");
     assert!(edited.content_changed);
     assert_eq!((edited.message.revision, edited.message.status), (1, MessageStatus::Pending));
     assert_eq!(edited.message.importance, 0.5, "importance is kept when neither override nor pin changes");
     let stale = NewVector { message_id: id, tenant_id: TenantId::parse("acme")?, vector: unit(4, 0), revision: 0 };
     env.store.save_vectors(&s, &[stale]).await?;
     assert_eq!(
-        env.store.get_message(id).await?.unwrap().status,
+        env.store.get_message(&acme, id).await?.unwrap().status,
         MessageStatus::Pending,
         "the old text's vector is dropped"
     );
     let fresh = NewVector { message_id: id, tenant_id: TenantId::parse("acme")?, vector: unit(4, 0), revision: 1 };
     env.store.save_vectors(&s, &[fresh]).await?;
-    assert_eq!(env.store.get_message(id).await?.unwrap().status, MessageStatus::Embedded);
+    assert_eq!(env.store.get_message(&acme, id).await?.unwrap().status, MessageStatus::Embedded);
     env.finish().await
 }
 
@@ -294,7 +303,60 @@ async fn two_writers_saving_the_same_vectors_queue_rather_than_deadlock() -> any
         b?;
     }
     for r in &rows {
-        assert_eq!(env.store.get_message(r.message.message_id).await?.unwrap().status, MessageStatus::Embedded);
+        let stored = env.store.get_message(&r.message.tenant_id, r.message.message_id).await?.unwrap();
+        assert_eq!(stored.status, MessageStatus::Embedded);
     }
+    env.finish().await
+}
+
+#[tokio::test]
+async fn upgrading_to_per_tenant_ids_keeps_vectors_and_refusals() -> anyhow::Result<()> {
+    use sqlx::Connection;
+    let env = TestEnv::start().await?;
+    // A database of its own, at the schema before message ids became per tenant.
+    let admin_url = std::env::var("MEMORY_TEST_DATABASE_URL")?;
+    let database = format!("{}_upgrade", env.config.database_url()?.rsplit('/').next().unwrap_or("t"));
+    let mut admin = sqlx::PgConnection::connect(&admin_url).await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {database}"))).execute(&mut admin).await?;
+    let url = common::testing::with_database(&admin_url, &database);
+    let pool = sqlx::PgPool::connect(&url).await?;
+    sqlx::migrate!("./migrations").run_to(7, &pool).await?;
+    sqlx::raw_sql(
+        "INSERT INTO embedding_spaces (provider, model, dimensions, active) VALUES ('test', 'old', 4, true);
+         CREATE TABLE message_vectors_1 (
+             message_id uuid PRIMARY KEY REFERENCES messages (id) ON DELETE CASCADE,
+             tenant_id text NOT NULL, embedding vector(4) NOT NULL);
+         CREATE INDEX message_vectors_1_tenant ON message_vectors_1 (tenant_id);
+         INSERT INTO messages (id, tenant_id, conversation_id, role, content, importance, created_at, status) VALUES
+             ('00000000-0000-7000-8000-000000000001', 'acme', 'c', 'user', 'embedded before', 0.5, now(), 'embedded'),
+             ('00000000-0000-7000-8000-000000000002', 'acme', 'c', 'user', 'refused before', 0.5, now(), 'failed');
+         INSERT INTO message_vectors_1 VALUES ('00000000-0000-7000-8000-000000000001', 'acme', '[1,0,0,0]');
+         INSERT INTO embedding_failures (space_id, message_id, reason)
+             VALUES (1, '00000000-0000-7000-8000-000000000002', 'refused');",
+    )
+    .execute(&pool)
+    .await?;
+    pool.close().await;
+
+    let store = common::store::PgStore::connect(&url, &env.config.database).await?;
+    let space = store.active_space().await?.expect("kept");
+    let acme = TenantId::parse("acme")?;
+    let query =
+        VectorQuery { tenant_id: &acme, vector: &unit(4, 0), limit: 5, filters: &Default::default(), ef_search: 40 };
+    let hits = store.search_vectors(&space, query).await?;
+    assert_eq!(hits.iter().map(|h| h.message.content.as_str()).collect::<Vec<_>>(), ["embedded before"]);
+    assert_eq!(store.coverage(&space).await?.missing, 0, "the vector and the refusal are both kept");
+    // The same id in another tenant is a new message; deleting the first takes its vector along.
+    let mut other = row("globex", "same id, other tenant");
+    other.message.message_id = MessageId(uuid::Uuid::parse_str("00000000-0000-7000-8000-000000000001")?);
+    assert!(store.insert_messages(std::slice::from_ref(&other)).await?[0].new);
+    let mut hold = store.hold_tenant(&acme).await?;
+    assert_eq!(hold.delete(&[other.message.message_id]).await?.len(), 1);
+    hold.commit().await?;
+    let remaining: i64 = sqlx::query_scalar("SELECT count(*) FROM message_vectors_1").fetch_one(store.pool()).await?;
+    assert_eq!(remaining, 0);
+    assert!(store.get_message(&other.message.tenant_id, other.message.message_id).await?.is_some());
+    store.pool().close().await;
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE {database}"))).execute(&mut admin).await?;
     env.finish().await
 }

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use common::bus::{BusError, Rejection};
-use common::domain::MessageId;
+use common::domain::MessageKey;
 use common::store::StoreError;
 
 use crate::metrics::Outcome;
@@ -41,12 +41,9 @@ pub(super) enum IngestError {
     /// The database refused this one row's data.
     #[error("the database refused the message")]
     Refused(#[source] StoreError),
-    /// The id is stored for another tenant already.
-    #[error("message id {0} is already used")]
-    IdConflict(MessageId),
     /// The insert committed but its row was not read back.
     #[error("stored row of {0} not found after insert")]
-    Vanished(MessageId),
+    Vanished(MessageKey),
     /// Postgres failed: the whole batch is tried again.
     #[error("{step} failed")]
     Store {
@@ -79,7 +76,6 @@ impl IngestError {
                     std::error::Error::source(e).map_or_else(|| e.to_string(), ToString::to_string)
                 ),
             ),
-            Self::IdConflict(_) => reject("id_conflict", self.to_string()),
             Self::Embed(WriteError::Provider(p)) => Fate::Retry(p.retry_after()),
             Self::Vanished(_) | Self::Store { .. } | Self::Bus { .. } | Self::Embed(WriteError::Store(_)) => {
                 Fate::Retry(None)
@@ -91,6 +87,7 @@ impl IngestError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use common::domain::{MessageId, TenantId};
 
     #[test]
     fn retry_delays_double_up_to_a_minute() {
@@ -101,12 +98,13 @@ mod tests {
     }
 
     #[test]
-    fn row_refusals_and_conflicts_dead_letter_and_outages_retry() {
-        let conflict = IngestError::IdConflict(MessageId(uuid::Uuid::nil()));
-        assert!(matches!(conflict.fate(), Fate::DeadLetter(r) if r.code == "id_conflict"));
+    fn row_refusals_dead_letter_and_outages_retry() {
+        let refused = IngestError::Invalid(Rejection { code: "invalid_message", reason: "no".into() });
+        assert!(matches!(refused.fate(), Fate::DeadLetter(r) if r.code == "invalid_message"));
         let outage = IngestError::Store { step: "storing messages", source: StoreError::SpaceInactive(1) };
         assert!(matches!(outage.fate(), Fate::Retry(None)));
-        let vanished = IngestError::Vanished(MessageId(uuid::Uuid::nil()));
+        let key = MessageKey::new(TenantId::parse("t").unwrap(), MessageId(uuid::Uuid::nil()));
+        let vanished = IngestError::Vanished(key);
         assert!(matches!(vanished.fate(), Fate::Retry(None)));
     }
 }

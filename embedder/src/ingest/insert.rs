@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 
 use chrono::Utc;
 use common::contract::REEMBED_HEADER;
-use common::domain::MessageId;
+use common::domain::MessageKey;
 use common::store::{Inserted, NewRow};
 use tracing::{debug, warn};
 
@@ -21,7 +21,7 @@ impl IngestWorker {
         &self,
         accepted: Vec<Accepted>,
         settled: &mut Settled,
-    ) -> Result<(Vec<Accepted>, HashMap<MessageId, Inserted>), Halted> {
+    ) -> Result<(Vec<Accepted>, HashMap<MessageKey, Inserted>), Halted> {
         let (reembeds, accepted): (Vec<Accepted>, Vec<Accepted>) =
             accepted.into_iter().partition(|a| a.delivery.message.header(REEMBED_HEADER).is_some());
         let (mut kept, mut stored) = match self.insert_new(accepted, settled).await {
@@ -34,9 +34,9 @@ impl IngestWorker {
         };
         let mut reembeds = reembeds.into_iter();
         while let Some(a) = reembeds.next() {
-            match self.deps.store.get_message(a.message.message_id).await {
-                Ok(Some(row)) if row.tenant_id == a.message.tenant_id => {
-                    stored.insert(row.message_id, Inserted { row, new: false });
+            match self.deps.store.get_message(&a.message.tenant_id, a.message.message_id).await {
+                Ok(Some(row)) => {
+                    stored.insert(row.key(), Inserted { row, new: false });
                     kept.push(a);
                 }
                 Ok(_) => {
@@ -58,7 +58,7 @@ impl IngestWorker {
         &self,
         accepted: Vec<Accepted>,
         settled: &mut Settled,
-    ) -> Result<(Vec<Accepted>, HashMap<MessageId, Inserted>), Halted> {
+    ) -> Result<(Vec<Accepted>, HashMap<MessageKey, Inserted>), Halted> {
         let now = Utc::now();
         let row = |a: &Accepted| NewRow {
             message: a.message.clone(),
@@ -69,10 +69,10 @@ impl IngestWorker {
             origin: Some(origin(&a.delivery)),
         };
         let rows: Vec<NewRow> = accepted.iter().map(row).collect();
-        let by_id =
-            |inserted: Vec<Inserted>| inserted.into_iter().map(|r| (r.row.message_id, r)).collect::<HashMap<_, _>>();
+        let by_key =
+            |inserted: Vec<Inserted>| inserted.into_iter().map(|r| (r.row.key(), r)).collect::<HashMap<_, _>>();
         match self.deps.store.insert_messages(&rows).await {
-            Ok(inserted) => return Ok((accepted, by_id(inserted))),
+            Ok(inserted) => return Ok((accepted, by_key(inserted))),
             // One row: it is the one refused.
             Err(e) if e.is_data_error() && accepted.len() == 1 => {
                 let fate = IngestError::Refused(e).fate();
@@ -90,7 +90,7 @@ impl IngestWorker {
         while let Some(a) = pending.next() {
             match self.deps.store.insert_messages(&[row(&a)]).await {
                 Ok(inserted) => {
-                    stored.extend(by_id(inserted));
+                    stored.extend(by_key(inserted));
                     kept.push(a);
                 }
                 Err(e) if e.is_data_error() => settled.push((a.delivery, IngestError::Refused(e).fate())),
@@ -108,24 +108,25 @@ impl IngestWorker {
     pub(super) async fn drop_deleted(
         &self,
         accepted: Vec<Accepted>,
-        stored: &HashMap<MessageId, Inserted>,
+        stored: &HashMap<MessageKey, Inserted>,
         settled: &mut Settled,
     ) -> Result<Vec<Accepted>, Halted> {
         let missing: Vec<NewRow> = accepted
             .iter()
-            .filter(|a| !stored.contains_key(&a.message.message_id))
+            .filter(|a| !stored.contains_key(&a.message.key()))
             .map(|a| NewRow { message: a.message.clone(), importance: 0.0, origin: Some(origin(&a.delivery)) })
             .collect();
         if missing.is_empty() {
             return Ok(accepted);
         }
-        let dropped: HashSet<MessageId> = match self.deps.store.tombstoned(&missing).await {
-            Ok(ids) => ids.into_iter().collect(),
+        let dropped: HashSet<MessageKey> = match self.deps.store.tombstoned(&missing).await {
+            Ok(keys) => keys.into_iter().collect(),
             Err(e) => return Err(Halted::store(accepted, "checking tombstones", e)),
         };
         let mut kept = Vec::with_capacity(accepted.len());
         for a in accepted {
-            if dropped.contains(&a.message.message_id) && !stored.contains_key(&a.message.message_id) {
+            let key = a.message.key();
+            if dropped.contains(&key) && !stored.contains_key(&key) {
                 debug!(message_id = %a.message.message_id, "dropping an event of deleted data");
                 settled.push((a.delivery, Fate::Done(Outcome::Dropped)));
             } else {

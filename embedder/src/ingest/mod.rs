@@ -279,17 +279,15 @@ impl IngestWorker {
         let (accepted, stored) = self.insert(accepted, settled).await?;
         let accepted = self.drop_deleted(accepted, &stored, settled).await?;
 
-        // An id already stored for another tenant (a client-chosen id colliding) is never valid.
         let mut ready = Vec::with_capacity(accepted.len());
         for a in accepted {
-            let id = a.message.message_id;
-            match stored.get(&id) {
-                Some(inserted) if inserted.row.tenant_id == a.message.tenant_id => ready.push((a, inserted)),
-                Some(_) => settled.push((a.delivery, IngestError::IdConflict(id).fate())),
+            let key = a.message.key();
+            match stored.get(&key) {
+                Some(inserted) => ready.push((a, inserted)),
                 // The insert committed, so the row must be there; redeliver rather than guess.
                 None => {
-                    warn!(message_id = %id, "stored row not found after insert; retrying");
-                    settled.push((a.delivery, IngestError::Vanished(id).fate()));
+                    warn!(message = %key, "stored row not found after insert; retrying");
+                    settled.push((a.delivery, IngestError::Vanished(key).fate()));
                 }
             }
         }
@@ -324,7 +322,7 @@ impl IngestWorker {
         let to_embed: Vec<&StoredMessage> = ready
             .iter()
             .map(|(_, i)| &i.row)
-            .filter(|row| row.status != MessageStatus::Embedded && seen.insert(row.message_id))
+            .filter(|row| row.status != MessageStatus::Embedded && seen.insert(row.key()))
             .collect();
         let refused = match write::embed_rows(&self.deps, &self.embeddings, &self.space, &to_embed).await {
             Ok(refused) => refused,

@@ -45,10 +45,15 @@ pub(super) fn parse(subjects: &Subjects, delivery: &Delivery) -> Result<(NewMess
             _ => {}
         }
     }
+    // `Nats-Msg-Id` may carry the id, alone or as `<tenant>/<id>` (which, unlike an id alone,
+    // cannot collide with another tenant's in the stream's duplicate window).
     if input.message_id.is_none()
-        && let Some(header) = m.header("Nats-Msg-Id").filter(|h| MessageId::parse(h).is_ok())
+        && let Some(header) = m.header("Nats-Msg-Id")
     {
-        input.message_id = Some(header.to_owned());
+        let id = header.rsplit_once('/').map_or(header, |(_, id)| id);
+        if MessageId::parse(id).is_ok() {
+            input.message_id = Some(id.to_owned());
+        }
     }
     let stream_name = subjects.stream(StreamKind::Ingest);
     let seed = format!("{stream_name}:{}", delivery.stream_sequence);

@@ -75,7 +75,9 @@ pub async fn run_retention(
             "give at least one action: archive, delete",
         )]));
     }
-    let request = RetentionRunRequest { v: VERSION, tenant_id, actions, dry_run: body.dry_run };
+    // Only the operator names no tenant, and means every tenant.
+    let all_tenants = tenant_id.is_none();
+    let request = RetentionRunRequest { v: VERSION, tenant_id, all_tenants, actions, dry_run: body.dry_run };
     let report: RetentionRunResponse =
         call(&state, state.deps.subjects.retention_run(), &request, &request_id(&headers)).await?;
     Ok(axum::Json(report))

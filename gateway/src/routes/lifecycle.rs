@@ -101,7 +101,7 @@ async fn edit(
     edits: Vec<MessageEdit>,
 ) -> Result<Vec<Result<MessageView, ApiError>>, ApiError> {
     principal.require(Scope::Write)?;
-    let tenant_id = principal.tenant_filter(tenant_id)?;
+    let tenant_id = principal.tenant(tenant_id.as_deref())?;
     check_batch(edits.len(), "updates")?;
     // Validated here for field-level errors; the retention service checks again.
     let mut results: Vec<Option<Result<MessageView, ApiError>>> = Vec::with_capacity(edits.len());
@@ -200,7 +200,7 @@ async fn remove(
     message_ids: Vec<MessageId>,
 ) -> Result<DeleteMessagesResponse, ApiError> {
     principal.require(Scope::Write)?;
-    let tenant_id = principal.tenant_filter(tenant_id)?;
+    let tenant_id = principal.tenant(tenant_id.as_deref())?;
     check_batch(message_ids.len(), "message_ids")?;
     let request = DeleteMessagesRequest { v: VERSION, tenant_id, message_ids };
     call(state, state.deps.subjects.delete_messages(), &request, &request_id(headers)).await

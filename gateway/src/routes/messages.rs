@@ -118,14 +118,15 @@ pub struct BatchResponse {
 /// Publishes to the ingest stream. A failure names the message id, so the client can retry with
 /// it and still have the message stored once.
 pub(crate) async fn publish(state: &AppState, m: &NewMessage, request_id: &str) -> Result<Published, ApiError> {
-    let published = publish_as(state, m, None, request_id, &m.message_id.to_string()).await?;
+    // The stream's duplicate window is shared by every tenant: the tenant is part of the id.
+    let published = publish_as(state, m, None, request_id, &m.key().to_string()).await?;
     if !published.duplicate {
         return Ok(published);
     }
     // The stream saw this id within its duplicate window. If nothing of it is left (it was
     // deleted since), this is a new message: publish it again under a duplicate id of its own.
-    match lookup(state, m.message_id, Some(m.tenant_id.clone()), request_id).await {
-        Ok(None) => publish_as(state, m, None, request_id, &format!("{}.{}", m.message_id, MessageId::new())).await,
+    match lookup(state, m.tenant_id.clone(), m.message_id, request_id).await {
+        Ok(None) => publish_as(state, m, None, request_id, &format!("{}.{}", m.key(), MessageId::new())).await,
         Ok(Some(_)) => Ok(published),
         Err(e) => {
             tracing::warn!(error = %e, message_id = %m.message_id, "cannot tell a duplicate from a re-sent deleted message; taking it as a duplicate");
@@ -134,7 +135,7 @@ pub(crate) async fn publish(state: &AppState, m: &NewMessage, request_id: &str) 
     }
 }
 
-/// Publishes with `dedup` as the stream's duplicate id (the message id, unless an import needs
+/// Publishes with `dedup` as the stream's duplicate id (`<tenant>/<id>`, unless an import needs
 /// one of its own: a message erased and imported again within the stream's duplicate window
 /// must not be taken for the erased one).
 pub(crate) async fn publish_as(
@@ -165,17 +166,20 @@ pub(crate) async fn publish_as(
 
 async fn lookup(
     state: &AppState,
+    tenant_id: TenantId,
     id: MessageId,
-    tenant_id: Option<TenantId>,
     request_id: &str,
 ) -> Result<Option<MessageView>, ApiError> {
-    let request = GetMessageRequest { v: VERSION, message_id: id, tenant_id };
+    let request = GetMessageRequest { v: VERSION, tenant_id, message_id: id };
     let response: GetMessageResponse = call(state, state.deps.subjects.get_message(), &request, request_id).await?;
     Ok(response.message)
 }
 
-fn location(id: MessageId) -> [(header::HeaderName, HeaderValue); 1] {
-    [(header::LOCATION, HeaderValue::from_str(&format!("/v1/messages/{id}")).expect("ascii"))]
+/// Where the message is read: ids are unique within a tenant, so the URL names the tenant too
+/// (a tenant key may leave it out; the operator key may not).
+fn location(tenant: &TenantId, id: MessageId) -> [(header::HeaderName, HeaderValue); 1] {
+    let url = format!("/v1/messages/{id}?tenant_id={tenant}");
+    [(header::LOCATION, HeaderValue::from_str(&url).expect("tenant ids and uuids are header-safe"))]
 }
 
 /// Store one message.
@@ -207,7 +211,8 @@ pub async fn create_message(
     let id = message.message_id;
     let Some(wait) = params.wait else {
         publish(&state, &message, &request_id).await?;
-        return Ok((StatusCode::ACCEPTED, location(id), axum::Json(MessageView::queued(&message))).into_response());
+        return Ok((StatusCode::ACCEPTED, location(&message.tenant_id, id), axum::Json(MessageView::queued(&message)))
+            .into_response());
     };
     // Subscribe before publishing, so the event cannot slip past. The subject names this
     // message, so the server delivers only its events.
@@ -215,20 +220,20 @@ pub async fn create_message(
     let mut events =
         state.deps.bus.subscribe(subject).await?.filter(move |e| std::future::ready(wait.ends(&e.subject)));
     let published = publish(&state, &message, &request_id).await?;
-    let tenant = Some(message.tenant_id.clone());
+    let tenant = message.tenant_id.clone();
     if published.duplicate
-        && let Some(view) = lookup(&state, id, tenant.clone(), &request_id).await?
+        && let Some(view) = lookup(&state, tenant.clone(), id, &request_id).await?
         && wait.reached(view.status)
     {
-        return Ok((StatusCode::CREATED, location(id), axum::Json(view)).into_response());
+        return Ok((StatusCode::CREATED, location(&message.tenant_id, id), axum::Json(view)).into_response());
     }
     let arrived = matches!(tokio::time::timeout(state.wait_timeout, events.next()).await, Ok(Some(_)));
     drop(events);
     // Whether or not the event arrived, the stored row is the truth (a duplicate's event may
     // have been published long ago).
-    match lookup(&state, id, tenant, &request_id).await? {
+    match lookup(&state, tenant, id, &request_id).await? {
         Some(view) if wait.reached(view.status) => {
-            Ok((StatusCode::CREATED, location(id), axum::Json(view)).into_response())
+            Ok((StatusCode::CREATED, location(&message.tenant_id, id), axum::Json(view)).into_response())
         }
         _ => {
             if arrived {
@@ -330,8 +335,8 @@ fn results(outcomes: Vec<Result<MessageId, ApiError>>) -> Vec<BatchItem> {
 )]
 pub async fn get_message(State(state): State<AppState>, one: OneMessage) -> Result<axum::Json<MessageView>, ApiError> {
     let (message_id, tenant) = one.checked(Scope::Read)?;
-    // A tenant key sees only its tenant's messages: another tenant's is "not found".
-    lookup(&state, message_id, tenant, &one.request_id)
+    // Ids are unique within a tenant: another tenant's message is not even looked at.
+    lookup(&state, tenant, message_id, &one.request_id)
         .await?
         .map(axum::Json)
         .ok_or(ApiError::MessageNotFound(message_id))
@@ -374,7 +379,7 @@ pub async fn restore_message(
 async fn set_archived(state: &AppState, one: OneMessage, archive: bool) -> Result<axum::Json<MessageView>, ApiError> {
     let (message_id, tenant_id) = one.checked(Scope::Write)?;
     let subject = if archive { state.deps.subjects.archive_message() } else { state.deps.subjects.restore_message() };
-    let request = GetMessageRequest { v: VERSION, message_id, tenant_id };
+    let request = GetMessageRequest { v: VERSION, tenant_id, message_id };
     let response: GetMessageResponse = call(state, subject, &request, &one.request_id).await?;
     response.message.map(axum::Json).ok_or(ApiError::MessageNotFound(message_id))
 }
@@ -391,10 +396,10 @@ pub struct OneMessage {
 impl OneMessage {
     /// The message id and the tenant filter, once the key has `scope`: a key without it is
     /// refused before its input is looked at.
-    fn checked(&self, scope: Scope) -> Result<(MessageId, Option<TenantId>), ApiError> {
+    fn checked(&self, scope: Scope) -> Result<(MessageId, TenantId), ApiError> {
         self.principal.require(scope)?;
         let message_id = MessageId::parse(&self.id).map_err(|_| ApiError::InvalidMessageId(self.id.clone()))?;
-        Ok((message_id, self.principal.tenant_filter(self.tenant_id.clone())?))
+        Ok((message_id, self.principal.tenant(self.tenant_id.as_deref())?))
     }
 }
 

@@ -22,10 +22,13 @@ async fn deletes_are_real_and_answer_for_what_is_gone() -> anyhow::Result<()> {
     let c = stored(&app, &message("acme", "c", "third")).await?;
     assert_eq!(vectors_of(&app, &a).await?, 1);
 
-    assert_eq!(delete(&app, &format!("/v1/messages/{a}")).await?.status, StatusCode::NO_CONTENT);
-    assert_eq!(code(&app.get(&format!("/v1/messages/{a}")).await?), (StatusCode::NOT_FOUND, "message_not_found"));
+    assert_eq!(delete(&app, &format!("/v1/messages/{a}?tenant_id=acme")).await?.status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        code(&app.get(&format!("/v1/messages/{a}?tenant_id=acme")).await?),
+        (StatusCode::NOT_FOUND, "message_not_found")
+    );
     assert_eq!(vectors_of(&app, &a).await?, 0, "its vector went with it");
-    assert_eq!(code(&delete(&app, &format!("/v1/messages/{a}")).await?).0, StatusCode::NOT_FOUND);
+    assert_eq!(code(&delete(&app, &format!("/v1/messages/{a}?tenant_id=acme")).await?).0, StatusCode::NOT_FOUND);
     // Another tenant's message is not found, and stays.
     assert_eq!(delete(&app, &format!("/v1/messages/{b}?tenant_id=globex")).await?.status, StatusCode::NOT_FOUND);
 
@@ -38,7 +41,11 @@ async fn deletes_are_real_and_answer_for_what_is_gone() -> anyhow::Result<()> {
     assert_eq!(code(&r), (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"));
 
     // Through NATS.
-    let request = DeleteMessagesRequest { v: VERSION, tenant_id: None, message_ids: vec![MessageId::parse(&c)?] };
+    let request = DeleteMessagesRequest {
+        v: VERSION,
+        tenant_id: TenantId::parse("acme")?,
+        message_ids: vec![MessageId::parse(&c)?],
+    };
     let reply: Reply<DeleteMessagesResponse> = nats(&app, app.env.subjects.delete_messages(), &request).await?;
     assert!(matches!(&reply, Reply::Ok(r) if r.deleted == [MessageId::parse(&c)?]), "{reply:?}");
     assert_eq!(app.count_rows("acme").await?, 0);
@@ -49,7 +56,7 @@ async fn deletes_are_real_and_answer_for_what_is_gone() -> anyhow::Result<()> {
     let mut again = message("acme", "c", "first, once more");
     again["message_id"] = json!(a);
     assert_eq!(stored(&app, &again).await?, a);
-    assert_eq!(app.get(&format!("/v1/messages/{a}")).await?.body["content"], "first, once more");
+    assert_eq!(app.get(&format!("/v1/messages/{a}?tenant_id=acme")).await?.body["content"], "first, once more");
     app.finish().await
 }
 
@@ -69,21 +76,30 @@ async fn messages_queued_when_their_conversation_is_deleted_never_appear() -> an
 
     let r = delete(&app, "/v1/conversations/secret-chat?tenant_id=acme").await?;
     assert_eq!(r.status, StatusCode::OK, "{r:?}");
-    assert_eq!(delete(&app, &format!("/v1/messages/{single}")).await?.status, StatusCode::NO_CONTENT);
+    assert_eq!(delete(&app, &format!("/v1/messages/{single}?tenant_id=acme")).await?.status, StatusCode::NO_CONTENT);
     // A message sent to the same conversation after the delete is a new one, and is kept.
     let after = queued(&app, &message("acme", "secret-chat", "a fresh start")).await?;
     // Still in the stream, but already gone for readers.
     for id in doomed.iter().chain([&single]) {
-        assert_eq!(app.get(&format!("/v1/messages/{id}")).await?.status, StatusCode::NOT_FOUND, "{id} is readable");
+        assert_eq!(
+            app.get(&format!("/v1/messages/{id}?tenant_id=acme")).await?.status,
+            StatusCode::NOT_FOUND,
+            "{id} is readable"
+        );
     }
-    assert_eq!(app.get(&format!("/v1/messages/{after}")).await?.body["status"], "queued");
+    assert_eq!(app.get(&format!("/v1/messages/{after}?tenant_id=acme")).await?.body["status"], "queued");
 
     app.spawn_embedder().await?;
-    for id in [&kept, &elsewhere, &after] {
-        app.embedded(&format!("/v1/messages/{id}")).await?;
+    for id in [&kept, &after] {
+        app.embedded(&format!("/v1/messages/{id}?tenant_id=acme")).await?;
     }
+    app.embedded(&format!("/v1/messages/{elsewhere}?tenant_id=globex")).await?;
     for id in doomed.iter().chain([&single]) {
-        assert_eq!(app.get(&format!("/v1/messages/{id}")).await?.status, StatusCode::NOT_FOUND, "{id} came back");
+        assert_eq!(
+            app.get(&format!("/v1/messages/{id}?tenant_id=acme")).await?.status,
+            StatusCode::NOT_FOUND,
+            "{id} came back"
+        );
     }
     let stored: Vec<String> =
         sqlx::query_scalar("SELECT content FROM messages WHERE tenant_id = 'acme' ORDER BY content")
@@ -182,7 +198,7 @@ async fn a_message_deleted_while_it_is_being_embedded_stays_deleted() -> anyhow:
     let id = queued(&app, &message("acme", "c", "delete me mid-flight")).await?;
     app.env
         .eventually(|| async {
-            let r = app.get(&format!("/v1/messages/{id}")).await?;
+            let r = app.get(&format!("/v1/messages/{id}?tenant_id=acme")).await?;
             anyhow::ensure!(r.body["status"] == "pending", "{r:?}");
             Ok(())
         })
@@ -193,7 +209,7 @@ async fn a_message_deleted_while_it_is_being_embedded_stays_deleted() -> anyhow:
     // The embedding finishes, finds nothing to attach to, and the event is settled.
     app.drained().await?;
     assert!(fake.calls().iter().any(|c| c.texts.iter().any(|t| t.contains("mid-flight"))));
-    assert_eq!(app.get(&format!("/v1/messages/{id}")).await?.status, StatusCode::NOT_FOUND);
+    assert_eq!(app.get(&format!("/v1/messages/{id}?tenant_id=acme")).await?.status, StatusCode::NOT_FOUND);
     assert_eq!(vectors_of(&app, &id).await?, 0);
     assert_eq!(app.count_rows("acme").await?, 0);
     app.finish().await

@@ -47,7 +47,7 @@ async fn a_message_gemini_refuses_is_failed_with_its_reason_and_not_searchable()
     assert_eq!(r.body["status"], "failed");
     assert!(r.body["failure_reason"].as_str().unwrap().contains("INVALID_ARGUMENT"), "{r:?}");
     let id = r.body["id"].as_str().unwrap();
-    let got = app.get(&format!("/v1/messages/{id}")).await?;
+    let got = app.get(&format!("/v1/messages/{id}?tenant_id=acme")).await?;
     assert_eq!(got.body["status"], "failed");
     assert_eq!(got.body["failure_reason"], r.body["failure_reason"]);
     // No vector, so vector search cannot find it; its words still can.

@@ -13,14 +13,14 @@ async fn a_message_posted_over_rest_becomes_the_top_search_hit() -> anyhow::Resu
     assert_eq!(r.status, StatusCode::ACCEPTED, "{r:?}");
     assert_eq!(r.body["status"], "queued");
     let id = r.body["id"].as_str().unwrap().to_owned();
-    assert_eq!(r.headers["location"], format!("/v1/messages/{id}").as_str());
+    assert_eq!(r.headers["location"], format!("/v1/messages/{id}?tenant_id=acme").as_str());
 
     // Both embedded, then searched: a search while only one has a vector ranks on words alone for
     // the other.
     for embedded in [budget.body["id"].as_str().unwrap(), id.as_str()] {
         app.env
             .eventually(|| async {
-                let r = app.get(&format!("/v1/messages/{embedded}")).await?;
+                let r = app.get(&format!("/v1/messages/{embedded}?tenant_id=acme")).await?;
                 anyhow::ensure!(r.body["status"] == "embedded", "{r:?}");
                 Ok(())
             })
@@ -30,7 +30,7 @@ async fn a_message_posted_over_rest_becomes_the_top_search_hit() -> anyhow::Resu
     assert_eq!(hits.len(), 2, "{hits:?}");
     assert_eq!(hits[0], id);
 
-    let stored = app.get(&format!("/v1/messages/{id}")).await?;
+    let stored = app.get(&format!("/v1/messages/{id}?tenant_id=acme")).await?;
     assert_eq!(stored.status, StatusCode::OK);
     assert_eq!(stored.body["status"], "embedded");
     assert_eq!(stored.body["content"], "I moved to Lisbon in May");
@@ -77,14 +77,19 @@ async fn wait_stored_times_out_with_504_when_no_embedder_runs_and_the_message_st
     assert_eq!(r.body["code"], "wait_timeout");
     let id = r.body["message_id"].as_str().unwrap().to_owned();
 
-    let queued = app.get(&format!("/v1/messages/{id}")).await?;
+    let queued = app.get(&format!("/v1/messages/{id}?tenant_id=acme")).await?;
     assert_eq!(queued.status, StatusCode::OK, "{queued:?}");
     assert_eq!(queued.body["status"], "queued");
-    let queued = app.get(&format!("/v1/messages/{id}?tenant_id=acme")).await?;
-    assert_eq!(queued.body["status"], "queued");
+    // Ids are unique within a tenant: the operator key names the tenant.
+    let unnamed = app.get(&format!("/v1/messages/{id}")).await?;
+    assert_eq!(unnamed.status, StatusCode::UNPROCESSABLE_ENTITY, "{unnamed:?}");
+    assert_eq!(
+        (&unnamed.body["errors"][0]["field"], &unnamed.body["errors"][0]["code"]),
+        (&json!("tenant_id"), &json!("required"))
+    );
 
     app.spawn_embedder().await?;
-    app.embedded(&format!("/v1/messages/{id}")).await?;
+    app.embedded(&format!("/v1/messages/{id}?tenant_id=acme")).await?;
     app.finish().await
 }
 
@@ -120,7 +125,7 @@ async fn a_batch_with_invalid_items_answers_207_and_stores_only_the_valid_ones()
 
     let valid: Vec<String> = [0, 2].iter().map(|&i| results[i]["id"].as_str().unwrap().to_owned()).collect();
     for id in &valid {
-        app.embedded(&format!("/v1/messages/{id}")).await?;
+        app.embedded(&format!("/v1/messages/{id}?tenant_id=acme")).await?;
     }
     assert_eq!(app.count_rows("acme").await?, 2);
 

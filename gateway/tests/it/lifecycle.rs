@@ -74,7 +74,7 @@ async fn an_edit_changes_what_a_message_says_and_means() -> anyhow::Result<()> {
     let app = App::start().await?;
     let id = stored(&app, &message("acme", "c", "the cat sat on the mat all afternoon")).await?;
     stored(&app, &message("acme", "c", "we should buy more printer paper")).await?;
-    let uri = format!("/v1/messages/{id}");
+    let uri = format!("/v1/messages/{id}?tenant_id=acme");
 
     let r = put(&app, &uri, &json!({"content": "the Lisbon office budget doubled this quarter"})).await?;
     assert_eq!(r.status, StatusCode::OK, "{r:?}");
@@ -103,7 +103,7 @@ async fn an_edit_changes_what_a_message_says_and_means() -> anyhow::Result<()> {
     assert_eq!(code(&r), (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"));
     assert_eq!(put(&app, &uri, &json!({"content": "  "})).await?.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(put(&app, &uri, &json!({"colour": "red"})).await?.status, StatusCode::BAD_REQUEST);
-    let r = put(&app, &format!("/v1/messages/{}", MessageId::new()), &json!({"pinned": true})).await?;
+    let r = put(&app, &format!("/v1/messages/{}?tenant_id=acme", MessageId::new()), &json!({"pinned": true})).await?;
     assert_eq!(code(&r), (StatusCode::NOT_FOUND, "message_not_found"));
     assert_eq!(code(&put(&app, "/v1/messages/nope", &json!({"pinned": true})).await?).1, "invalid_message_id");
 
@@ -126,7 +126,7 @@ async fn an_edit_changes_what_a_message_says_and_means() -> anyhow::Result<()> {
     // Through NATS, with a tenant that is not the message's: not found.
     let request = UpdateMessagesRequest {
         v: VERSION,
-        tenant_id: Some(TenantId::parse("globex")?),
+        tenant_id: TenantId::parse("globex")?,
         updates: vec![MessageEdit {
             message_id: MessageId::parse(&id)?,
             update: MessageUpdate { pinned: Some(true), ..MessageUpdate::default() },
@@ -182,7 +182,7 @@ async fn bad_lifecycle_and_retention_inputs_are_refused_with_4xx() -> anyhow::Re
     let app2 = App::without_workers(|_| {}).await?;
     app2.spawn_retention().await?;
     let id = queued(&app2, &message("acme", "c", "not stored yet")).await?;
-    let r = put(&app2, &format!("/v1/messages/{id}"), &json!({"pinned": true})).await?;
+    let r = put(&app2, &format!("/v1/messages/{id}?tenant_id=acme"), &json!({"pinned": true})).await?;
     assert_eq!(code(&r), (StatusCode::CONFLICT, "message_queued"));
     app2.finish().await?;
     app.finish().await
@@ -193,7 +193,7 @@ async fn the_re_embed_of_an_edited_message_never_stores_a_deleted_one() -> anyho
     let app = App::start().await?;
     let id = stored(&app, &message("acme", "c", "edited and then deleted")).await?;
     // An edit's re-embed event that arrives after the message was deleted.
-    assert_eq!(delete(&app, &format!("/v1/messages/{id}")).await?.status, StatusCode::NO_CONTENT);
+    assert_eq!(delete(&app, &format!("/v1/messages/{id}?tenant_id=acme")).await?.status, StatusCode::NO_CONTENT);
     let event = json!({"v": 1, "message_id": id, "tenant_id": "acme", "conversation_id": "c", "role": "user",
                        "content": "edited and then deleted"});
     let envelope =
@@ -202,7 +202,7 @@ async fn the_re_embed_of_an_edited_message_never_stores_a_deleted_one() -> anyho
     app.env.deps.bus.publish(envelope, Some(&format!("{id}.r1"))).await?;
     app.drained().await?;
     assert_eq!(app.count_rows("acme").await?, 0);
-    assert_eq!(app.get(&format!("/v1/messages/{id}")).await?.status, StatusCode::NOT_FOUND);
+    assert_eq!(app.get(&format!("/v1/messages/{id}?tenant_id=acme")).await?.status, StatusCode::NOT_FOUND);
     app.finish().await
 }
 
@@ -212,7 +212,7 @@ async fn archive_restore_policy_and_import_work_over_nats() -> anyhow::Result<()
     let app = App::start().await?;
     let id = stored(&app, &message("acme", "c", "archive me over NATS")).await?;
     let acme = TenantId::parse("acme")?;
-    let request = GetMessageRequest { v: VERSION, message_id: MessageId::parse(&id)?, tenant_id: Some(acme.clone()) };
+    let request = GetMessageRequest { v: VERSION, tenant_id: acme.clone(), message_id: MessageId::parse(&id)? };
     let reply: Reply<GetMessageResponse> = nats(&app, app.env.subjects.archive_message(), &request).await?;
     assert!(matches!(&reply, Reply::Ok(r) if r.message.as_ref().is_some_and(|m| m.archived_at.is_some())), "{reply:?}");
     assert_eq!(app.search("acme", "archive me").await?, Vec::<String>::new());
@@ -249,8 +249,8 @@ async fn archive_restore_policy_and_import_work_over_nats() -> anyhow::Result<()
                        "archived_at": "2024-06-01T00:00:00Z", "importance": 0.77});
     let envelope = Envelope::new(app.env.subjects.ingest(&acme, imported), event.to_string());
     app.env.deps.bus.publish(envelope, Some(&imported.to_string())).await?;
-    app.embedded(&format!("/v1/messages/{imported}")).await?;
-    let r = app.get(&format!("/v1/messages/{imported}")).await?;
+    app.embedded(&format!("/v1/messages/{imported}?tenant_id=acme")).await?;
+    let r = app.get(&format!("/v1/messages/{imported}?tenant_id=acme")).await?;
     assert_eq!((&r.body["archived_at"], r.body["importance"].as_f64()), (&json!("2024-06-01T00:00:00Z"), Some(0.77)));
     app.finish().await
 }

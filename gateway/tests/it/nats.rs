@@ -67,7 +67,7 @@ async fn a_valid_event_published_straight_to_nats_is_stored_and_searchable() -> 
             Ok(hits)
         })
         .await?;
-    let derived = app.get(&format!("/v1/messages/{}", hits[0])).await?;
+    let derived = app.get(&format!("/v1/messages/{}?tenant_id=acme", hits[0])).await?;
     assert_eq!(derived.body["content"], "direct publishers are welcome");
     app.embedded(&format!("/v1/messages/{id}?tenant_id=acme.eu")).await?;
     app.finish().await
@@ -137,7 +137,7 @@ async fn the_same_message_id_delivered_twice_is_stored_once() -> anyhow::Result<
         })
         .await?;
     assert_eq!(app.count_rows("acme").await?, 1);
-    let r = app.get(&format!("/v1/messages/{id}")).await?;
+    let r = app.get(&format!("/v1/messages/{id}?tenant_id=acme")).await?;
     assert_eq!(r.body["status"], "embedded");
     app.finish().await
 }
@@ -166,10 +166,10 @@ async fn a_message_whose_worker_died_before_acking_is_stored_exactly_once_after_
         app.env.deps.store.insert_messages(&[NewRow { message, importance: 0.5, origin: None }]).await?;
         drop(batch);
     }
-    assert_eq!(app.get(&format!("/v1/messages/{id}")).await?.body["status"], "pending");
+    assert_eq!(app.get(&format!("/v1/messages/{id}?tenant_id=acme")).await?.body["status"], "pending");
 
     app.spawn_embedder().await?;
-    app.embedded(&format!("/v1/messages/{id}")).await?;
+    app.embedded(&format!("/v1/messages/{id}?tenant_id=acme")).await?;
     assert_eq!(app.count_rows("acme").await?, 1);
     let stats: (i64,) =
         sqlx::query_as("SELECT count(*) FROM message_vectors_1").fetch_one(app.env.store.pool()).await?;

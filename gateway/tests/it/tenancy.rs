@@ -237,7 +237,7 @@ async fn retention_runs_over_rest_for_the_operator_or_a_tenants_admin() -> anyho
     // Archived: out of search, still readable by id.
     let hits = app.search("acme", "long ago").await?;
     assert!(!hits.contains(&id), "{hits:?}");
-    assert_eq!(app.get(&format!("/v1/messages/{id}")).await?.status, StatusCode::OK);
+    assert_eq!(app.get(&format!("/v1/messages/{id}?tenant_id=acme")).await?.status, StatusCode::OK);
     app.finish().await
 }
 

@@ -54,7 +54,10 @@ async fn export_erase_import_brings_back_the_same_memory() -> anyhow::Result<()>
         input["tenant_id"] = json!("acme");
         ids.push(stored(&app, &input).await?);
     }
-    assert_eq!(app.post(&format!("/v1/messages/{}/archive", ids[3]), &json!({})).await?.status, StatusCode::OK);
+    assert_eq!(
+        app.post(&format!("/v1/messages/{}/archive?tenant_id=acme", ids[3]), &json!({})).await?.status,
+        StatusCode::OK
+    );
     let before = app.search("acme", "when is the flight to Lisbon").await?;
     assert_eq!(before.first(), Some(&ids[0]));
 
@@ -80,7 +83,7 @@ async fn export_erase_import_brings_back_the_same_memory() -> anyhow::Result<()>
         assert_eq!(r.body["queued"], 4);
     }
     for id in &ids {
-        app.embedded(&format!("/v1/messages/{id}")).await?;
+        app.embedded(&format!("/v1/messages/{id}?tenant_id=acme")).await?;
     }
     assert_eq!(app.count_rows("acme").await?, 4);
     let again = app.get("/v1/tenants/acme/export").await?.body.as_str().unwrap().to_owned();
@@ -99,7 +102,7 @@ async fn export_erase_import_brings_back_the_same_memory() -> anyhow::Result<()>
     assert_eq!((r.body["queued"].as_u64(), r.body["rejected"].as_u64()), (Some(1), Some(2)));
     let lines: Vec<u64> = r.body["errors"].as_array().unwrap().iter().map(|e| e["line"].as_u64().unwrap()).collect();
     assert_eq!(lines, [2, 4]);
-    app.embedded(&format!("/v1/messages/{fine}")).await?;
+    app.embedded(&format!("/v1/messages/{fine}?tenant_id=acme")).await?;
     assert_eq!(code(&app.get("/v1/tenants/nobody/export").await?), (StatusCode::NOT_FOUND, "tenant_not_found"));
     app.finish().await
 }
@@ -164,5 +167,79 @@ async fn an_import_may_be_larger_than_the_json_body_limit_but_not_its_lines() ->
     // A plain JSON route still has the ordinary limit.
     let big = json!({"tenant_id": "acme", "conversation_id": "c", "role": "user", "content": "x".repeat(2 << 20)});
     assert_eq!(code(&app.post("/v1/messages", &big).await?), (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"));
+    app.finish().await
+}
+
+#[tokio::test]
+async fn an_export_imports_whole_into_another_tenant_and_the_source_is_untouched() -> anyhow::Result<()> {
+    let app = App::start().await?;
+    let contents = [
+        "I am flying to Lisbon on the 3rd of May",
+        "Your hotel in Alfama is booked for four nights",
+        "The quarterly report is due next Friday",
+    ];
+    let mut ids = Vec::new();
+    for content in contents {
+        ids.push(stored(&app, &message("acme", "trip", content)).await?);
+    }
+    let source = app.get("/v1/tenants/acme/export").await?.body.as_str().unwrap().to_owned();
+    let searched = app.search("acme", "when is the flight to Lisbon").await?;
+    assert_eq!(searched.first(), Some(&ids[0]));
+
+    // A copy into a new tenant keeps every id: ids are unique within a tenant only.
+    assert_eq!(app.post("/v1/admin/tenants", &json!({"id": "acme-copy"})).await?.status, StatusCode::CREATED);
+    let r = app.send(Method::POST, "/v1/tenants/acme-copy/import", Some(Body::from(source.clone())), Some(KEY)).await?;
+    assert_eq!((r.status, &r.body["queued"], &r.body["rejected"]), (StatusCode::OK, &json!(3), &json!(0)), "{r:?}");
+    for id in &ids {
+        app.embedded(&format!("/v1/messages/{id}?tenant_id=acme-copy")).await?;
+    }
+    assert_eq!(app.search("acme-copy", "when is the flight to Lisbon").await?, searched);
+    let copy = app.get("/v1/tenants/acme-copy/export").await?.body.as_str().unwrap().to_owned();
+    assert_eq!(essence(&copy), essence(&source), "the same messages under the same ids");
+    assert_eq!(app.env.deps.bus.stream_state(common::contract::StreamKind::Dead).await?.last_sequence, 0);
+
+    // The source is untouched, and the two copies live apart: deleting one leaves the other.
+    assert_eq!(app.get("/v1/tenants/acme/export").await?.body.as_str().unwrap(), source);
+    assert_eq!(
+        delete(&app, &format!("/v1/messages/{}?tenant_id=acme-copy", ids[0])).await?.status,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(app.get(&format!("/v1/messages/{}?tenant_id=acme", ids[0])).await?.status, StatusCode::OK);
+    assert_eq!(app.search("acme", "when is the flight to Lisbon").await?, searched);
+    assert_eq!((app.count_rows("acme").await?, app.count_rows("acme-copy").await?), (3, 2));
+    app.finish().await
+}
+
+#[tokio::test]
+async fn two_tenants_may_send_the_same_message_id_and_each_keeps_its_own() -> anyhow::Result<()> {
+    let app = App::start().await?;
+    let id = MessageId::new();
+    for (tenant, content) in [("acme", "the acme launch is on Monday"), ("globex", "globex ships in June")] {
+        let mut body = message(tenant, "c", content);
+        body["message_id"] = json!(id);
+        let r = app.post("/v1/messages?wait=embedded", &body).await?;
+        assert_eq!(r.status, StatusCode::CREATED, "{tenant}: {r:?}");
+    }
+    for (tenant, content) in [("acme", "the acme launch is on Monday"), ("globex", "globex ships in June")] {
+        let r = app.get(&format!("/v1/messages/{id}?tenant_id={tenant}")).await?;
+        assert_eq!((r.status, &r.body["content"]), (StatusCode::OK, &json!(content)), "{tenant}");
+        assert_eq!(app.search(tenant, content).await?, [id.to_string()], "{tenant}");
+    }
+    // Edits and deletes of one leave the other alone.
+    let r = app
+        .send(
+            Method::PUT,
+            &format!("/v1/messages/{id}?tenant_id=acme"),
+            Some(Body::from(json!({"content": "the acme launch moved to Tuesday"}).to_string())),
+            Some(KEY),
+        )
+        .await?;
+    assert_eq!(r.status, StatusCode::OK, "{r:?}");
+    app.embedded(&format!("/v1/messages/{id}?tenant_id=acme")).await?;
+    assert_eq!(app.get(&format!("/v1/messages/{id}?tenant_id=globex")).await?.body["content"], "globex ships in June");
+    assert_eq!(delete(&app, &format!("/v1/messages/{id}?tenant_id=globex")).await?.status, StatusCode::NO_CONTENT);
+    let r = app.get(&format!("/v1/messages/{id}?tenant_id=acme")).await?;
+    assert_eq!((r.status, &r.body["content"]), (StatusCode::OK, &json!("the acme launch moved to Tuesday")));
+    assert_eq!(app.search("acme", "launch Tuesday").await?, [id.to_string()]);
     app.finish().await
 }

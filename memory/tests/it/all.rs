@@ -95,7 +95,8 @@ async fn all_roles_in_one_process_serve_the_walk_through_log_request_ids_and_exp
         })
         .await?;
     }
-    let (status, body) = call(addr, "GET", &format!("/v1/messages/{lisbon_id}"), "read-1", None).await?;
+    let (status, body) =
+        call(addr, "GET", &format!("/v1/messages/{lisbon_id}?tenant_id=my-app"), "read-1", None).await?;
     assert_eq!((status, body["status"].as_str()), (200, Some("embedded")), "{body}");
 
     // What the alerts and the dashboard need to see at least once: a dead letter, a refused
@@ -120,7 +121,8 @@ async fn all_roles_in_one_process_serve_the_walk_through_log_request_ids_and_exp
     let run = json!({"tenant_id": "my-app", "dry_run": true});
     let (status, body) = call(addr, "POST", "/v1/admin/retention/run", "retention-1", Some(&run)).await?;
     assert_eq!(status, 200, "{body}");
-    let (status, body) = call(addr, "DELETE", &format!("/v1/messages/{budget_id}"), "delete-1", None).await?;
+    let (status, body) =
+        call(addr, "DELETE", &format!("/v1/messages/{budget_id}?tenant_id=my-app"), "delete-1", None).await?;
     assert_eq!(status, 204, "{body}");
 
     let documented = documented_metrics()?;

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use common::bus::Envelope;
 use common::contract::{GetMessageRequest, GetMessageResponse, Reply, VERSION};
-use common::domain::MessageId;
+use common::domain::{MessageId, TenantId};
 use common::testing::{Process, TestEnv, free_addr, http, http_get};
 use serde_json::json;
 
@@ -64,7 +64,7 @@ async fn the_embedder_stores_and_embeds_serves_ops_and_stops_cleanly_on_sigterm(
 async fn the_searcher_answers_requests_serves_ops_and_stops_cleanly_on_sigterm() -> anyhow::Result<()> {
     let (env, process, ops) = running("searcher").await?;
 
-    let request = GetMessageRequest { v: VERSION, message_id: MessageId::new(), tenant_id: None };
+    let request = GetMessageRequest { v: VERSION, tenant_id: TenantId::parse("acme")?, message_id: MessageId::new() };
     let envelope = Envelope::new(env.subjects.get_message(), serde_json::to_vec(&request)?);
     let reply = env.deps.bus.request(envelope, Duration::from_secs(5)).await?;
     match serde_json::from_slice::<Reply<GetMessageResponse>>(&reply)? {

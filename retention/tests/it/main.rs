@@ -48,6 +48,7 @@ fn request(dry_run: bool) -> RetentionRunRequest {
     RetentionRunRequest {
         v: VERSION,
         tenant_id: Some(TenantId::parse("acme").unwrap()),
+        all_tenants: false,
         actions: vec![RetentionAction::Archive, RetentionAction::Delete],
         dry_run,
     }
@@ -150,7 +151,7 @@ async fn concurrent_runs_archive_each_message_once() -> anyhow::Result<()> {
 }
 
 #[tokio::test]
-async fn the_nats_service_runs_retention_and_refuses_bad_requests() -> anyhow::Result<()> {
+async fn the_nats_service_runs_retention_for_the_tenants_named_and_refuses_bad_requests() -> anyhow::Result<()> {
     let env = TestEnv::start().await?;
     let old = message(&env, "c", 45, 0.1, false).await?;
     let service = retention::Retention::build(&env.config, env.deps.clone(), &mut Registry::default()).await?;
@@ -160,10 +161,15 @@ async fn the_nats_service_runs_retention_and_refuses_bad_requests() -> anyhow::R
         let envelope = common::bus::Envelope::new(env.subjects.retention_run(), payload.to_string());
         env.deps.bus.request(envelope, Duration::from_secs(10))
     };
+    // Naming no tenant is not "every tenant": that takes an explicit `all_tenants`.
     let reply: Reply<RetentionRunResponse> =
         serde_json::from_slice(&ask(serde_json::json!({"v": 1, "actions": ["archive"], "dry_run": false})).await?)?;
+    assert!(matches!(&reply, Reply::Error(e) if e.message.contains("all_tenants")), "{reply:?}");
+    assert_eq!(archived(&env, old).await?, Some(false));
+    let all = serde_json::json!({"v": 1, "all_tenants": true, "actions": ["archive"], "dry_run": false});
+    let reply: Reply<RetentionRunResponse> = serde_json::from_slice(&ask(all).await?)?;
     let Reply::Ok(report) = reply else { anyhow::bail!("{reply:?}") };
-    assert_eq!(report.archived, 1, "every tenant when none is named");
+    assert_eq!(report.archived, 1, "every tenant when asked for");
     assert_eq!(archived(&env, old).await?, Some(true));
     let reply: Reply<RetentionRunResponse> =
         serde_json::from_slice(&ask(serde_json::json!({"v": 1, "actions": []})).await?)?;
@@ -205,9 +211,13 @@ async fn lifecycle_commands_are_counted_and_runs_prune_old_tombstones() -> anyho
         let envelope = common::bus::Envelope::new(subject, payload.to_string());
         env.deps.bus.request(envelope, Duration::from_secs(10))
     };
-    let reply = ask(env.subjects.delete_messages(), serde_json::json!({"v": 1, "message_ids": [id]})).await?;
+    let reply =
+        ask(env.subjects.delete_messages(), serde_json::json!({"v": 1, "tenant_id": "acme", "message_ids": [id]}))
+            .await?;
     assert!(String::from_utf8_lossy(&reply).contains(&id.to_string()), "{reply:?}");
-    let reply = ask(env.subjects.delete_messages(), serde_json::json!({"v": 1, "message_ids": []})).await?;
+    let reply =
+        ask(env.subjects.delete_messages(), serde_json::json!({"v": 1, "tenant_id": "acme", "message_ids": []}))
+            .await?;
     assert!(String::from_utf8_lossy(&reply).contains("bad_request"));
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &registry)?;

@@ -48,9 +48,9 @@ impl TenantHold for PgTenantHold {
 
     async fn delete(&mut self, ids: &[MessageId]) -> Result<Vec<MessageId>, StoreError> {
         let ids: Vec<Uuid> = ids.iter().map(|id| id.0).collect();
-        // Rows locked in id order, as every other multi-row writer locks them.
+        // Rows locked in (tenant, id) order, as every other multi-row writer locks them.
         let deleted: Vec<Uuid> = sqlx::query_scalar(
-            "DELETE FROM messages WHERE id IN (
+            "DELETE FROM messages WHERE tenant_id = $1 AND id IN (
                  SELECT id FROM messages WHERE tenant_id = $1 AND id = ANY($2) ORDER BY id FOR UPDATE)
              RETURNING id",
         )
@@ -84,7 +84,7 @@ impl Deletes for PgStore {
     ) -> Result<Vec<MessageId>, StoreError> {
         let mut tx = self.long_work().await?;
         let deleted: Vec<Uuid> = sqlx::query_scalar(
-            "DELETE FROM messages WHERE id IN (
+            "DELETE FROM messages WHERE tenant_id = $1 AND id IN (
                  SELECT id FROM messages
                  WHERE tenant_id = $1 AND ($2::text IS NULL OR conversation_id = $2) AND stored_at <= $3
                  ORDER BY id LIMIT $4 FOR UPDATE)

@@ -6,28 +6,33 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::PgStore;
+use super::rows::tenant_of;
 use super::rows::{MessageRow, RowColumns};
-use super::vectors::{RowLock, columns, ensure_active};
-use crate::domain::MessageId;
+use super::vectors::{FailureColumns, RowLock, columns, ensure_active};
+use crate::domain::{MessageId, MessageKey, TenantId};
 use crate::store::{
     Failure, IngestWrites, Inserted, MessageReads, NewRow, NewVector, Space, StoreError, StoredMessage, locks,
 };
 
 #[async_trait]
 impl MessageReads for PgStore {
-    async fn get_message(&self, id: MessageId) -> Result<Option<StoredMessage>, StoreError> {
-        let row: Option<MessageRow> =
-            sqlx::query_as(concat!("SELECT ", message_columns!(), " FROM messages m WHERE m.id = $1"))
-                .bind(id.0)
-                .fetch_optional(&self.pool)
-                .await?;
+    async fn get_message(&self, tenant: &TenantId, id: MessageId) -> Result<Option<StoredMessage>, StoreError> {
+        let row: Option<MessageRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            message_columns!(),
+            " FROM messages m WHERE m.tenant_id = $1 AND m.id = $2"
+        ))
+        .bind(tenant.as_str())
+        .bind(id.0)
+        .fetch_optional(&self.pool)
+        .await?;
         row.map(StoredMessage::try_from).transpose()
     }
 
-    async fn tombstoned(&self, rows: &[NewRow]) -> Result<Vec<MessageId>, StoreError> {
+    async fn tombstoned(&self, rows: &[NewRow]) -> Result<Vec<MessageKey>, StoreError> {
         let c = RowColumns::of(rows);
-        let ids: Vec<Uuid> = sqlx::query_scalar(concat!(
-            "SELECT u.id FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::int8[], $5::timestamptz[])
+        let keys: Vec<(String, Uuid)> = sqlx::query_as(concat!(
+            "SELECT u.tenant_id, u.id FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::int8[], $5::timestamptz[])
                   AS u(id, tenant_id, conversation_id, sequence, published_at)
              WHERE ",
             covered!()
@@ -39,7 +44,7 @@ impl MessageReads for PgStore {
         .bind(&c.published)
         .fetch_all(&self.pool)
         .await?;
-        Ok(ids.into_iter().map(MessageId).collect())
+        keys.into_iter().map(|(tenant, id)| Ok(MessageKey::new(tenant_of(tenant)?, MessageId(id)))).collect()
     }
 }
 
@@ -62,7 +67,7 @@ impl IngestWrites for PgStore {
             .await?;
         // `statement_timestamp()`: later than any tombstone this statement waited for, so a
         // delete's batches (rows stored up to the tombstone) never take a newer row.
-        let inserted: Vec<(Uuid,)> = sqlx::query_as(concat!(
+        let inserted: Vec<(String, Uuid)> = sqlx::query_as(concat!(
             "INSERT INTO messages (id, tenant_id, conversation_id, role, name, content, metadata,
                                    importance, importance_override, pinned, created_at, archived_at, stored_at)
              SELECT id, tenant_id, conversation_id, role, name, content, metadata::jsonb,
@@ -74,8 +79,8 @@ impl IngestWrites for PgStore {
                        importance, importance_override, pinned, created_at, archived_at, sequence, published_at)
              WHERE NOT ",
             covered!(),
-            " ON CONFLICT (id) DO NOTHING
-             RETURNING id"
+            " ON CONFLICT (tenant_id, id) DO NOTHING
+             RETURNING tenant_id, id"
         ))
         .bind(&c.ids)
         .bind(&c.tenants)
@@ -93,17 +98,21 @@ impl IngestWrites for PgStore {
         .bind(&c.published)
         .fetch_all(&mut *tx)
         .await?;
-        let stored: Vec<MessageRow> =
-            sqlx::query_as(concat!("SELECT ", message_columns!(), " FROM messages m WHERE m.id = ANY($1)"))
-                .bind(&c.ids)
-                .fetch_all(&mut *tx)
-                .await?;
+        let stored: Vec<MessageRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            message_columns!(),
+            " FROM messages m WHERE (m.tenant_id, m.id) IN (SELECT * FROM UNNEST($1::text[], $2::uuid[]))"
+        ))
+        .bind(&c.tenants)
+        .bind(&c.ids)
+        .fetch_all(&mut *tx)
+        .await?;
         tx.commit().await?;
-        let new: std::collections::HashSet<Uuid> = inserted.into_iter().map(|(id,)| id).collect();
+        let new: std::collections::HashSet<(String, Uuid)> = inserted.into_iter().collect();
         stored
             .into_iter()
             .map(|r| {
-                let new = new.contains(&r.id);
+                let new = new.contains(&(r.tenant_id.clone(), r.id));
                 Ok(Inserted { row: StoredMessage::try_from(r)?, new })
             })
             .collect()
@@ -119,9 +128,11 @@ impl IngestWrites for PgStore {
         Self::insert_vectors(&mut tx, space, &columns, RowLock::Update).await?;
         sqlx::query(
             "UPDATE messages m SET status = 'embedded', failure_reason = NULL, updated_at = now()
-             FROM UNNEST($1::uuid[], $2::int4[]) AS u(id, revision)
-             WHERE m.id = u.id AND m.revision = u.revision AND m.status <> 'embedded'",
+             FROM UNNEST($1::text[], $2::uuid[], $3::int4[]) AS u(tenant_id, id, revision)
+             WHERE m.tenant_id = u.tenant_id AND m.id = u.id AND m.revision = u.revision
+               AND m.status <> 'embedded'",
         )
+        .bind(&columns.1)
         .bind(&columns.0)
         .bind(&columns.3)
         .execute(&mut *tx)
@@ -134,18 +145,19 @@ impl IngestWrites for PgStore {
         if failures.is_empty() {
             return Ok(());
         }
-        let ids: Vec<Uuid> = failures.iter().map(|f| f.message_id.0).collect();
-        let reasons: Vec<&str> = failures.iter().map(|f| f.reason.as_str()).collect();
-        let revisions: Vec<i32> = failures.iter().map(|f| f.revision).collect();
+        let columns = FailureColumns::of(failures);
         let mut tx = self.long_work().await?;
         ensure_active(&mut tx, space).await?;
-        Self::insert_failures(&mut tx, space, &ids, &reasons, &revisions, RowLock::Update).await?;
+        Self::insert_failures(&mut tx, space, &columns, RowLock::Update).await?;
+        let FailureColumns { tenants, ids, reasons, revisions } = columns;
         sqlx::query(
             "UPDATE messages m SET status = 'failed', failure_reason = u.reason,
                                    embed_failures = m.embed_failures + 1, updated_at = now()
-             FROM UNNEST($1::uuid[], $2::text[], $3::int4[]) AS u(id, reason, revision)
-             WHERE m.id = u.id AND m.revision = u.revision AND m.status <> 'embedded'",
+             FROM UNNEST($1::text[], $2::uuid[], $3::text[], $4::int4[]) AS u(tenant_id, id, reason, revision)
+             WHERE m.tenant_id = u.tenant_id AND m.id = u.id AND m.revision = u.revision
+               AND m.status <> 'embedded'",
         )
+        .bind(&tenants)
         .bind(&ids)
         .bind(&reasons)
         .bind(&revisions)
@@ -179,9 +191,18 @@ impl IngestWrites for PgStore {
         rows.into_iter().map(StoredMessage::try_from).collect()
     }
 
-    async fn touch(&self, ids: &[MessageId]) -> Result<(), StoreError> {
-        let ids: Vec<Uuid> = ids.iter().map(|id| id.0).collect();
-        sqlx::query("UPDATE messages SET updated_at = now() WHERE id = ANY($1)").bind(&ids).execute(&self.pool).await?;
+    async fn touch(&self, keys: &[MessageKey]) -> Result<(), StoreError> {
+        let tenants: Vec<&str> = keys.iter().map(|k| k.tenant_id.as_str()).collect();
+        let ids: Vec<Uuid> = keys.iter().map(|k| k.id.0).collect();
+        sqlx::query(
+            "UPDATE messages m SET updated_at = now()
+             FROM UNNEST($1::text[], $2::uuid[]) AS u(tenant_id, id)
+             WHERE m.tenant_id = u.tenant_id AND m.id = u.id",
+        )
+        .bind(&tenants)
+        .bind(&ids)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 

@@ -154,8 +154,8 @@ impl RetentionRuns for PgStore {
 impl Edits for PgStore {
     async fn update_message(
         &self,
+        tenant: &TenantId,
         id: MessageId,
-        tenant: Option<&TenantId>,
         update: &ValidUpdate,
         weights: ImportanceWeights,
         now: DateTime<Utc>,
@@ -164,10 +164,10 @@ impl Edits for PgStore {
         let row: Option<MessageRow> = sqlx::query_as(concat!(
             "SELECT ",
             message_columns!(),
-            " FROM messages m WHERE m.id = $1 AND ($2::text IS NULL OR m.tenant_id = $2) FOR UPDATE"
+            " FROM messages m WHERE m.id = $1 AND m.tenant_id = $2 FOR UPDATE"
         ))
         .bind(id.0)
-        .bind(tenant.map(TenantId::as_str))
+        .bind(tenant.as_str())
         .fetch_optional(&mut *tx)
         .await?;
         let Some(row) = row else { return Ok(None) };
@@ -194,7 +194,7 @@ impl Edits for PgStore {
                  status = CASE WHEN $8 THEN 'pending' ELSE m.status END,
                  failure_reason = CASE WHEN $8 THEN NULL ELSE m.failure_reason END,
                  embed_failures = CASE WHEN $8 THEN 0 ELSE m.embed_failures END
-             WHERE m.id = $1 RETURNING ",
+             WHERE m.id = $1 AND m.tenant_id = $9 RETURNING ",
             message_columns!()
         ))
         .bind(id.0)
@@ -205,6 +205,7 @@ impl Edits for PgStore {
         .bind(importance)
         .bind(archived_at)
         .bind(content_changed)
+        .bind(tenant.as_str())
         .fetch_one(&mut *tx)
         .await?;
         if content_changed {
@@ -212,12 +213,17 @@ impl Edits for PgStore {
             let spaces: Vec<i32> = sqlx::query_scalar("SELECT id FROM embedding_spaces").fetch_all(&mut *tx).await?;
             for space in spaces {
                 let table = Self::vector_table_of(space);
-                sqlx::query(AssertSqlSafe(format!("DELETE FROM {table} WHERE message_id = $1")))
+                sqlx::query(AssertSqlSafe(format!("DELETE FROM {table} WHERE tenant_id = $1 AND message_id = $2")))
+                    .bind(tenant.as_str())
                     .bind(id.0)
                     .execute(&mut *tx)
                     .await?;
             }
-            sqlx::query("DELETE FROM embedding_failures WHERE message_id = $1").bind(id.0).execute(&mut *tx).await?;
+            sqlx::query("DELETE FROM embedding_failures WHERE tenant_id = $1 AND message_id = $2")
+                .bind(tenant.as_str())
+                .bind(id.0)
+                .execute(&mut *tx)
+                .await?;
         }
         tx.commit().await?;
         let archived = match (old.archived_at.is_some(), archived_at.is_some()) {
@@ -230,19 +236,19 @@ impl Edits for PgStore {
 
     async fn set_archived(
         &self,
+        tenant: &TenantId,
         id: MessageId,
-        tenant: Option<&TenantId>,
         archived: bool,
         now: DateTime<Utc>,
     ) -> Result<Option<StoredMessage>, StoreError> {
         let row: Option<MessageRow> = sqlx::query_as(concat!(
             "UPDATE messages m SET archived_at = CASE WHEN $3 THEN coalesce(m.archived_at, $4) END, updated_at = now()
-             WHERE m.id = $1 AND ($2::text IS NULL OR m.tenant_id = $2)
+             WHERE m.id = $1 AND m.tenant_id = $2
              RETURNING ",
             message_columns!()
         ))
         .bind(id.0)
-        .bind(tenant.map(TenantId::as_str))
+        .bind(tenant.as_str())
         .bind(archived)
         .bind(now)
         .fetch_optional(&self.pool)
@@ -273,9 +279,10 @@ impl Edits for PgStore {
             let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
             let table = Self::vector_table(space);
             let pairs: Vec<(Uuid, Vector)> = sqlx::query_as(AssertSqlSafe(format!(
-                "SELECT message_id, embedding FROM {table} WHERE message_id = ANY($1)"
+                "SELECT message_id, embedding FROM {table} WHERE tenant_id = $2 AND message_id = ANY($1)"
             )))
             .bind(&ids)
+            .bind(tenant.as_str())
             .fetch_all(&mut *tx)
             .await?;
             found = pairs.into_iter().map(|(id, v)| (id, v.to_vec())).collect();

@@ -50,7 +50,7 @@ macro_rules! bind_filters {
 
 macro_rules! space_columns {
     () => {
-        "id, provider, model, dimensions, active, activated_at, backfill_cursor, backfilled"
+        "id, provider, model, dimensions, active, activated_at, backfill_cursor_tenant, backfill_cursor, backfilled"
     };
 }
 

@@ -7,8 +7,15 @@ use sqlx::types::Json;
 use uuid::Uuid;
 
 use crate::contract::SpaceRef;
-use crate::domain::{ApiKey, ConversationId, MessageId, MessageStatus, NewMessage, Role, Scope, Tenant, TenantId};
+use crate::domain::{
+    ApiKey, ConversationId, MessageId, MessageKey, MessageStatus, NewMessage, Role, Scope, Tenant, TenantId,
+};
 use crate::store::{NewRow, Space, StoreError, StoredMessage};
+
+/// A tenant id read back from the database.
+pub(super) fn tenant_of(id: String) -> Result<TenantId, StoreError> {
+    TenantId::parse(id.clone()).map_err(|_| StoreError::Corrupt(format!("tenant {id}")))
+}
 
 /// New rows as one array per column, for `UNNEST`.
 pub(super) struct RowColumns<'a> {
@@ -106,6 +113,7 @@ pub(super) struct SpaceRow {
     pub(super) dimensions: i32,
     pub(super) active: bool,
     pub(super) activated_at: Option<DateTime<Utc>>,
+    pub(super) backfill_cursor_tenant: Option<String>,
     pub(super) backfill_cursor: Option<Uuid>,
     pub(super) backfilled: i64,
 }
@@ -117,7 +125,11 @@ impl From<SpaceRow> for Space {
             reference: SpaceRef { provider: r.provider, model: r.model, dimensions: r.dimensions.unsigned_abs() },
             active: r.active,
             activated_at: r.activated_at,
-            backfill_cursor: r.backfill_cursor.map(MessageId),
+            // A cursor that does not read back starts the backfill over, which is only slower.
+            backfill_cursor: r
+                .backfill_cursor_tenant
+                .zip(r.backfill_cursor)
+                .and_then(|(tenant, id)| Some(MessageKey::new(TenantId::parse(tenant).ok()?, MessageId(id)))),
             backfilled: r.backfilled,
         }
     }

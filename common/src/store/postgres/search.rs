@@ -17,7 +17,7 @@ impl PgStore {
     pub(super) fn vector_search_sql(space: &Space, prefix: &str) -> String {
         format!(
             "{prefix} SELECT {}, 1 - (v.embedding <=> $1) AS similarity
-             FROM {} v JOIN messages m ON m.id = v.message_id
+             FROM {} v JOIN messages m ON m.tenant_id = v.tenant_id AND m.id = v.message_id
              WHERE v.tenant_id = $2 AND {}
              ORDER BY v.embedding <=> $1
              LIMIT $10",
@@ -167,6 +167,7 @@ impl SearchReads for PgStore {
     async fn similarities(
         &self,
         space: &Space,
+        tenant: &TenantId,
         ids: &[MessageId],
         vector: &[f32],
     ) -> Result<Vec<(MessageId, f64)>, StoreError> {
@@ -176,10 +177,11 @@ impl SearchReads for PgStore {
         let table = Self::vector_table(space);
         let ids: Vec<Uuid> = ids.iter().map(|id| id.0).collect();
         let rows: Vec<(Uuid, f64)> = sqlx::query_as(AssertSqlSafe(format!(
-            "SELECT message_id, 1 - (embedding <=> $1) FROM {table} WHERE message_id = ANY($2)"
+            "SELECT message_id, 1 - (embedding <=> $1) FROM {table} WHERE tenant_id = $3 AND message_id = ANY($2)"
         )))
         .bind(Vector::from(vector.to_vec()))
         .bind(&ids)
+        .bind(tenant.as_str())
         .fetch_all(&self.pool)
         .await?;
         Ok(rows.into_iter().map(|(id, s)| (MessageId(id), s)).collect())

@@ -5,10 +5,10 @@ use sqlx::AssertSqlSafe;
 use uuid::Uuid;
 
 use super::rows::{MessageRow, SpaceRow};
-use super::vectors::{RowLock, columns};
+use super::vectors::{FailureColumns, RowLock, columns};
 use super::{PgStore, SPACES_LOCK};
 use crate::contract::SpaceRef;
-use crate::domain::{MessageId, MessageStatus};
+use crate::domain::{MessageKey, MessageStatus};
 use crate::store::{Backfill, Coverage, Failure, NewVector, Space, Spaces, StoreError, StoredMessage};
 
 #[async_trait]
@@ -63,16 +63,15 @@ impl Backfill for PgStore {
         // The table name is built from an integer id: no injection is possible.
         sqlx::query(AssertSqlSafe(format!(
             "CREATE TABLE IF NOT EXISTS {table} (
-                 message_id uuid PRIMARY KEY REFERENCES messages (id) ON DELETE CASCADE,
+                 message_id uuid NOT NULL,
                  tenant_id  text NOT NULL,
-                 embedding  vector({dimensions}) NOT NULL
+                 embedding  vector({dimensions}) NOT NULL,
+                 PRIMARY KEY (tenant_id, message_id),
+                 FOREIGN KEY (tenant_id, message_id) REFERENCES messages (tenant_id, id) ON DELETE CASCADE
              )"
         )))
         .execute(&mut *tx)
         .await?;
-        sqlx::query(AssertSqlSafe(format!("CREATE INDEX IF NOT EXISTS {table}_tenant ON {table} (tenant_id)")))
-            .execute(&mut *tx)
-            .await?;
         sqlx::query(AssertSqlSafe(format!(
             "CREATE INDEX IF NOT EXISTS {table}_hnsw ON {table} USING hnsw (embedding vector_cosine_ops)"
         )))
@@ -85,21 +84,26 @@ impl Backfill for PgStore {
     async fn unembedded(
         &self,
         space: &Space,
-        after: Option<MessageId>,
+        after: Option<&MessageKey>,
         limit: u32,
     ) -> Result<Vec<StoredMessage>, StoreError> {
         let mut tx = self.long_work().await?;
-        // Two statements rather than `$1 IS NULL OR m.id > $1`, which a generic plan cannot use
-        // to start the index scan at the cursor.
-        let after_cursor = if after.is_some() { "m.id > $1 AND" } else { "$1::uuid IS NULL AND" };
+        // Two statements rather than `$1 IS NULL OR (m.tenant_id, m.id) > ($1, $2)`, which a
+        // generic plan cannot use to start the primary key scan at the cursor.
+        let after_cursor = if after.is_some() {
+            "(m.tenant_id, m.id) > ($1, $2) AND"
+        } else {
+            "$1::text IS NULL AND $2::uuid IS NULL AND"
+        };
         let rows: Vec<MessageRow> = sqlx::query_as(AssertSqlSafe(format!(
             "SELECT {} FROM messages m
              WHERE {after_cursor} {}
-             ORDER BY m.id LIMIT $2",
+             ORDER BY m.tenant_id, m.id LIMIT $3",
             message_columns!(),
             Self::missing_in(space)
         )))
-        .bind(after.map(|id| id.0))
+        .bind(after.map(|k| k.tenant_id.as_str()))
+        .bind(after.map(|k| k.id.0))
         .bind(i64::from(limit))
         .fetch_all(&mut *tx)
         .await?;
@@ -112,25 +116,27 @@ impl Backfill for PgStore {
         space: &Space,
         vectors: &[NewVector],
         failures: &[Failure],
-        cursor: MessageId,
+        cursor: &MessageKey,
     ) -> Result<(), StoreError> {
         let columns = columns(space, vectors)?;
-        let failed: Vec<Uuid> = failures.iter().map(|f| f.message_id.0).collect();
-        let reasons: Vec<&str> = failures.iter().map(|f| f.reason.as_str()).collect();
-        let revisions: Vec<i32> = failures.iter().map(|f| f.revision).collect();
+        let failed = FailureColumns::of(failures);
         let mut tx = self.long_work().await?;
         if !columns.0.is_empty() {
             Self::insert_vectors(&mut tx, space, &columns, RowLock::Share).await?;
         }
-        if !failed.is_empty() {
-            Self::insert_failures(&mut tx, space, &failed, &reasons, &revisions, RowLock::Share).await?;
+        if !failed.ids.is_empty() {
+            Self::insert_failures(&mut tx, space, &failed, RowLock::Share).await?;
         }
-        sqlx::query("UPDATE embedding_spaces SET backfill_cursor = $2, backfilled = backfilled + $3 WHERE id = $1")
-            .bind(space.id)
-            .bind(cursor.0)
-            .bind(i64::try_from(columns.0.len() + failed.len()).unwrap_or(i64::MAX))
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "UPDATE embedding_spaces
+             SET backfill_cursor_tenant = $2, backfill_cursor = $3, backfilled = backfilled + $4 WHERE id = $1",
+        )
+        .bind(space.id)
+        .bind(cursor.tenant_id.as_str())
+        .bind(cursor.id.0)
+        .bind(i64::try_from(columns.0.len() + failed.ids.len()).unwrap_or(i64::MAX))
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -159,7 +165,7 @@ impl Backfill for PgStore {
         sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(SPACES_LOCK).execute(&mut *tx).await?;
         // Messages stored since the backfill's last pass (ingest does not stop for it).
         let leftovers: Vec<MessageRow> = sqlx::query_as(AssertSqlSafe(format!(
-            "SELECT {} FROM messages m WHERE {} ORDER BY m.id LIMIT $1",
+            "SELECT {} FROM messages m WHERE {} ORDER BY m.tenant_id, m.id LIMIT $1",
             message_columns!(),
             Self::missing_in(space)
         )))
@@ -181,23 +187,28 @@ impl Backfill for PgStore {
         // the leftovers are pending until the caller embeds them.
         sqlx::query(AssertSqlSafe(format!(
             "UPDATE messages m SET status = 'embedded', failure_reason = NULL, updated_at = now()
-             WHERE m.status <> 'embedded' AND EXISTS (SELECT 1 FROM {table} v WHERE v.message_id = m.id)"
+             WHERE m.status <> 'embedded'
+               AND EXISTS (SELECT 1 FROM {table} v WHERE v.tenant_id = m.tenant_id AND v.message_id = m.id)"
         )))
         .execute(&mut *tx)
         .await?;
         sqlx::query(
             "UPDATE messages m SET status = 'failed', failure_reason = f.reason, updated_at = now()
              FROM embedding_failures f
-             WHERE f.space_id = $1 AND f.message_id = m.id
+             WHERE f.space_id = $1 AND f.tenant_id = m.tenant_id AND f.message_id = m.id
                AND (m.status <> 'failed' OR m.failure_reason IS DISTINCT FROM f.reason)",
         )
         .bind(space.id)
         .execute(&mut *tx)
         .await?;
+        let tenants: Vec<&str> = leftovers.iter().map(|r| r.tenant_id.as_str()).collect();
         let ids: Vec<Uuid> = leftovers.iter().map(|r| r.id).collect();
         sqlx::query(
-            "UPDATE messages SET status = 'pending', failure_reason = NULL, updated_at = now() WHERE id = ANY($1)",
+            "UPDATE messages m SET status = 'pending', failure_reason = NULL, updated_at = now()
+             FROM UNNEST($1::text[], $2::uuid[]) AS u(tenant_id, id)
+             WHERE m.tenant_id = u.tenant_id AND m.id = u.id",
         )
+        .bind(&tenants)
         .bind(&ids)
         .execute(&mut *tx)
         .await?;

@@ -5,7 +5,7 @@ use sqlx::AssertSqlSafe;
 use uuid::Uuid;
 
 use super::{PgStore, SPACES_LOCK};
-use crate::store::{NewVector, Space, StoreError};
+use crate::store::{Failure, NewVector, Space, StoreError};
 
 impl PgStore {
     pub(super) fn vector_table(space: &Space) -> String {
@@ -24,6 +24,7 @@ impl PgStore {
     /// them queue instead of deadlocking on each other's share locks.
     pub(super) async fn current(
         tx: &mut sqlx::PgConnection,
+        tenants: &[&str],
         ids: &[Uuid],
         revisions: &[i32],
         lock: RowLock,
@@ -32,28 +33,31 @@ impl PgStore {
             RowLock::Share => "FOR SHARE",
             RowLock::Update => "FOR NO KEY UPDATE",
         };
-        let current: std::collections::HashSet<Uuid> = sqlx::query_scalar(AssertSqlSafe(format!(
-            "SELECT m.id FROM messages m JOIN UNNEST($1::uuid[], $2::int4[]) AS u(id, revision) ON m.id = u.id
-             WHERE m.revision = u.revision ORDER BY m.id {mode} OF m"
+        let current: std::collections::HashSet<(String, Uuid)> = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT m.tenant_id, m.id FROM messages m
+             JOIN UNNEST($1::text[], $2::uuid[], $3::int4[]) AS u(tenant_id, id, revision)
+               ON m.tenant_id = u.tenant_id AND m.id = u.id
+             WHERE m.revision = u.revision ORDER BY m.tenant_id, m.id {mode} OF m"
         )))
+        .bind(tenants)
         .bind(ids)
         .bind(revisions)
         .fetch_all(tx)
         .await?
         .into_iter()
         .collect();
-        Ok((0..ids.len()).filter(|&i| current.contains(&ids[i])).collect())
+        Ok((0..ids.len()).filter(|&i| current.contains(&(tenants[i].to_owned(), ids[i]))).collect())
     }
 
     /// Stores the vectors of messages still at the revision they were computed from (an edited
-    /// or deleted message gets none); the ids stored.
+    /// or deleted message gets none).
     pub(super) async fn insert_vectors(
         tx: &mut sqlx::PgConnection,
         space: &Space,
         (ids, tenants, embeddings, revisions): &VectorColumns<'_>,
         lock: RowLock,
-    ) -> Result<Vec<Uuid>, StoreError> {
-        let keep = Self::current(tx, ids, revisions, lock).await?;
+    ) -> Result<(), StoreError> {
+        let keep = Self::current(tx, tenants, ids, revisions, lock).await?;
         let ids: Vec<Uuid> = keep.iter().map(|&i| ids[i]).collect();
         let tenants: Vec<&str> = keep.iter().map(|&i| tenants[i]).collect();
         let embeddings: Vec<&Vector> = keep.iter().map(|&i| &embeddings[i]).collect();
@@ -61,38 +65,43 @@ impl PgStore {
         sqlx::query(AssertSqlSafe(format!(
             "INSERT INTO {table} (message_id, tenant_id, embedding)
              SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::vector[])
-             ON CONFLICT (message_id) DO UPDATE SET embedding = EXCLUDED.embedding"
+             ON CONFLICT (tenant_id, message_id) DO UPDATE SET embedding = EXCLUDED.embedding"
         )))
         .bind(&ids)
         .bind(&tenants)
         .bind(&embeddings)
         .execute(&mut *tx)
         .await?;
-        sqlx::query("DELETE FROM embedding_failures WHERE space_id = $1 AND message_id = ANY($2)")
-            .bind(space.id)
-            .bind(&ids)
-            .execute(tx)
-            .await?;
-        Ok(ids)
+        sqlx::query(
+            "DELETE FROM embedding_failures f USING UNNEST($2::text[], $3::uuid[]) AS u(tenant_id, id)
+             WHERE f.space_id = $1 AND f.tenant_id = u.tenant_id AND f.message_id = u.id",
+        )
+        .bind(space.id)
+        .bind(&tenants)
+        .bind(&ids)
+        .execute(tx)
+        .await?;
+        Ok(())
     }
 
     pub(super) async fn insert_failures(
         tx: &mut sqlx::PgConnection,
         space: &Space,
-        ids: &[Uuid],
-        reasons: &[&str],
-        revisions: &[i32],
+        columns: &FailureColumns<'_>,
         lock: RowLock,
     ) -> Result<(), StoreError> {
-        let keep = Self::current(tx, ids, revisions, lock).await?;
-        let ids: Vec<Uuid> = keep.iter().map(|&i| ids[i]).collect();
-        let reasons: Vec<&str> = keep.iter().map(|&i| reasons[i]).collect();
+        let keep = Self::current(tx, &columns.tenants, &columns.ids, &columns.revisions, lock).await?;
+        let tenants: Vec<&str> = keep.iter().map(|&i| columns.tenants[i]).collect();
+        let ids: Vec<Uuid> = keep.iter().map(|&i| columns.ids[i]).collect();
+        let reasons: Vec<&str> = keep.iter().map(|&i| columns.reasons[i]).collect();
         sqlx::query(
-            "INSERT INTO embedding_failures (space_id, message_id, reason)
-             SELECT $1, * FROM UNNEST($2::uuid[], $3::text[])
-             ON CONFLICT (space_id, message_id) DO UPDATE SET reason = EXCLUDED.reason, failed_at = now()",
+            "INSERT INTO embedding_failures (space_id, tenant_id, message_id, reason)
+             SELECT $1, * FROM UNNEST($2::text[], $3::uuid[], $4::text[])
+             ON CONFLICT (space_id, tenant_id, message_id)
+             DO UPDATE SET reason = EXCLUDED.reason, failed_at = now()",
         )
         .bind(space.id)
+        .bind(&tenants)
         .bind(&ids)
         .bind(&reasons)
         .execute(tx)
@@ -104,15 +113,35 @@ impl PgStore {
     pub(super) fn missing_in(space: &Space) -> String {
         let table = Self::vector_table(space);
         format!(
-            "NOT EXISTS (SELECT 1 FROM {table} v WHERE v.message_id = m.id)
-             AND NOT EXISTS (SELECT 1 FROM embedding_failures f WHERE f.space_id = {} AND f.message_id = m.id)",
+            "NOT EXISTS (SELECT 1 FROM {table} v WHERE v.tenant_id = m.tenant_id AND v.message_id = m.id)
+             AND NOT EXISTS (SELECT 1 FROM embedding_failures f
+                             WHERE f.space_id = {} AND f.tenant_id = m.tenant_id AND f.message_id = m.id)",
             space.id
         )
     }
 }
 
-/// Vectors as the columns of an `UNNEST` insert: message ids, tenants, embeddings.
+/// Vectors as the columns of an `UNNEST` insert: message ids, tenants, embeddings, revisions.
 pub(super) type VectorColumns<'a> = (Vec<Uuid>, Vec<&'a str>, Vec<Vector>, Vec<i32>);
+
+/// Refusals as the columns of an `UNNEST` insert.
+pub(super) struct FailureColumns<'a> {
+    pub(super) tenants: Vec<&'a str>,
+    pub(super) ids: Vec<Uuid>,
+    pub(super) reasons: Vec<&'a str>,
+    pub(super) revisions: Vec<i32>,
+}
+
+impl<'a> FailureColumns<'a> {
+    pub(super) fn of(failures: &'a [Failure]) -> Self {
+        Self {
+            tenants: failures.iter().map(|f| f.tenant_id.as_str()).collect(),
+            ids: failures.iter().map(|f| f.message_id.0).collect(),
+            reasons: failures.iter().map(|f| f.reason.as_str()).collect(),
+            revisions: failures.iter().map(|f| f.revision).collect(),
+        }
+    }
+}
 
 /// The columns of vectors to insert into `space`, checked against its dimensions.
 pub(super) fn columns<'a>(space: &Space, vectors: &'a [NewVector]) -> Result<VectorColumns<'a>, StoreError> {
