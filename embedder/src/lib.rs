@@ -125,7 +125,15 @@ impl Embedder {
         );
         tracing::info!(space = space.id, provider = %space.reference.provider, model = %space.reference.model, dimensions = space.reference.dimensions, active = space.active, "embedder built");
         Ok(Self {
-            query: query::QueryService::new(deps.clone(), embeddings.clone(), cache, requests, purges, metrics.clone()),
+            query: query::QueryService::new(
+                deps.clone(),
+                embeddings.clone(),
+                cache,
+                requests,
+                purges,
+                metrics.clone(),
+                config.nats.max_in_flight,
+            ),
             worker: Worker {
                 ingest: ingest::IngestWorker::new(
                     config,

@@ -3,17 +3,14 @@
 use std::time::Duration;
 
 use crate::Deps;
-use bytes::Bytes;
+use common::bus::respond::{Answered, Responder, bad_request, unavailable};
 use common::bus::{Envelope, Request};
-use common::contract::{
-    CachePurge, EmbedQueryRequest, EmbedQueryResponse, REQUEST_ID_HEADER, RemoteError, RemoteErrorCode, Reply, VERSION,
-};
-use common::domain::TenantId;
+use common::contract::{CachePurge, EmbedQueryRequest, EmbedQueryResponse, RemoteError};
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{Instrument as _, warn};
+use tracing::warn;
 
 use crate::cache::QueryCache;
 use crate::embed::Embeddings;
@@ -35,10 +32,10 @@ pub(crate) struct QueryService {
     purges: BoxStream<'static, Envelope>,
 }
 
-/// Answers one request at a time; cheap to clone.
+/// Answers requests; cheap to clone.
 #[derive(Clone)]
 struct Handler {
-    deps: Deps,
+    responder: Responder,
     embeddings: Embeddings,
     cache: QueryCache,
     metrics: Metrics,
@@ -52,8 +49,10 @@ impl QueryService {
         requests: BoxStream<'static, Request>,
         purges: BoxStream<'static, Envelope>,
         metrics: Metrics,
+        max_in_flight: usize,
     ) -> Self {
-        Self { handler: Handler { deps, embeddings, cache, metrics }, requests, purges }
+        let responder = Responder::new(deps.bus.clone(), max_in_flight);
+        Self { handler: Handler { responder, embeddings, cache, metrics }, requests, purges }
     }
 
     pub(crate) async fn run(self, shutdown: CancellationToken, grace: Duration) {
@@ -81,52 +80,36 @@ impl Handler {
     }
 
     fn spawn(&self, tasks: &TaskTracker, request: Request) {
-        let (deps, embeddings, cache) = (self.deps.clone(), self.embeddings.clone(), self.cache.clone());
-        self.metrics.query_requests.inc();
-        let request_id = request.message.header(REQUEST_ID_HEADER).unwrap_or("-");
-        let span = tracing::info_span!("embed_query", request_id = %request_id);
-        tasks.spawn(
-            async move {
-                let Some(reply) = request.reply else { return };
-                let (answer, tenant, fresh) = answer(&embeddings, &cache, &request.message.payload).await;
-                tracing::debug!(ok = matches!(answer, Reply::Ok(_)), "query embedded");
-                let payload = Bytes::from(serde_json::to_vec(&answer).expect("replies serialise"));
-                if let Err(e) = deps.bus.respond(&reply, payload).await {
-                    warn!(error = %e, "answering a query-embedding request failed");
-                }
-                // Fill the cache after answering: the caller does not wait for Redis.
+        let (embeddings, cache) = (self.embeddings.clone(), self.cache.clone());
+        let metrics = self.metrics.clone();
+        let answered = move |a: Answered| {
+            tracing::debug!(error = ?a.error, took = ?a.took, "query answered");
+            metrics.query_requests.inc();
+        };
+        let handle = move |request: EmbedQueryRequest, _| async move {
+            let tenant = request.tenant_id.clone();
+            let (vectors, fresh) = vectors(&embeddings, &cache, request).await?;
+            // Fill the cache after answering: the caller does not wait for Redis.
+            let space = embeddings.space().clone();
+            tokio::spawn(async move {
                 for (text, vector) in fresh {
-                    cache.put(embeddings.space(), tenant.as_ref(), &text, &vector).await;
+                    cache.put(&space, tenant.as_ref(), &text, &vector).await;
                 }
-            }
-            .instrument(span),
-        );
+            });
+            Ok(EmbedQueryResponse { space: embeddings.space().clone(), vectors })
+        };
+        self.responder.spawn(tasks, "embed_query", request, handle, answered);
     }
 }
 
-/// The reply, and whose queries the provider computed vectors for (to cache).
-async fn answer(
+/// The query vectors, and those the provider computed (to cache).
+type Vectors = (Vec<Vec<f32>>, Vec<(String, Vec<f32>)>);
+
+async fn vectors(
     embeddings: &Embeddings,
     cache: &QueryCache,
-    payload: &[u8],
-) -> (Reply<EmbedQueryResponse>, Option<TenantId>, Vec<(String, Vec<f32>)>) {
-    match vectors(embeddings, cache, payload).await {
-        Ok((vectors, tenant, fresh)) => {
-            (Reply::Ok(EmbedQueryResponse { space: embeddings.space().clone(), vectors }), tenant, fresh)
-        }
-        Err(e) => (Reply::Error(e), None, Vec::new()),
-    }
-}
-
-type Vectors = (Vec<Vec<f32>>, Option<TenantId>, Vec<(String, Vec<f32>)>);
-
-async fn vectors(embeddings: &Embeddings, cache: &QueryCache, payload: &[u8]) -> Result<Vectors, RemoteError> {
-    let bad_request = |message: String| RemoteError::new(RemoteErrorCode::BadRequest, message);
-    let request: EmbedQueryRequest =
-        serde_json::from_slice(payload).map_err(|e| bad_request(format!("malformed request: {e}")))?;
-    if request.v != VERSION {
-        return Err(bad_request(format!("unsupported version {}", request.v)));
-    }
+    request: EmbedQueryRequest,
+) -> Result<Vectors, RemoteError> {
     if request.texts.is_empty() || request.texts.len() > MAX_TEXTS {
         return Err(bad_request(format!("send 1 to {MAX_TEXTS} texts")));
     }
@@ -139,10 +122,8 @@ async fn vectors(embeddings: &Embeddings, cache: &QueryCache, payload: &[u8]) ->
         request.texts.iter().zip(&vectors).filter(|(_, v)| v.is_none()).map(|(t, _)| t.clone()).collect();
     let mut fresh = Vec::with_capacity(missing.len());
     if !missing.is_empty() {
-        let answers = embeddings
-            .embed(&missing, Purpose::Query)
-            .await
-            .map_err(|e| RemoteError::new(RemoteErrorCode::Unavailable, e.to_string()))?;
+        let answers =
+            embeddings.embed(&missing, Purpose::Query).await.map_err(|e| unavailable("embedding the query", &e))?;
         let mut answers = missing.into_iter().zip(answers);
         for slot in vectors.iter_mut().filter(|v| v.is_none()) {
             let (text, answer) = answers.next().expect("one answer per missing text");
@@ -151,5 +132,5 @@ async fn vectors(embeddings: &Embeddings, cache: &QueryCache, payload: &[u8]) ->
             fresh.push((text, vector));
         }
     }
-    Ok((vectors.into_iter().map(|v| v.expect("every slot is filled")).collect(), request.tenant_id, fresh))
+    Ok((vectors.into_iter().map(|v| v.expect("every slot is filled")).collect(), fresh))
 }

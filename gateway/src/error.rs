@@ -219,9 +219,16 @@ impl ApiError {
 
 impl From<BusError> for ApiError {
     fn from(e: BusError) -> Self {
+        // The cause is logged here, once; the client gets fixed text.
         match e {
-            BusError::Timeout { .. } => Self::UpstreamTimeout,
-            BusError::NoResponders { .. } => Self::Unavailable("no worker is serving this request".into()),
+            BusError::Timeout { .. } => {
+                tracing::warn!(error = %e, "a worker did not answer in time");
+                Self::UpstreamTimeout
+            }
+            BusError::NoResponders { .. } => {
+                tracing::warn!(error = %e, "no worker serves this request");
+                Self::Unavailable("no worker is serving this request".into())
+            }
             BusError::TooLarge => Self::MessageTooLarge,
             BusError::Closed | BusError::BadUrl { .. } | BusError::Connect { .. } | BusError::Nats { .. } => {
                 tracing::error!(error = %e, cause = ?std::error::Error::source(&e), "bus failure");
@@ -239,6 +246,7 @@ impl From<RemoteError> for ApiError {
             RemoteErrorCode::Unavailable | RemoteErrorCode::NoActiveSpace => Self::Unavailable(e.message),
             RemoteErrorCode::NotFound => Self::NotFound(e.message),
             RemoteErrorCode::Queued => Self::Unavailable(e.message),
+            RemoteErrorCode::Busy => Self::Overloaded,
         }
     }
 }
@@ -247,8 +255,10 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let problem = self.problem();
         let status = StatusCode::from_u16(problem.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        // The cause was logged where it happened (here or in the worker, under the same request
+        // id); this only notes the answer.
         if status.is_server_error() {
-            tracing::warn!(code = problem.code, detail = %problem.detail, "request failed");
+            tracing::debug!(code = problem.code, detail = %problem.detail, "request failed");
         }
         let mut response = (status, Json(problem)).into_response();
         let headers = response.headers_mut();

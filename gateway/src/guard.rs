@@ -16,12 +16,13 @@ use futures::StreamExt;
 use crate::error::ApiError;
 use crate::state::AppState;
 
-/// Routes that wait for long work (deletes of whole conversations and tenants, imports): they
-/// get [`crate::routes::LONG_TIMEOUT`] on top of the usual deadline.
-const LONG_ROUTES: [(Method, &str); 4] = [
+/// Routes that wait for long work (deletes of whole conversations and tenants, retention runs,
+/// imports): they get [`crate::routes::LONG_TIMEOUT`] on top of the usual deadline.
+const LONG_ROUTES: [(Method, &str); 5] = [
     (Method::DELETE, "/v1/conversations/{conversation_id}"),
     (Method::DELETE, "/v1/tenants/{tenant_id}/data"),
     (Method::DELETE, "/v1/admin/tenants/{tenant_id}"),
+    (Method::POST, "/v1/admin/retention/run"),
     (Method::POST, "/v1/tenants/{tenant_id}/import"),
 ];
 

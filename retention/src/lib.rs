@@ -12,12 +12,12 @@ mod tenant;
 
 use std::time::Duration;
 
-use bytes::Bytes;
 use chrono::Utc;
+use common::bus::respond::{Answered, Responder, bad_request, unavailable};
 use common::bus::{BusError, Request};
 use common::config::{Config, ConfigError};
 use common::contract::{
-    GetMessageRequest, GetMessageResponse, REQUEST_ID_HEADER, RemoteError, RemoteErrorCode, Reply, RetentionRunRequest,
+    GetMessageRequest, GetMessageResponse, RemoteError, RemoteErrorCode, RetentionRunRequest, RetentionRunResponse,
     VERSION,
 };
 use common::domain::{RetentionAction, TenantId};
@@ -27,7 +27,7 @@ use futures::stream::BoxStream;
 use prometheus_client::registry::Registry;
 use tokio_cron_scheduler::{Job, JobScheduler};
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument as _, warn};
+use tracing::warn;
 
 pub use metrics::Metrics;
 pub use runs::Runner;
@@ -70,6 +70,7 @@ enum Command {
 pub struct Retention {
     runner: Runner,
     lifecycle: lifecycle::Lifecycle,
+    responder: Responder,
     requests: BoxStream<'static, (Command, Request)>,
     schedule: String,
 }
@@ -150,6 +151,7 @@ impl Retention {
             policy: config.retention.policy,
         };
         Ok(Self {
+            responder: Responder::new(deps.bus.clone(), config.nats.max_in_flight),
             lifecycle,
             runner: Runner { deps, policy: config.retention.policy, batch_size: config.retention.batch_size, metrics },
             requests,
@@ -188,62 +190,61 @@ impl Retention {
         scheduler.add(job).await?;
         scheduler.start().await?;
 
-        let (runner, lifecycle) = (self.runner, self.lifecycle);
+        let (runner, lifecycle, responder) = (self.runner, self.lifecycle, self.responder);
         common::shutdown::serve(self.requests, &shutdown, grace, "retention requests", |tasks, (command, request)| {
-            let (runner, lifecycle) = (runner.clone(), lifecycle.clone());
-            let request_id = request.message.header(REQUEST_ID_HEADER).unwrap_or("-");
-            let span = tracing::info_span!("command", ?command, request_id = %request_id);
-            tasks.spawn(
-                async move {
-                    let l = &lifecycle;
-                    match command {
-                        Command::Run => answer(&runner, request).await,
-                        Command::Archive => archive_or_restore(&runner, request, true).await,
-                        Command::Restore => archive_or_restore(&runner, request, false).await,
-                        Command::Update => serve(l, request, "update", |r| l.update(r)).await,
-                        Command::Delete => serve(l, request, "delete", |r| l.delete(r)).await,
-                        Command::DeleteConversation => {
-                            serve(l, request, "delete_conversation", |r| l.delete_conversation(r)).await;
-                        }
-                        Command::Erase => serve(l, request, "erase", |r| l.erase(r)).await,
-                        Command::Export => serve(l, request, "export", |r| l.export(r)).await,
-                        Command::Policy => serve(l, request, "policy", |r| l.policy(r)).await,
-                    }
-                    tracing::debug!("command answered");
+            let (runner, l) = (runner.clone(), lifecycle.clone());
+            let metrics = lifecycle.metrics.clone();
+            let answered = move |a: Answered| {
+                let outcome = a.error.map_or_else(|| "ok".to_owned(), |code| code.to_string());
+                tracing::debug!(%outcome, took = ?a.took, "command answered");
+                metrics.commands.get_or_create(&metrics::CommandLabels { command: a.endpoint, outcome }).inc();
+            };
+            let r = &responder;
+            match command {
+                Command::Run => {
+                    r.spawn(tasks, "run", request, move |q, _| async move { run(&runner, q).await }, answered)
                 }
-                .instrument(span),
-            );
+                Command::Archive => r.spawn(
+                    tasks,
+                    "archive",
+                    request,
+                    move |q, _| async move { set_archived(&runner, q, true).await },
+                    answered,
+                ),
+                Command::Restore => r.spawn(
+                    tasks,
+                    "restore",
+                    request,
+                    move |q, _| async move { set_archived(&runner, q, false).await },
+                    answered,
+                ),
+                Command::Update => {
+                    r.spawn(tasks, "update", request, move |q, _| async move { l.update(q).await }, answered)
+                }
+                Command::Delete => {
+                    r.spawn(tasks, "delete", request, move |q, _| async move { l.delete(q).await }, answered)
+                }
+                Command::DeleteConversation => r.spawn(
+                    tasks,
+                    "delete_conversation",
+                    request,
+                    move |q, _| async move { l.delete_conversation(q).await },
+                    answered,
+                ),
+                Command::Erase => {
+                    r.spawn(tasks, "erase", request, move |q, _| async move { l.erase(q).await }, answered)
+                }
+                Command::Export => {
+                    r.spawn(tasks, "export", request, move |q, _| async move { l.export(q).await }, answered)
+                }
+                Command::Policy => {
+                    r.spawn(tasks, "policy", request, move |q, _| async move { l.policy(q).await }, answered)
+                }
+            }
         })
         .await;
         let _ = scheduler.shutdown().await;
         Ok(())
-    }
-}
-
-/// Parses a request, runs `handle` and answers with its result or a typed error.
-async fn serve<Q, A, F, Fut>(lifecycle: &lifecycle::Lifecycle, request: Request, command: &'static str, handle: F)
-where
-    Q: serde::de::DeserializeOwned,
-    A: serde::Serialize,
-    F: FnOnce(Q) -> Fut,
-    Fut: Future<Output = Result<A, RemoteError>>,
-{
-    let Some(reply) = request.reply.clone() else { return };
-    let outcome = match serde_json::from_slice::<Q>(&request.message.payload) {
-        Err(e) => Reply::Error(RemoteError::new(RemoteErrorCode::BadRequest, format!("malformed request: {e}"))),
-        Ok(q) => match handle(q).await {
-            Ok(a) => Reply::Ok(a),
-            Err(e) => Reply::Error(e),
-        },
-    };
-    let outcome_label = match &outcome {
-        Reply::Ok(_) => "ok".to_owned(),
-        Reply::Error(e) => e.code.to_string(),
-    };
-    lifecycle.metrics.commands.get_or_create(&metrics::CommandLabels { command, outcome: outcome_label }).inc();
-    let payload = Bytes::from(serde_json::to_vec(&outcome).expect("replies serialise"));
-    if let Err(e) = lifecycle.deps.bus.respond(&reply, payload).await {
-        warn!(error = %e, "answering a request failed");
     }
 }
 
@@ -256,59 +257,38 @@ async fn known(runner: &Runner, tenant: Option<&TenantId>) -> bool {
     }
 }
 
-async fn answer(runner: &Runner, request: Request) {
-    let Some(reply) = request.reply.clone() else { return };
-    let bad = |m: String| Reply::Error(RemoteError::new(RemoteErrorCode::BadRequest, m));
-    let outcome = match serde_json::from_slice::<RetentionRunRequest>(&request.message.payload) {
-        Err(e) => bad(format!("malformed retention request: {e}")),
-        Ok(r) if r.v != VERSION => bad(format!("unsupported version {}", r.v)),
-        Ok(r) if r.actions.is_empty() => bad("give at least one action: archive, delete".into()),
-        Ok(r) if r.tenant_id.is_none() && !r.all_tenants => {
-            bad("name a tenant_id, or set all_tenants to run for every tenant".into())
-        }
-        Ok(r) if r.tenant_id.is_some() && !known(runner, r.tenant_id.as_ref()).await => Reply::Error(RemoteError::new(
-            RemoteErrorCode::NotFound,
-            format!("no tenant {}", r.tenant_id.as_ref().map_or("", TenantId::as_str)),
-        )),
-        Ok(r) => match runner.run(&r).await {
-            Ok(report) => Reply::Ok(report),
-            Err(e) => {
-                warn!(error = %e, cause = ?std::error::Error::source(&e), "a retention run failed");
-                Reply::Error(RemoteError::new(RemoteErrorCode::Unavailable, format!("retention failed: {e}")))
-            }
-        },
-    };
-    let payload = Bytes::from(serde_json::to_vec(&outcome).expect("replies serialise"));
-    if let Err(e) = runner.deps.bus.respond(&reply, payload).await {
-        warn!(error = %e, "answering a retention request failed");
+/// A retention run on request.
+async fn run(runner: &Runner, r: RetentionRunRequest) -> Result<RetentionRunResponse, RemoteError> {
+    if r.actions.is_empty() {
+        return Err(bad_request("give at least one action: archive, delete"));
     }
+    if r.tenant_id.is_none() && !r.all_tenants {
+        return Err(bad_request("name a tenant_id, or set all_tenants to run for every tenant"));
+    }
+    if let Some(tenant) = &r.tenant_id
+        && !known(runner, Some(tenant)).await
+    {
+        return Err(RemoteError::new(RemoteErrorCode::NotFound, format!("no tenant {tenant}")));
+    }
+    runner.run(&r).await.map_err(|e| unavailable("the retention run", &e))
 }
 
 /// Archives or restores one of the tenant's messages.
-async fn archive_or_restore(runner: &Runner, request: Request, archive: bool) {
-    let Some(reply) = request.reply.clone() else { return };
-    let outcome = match serde_json::from_slice::<GetMessageRequest>(&request.message.payload) {
-        Err(e) => Reply::Error(RemoteError::new(RemoteErrorCode::BadRequest, format!("malformed request: {e}"))),
-        Ok(r) => {
-            let now = Utc::now();
-            match runner.deps.store.set_archived(&r.tenant_id, r.message_id, archive, now).await {
-                Ok(message) => {
-                    if let Some(m) = &message {
-                        let ids = [m.message_id];
-                        if archive {
-                            events::archived(&runner.deps, &m.tenant_id, &ids, now).await;
-                        } else {
-                            events::restored(&runner.deps, &m.tenant_id, &ids).await;
-                        }
-                    }
-                    Reply::Ok(GetMessageResponse { message: message.map(StoredMessage::view) })
-                }
-                Err(e) => Reply::Error(RemoteError::new(RemoteErrorCode::Unavailable, format!("{e}"))),
-            }
+async fn set_archived(runner: &Runner, r: GetMessageRequest, archive: bool) -> Result<GetMessageResponse, RemoteError> {
+    let now = Utc::now();
+    let message = runner
+        .deps
+        .store
+        .set_archived(&r.tenant_id, r.message_id, archive, now)
+        .await
+        .map_err(|e| unavailable(if archive { "archiving the message" } else { "restoring the message" }, &e))?;
+    if let Some(m) = &message {
+        let ids = [m.message_id];
+        if archive {
+            events::archived(&runner.deps, &m.tenant_id, &ids, now).await;
+        } else {
+            events::restored(&runner.deps, &m.tenant_id, &ids).await;
         }
-    };
-    let payload = Bytes::from(serde_json::to_vec(&outcome).expect("replies serialise"));
-    if let Err(e) = runner.deps.bus.respond(&reply, payload).await {
-        warn!(error = %e, "answering an archive or restore request failed");
     }
+    Ok(GetMessageResponse { message: message.map(StoredMessage::view) })
 }

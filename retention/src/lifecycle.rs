@@ -52,18 +52,7 @@ pub(crate) struct Lifecycle {
     pub(crate) policy: common::domain::RetentionPolicy,
 }
 
-pub(crate) fn bad(message: impl Into<String>) -> RemoteError {
-    RemoteError::new(RemoteErrorCode::BadRequest, message)
-}
-
-pub(crate) fn unavailable(what: &str, e: &dyn std::error::Error) -> RemoteError {
-    warn!(error = %e, cause = ?e.source(), "{what} failed");
-    RemoteError::new(RemoteErrorCode::Unavailable, format!("{what} failed: {e}"))
-}
-
-pub(crate) fn check_version(v: u8) -> Result<(), RemoteError> {
-    if v == VERSION { Ok(()) } else { Err(bad(format!("unsupported version {v}"))) }
-}
+pub(crate) use common::bus::respond::{bad_request as bad, unavailable};
 
 fn check_batch(n: usize, what: &str) -> Result<(), RemoteError> {
     if (1..=BATCH_MAX).contains(&n) { Ok(()) } else { Err(bad(format!("give 1 to {BATCH_MAX} {what}, got {n}"))) }
@@ -82,7 +71,6 @@ impl Lifecycle {
     }
 
     pub(crate) async fn update(&self, request: UpdateMessagesRequest) -> Result<UpdateMessagesResponse, RemoteError> {
-        check_version(request.v)?;
         check_batch(request.updates.len(), "updates")?;
         let mut results = Vec::with_capacity(request.updates.len());
         for edit in request.updates {
@@ -183,7 +171,6 @@ impl Lifecycle {
     }
 
     pub(crate) async fn delete(&self, request: DeleteMessagesRequest) -> Result<DeleteMessagesResponse, RemoteError> {
-        check_version(request.v)?;
         check_batch(request.message_ids.len(), "message ids")?;
         let owner = &request.tenant_id;
         let mut seen = std::collections::HashSet::new();
@@ -229,7 +216,6 @@ impl Lifecycle {
     }
 
     pub(crate) async fn delete_conversation(&self, request: DeleteConversationRequest) -> Result<Deleted, RemoteError> {
-        check_version(request.v)?;
         let (tenant, conversation) = (&request.tenant_id, &request.conversation_id);
         let (_, at, _) = self.tombstone(tenant, &[Tombstone::Conversation(conversation.clone())], &[]).await?;
         let deleted = self.delete_stored(tenant, Some(conversation), at, true).await?;
@@ -304,7 +290,6 @@ impl Lifecycle {
     }
 
     pub(crate) async fn erase(&self, request: EraseTenantRequest) -> Result<Deleted, RemoteError> {
-        check_version(request.v)?;
         let tenant = &request.tenant_id;
         let (cutoff, at, _) = self.tombstone(tenant, &[Tombstone::Tenant], &[]).await?;
         let deleted = self.delete_stored(tenant, None, at, false).await?;

@@ -6,14 +6,13 @@ use common::contract::{
     RetentionPolicyRequest, SettingSource,
 };
 
-use crate::lifecycle::{Lifecycle, bad, check_version, unavailable};
+use crate::lifecycle::{Lifecycle, bad, unavailable};
 
 /// Largest export page in serialised bytes (under NATS's 1 MiB default).
 const EXPORT_PAGE_BYTES: usize = 512 * 1024;
 
 impl Lifecycle {
     pub(crate) async fn policy(&self, request: RetentionPolicyRequest) -> Result<RetentionPolicyReply, RemoteError> {
-        check_version(request.v)?;
         let tenant = &request.tenant_id;
         let store = &self.deps.store;
         match (request.policy, request.reset) {
@@ -42,7 +41,6 @@ impl Lifecycle {
     }
 
     pub(crate) async fn export(&self, request: ExportRequest) -> Result<ExportPage, RemoteError> {
-        check_version(request.v)?;
         if !(1..=EXPORT_PAGE_MAX).contains(&request.limit) {
             return Err(bad(format!("limit must be 1 to {EXPORT_PAGE_MAX}")));
         }

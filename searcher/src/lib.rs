@@ -10,13 +10,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use chrono::Utc;
+use common::bus::respond::{Answered, Responder, bad_request, unavailable};
 use common::bus::{BusError, Envelope, Request};
 use common::config::Config;
 use common::contract::{
     EmbedQueryRequest, EmbedQueryResponse, GetMessageRequest, GetMessageResponse, MessageReceived, REQUEST_ID_HEADER,
-    RemoteError, RemoteErrorCode, Reply, SearchRequest, SearchResponse, StreamKind, VERSION,
+    RemoteError, RemoteErrorCode, Reply, SearchRequest, SearchResponse, StreamKind, TIMEOUT_HEADER, VERSION,
 };
 use common::domain::{MessageId, MessageView, Ranking, SearchMode, TenantId};
 use common::store::{
@@ -27,13 +27,15 @@ use futures::stream::{BoxStream, select};
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{Instrument, info_span, warn};
+use tracing::warn;
 
+use metrics::Endpoint;
 pub use metrics::Metrics;
-use metrics::{Endpoint, EndpointLabels, Outcome, RequestLabels};
 
 /// Most candidates fetched from each retriever for one search.
 const CANDIDATES_MAX: u32 = 1_000;
+/// The `partial` of a hybrid search answered from words alone (fixed text; the cause is logged).
+pub const PARTIAL_WORDS_ONLY: &str = "vector retrieval is unavailable: ranked by words only";
 /// How long a tenant's ranking is reused before it is read again.
 const RANKING_CACHE: Duration = Duration::from_secs(5);
 
@@ -70,6 +72,7 @@ struct Handler {
     ranking: Ranking,
     rankings: Arc<Mutex<RankingCache>>,
     request_timeout: Duration,
+    responder: Responder,
 }
 
 pub struct Searcher {
@@ -90,6 +93,7 @@ impl Searcher {
         let search = deps.bus.serve(deps.subjects.search(), group.clone()).await?;
         let get = deps.bus.serve(deps.subjects.get_message(), group).await?;
         let requests = select(search.map(|r| (Endpoint::Search, r)), get.map(|r| (Endpoint::Get, r))).boxed();
+        let responder = Responder::new(deps.bus.clone(), config.nats.max_in_flight);
         Ok(Self {
             handler: Handler {
                 deps,
@@ -100,6 +104,7 @@ impl Searcher {
                 ranking: config.searcher.ranking,
                 rankings: Arc::default(),
                 request_timeout: config.nats.request_timeout,
+                responder,
             },
             requests,
         })
@@ -116,65 +121,27 @@ impl Searcher {
     }
 }
 
-fn reply_bytes<T: serde::Serialize>(reply: &Reply<T>) -> Bytes {
-    Bytes::from(serde_json::to_vec(reply).expect("replies serialise"))
-}
-
-fn bad_request(message: impl Into<String>) -> RemoteError {
-    RemoteError::new(RemoteErrorCode::BadRequest, message)
-}
-
-fn unavailable(what: &str, e: &(dyn std::error::Error + 'static)) -> RemoteError {
-    warn!(error = %e, cause = ?e.source(), "{what} failed");
-    if e.downcast_ref::<StoreError>().is_some_and(StoreError::is_timeout) {
-        return RemoteError::new(RemoteErrorCode::Unavailable, format!("{what} took longer than allowed"));
-    }
-    RemoteError::new(RemoteErrorCode::Unavailable, format!("{what} failed: {e}"))
-}
-
 impl Handler {
     fn spawn(&self, tasks: &TaskTracker, endpoint: Endpoint, request: Request) {
-        let span =
-            info_span!("request", ?endpoint, request_id = request.message.header(REQUEST_ID_HEADER).unwrap_or("-"));
-        tasks.spawn(self.clone().handle(endpoint, request).instrument(span));
-    }
-
-    async fn handle(self, endpoint: Endpoint, request: Request) {
-        let started = Instant::now();
-        let payload = &request.message.payload;
-        let (bytes, outcome) = match endpoint {
-            Endpoint::Search => {
-                let reply = match self.search(payload, request.message.header(REQUEST_ID_HEADER)).await {
-                    Ok(r) => Reply::Ok(r),
-                    Err(e) => Reply::Error(e),
-                };
-                (reply_bytes(&reply), outcome(&reply))
-            }
+        let metrics = self.metrics.clone();
+        let answered = move |a: Answered| metrics.answered(endpoint, &a);
+        let handler = self.clone();
+        match endpoint {
+            Endpoint::Search => self.responder.spawn(
+                tasks,
+                "search",
+                request,
+                move |q, cx| async move { handler.search(q, cx.request_id.as_deref()).await },
+                answered,
+            ),
             Endpoint::Get => {
-                let reply = match self.get(payload).await {
-                    Ok(r) => Reply::Ok(r),
-                    Err(e) => Reply::Error(e),
-                };
-                (reply_bytes(&reply), outcome(&reply))
+                self.responder.spawn(tasks, "get", request, move |q, _| async move { handler.get(q).await }, answered);
             }
-        };
-        tracing::debug!(?outcome, took = ?started.elapsed(), "answered");
-        self.metrics.requests.get_or_create(&RequestLabels { endpoint, outcome }).inc();
-        self.metrics.duration.get_or_create(&EndpointLabels { endpoint }).observe(started.elapsed().as_secs_f64());
-        if let Some(reply) = request.reply
-            && let Err(e) = self.deps.bus.respond(&reply, bytes).await
-        {
-            warn!(error = %e, "sending a reply failed");
         }
     }
 
-    async fn search(&self, payload: &[u8], request_id: Option<&str>) -> Result<SearchResponse, RemoteError> {
+    async fn search(&self, request: SearchRequest, request_id: Option<&str>) -> Result<SearchResponse, RemoteError> {
         let started = Instant::now();
-        let request: SearchRequest =
-            serde_json::from_slice(payload).map_err(|e| bad_request(format!("malformed search request: {e}")))?;
-        if request.v != VERSION {
-            return Err(bad_request(format!("unsupported version {}", request.v)));
-        }
         common::domain::check_search(&request.query, request.top_k).map_err(|e| bad_request(e.to_string()))?;
         request.filters.check().map_err(|e| bad_request(e.to_string()))?;
         let ranking = self.ranking(&request.tenant_id).await?;
@@ -198,7 +165,7 @@ impl Handler {
                     Err(e) if e.code == RemoteErrorCode::Unavailable => {
                         warn!(error = %e, "vector retrieval failed; answering from full-text search alone");
                         self.metrics.degraded.inc();
-                        partial = Some(format!("vector retrieval unavailable, ranked by words only: {}", e.message));
+                        partial = Some(PARTIAL_WORDS_ONLY.to_owned());
                         mode = SearchMode::Lexical;
                         (None, lexical)
                     }
@@ -329,7 +296,8 @@ impl Handler {
     ) -> Result<EmbedQueryResponse, RemoteError> {
         let request = EmbedQueryRequest { v: VERSION, texts: vec![query.to_owned()], tenant_id: Some(tenant.clone()) };
         let mut envelope =
-            Envelope::new(self.deps.subjects.embed_query(space_id), serde_json::to_vec(&request).expect("serialise"));
+            Envelope::new(self.deps.subjects.embed_query(space_id), serde_json::to_vec(&request).expect("serialise"))
+                .with_header(TIMEOUT_HEADER, self.request_timeout.as_millis().to_string());
         if let Some(id) = request_id {
             envelope = envelope.with_header(REQUEST_ID_HEADER, id);
         }
@@ -346,17 +314,15 @@ impl Handler {
             Ok(Reply::Error(e)) if e.code == RemoteErrorCode::BadRequest => {
                 Err(bad_request(format!("the query cannot be embedded: {}", e.message)))
             }
-            Ok(Reply::Error(e)) => Err(RemoteError::new(RemoteErrorCode::Unavailable, format!("embedder: {e}"))),
+            Ok(Reply::Error(e)) => {
+                warn!(error = %e, "the query embedder could not embed the query");
+                Err(RemoteError::new(RemoteErrorCode::Unavailable, "embedding the query failed"))
+            }
             Err(e) => Err(unavailable("reading the embedder's reply", &e)),
         }
     }
 
-    async fn get(&self, payload: &[u8]) -> Result<GetMessageResponse, RemoteError> {
-        let request: GetMessageRequest =
-            serde_json::from_slice(payload).map_err(|e| bad_request(format!("malformed get request: {e}")))?;
-        if request.v != VERSION {
-            return Err(bad_request(format!("unsupported version {}", request.v)));
-        }
+    async fn get(&self, request: GetMessageRequest) -> Result<GetMessageResponse, RemoteError> {
         let (tenant, id) = (&request.tenant_id, request.message_id);
         if let Some(view) = self.stored(tenant, id).await? {
             return Ok(GetMessageResponse { message: Some(view) });
@@ -404,13 +370,5 @@ impl Handler {
             .await
             .map(|m| m.map(common::store::StoredMessage::view))
             .map_err(|e| unavailable("reading the message", &e))
-    }
-}
-
-fn outcome<T>(reply: &Reply<T>) -> Outcome {
-    match reply {
-        Reply::Ok(_) => Outcome::Ok,
-        Reply::Error(e) if e.code == RemoteErrorCode::BadRequest => Outcome::BadRequest,
-        Reply::Error(_) => Outcome::Unavailable,
     }
 }

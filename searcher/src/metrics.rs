@@ -21,6 +21,7 @@ pub enum Outcome {
     Ok,
     BadRequest,
     Unavailable,
+    Busy,
 }
 
 impl EncodeLabelValue for Endpoint {
@@ -38,6 +39,7 @@ impl EncodeLabelValue for Outcome {
             Self::Ok => "ok",
             Self::BadRequest => "bad_request",
             Self::Unavailable => "unavailable",
+            Self::Busy => "busy",
         })
     }
 }
@@ -106,5 +108,19 @@ impl Metrics {
             SearchMode::Hybrid => "hybrid",
         };
         self.search_duration.get_or_create(&ModeLabels { mode }).observe(took.as_secs_f64());
+    }
+
+    /// Counts and times one answered request.
+    pub(crate) fn answered(&self, endpoint: Endpoint, a: &common::bus::respond::Answered) {
+        use common::contract::RemoteErrorCode as Code;
+        let outcome = match a.error {
+            None => Outcome::Ok,
+            Some(Code::BadRequest) => Outcome::BadRequest,
+            Some(Code::Busy) => Outcome::Busy,
+            Some(_) => Outcome::Unavailable,
+        };
+        tracing::debug!(?outcome, took = ?a.took, "answered");
+        self.requests.get_or_create(&RequestLabels { endpoint, outcome }).inc();
+        self.duration.get_or_create(&EndpointLabels { endpoint }).observe(a.took.as_secs_f64());
     }
 }

@@ -4,6 +4,7 @@
 
 mod consumer;
 mod nats;
+pub mod respond;
 mod server;
 
 use std::time::Duration;

@@ -132,6 +132,7 @@ impl Config {
                 url: Secret(v.raw("MEMORY_NATS_URL").unwrap_or_else(|| "nats://127.0.0.1:4222".into())),
                 subject_prefix: v.raw("MEMORY_SUBJECT_PREFIX").unwrap_or_else(|| "mem".into()),
                 request_timeout: v.millis("MEMORY_NATS_REQUEST_TIMEOUT_MS", 5_000, 10, 600_000),
+                max_in_flight: v.ranged("MEMORY_NATS_MAX_IN_FLIGHT", 64, 1, 100_000),
                 dedup_window: v.secs("MEMORY_INGEST_DEDUP_WINDOW_SECS", 120, 1, 7 * 86_400),
                 events_max_age: Duration::from_secs(3600 * v.ranged("MEMORY_EVENTS_MAX_AGE_HOURS", 24, 1, 24 * 365)),
                 dead_max_age: Duration::from_secs(86_400 * v.ranged("MEMORY_DEAD_MAX_AGE_DAYS", 30, 1, 3650)),

@@ -41,6 +41,9 @@ pub struct NatsConfig {
     pub subject_prefix: String,
     /// Bound on every request/reply and publish acknowledgement (`MEMORY_NATS_REQUEST_TIMEOUT_MS`).
     pub request_timeout: Duration,
+    /// Requests each worker role (searcher, retention, query embedding) handles at once
+    /// (`MEMORY_NATS_MAX_IN_FLIGHT`, default 64); more are answered `busy` (503 `overloaded`).
+    pub max_in_flight: usize,
     /// JetStream's duplicate window on the ingest stream (`MEMORY_INGEST_DEDUP_WINDOW_SECS`).
     pub dedup_window: Duration,
     /// How long events are kept (`MEMORY_EVENTS_MAX_AGE_HOURS`).

@@ -17,6 +17,10 @@ pub const VERSION: u8 = 1;
 
 /// Header carrying the request id from the gateway to every worker.
 pub const REQUEST_ID_HEADER: &str = "Memory-Request-Id";
+/// Set on a request whose caller stops waiting after this many milliseconds: the worker stops
+/// working on it then (its database work is cancelled too). Without it, the work carries on to
+/// the end whoever waits (deletes, retention runs).
+pub const TIMEOUT_HEADER: &str = "Memory-Timeout-Ms";
 /// Set (to the revision) on an ingest event that asks for a stored message to be embedded again
 /// after an edit: the embedder never inserts from it, so it cannot bring back a message deleted
 /// in the meantime.
@@ -63,6 +67,9 @@ pub enum RemoteErrorCode {
     NotFound,
     /// The message is accepted but not stored yet.
     Queued,
+    /// The worker is handling as many requests as it can: retry shortly (another replica may
+    /// take it).
+    Busy,
 }
 
 impl std::fmt::Display for RemoteErrorCode {
@@ -73,6 +80,7 @@ impl std::fmt::Display for RemoteErrorCode {
             Self::NoActiveSpace => "no_active_space",
             Self::NotFound => "not_found",
             Self::Queued => "queued",
+            Self::Busy => "busy",
         })
     }
 }

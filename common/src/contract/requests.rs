@@ -11,6 +11,34 @@ use crate::domain::{
     SearchFilters, SearchMode, TenantId, TenantRetention,
 };
 
+/// A request payload, which says which version of the contract it speaks.
+pub trait Versioned {
+    fn version(&self) -> u8;
+}
+
+macro_rules! versioned {
+    ($($request:ty),* $(,)?) => {
+        $(impl Versioned for $request {
+            fn version(&self) -> u8 {
+                self.v
+            }
+        })*
+    };
+}
+
+versioned!(
+    SearchRequest,
+    RetentionRunRequest,
+    GetMessageRequest,
+    EmbedQueryRequest,
+    UpdateMessagesRequest,
+    DeleteMessagesRequest,
+    DeleteConversationRequest,
+    EraseTenantRequest,
+    RetentionPolicyRequest,
+    ExportRequest,
+);
+
 /// `mem.v1.search`: rank a tenant's messages against a query.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SearchRequest {

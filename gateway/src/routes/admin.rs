@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use super::{call, request_id, store_unavailable as unavailable};
+use super::{call_long, request_id, store_unavailable as unavailable};
 use crate::auth::{self, Principal};
 use crate::error::{ApiError, Problem};
 use crate::extract::{AppJson, AppQuery};
@@ -79,7 +79,7 @@ pub async fn run_retention(
     let all_tenants = tenant_id.is_none();
     let request = RetentionRunRequest { v: VERSION, tenant_id, all_tenants, actions, dry_run: body.dry_run };
     let report: RetentionRunResponse =
-        call(&state, state.deps.subjects.retention_run(), &request, &request_id(&headers)).await?;
+        call_long(&state, state.deps.subjects.retention_run(), &request, &request_id(&headers)).await?;
     Ok(axum::Json(report))
 }
 

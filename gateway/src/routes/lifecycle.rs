@@ -16,7 +16,7 @@ use common::domain::{BATCH_MAX, ConversationId, FieldError, MessageId, MessageUp
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::{LONG_TIMEOUT, call, call_within, request_id, store_unavailable};
+use super::{call, call_long, request_id, store_unavailable};
 use crate::auth::Principal;
 use crate::error::{ApiError, Problem};
 use crate::extract::{AppJson, AppQuery};
@@ -275,7 +275,7 @@ pub async fn delete_conversation(
     let conversation_id = ConversationId::parse(conversation_id).map_err(|e| ApiError::Invalid(e.0))?;
     let request = DeleteConversationRequest { v: VERSION, tenant_id, conversation_id };
     let subject = state.deps.subjects.delete_conversation();
-    Ok(axum::Json(call_within(&state, subject, &request, &request_id(&headers), LONG_TIMEOUT).await?))
+    Ok(axum::Json(call_long(&state, subject, &request, &request_id(&headers)).await?))
 }
 
 /// Erase every message, vector, queued message, event and cached query of the tenant (the
@@ -322,5 +322,5 @@ pub(crate) async fn erase(
     request_id: &str,
 ) -> Result<Deleted, ApiError> {
     let request = EraseTenantRequest { v: VERSION, tenant_id, settings };
-    call_within(state, state.deps.subjects.erase_tenant(), &request, request_id, LONG_TIMEOUT).await
+    call_long(state, state.deps.subjects.erase_tenant(), &request, request_id).await
 }

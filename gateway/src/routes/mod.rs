@@ -10,7 +10,7 @@ pub mod transfer;
 
 use axum::http::HeaderMap;
 use common::bus::Envelope;
-use common::contract::{REQUEST_ID_HEADER, Reply};
+use common::contract::{REQUEST_ID_HEADER, Reply, TIMEOUT_HEADER};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -33,30 +33,43 @@ pub(crate) fn store_unavailable(e: common::store::StoreError) -> ApiError {
 /// request (deletes are idempotent); the first one carries on.
 pub const LONG_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
 
-/// Sends a request to a worker and maps its typed reply.
+/// Sends a request to a worker and maps its typed reply. The worker drops the work when the
+/// gateway stops waiting (`MEMORY_NATS_REQUEST_TIMEOUT_MS`): reads and single-message changes.
 pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
     state: &AppState,
     subject: String,
     request: &Req,
     request_id: &str,
 ) -> Result<Resp, ApiError> {
-    call_within(state, subject, request, request_id, state.request_timeout).await
+    let patience = state.request_timeout.as_millis().to_string();
+    let envelope = envelope(subject, request, request_id).with_header(TIMEOUT_HEADER, patience);
+    reply(state.deps.bus.request(envelope, state.request_timeout).await?)
 }
 
-/// [`call`], waiting up to `timeout`.
-pub async fn call_within<Req: Serialize, Resp: DeserializeOwned>(
+/// [`call`] for work over many rows (deletes of conversations and tenants, retention runs):
+/// waits up to [`LONG_TIMEOUT`], and the worker carries on to the end even if nobody waits.
+pub async fn call_long<Req: Serialize, Resp: DeserializeOwned>(
     state: &AppState,
     subject: String,
     request: &Req,
     request_id: &str,
-    timeout: std::time::Duration,
 ) -> Result<Resp, ApiError> {
+    let envelope = envelope(subject, request, request_id);
+    reply(state.deps.bus.request(envelope, LONG_TIMEOUT.max(state.request_timeout)).await?)
+}
+
+fn envelope<Req: Serialize>(subject: String, request: &Req, request_id: &str) -> Envelope {
     let payload = serde_json::to_vec(request).expect("requests serialise");
-    let envelope = Envelope::new(subject, payload).with_header(REQUEST_ID_HEADER, request_id);
-    let bytes = state.deps.bus.request(envelope, timeout.max(state.request_timeout)).await?;
+    Envelope::new(subject, payload).with_header(REQUEST_ID_HEADER, request_id)
+}
+
+fn reply<Resp: DeserializeOwned>(bytes: bytes::Bytes) -> Result<Resp, ApiError> {
     match serde_json::from_slice::<Reply<Resp>>(&bytes) {
         Ok(Reply::Ok(r)) => Ok(r),
         Ok(Reply::Error(e)) => Err(e.into()),
-        Err(e) => Err(ApiError::Unavailable(format!("unreadable reply from a worker: {e}"))),
+        Err(e) => {
+            tracing::warn!(error = %e, "a worker sent an unreadable reply");
+            Err(ApiError::Unavailable("a worker sent an unreadable reply".into()))
+        }
     }
 }

@@ -283,3 +283,63 @@ async fn a_pasted_page_as_query_over_a_large_tenant_is_answered_and_leaves_the_p
     assert_eq!(r.body["items"][0]["message_id"], marker.as_str());
     app.finish().await
 }
+
+#[tokio::test]
+async fn provider_failures_reach_clients_as_fixed_text() -> anyhow::Result<()> {
+    use common::testing::gemini::{FakeGemini, Fault};
+    let fake = FakeGemini::start().await;
+    let app = App::start_with(|vars| vars.extend(fake.vars())).await?;
+    let id = store(&app, crate::harness::message("acme", "the spare key is under the blue flowerpot")).await?;
+    // Gemini now refuses every call (a revoked key, say), with its own error text.
+    fake.always(Some(Fault::Status(403)));
+    let r = app.get("/v1/memory/search?tenant_id=acme&query=spare%20key&mode=vector").await?;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{r:?}");
+    assert_eq!(r.body["detail"], "the service is temporarily unavailable: embedding the query failed");
+    let r = app.get("/v1/memory/search?tenant_id=acme&query=spare%20key").await?;
+    assert_eq!(r.status, StatusCode::OK, "{r:?}");
+    assert_eq!(r.body["partial"], searcher::PARTIAL_WORDS_ONLY);
+    assert_eq!(r.body["items"][0]["message_id"], id.as_str());
+    for text in
+        [r.body.to_string(), r.headers.get("x-request-id").map(|v| v.to_str().unwrap_or("")).unwrap_or("").into()]
+    {
+        assert!(!text.contains("fake failure") && !text.contains("PERMISSION_DENIED"), "{text}");
+    }
+    app.finish().await
+}
+
+#[tokio::test]
+async fn a_searcher_at_capacity_answers_busy_and_the_gateway_sheds_with_503() -> anyhow::Result<()> {
+    use common::store::Backfill;
+    let app = App::without_workers(|vars| {
+        vars.insert("MEMORY_NATS_MAX_IN_FLIGHT".into(), "1".into());
+        vars.insert("MEMORY_NATS_REQUEST_TIMEOUT_MS".into(), "3000".into());
+    })
+    .await?;
+    app.spawn_searcher().await?;
+    // An active space whose query embedder never answers: a vector search holds the only slot.
+    let space = app
+        .env
+        .store
+        .register_space(&common::contract::SpaceRef { provider: "hash".into(), model: "silent".into(), dimensions: 8 })
+        .await?;
+    let _silent = app.env.deps.bus.serve(app.env.subjects.embed_query(space.id), "embedder".into()).await?;
+    let held = {
+        let state = app.state.clone();
+        tokio::spawn(async move {
+            let req = axum::http::Request::get("/v1/memory/search?tenant_id=acme&query=hello&mode=vector")
+                .header("x-api-key", crate::harness::KEY)
+                .body(axum::body::Body::empty())?;
+            let r = tower::ServiceExt::oneshot(gateway::router(state), req).await?;
+            anyhow::Ok(r.status())
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let r = app.get("/v1/memory/search?tenant_id=acme&query=hello&mode=lexical").await?;
+    assert_eq!((r.status, &r.body["code"]), (StatusCode::SERVICE_UNAVAILABLE, &json!("overloaded")), "{r:?}");
+    assert_eq!(r.headers["retry-after"], "1");
+    assert!(held.await??.is_server_error(), "the held search ends when its embedder does not answer");
+    // The slot is free again.
+    let r = app.get("/v1/memory/search?tenant_id=acme&query=hello&mode=lexical").await?;
+    assert_eq!(r.status, StatusCode::OK, "{r:?}");
+    app.finish().await
+}
