@@ -8,11 +8,20 @@
 #   scripts/test.sh --containers  also the container smoke test (scripts/container-smoke.sh: builds
 #                                 the image, runs docker-compose.yml with podman, walks through the
 #                                 README); CI=true turns it on too. Needs root.
+#   scripts/test.sh --fuzz-long   the fuzzers' long mode: 100,000 requests and 20,000 events instead
+#                                 of 5,000 and 2,000 (MEMORY_FUZZ_SEED=<n> replays a run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 containers=false
-if [ "${CI:-}" = true ] || [ "${1:-}" = --containers ]; then containers=true; fi
+if [ "${CI:-}" = true ]; then containers=true; fi
+for flag in "$@"; do
+  case "$flag" in
+    --containers) containers=true ;;
+    --fuzz-long) export MEMORY_FUZZ_CASES=${MEMORY_FUZZ_CASES:-100000} MEMORY_FUZZ_EVENTS=${MEMORY_FUZZ_EVENTS:-20000} ;;
+    *) echo "unknown flag $flag: use --containers or --fuzz-long" >&2; exit 2 ;;
+  esac
+done
 
 scripts/services.sh up
 scripts/services.sh clean

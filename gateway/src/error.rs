@@ -46,6 +46,8 @@ pub enum ApiError {
     NotFound(String),
     #[error("no route for this path")]
     RouteNotFound,
+    #[error("this path does not take this method (see the Allow header)")]
+    MethodNotAllowed,
     #[error("message {message_id} was accepted, but did not reach the requested state in time")]
     WaitTimeout { message_id: MessageId },
     #[error("a backing service did not answer in time")]
@@ -162,6 +164,7 @@ impl ApiError {
             Self::MessageQueued(_) => (StatusCode::CONFLICT, "message_queued"),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Self::RouteNotFound => (StatusCode::NOT_FOUND, "route_not_found"),
+            Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             Self::WaitTimeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "wait_timeout"),
             Self::UpstreamTimeout => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout"),
             Self::PublishTimeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "publish_timeout"),

@@ -78,6 +78,7 @@ pub fn router(state: AppState) -> Router {
         .merge(routes::health::router())
         .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi::ApiDoc::openapi()))
         .fallback(|| async { ApiError::RouteNotFound })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(state.body_limit))
         .layer(middleware::from_fn_with_state(state.clone(), guard::deadline))
         .layer(middleware::from_fn_with_state(state.clone(), guard::watch_body))

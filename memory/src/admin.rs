@@ -76,10 +76,23 @@ async fn store() -> anyhow::Result<PgStore> {
     Deps::postgres(&config).await.context("connecting to Postgres")
 }
 
+/// A tenant's or key's name, checked as the API checks it.
+fn checked_name(name: Option<&str>) -> anyhow::Result<()> {
+    let mut errors = Vec::new();
+    if let Some(name) = name {
+        common::domain::check_name("--name", name, &mut errors);
+    }
+    match errors.first() {
+        Some(e) => anyhow::bail!("{}: {}", e.field, e.message),
+        None => Ok(()),
+    }
+}
+
 pub(crate) async fn tenants(command: TenantCommand) -> anyhow::Result<()> {
     let store = store().await?;
     match command {
         TenantCommand::Create { id, name } => {
+            checked_name(name.as_deref())?;
             let tenant = store.create_tenant(&tenant_id(id)?, name.as_deref()).await?;
             println!("{}", serde_json::to_string_pretty(&tenant)?);
         }
@@ -105,6 +118,7 @@ pub(crate) async fn keys(command: KeyCommand) -> anyhow::Result<()> {
     match command {
         KeyCommand::Create { tenant, scopes, name, expires_in_days } => {
             let tenant = tenant_id(tenant)?;
+            checked_name(name.as_deref())?;
             let scopes = scopes
                 .iter()
                 .map(|s| Scope::parse(s.trim()).with_context(|| format!("unknown scope {s:?}: read, write, admin")))

@@ -108,7 +108,10 @@ impl From<&NewMessage> for MessageInput {
 pub fn check_search(query: &str, top_k: u32) -> Result<(), ValidationError> {
     let mut errors = Vec::new();
     let len = query.chars().count();
-    if query.trim().is_empty() {
+    if query.contains('\0') {
+        // Postgres takes no text with NUL characters.
+        errors.push(FieldError::new("query", "invalid_characters", "must not contain NUL characters"));
+    } else if query.trim().is_empty() {
         errors.push(FieldError::new("query", "empty", "must not be empty or only whitespace"));
     } else if len > QUERY_MAX {
         errors.push(FieldError::new("query", "too_long", format!("must be at most {QUERY_MAX} characters, got {len}")));
@@ -153,18 +156,7 @@ impl MessageInput {
             errors.push(FieldError::new("role", "invalid_role", "must be one of user, assistant, system"));
         }
         if let Some(name) = &self.name {
-            let len = name.chars().count();
-            if name.trim().is_empty() {
-                errors.push(FieldError::new("name", "empty", "must not be empty or only whitespace"));
-            } else if len > NAME_MAX {
-                errors.push(FieldError::new(
-                    "name",
-                    "too_long",
-                    format!("must be at most {NAME_MAX} characters, got {len}"),
-                ));
-            } else if name.chars().any(char::is_control) {
-                errors.push(FieldError::new("name", "invalid_characters", "must not contain control characters"));
-            }
+            check_name("name", name, &mut errors);
         }
         check_content(&self.content, &mut errors);
         let metadata = metadata_map(self.metadata, &mut errors);
@@ -195,6 +187,19 @@ impl MessageInput {
             }),
             _ => Err(ValidationError(errors)),
         }
+    }
+}
+
+/// A short human label (a speaker's, a tenant's or a key's name): 1–[`NAME_MAX`] characters, no
+/// control characters.
+pub fn check_name(field: &str, name: &str, errors: &mut Vec<FieldError>) {
+    let len = name.chars().count();
+    if name.trim().is_empty() {
+        errors.push(FieldError::new(field, "empty", "must not be empty or only whitespace"));
+    } else if len > NAME_MAX {
+        errors.push(FieldError::new(field, "too_long", format!("must be at most {NAME_MAX} characters, got {len}")));
+    } else if name.chars().any(char::is_control) {
+        errors.push(FieldError::new(field, "invalid_characters", "must not contain control characters"));
     }
 }
 

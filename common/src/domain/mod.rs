@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-pub use message::{MessageInput, MessageView, NewMessage, check_search, embedding_text};
+pub use message::{MessageInput, MessageView, NewMessage, check_name, check_search, embedding_text};
 pub use retention::{RetentionAction, RetentionPolicy, TenantRetention};
 pub use search::{Ranking, SearchFilters, SearchMode};
 pub use tenancy::{ApiKey, NewApiKey, Scope, Tenant};

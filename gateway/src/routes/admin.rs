@@ -158,6 +158,13 @@ pub async fn create_tenant(
 ) -> Result<Response, ApiError> {
     principal.require_operator()?;
     let id = tenant_id(body.id)?;
+    if let Some(name) = &body.name {
+        let mut errors = Vec::new();
+        common::domain::check_name("name", name, &mut errors);
+        if !errors.is_empty() {
+            return Err(ApiError::Invalid(errors));
+        }
+    }
     let tenant = state.deps.store.create_tenant(&id, body.name.as_deref()).await.map_err(|e| match e {
         StoreError::Exists(_) => ApiError::TenantExists(id.to_string()),
         e => unavailable(e),
@@ -266,8 +273,8 @@ pub async fn create_key(
     if body.expires_at.is_some_and(|at| at <= Utc::now()) {
         errors.push(FieldError::new("expires_at", "out_of_range", "must be in the future"));
     }
-    if body.name.as_ref().is_some_and(|n| n.chars().count() > 128) {
-        errors.push(FieldError::new("name", "too_long", "must be at most 128 characters"));
+    if let Some(name) = &body.name {
+        common::domain::check_name("name", name, &mut errors);
     }
     if !errors.is_empty() {
         return Err(ApiError::Invalid(errors));

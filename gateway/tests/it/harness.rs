@@ -67,10 +67,18 @@ impl App {
 
     /// Starts an embedder with another configuration (another provider, say).
     pub(crate) async fn spawn_embedder_with(&self, config: &common::Config) -> anyhow::Result<CancellationToken> {
+        self.spawn_embedder_registered(config, &mut Registry::default()).await
+    }
+
+    /// Starts an embedder whose metrics go to `registry`.
+    pub(crate) async fn spawn_embedder_registered(
+        &self,
+        config: &common::Config,
+        registry: &mut Registry,
+    ) -> anyhow::Result<CancellationToken> {
         let token = self.env.shutdown.child_token();
         let provider = embedder::provider(config)?;
-        let worker =
-            embedder::Embedder::build(config, self.env.deps.clone(), provider, &mut Registry::default()).await?;
+        let worker = embedder::Embedder::build(config, self.env.deps.clone(), provider, registry).await?;
         let (t, grace) = (token.clone(), config.shutdown_grace);
         self.env.tasks.spawn(async move { worker.run(t, grace).await });
         Ok(token)

@@ -3,6 +3,7 @@
 mod connections;
 mod deletes;
 mod embeddings;
+mod fuzz;
 mod harness;
 mod ingest;
 mod isolation;

@@ -116,6 +116,12 @@ async fn bad_filters_are_refused_with_the_field_named() -> anyhow::Result<()> {
         .post("/v1/memory/search", &json!({"tenant_id": "acme", "query": "x", "filters": {"colour": "red"}}))
         .await?;
     assert_eq!((r.status, r.body["code"].as_str()), (StatusCode::BAD_REQUEST, Some("malformed_body")), "{r:?}");
+    // Found by the request fuzzer: Postgres takes no NUL, so such a query is the client's to fix.
+    let r = app.post("/v1/memory/search", &json!({"tenant_id": "acme", "query": "a\u{0}b"})).await?;
+    assert_eq!(
+        (r.status, &r.body["errors"][0]["code"]),
+        (StatusCode::UNPROCESSABLE_ENTITY, &json!("invalid_characters"))
+    );
     app.finish().await
 }
 

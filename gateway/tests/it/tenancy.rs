@@ -178,6 +178,21 @@ async fn tenants_are_created_listed_and_deleted_by_the_operator() -> anyhow::Res
         (StatusCode::CONFLICT, "tenant_exists")
     );
     assert_eq!(app.post("/v1/admin/tenants", &json!({"id": "bad id"})).await?.status, StatusCode::UNPROCESSABLE_ENTITY);
+    // Found by the request fuzzer: a name Postgres cannot store was a 503.
+    for name in ["nul\u{0}name", "bell\u{7}", " ", &"n".repeat(129)] {
+        let r = app.post("/v1/admin/tenants", &json!({"id": "named", "name": name})).await?;
+        assert_eq!(
+            (r.status, &r.body["errors"][0]["field"]),
+            (StatusCode::UNPROCESSABLE_ENTITY, &json!("name")),
+            "{r:?}"
+        );
+        let r = app.post("/v1/admin/tenants/a1/keys", &json!({"scopes": ["read"], "name": name})).await?;
+        assert_eq!(
+            (r.status, &r.body["errors"][0]["field"]),
+            (StatusCode::UNPROCESSABLE_ENTITY, &json!("name")),
+            "{r:?}"
+        );
+    }
     let page = app.get("/v1/admin/tenants?limit=2").await?;
     let ids: Vec<&str> = page.body["items"].as_array().unwrap().iter().map(|t| t["id"].as_str().unwrap()).collect();
     assert_eq!(ids, ["a1", "b2"]);
