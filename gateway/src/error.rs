@@ -233,7 +233,11 @@ impl From<BusError> for ApiError {
                 Self::Unavailable("no worker is serving this request".into())
             }
             BusError::TooLarge => Self::MessageTooLarge,
-            BusError::Closed | BusError::BadUrl { .. } | BusError::Connect { .. } | BusError::Nats { .. } => {
+            BusError::Closed
+            | BusError::BadUrl { .. }
+            | BusError::Credentials(_)
+            | BusError::Connect { .. }
+            | BusError::Nats { .. } => {
                 tracing::error!(error = %e, cause = ?std::error::Error::source(&e), "bus failure");
                 Self::Unavailable("the message bus is unreachable".into())
             }

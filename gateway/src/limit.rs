@@ -395,3 +395,12 @@ pub fn headers(headers: &mut HeaderMap, d: &Decision) {
         headers.insert(HeaderName::from_static("ratelimit-policy"), v);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_tls_redis_url_opens_a_client() {
+        // Built with TLS: a `rediss://` URL is usable (connecting is the server's business).
+        assert!(redis::Client::open("rediss://:secret@redis.example:6380/0").is_ok());
+    }
+}

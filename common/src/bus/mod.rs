@@ -23,6 +23,9 @@ pub enum BusError {
     /// The text is not shown: it may hold a password.
     #[error("MEMORY_NATS_URL: server {server} of the list is not a NATS URL: {reason}")]
     BadUrl { server: usize, reason: String },
+    /// The text never holds a secret.
+    #[error("NATS credentials: {0}")]
+    Credentials(String),
     #[error("cannot connect to NATS at {url}")]
     Connect {
         url: String,

@@ -31,9 +31,10 @@ impl NatsBus {
     /// password in the URL (`nats://user:password@host:4222`, percent-encoded) authenticate the
     /// connection: the client library itself ignores them.
     pub async fn connect(config: &NatsConfig, subjects: Subjects) -> Result<Self, BusError> {
-        let server = Server::parse(config.url.expose())?;
+        let server = Server::parse(config.url.expose(), config.credentials.as_ref())?;
         let client = server
             .options()
+            .await?
             .name("memory-layer")
             .connection_timeout(config.request_timeout)
             .request_timeout(Some(config.request_timeout))
@@ -50,11 +51,18 @@ impl NatsBus {
     async fn ensure_streams(&self, config: &NatsConfig) -> Result<(), BusError> {
         let s = &self.subjects;
         let streams = [
+            // Full: new messages are refused (the publisher learns it), never old ones dropped; a
+            // tenant's direct subject holds at most its quota, whatever other tenants queue.
             stream::Config {
                 name: s.stream(StreamKind::Ingest),
                 subjects: vec![s.ingest_all()],
                 retention: stream::RetentionPolicy::WorkQueue,
                 duplicate_window: config.dedup_window,
+                max_bytes: config.ingest_max_bytes,
+                max_message_size: config.ingest_max_message,
+                max_messages_per_subject: config.ingest_max_per_tenant,
+                discard: stream::DiscardPolicy::New,
+                discard_new_per_subject: true,
                 storage: stream::StorageType::File,
                 num_replicas: config.replicas,
                 ..Default::default()
@@ -63,6 +71,8 @@ impl NatsBus {
                 name: s.stream(StreamKind::Events),
                 subjects: vec![s.events_all()],
                 max_age: config.events_max_age,
+                max_bytes: config.events_max_bytes,
+                discard: stream::DiscardPolicy::Old,
                 duplicate_window: config.dedup_window.min(config.events_max_age),
                 storage: stream::StorageType::File,
                 num_replicas: config.replicas,
@@ -72,6 +82,8 @@ impl NatsBus {
                 name: s.stream(StreamKind::Dead),
                 subjects: vec![s.dead_all()],
                 max_age: config.dead_max_age,
+                max_bytes: config.dead_max_bytes,
+                discard: stream::DiscardPolicy::Old,
                 max_message_size: i32::try_from(DEAD_MESSAGE_MAX).unwrap_or(i32::MAX),
                 storage: stream::StorageType::File,
                 num_replicas: config.replicas,

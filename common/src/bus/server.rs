@@ -1,7 +1,9 @@
 //! `MEMORY_NATS_URL` as NATS needs it: the server list, and credentials moved out of the URLs
-//! into the CONNECT options (async-nats ignores a URL's user and password).
+//! into the CONNECT options (async-nats ignores a URL's user and password), or given apart
+//! (`MEMORY_NATS_USER`/`_PASSWORD`, `_TOKEN`, `_CREDS_FILE`).
 
 use super::BusError;
+use crate::config::NatsCredentials;
 
 /// `MEMORY_NATS_URL`: one or more comma-separated server URLs, credentials taken out.
 #[derive(Debug)]
@@ -12,16 +14,18 @@ pub(super) struct Server {
 
 #[derive(Debug, PartialEq, Eq)]
 enum Credentials {
-    /// `nats://user:password@host`.
+    /// `nats://user:password@host`, or `MEMORY_NATS_USER` and `MEMORY_NATS_PASSWORD`.
     UserPassword(String, String),
-    /// `nats://token@host`.
+    /// `nats://token@host`, or `MEMORY_NATS_TOKEN`.
     Token(String),
+    /// `MEMORY_NATS_CREDS_FILE`: a JWT and its NKey seed.
+    File(std::path::PathBuf),
 }
 
 impl Server {
     /// Parses the list. Errors name the position of the bad server, never its text: it may hold
     /// a password.
-    pub(super) fn parse(urls: &str) -> Result<Self, BusError> {
+    pub(super) fn parse(urls: &str, given: Option<&NatsCredentials>) -> Result<Self, BusError> {
         let bad = |server: usize, reason: String| BusError::BadUrl { server, reason };
         let decode = |s: &str| percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned();
         let mut addrs = Vec::new();
@@ -45,17 +49,37 @@ impl Server {
         if addrs.is_empty() {
             return Err(bad(1, "no server given".into()));
         }
+        if let Some(given) = given {
+            if credentials.is_some() {
+                return Err(BusError::Credentials(
+                    "credentials are given both in MEMORY_NATS_URL and apart: give them one way".into(),
+                ));
+            }
+            credentials = Some(match given {
+                NatsCredentials::UserPassword { user, password } => {
+                    Credentials::UserPassword(user.clone(), password.expose().to_owned())
+                }
+                NatsCredentials::Token(token) => Credentials::Token(token.expose().to_owned()),
+                NatsCredentials::CredsFile(path) => Credentials::File(path.clone()),
+            });
+        }
         Ok(Self { addrs, credentials })
     }
 
-    pub(super) fn options(&self) -> async_nats::ConnectOptions {
-        match &self.credentials {
+    pub(super) async fn options(&self) -> Result<async_nats::ConnectOptions, BusError> {
+        Ok(match &self.credentials {
             Some(Credentials::UserPassword(user, password)) => {
                 async_nats::ConnectOptions::with_user_and_password(user.clone(), password.clone())
             }
             Some(Credentials::Token(token)) => async_nats::ConnectOptions::with_token(token.clone()),
+            // The error names the file and what is wrong, never its content.
+            Some(Credentials::File(path)) => {
+                async_nats::ConnectOptions::with_credentials_file(path.clone()).await.map_err(|e| {
+                    BusError::Credentials(format!("MEMORY_NATS_CREDS_FILE {}: {}", path.display(), e.kind()))
+                })?
+            }
             None => async_nats::ConnectOptions::new(),
-        }
+        })
     }
 
     /// The servers, for messages: no credentials.
@@ -70,17 +94,17 @@ mod tests {
 
     #[test]
     fn server_urls_give_up_their_credentials_and_never_show_them() {
-        let s = Server::parse("nats://svc:p%40ss%2Cw@nats:4222, tls://n2:4223").unwrap();
+        let s = Server::parse("nats://svc:p%40ss%2Cw@nats:4222, tls://n2:4223", None).unwrap();
         assert_eq!(s.credentials, Some(Credentials::UserPassword("svc".into(), "p@ss,w".into())));
         assert_eq!(s.shown(), "nats://nats:4222,tls://n2:4223");
         // No scheme: async-nats assumes nats://, and so do we.
-        let s = Server::parse("svc:secret@nats:4222").unwrap();
+        let s = Server::parse("svc:secret@nats:4222", None).unwrap();
         assert_eq!(s.shown(), "nats://nats:4222");
-        let s = Server::parse("nats://tok3n@[::1]:4222").unwrap();
+        let s = Server::parse("nats://tok3n@[::1]:4222", None).unwrap();
         assert_eq!((s.shown(), s.credentials), ("nats://[::1]:4222".into(), Some(Credentials::Token("tok3n".into()))));
         // A raw comma in a password splits the list: the error names the position, not the text.
-        let err = Server::parse("nats://svc:pa,ss@nats:4222").unwrap_err().to_string();
+        let err = Server::parse("nats://svc:pa,ss@nats:4222", None).unwrap_err().to_string();
         assert!(!err.contains("pa") && !err.contains("ss@") && err.contains("server 1"), "{err}");
-        assert!(Server::parse(" , ").is_err());
+        assert!(Server::parse(" , ", None).is_err());
     }
 }

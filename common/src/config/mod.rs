@@ -112,6 +112,29 @@ impl<F: Fn(&str) -> Option<String>> Vars<F> {
     fn secret(&mut self, name: &str) -> Option<Secret> {
         self.raw(name).map(Secret)
     }
+
+    fn nats_credentials(&mut self) -> Option<NatsCredentials> {
+        let (user, password) = (self.raw("MEMORY_NATS_USER"), self.secret("MEMORY_NATS_PASSWORD"));
+        let (token, file) = (self.secret("MEMORY_NATS_TOKEN"), self.raw("MEMORY_NATS_CREDS_FILE"));
+        let given = [user.is_some() || password.is_some(), token.is_some(), file.is_some()];
+        if given.iter().filter(|g| **g).count() > 1 {
+            self.errors.push(
+                "give NATS credentials one way: MEMORY_NATS_USER and MEMORY_NATS_PASSWORD, MEMORY_NATS_TOKEN, or MEMORY_NATS_CREDS_FILE"
+                    .into(),
+            );
+            return None;
+        }
+        match (user, password, token, file) {
+            (Some(user), Some(password), _, _) => Some(NatsCredentials::UserPassword { user, password }),
+            (Some(_), None, _, _) | (None, Some(_), _, _) => {
+                self.errors.push("MEMORY_NATS_USER and MEMORY_NATS_PASSWORD go together".into());
+                None
+            }
+            (_, _, Some(token), _) => Some(NatsCredentials::Token(token)),
+            (_, _, _, Some(file)) => Some(NatsCredentials::CredsFile(file.into())),
+            _ => None,
+        }
+    }
 }
 
 impl Config {
@@ -130,6 +153,7 @@ impl Config {
             },
             nats: NatsConfig {
                 url: Secret(v.raw("MEMORY_NATS_URL").unwrap_or_else(|| "nats://127.0.0.1:4222".into())),
+                credentials: v.nats_credentials(),
                 subject_prefix: v.raw("MEMORY_SUBJECT_PREFIX").unwrap_or_else(|| "mem".into()),
                 request_timeout: v.millis("MEMORY_NATS_REQUEST_TIMEOUT_MS", 5_000, 10, 600_000),
                 max_in_flight: v.ranged("MEMORY_NATS_MAX_IN_FLIGHT", 64, 1, 100_000),
@@ -137,6 +161,11 @@ impl Config {
                 events_max_age: Duration::from_secs(3600 * v.ranged("MEMORY_EVENTS_MAX_AGE_HOURS", 24, 1, 24 * 365)),
                 dead_max_age: Duration::from_secs(86_400 * v.ranged("MEMORY_DEAD_MAX_AGE_DAYS", 30, 1, 3650)),
                 replicas: v.ranged("MEMORY_NATS_REPLICAS", 1, 1, 5),
+                ingest_max_bytes: v.ranged("MEMORY_INGEST_MAX_BYTES", 1 << 30, 1 << 20, 1 << 50),
+                events_max_bytes: v.ranged("MEMORY_EVENTS_MAX_BYTES", 1 << 30, 1 << 20, 1 << 50),
+                dead_max_bytes: v.ranged("MEMORY_DEAD_MAX_BYTES", 256 << 20, 1 << 20, 1 << 50),
+                ingest_max_message: v.ranged("MEMORY_INGEST_MAX_MESSAGE_BYTES", 1 << 20, 64 << 10, 64 << 20),
+                ingest_max_per_tenant: v.ranged("MEMORY_INGEST_MAX_PER_TENANT", 100_000, 1, 1 << 40),
             },
             database: DatabaseConfig {
                 url: v.secret("MEMORY_DATABASE_URL"),
@@ -277,9 +306,9 @@ impl Config {
             v.errors.push("MEMORY_GEMINI_RETRY_MIN_MS: must not exceed MEMORY_GEMINI_RETRY_MAX_MS".into());
         }
         if let Some(url) = &config.redis_url
-            && !url.expose().starts_with("redis://")
+            && !(url.expose().starts_with("redis://") || url.expose().starts_with("rediss://"))
         {
-            v.errors.push("MEMORY_REDIS_URL: must be a redis:// URL (rediss:// is not supported)".into());
+            v.errors.push("MEMORY_REDIS_URL: must be a redis:// or rediss:// (TLS) URL".into());
         }
         if let Some(url) = &config.database.url
             && !(url.expose().starts_with("postgres://") || url.expose().starts_with("postgresql://"))
@@ -311,6 +340,23 @@ mod tests {
     fn config(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
         let map = pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
         Config::from_map(&map)
+    }
+
+    #[test]
+    fn nats_credentials_come_one_way_and_redis_may_use_tls() {
+        let c = config(&[("MEMORY_NATS_USER", "embedder"), ("MEMORY_NATS_PASSWORD", "pw")]).unwrap();
+        assert!(
+            matches!(c.nats.credentials, Some(NatsCredentials::UserPassword { ref user, .. }) if user == "embedder")
+        );
+        assert!(!format!("{:?}", c.nats).contains("pw\""), "the password never shows: {:?}", c.nats);
+        let c = config(&[("MEMORY_NATS_CREDS_FILE", "/etc/memory/embedder.creds")]).unwrap();
+        assert!(matches!(c.nats.credentials, Some(NatsCredentials::CredsFile(_))));
+        let err = config(&[("MEMORY_NATS_TOKEN", "t"), ("MEMORY_NATS_CREDS_FILE", "/x")]).unwrap_err().to_string();
+        assert!(err.contains("one way"), "{err}");
+        let err = config(&[("MEMORY_NATS_USER", "embedder")]).unwrap_err().to_string();
+        assert!(err.contains("go together"), "{err}");
+        assert!(config(&[("MEMORY_REDIS_URL", "rediss://:secret@redis.example:6380/0")]).is_ok());
+        assert!(config(&[("MEMORY_REDIS_URL", "http://redis")]).is_err());
     }
 
     #[test]

@@ -37,6 +37,10 @@ pub struct NatsConfig {
     /// `MEMORY_NATS_URL`, default `nats://127.0.0.1:4222`: one or more comma-separated server
     /// URLs, which may carry a user and password (hence a secret).
     pub url: Secret,
+    /// Credentials given apart from the URL (which then must carry none): `MEMORY_NATS_USER` with
+    /// `MEMORY_NATS_PASSWORD`, `MEMORY_NATS_TOKEN`, or `MEMORY_NATS_CREDS_FILE` (a `.creds` file
+    /// of a JWT and its NKey seed). At most one of them.
+    pub credentials: Option<NatsCredentials>,
     /// `MEMORY_SUBJECT_PREFIX`, default `mem`: one token of `[A-Za-z0-9_-]`.
     pub subject_prefix: String,
     /// Bound on every request/reply and publish acknowledgement (`MEMORY_NATS_REQUEST_TIMEOUT_MS`).
@@ -50,9 +54,31 @@ pub struct NatsConfig {
     pub events_max_age: Duration,
     /// How long dead letters are kept (`MEMORY_DEAD_MAX_AGE_DAYS`).
     pub dead_max_age: Duration,
+    /// Most bytes each stream holds (`MEMORY_INGEST_MAX_BYTES`, default 1 GiB: the backlog an
+    /// outage may build; `MEMORY_EVENTS_MAX_BYTES`, 1 GiB; `MEMORY_DEAD_MAX_BYTES`, 256 MiB). A
+    /// full ingest stream refuses new messages (the gateway answers 503); full event and
+    /// dead-letter streams drop their oldest.
+    pub ingest_max_bytes: i64,
+    pub events_max_bytes: i64,
+    pub dead_max_bytes: i64,
+    /// Largest ingest message the stream takes (`MEMORY_INGEST_MAX_MESSAGE_BYTES`, default 1 MiB).
+    pub ingest_max_message: i32,
+    /// Most messages a tenant's direct publishes may have queued at once
+    /// (`MEMORY_INGEST_MAX_PER_TENANT`, default 100 000): beyond it the stream refuses that
+    /// tenant's next publish, and no other tenant's. Direct publishers publish on
+    /// `mem.v1.ingest.<tenant>`, which the stream caps per subject.
+    pub ingest_max_per_tenant: i64,
     /// Copies of each stream a NATS cluster keeps (`MEMORY_NATS_REPLICAS`, 1–5, default 1). With
     /// one server there is one copy; a three-server cluster with 3 survives losing a server.
     pub replicas: usize,
+}
+
+/// How a worker authenticates to NATS, when not by the URL.
+#[derive(Debug, Clone)]
+pub enum NatsCredentials {
+    UserPassword { user: String, password: Secret },
+    Token(Secret),
+    CredsFile(std::path::PathBuf),
 }
 
 #[derive(Clone)]

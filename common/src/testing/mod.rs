@@ -3,6 +3,7 @@
 //! `scripts/services.sh up` (URLs from `MEMORY_TEST_*`).
 
 pub mod gemini;
+pub mod nats;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -82,6 +83,10 @@ impl TestEnv {
             ("MEMORY_EMBEDDER_BATCH_WAIT_MS".to_owned(), "20".to_owned()),
             ("MEMORY_SHUTDOWN_GRACE_SECS".to_owned(), "10".to_owned()),
             ("MEMORY_EMBEDDING_PROVIDER".to_owned(), "hash".to_owned()),
+            // Streams reserve their byte limits on the server: tests keep them small.
+            ("MEMORY_INGEST_MAX_BYTES".to_owned(), (64 << 20).to_string()),
+            ("MEMORY_EVENTS_MAX_BYTES".to_owned(), (64 << 20).to_string()),
+            ("MEMORY_DEAD_MAX_BYTES".to_owned(), (16 << 20).to_string()),
         ]);
         configure(&mut vars);
         let config = Config::from_map(&vars)?;

@@ -337,3 +337,73 @@ async fn the_operator_manages_tenants_and_keys_on_the_command_line() -> anyhow::
     assert!(process.terminate().await?.success());
     env.finish().await
 }
+
+#[tokio::test]
+async fn every_role_works_as_its_own_nats_user_with_only_its_permissions() -> anyhow::Result<()> {
+    use common::testing::nats::ConfiguredNats;
+    let nats = ConfiguredNats::start().await?;
+    let env = TestEnv::start().await?;
+    let http_addr = free_addr()?;
+    let mut processes = Vec::new();
+    let mut ops = Vec::new();
+    for role in ["embedder", "searcher", "retention", "gateway"] {
+        let mut vars = env.vars.clone();
+        let metrics = free_addr()?;
+        vars.extend([
+            ("MEMORY_NATS_URL".to_owned(), nats.url.clone()),
+            ("MEMORY_SUBJECT_PREFIX".to_owned(), "mem".to_owned()),
+            ("MEMORY_NATS_USER".to_owned(), role.to_owned()),
+            ("MEMORY_NATS_PASSWORD".to_owned(), ConfiguredNats::password(role)),
+            ("MEMORY_METRICS_ADDR".to_owned(), metrics.to_string()),
+            ("MEMORY_HTTP_ADDR".to_owned(), http_addr.to_string()),
+            ("MEMORY_ADMIN_API_KEY".to_owned(), KEY.to_owned()),
+        ]);
+        processes.push(Process::spawn_logging(MEMORY, &[role], &vars)?);
+        ops.push(metrics);
+    }
+    for addr in ops.iter().copied().chain([http_addr]) {
+        env.until_ready(addr).await?;
+    }
+    let key = [("x-api-key", KEY)];
+    let call = |method: &'static str, path: String, body: Option<serde_json::Value>| async move {
+        let body = body.map(|b| b.to_string());
+        http(http_addr, method, &path, &key, body.as_deref()).await
+    };
+    // The whole life of a message, each step through the role that owns it.
+    let (status, body) = call("POST", "/v1/admin/tenants".into(), Some(json!({"id": "acme"}))).await?;
+    assert_eq!(status, 201, "{body}");
+    let message = json!({"tenant_id": "acme", "conversation_id": "c", "role": "user", "content": "the red door"});
+    let (status, body) = call("POST", "/v1/messages?wait=embedded".into(), Some(message)).await?;
+    assert_eq!(status, 201, "{body}");
+    let id = serde_json::from_str::<serde_json::Value>(&body)?["id"].as_str().unwrap_or_default().to_owned();
+    let (status, body) = call("GET", "/v1/memory/search?tenant_id=acme&query=red%20door".into(), None).await?;
+    assert!(status == 200 && body.contains(&id), "{status} {body}");
+    let (status, body) = call("GET", format!("/v1/messages/{id}?tenant_id=acme"), None).await?;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = call("POST", format!("/v1/messages/{id}/archive?tenant_id=acme"), Some(json!({}))).await?;
+    assert_eq!(status, 200, "{body}");
+    let edit = json!({"content": "the blue door", "archived": false});
+    let (status, body) = call("PUT", format!("/v1/messages/{id}?tenant_id=acme"), Some(edit)).await?;
+    assert_eq!(status, 200, "{body}");
+    env.eventually(|| async {
+        let (_, body) = call("GET", format!("/v1/messages/{id}?tenant_id=acme"), None).await?;
+        anyhow::ensure!(body.contains("\"embedded\"") && body.contains("blue"), "{body}");
+        Ok(())
+    })
+    .await?;
+    let run = json!({"tenant_id": "acme", "dry_run": true});
+    let (status, body) = call("POST", "/v1/admin/retention/run".into(), Some(run)).await?;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = call("GET", "/v1/tenants/acme/export".into(), None).await?;
+    assert!(status == 200 && body.contains("blue"), "{status} {body}");
+    let (status, body) = call("DELETE", format!("/v1/messages/{id}?tenant_id=acme"), None).await?;
+    assert_eq!(status, 204, "{body}");
+    let (status, body) = call("DELETE", "/v1/tenants/acme/data".into(), None).await?;
+    assert_eq!(status, 200, "{body}");
+    for process in processes {
+        let (status, log) = process.terminate_logged().await?;
+        assert!(status.success(), "{status}: {log}");
+        assert!(!log.contains("Permissions Violation"), "a role lacks a permission:\n{log}");
+    }
+    env.finish().await
+}
