@@ -178,7 +178,7 @@ log "stored $budget: 201 embedded"
 # The first message went to the other embedder replica, maybe: wait until it is embedded too.
 status=
 for _ in $(seq 1 60); do
-  code=$(api GET "$API/v1/messages/$lisbon")
+  code=$(api GET "$API/v1/messages/$lisbon?tenant_id=my-app")
   expect 200 "$code" "read message $lisbon"
   status=$(field .status)
   [ "$status" = embedded ] && break
@@ -195,7 +195,7 @@ expect 200 "$code" "search"
 [ "$(field '.items | length')" -ge 2 ] || { jq . "$TMP/body" >&2; fail "search found fewer than 2 messages"; }
 log "search: the Lisbon message is the top hit (score $(field '.items[0].score'))"
 
-code=$(api GET "$API/v1/messages/$budget")
+code=$(api GET "$API/v1/messages/$budget?tenant_id=my-app")
 expect 200 "$code" "read message $budget"
 [ "$(field .status)" = embedded ] || fail "message $budget is $(field .status), expected embedded"
 [ "$(field .content)" = "Noted! Anything else about your budget for the trip?" ] || fail "message $budget has other content"
