@@ -16,15 +16,18 @@ use futures::StreamExt;
 use crate::error::ApiError;
 use crate::state::AppState;
 
-/// Routes that wait for long work (deletes of whole conversations and tenants, retention runs,
-/// imports): they get [`crate::routes::LONG_TIMEOUT`] on top of the usual deadline.
-const LONG_ROUTES: [(Method, &str); 5] = [
+/// Routes that wait for long work (deletes of whole conversations and tenants, retention runs):
+/// they get [`crate::routes::LONG_TIMEOUT`] on top of the usual deadline.
+const LONG_ROUTES: [(Method, &str); 4] = [
     (Method::DELETE, "/v1/conversations/{conversation_id}"),
     (Method::DELETE, "/v1/tenants/{tenant_id}/data"),
     (Method::DELETE, "/v1/admin/tenants/{tenant_id}"),
     (Method::POST, "/v1/admin/retention/run"),
-    (Method::POST, "/v1/tenants/{tenant_id}/import"),
 ];
+
+/// An import reads its body as it goes (up to 256 MiB): its time is the upload's, bounded by the
+/// body's pause limit and its charge per message, not by a deadline.
+const UNBOUNDED_ROUTES: [(Method, &str); 1] = [(Method::POST, "/v1/tenants/{tenant_id}/import")];
 
 /// Routes that may wait for a message to be stored or embedded (`?wait=`).
 const WAITING_ROUTES: [&str; 2] = ["/v1/messages", "/v1/messages/batch"];
@@ -50,6 +53,11 @@ pub(crate) async fn shed(State(state): State<AppState>, req: Request, next: Next
 /// dropping the handler cancels its work (a NATS request, a database query).
 pub(crate) async fn deadline(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned());
+    if let Some(r) = route.as_deref()
+        && UNBOUNDED_ROUTES.iter().any(|(m, p)| m == req.method() && *p == r)
+    {
+        return next.run(req).await;
+    }
     let budget = budget(&state, req.method(), route.as_deref());
     match tokio::time::timeout(budget, next.run(req)).await {
         Ok(response) => response,

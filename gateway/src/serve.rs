@@ -84,6 +84,8 @@ pub(crate) async fn serve(
             drop(permit);
         });
     }
+    // New connections are refused at once instead of waiting in a backlog nobody accepts from.
+    drop(listener);
     connections.close();
     connections.wait().await;
 }

@@ -20,7 +20,7 @@ use common::contract::{
 };
 use common::domain::{MessageId, MessageView, Ranking, SearchMode, TenantId};
 use common::store::{
-    LexicalHit, LexicalQuery, MessageReads, NewRow, Origin, SearchReads, Settings, Spaces, StoreError, VectorQuery,
+    LexicalHit, LexicalQuery, MessageReads, NewRow, Origin, SearchReads, Settings, Spaces, VectorQuery,
 };
 use futures::StreamExt;
 use futures::stream::{BoxStream, select};
@@ -231,10 +231,8 @@ impl Handler {
         let embedded = self.embed_query(space.id, &request.tenant_id, &request.query, request_id).await?;
         if space.reference != embedded.space {
             // Never compare vectors of different models.
-            return Err(RemoteError::new(
-                RemoteErrorCode::Unavailable,
-                format!("query embedded in {:?} but the active space is {:?}", embedded.space, space.reference),
-            ));
+            warn!(query_space = ?embedded.space, active = ?space.reference, "the query was embedded in another space");
+            return Err(RemoteError::new(RemoteErrorCode::Unavailable, "embedding the query failed"));
         }
         let query = embedded.vectors.into_iter().next().ok_or_else(|| {
             RemoteError::new(RemoteErrorCode::Unavailable, "the embedder returned no vector for the query")
@@ -253,10 +251,7 @@ impl Handler {
                 },
             )
             .await
-            .map_err(|e| match e {
-                StoreError::Dimensions { .. } => RemoteError::new(RemoteErrorCode::Unavailable, e.to_string()),
-                e => unavailable("searching vectors", &e),
-            })?;
+            .map_err(|e| unavailable("searching vectors", &e))?;
         Ok(VectorCandidates { hits, space, query })
     }
 
@@ -312,7 +307,8 @@ impl Handler {
             Ok(Reply::Ok(r)) => Ok(r),
             // The provider refused this query text: the caller's to change, not a fault of ours.
             Ok(Reply::Error(e)) if e.code == RemoteErrorCode::BadRequest => {
-                Err(bad_request(format!("the query cannot be embedded: {}", e.message)))
+                tracing::info!(reason = %e.message, "the embedding provider refused a query");
+                Err(bad_request("the embedding provider refused this query; rephrase it"))
             }
             Ok(Reply::Error(e)) => {
                 warn!(error = %e, "the query embedder could not embed the query");

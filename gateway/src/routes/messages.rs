@@ -171,7 +171,8 @@ async fn lookup(
     request_id: &str,
 ) -> Result<Option<MessageView>, ApiError> {
     let request = GetMessageRequest { v: VERSION, tenant_id, message_id: id };
-    let response: GetMessageResponse = call(state, state.deps.subjects.get_message(), &request, request_id).await?;
+    let response: GetMessageResponse =
+        super::call_read(state, state.deps.subjects.get_message(), &request, request_id).await?;
     Ok(response.message)
 }
 

@@ -33,9 +33,10 @@ pub(crate) fn store_unavailable(e: common::store::StoreError) -> ApiError {
 /// request (deletes are idempotent); the first one carries on.
 pub const LONG_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
 
-/// Sends a request to a worker and maps its typed reply. The worker drops the work when the
-/// gateway stops waiting (`MEMORY_NATS_REQUEST_TIMEOUT_MS`): reads and single-message changes.
-pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
+/// Sends a read to a worker and maps its typed reply, waiting up to
+/// `MEMORY_NATS_REQUEST_TIMEOUT_MS`; the worker drops the work (and its database queries) when
+/// the gateway stops waiting.
+pub async fn call_read<Req: Serialize, Resp: DeserializeOwned>(
     state: &AppState,
     subject: String,
     request: &Req,
@@ -43,6 +44,19 @@ pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
 ) -> Result<Resp, ApiError> {
     let patience = state.request_timeout.as_millis().to_string();
     let envelope = envelope(subject, request, request_id).with_header(TIMEOUT_HEADER, patience);
+    reply(state.deps.bus.request(envelope, state.request_timeout).await?)
+}
+
+/// [`call_read`] for a change: the worker finishes it even if the gateway stops waiting, so a
+/// committed change always gets its events (a client that saw a timeout retries; changes are
+/// idempotent).
+pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
+    state: &AppState,
+    subject: String,
+    request: &Req,
+    request_id: &str,
+) -> Result<Resp, ApiError> {
+    let envelope = envelope(subject, request, request_id);
     reply(state.deps.bus.request(envelope, state.request_timeout).await?)
 }
 

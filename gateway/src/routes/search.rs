@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 use utoipa::{IntoParams, ToSchema};
 
-use super::{call, request_id};
+use super::{call_read, request_id};
 use crate::auth::Principal;
 use crate::error::{ApiError, Problem};
 use crate::extract::{AppJson, AppQuery};
@@ -169,7 +169,8 @@ async fn search(
         return Err(ApiError::Invalid(errors));
     };
     let request = SearchRequest { v: VERSION, tenant_id, query, top_k, mode, filters, explain };
-    let response: SearchResponse = call(state, state.deps.subjects.search(), &request, &request_id(headers)).await?;
+    let response: SearchResponse =
+        call_read(state, state.deps.subjects.search(), &request, &request_id(headers)).await?;
     Ok(axum::Json(response))
 }
 

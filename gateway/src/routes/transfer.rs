@@ -19,7 +19,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::lifecycle::known;
 use super::messages::publish_as;
-use super::{call, request_id};
+use super::{call_read, request_id};
 use crate::auth::Principal;
 use crate::error::{ApiError, Problem};
 use crate::extract::AppQuery;
@@ -104,7 +104,7 @@ async fn page(
 ) -> Result<ExportPage, ApiError> {
     let request =
         ExportRequest { v: VERSION, tenant_id: tenant_id.clone(), after, limit: EXPORT_PAGE_MAX, include_vectors };
-    call(state, state.deps.subjects.export_tenant(), &request, request_id).await
+    call_read(state, state.deps.subjects.export_tenant(), &request, request_id).await
 }
 
 fn lines(records: &[ExportRecord]) -> Bytes {
@@ -190,6 +190,7 @@ pub async fn import(
                 }
                 buffer.extend_from_slice(&bytes);
             }
+            Some(Err(e)) if crate::guard::timed_out(&e) => return Err(ApiError::BodyTimeout),
             Some(Err(e)) => return Err(ApiError::MalformedBody(format!("the body could not be read: {e}"))),
             None => {}
         }

@@ -251,3 +251,46 @@ async fn requests_beyond_capacity_are_shed_and_slow_ones_end_at_their_deadline()
     assert_eq!(status, 200);
     app.finish().await
 }
+
+#[tokio::test]
+async fn a_slow_import_is_not_cut_off_and_changes_are_never_dropped_halfway() -> anyhow::Result<()> {
+    use axum::body::Body;
+    use futures::StreamExt as _;
+    use tower::ServiceExt as _;
+    let app = App::start_with(|vars| {
+        vars.insert("MEMORY_HTTP_REQUEST_TIMEOUT_MS".into(), "300".into());
+    })
+    .await?;
+    app.post("/v1/admin/tenants", &serde_json::json!({"id": "acme"})).await?;
+    // An import arriving over a second, in steady pieces: longer than any request deadline.
+    let lines: Vec<String> = (0..5)
+        .map(|i| {
+            format!("{}\n", serde_json::json!({"conversation_id": "c", "role": "user", "content": format!("line {i}")}))
+        })
+        .collect();
+    let pieces = futures::stream::iter(lines).then(|line| async move {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        Ok::<_, std::io::Error>(line)
+    });
+    let request = axum::http::Request::post("/v1/tenants/acme/import")
+        .header("x-api-key", KEY)
+        .header("content-type", "application/x-ndjson")
+        .body(Body::from_stream(pieces))?;
+    let response = gateway::router(app.state.clone()).oneshot(request).await?;
+    assert_eq!(response.status(), 200);
+
+    // A change goes to its worker without a deadline (it finishes and announces what it did);
+    // a read carries one, so its work is dropped with the caller.
+    let subjects = app.env.deps.subjects.clone();
+    let mut deletes = app.env.deps.bus.serve(subjects.delete_messages(), "probe".into()).await?;
+    let mut gets = app.env.deps.bus.serve(subjects.get_message(), "probe".into()).await?;
+    let id = common::domain::MessageId::new();
+    let _ = app.post("/v1/messages/batch/delete?tenant_id=acme", &serde_json::json!({"message_ids": [id]})).await;
+    let _ = app.get(&format!("/v1/messages/{id}?tenant_id=acme")).await;
+    let header = |r: Option<common::bus::Request>| {
+        r.and_then(|r| r.message.header(common::contract::TIMEOUT_HEADER).map(str::to_owned))
+    };
+    assert_eq!(header(futures::FutureExt::now_or_never(deletes.next()).flatten()), None, "a delete has no deadline");
+    assert!(header(futures::FutureExt::now_or_never(gets.next()).flatten()).is_some(), "a read has one");
+    app.finish().await
+}

@@ -62,7 +62,9 @@ async fn a_message_gemini_refuses_is_failed_with_its_reason_and_not_searchable()
     // A query the provider refuses is the caller's to change: 400, not 503.
     let refused = app.get("/v1/memory/search?tenant_id=acme&query=BLOCKED&top_k=5").await?;
     assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{refused:?}");
-    assert!(refused.body["detail"].as_str().unwrap().contains("cannot be embedded"), "{refused:?}");
+    // Fixed text: the provider's own message is logged, never passed on.
+    let detail = refused.body["detail"].as_str().unwrap();
+    assert!(detail.contains("refused this query") && !detail.contains("INVALID_ARGUMENT"), "{refused:?}");
     app.finish().await
 }
 
