@@ -3,6 +3,7 @@
 //! the operator's commands. Configured by `MEMORY_*` environment variables (see the README).
 
 mod admin;
+mod bench;
 mod metrics;
 mod model;
 mod probe;
@@ -61,6 +62,9 @@ enum Command {
         #[arg(long)]
         url: Option<String>,
     },
+    /// Load a running deployment through its REST API and measure ingest and search, as a table
+    /// (and JSON with --json). Deterministic for a seed.
+    Bench(bench::BenchArgs),
     /// GET a URL (default: this process's readiness on MEMORY_METRICS_ADDR) and exit 0 on a 2xx
     /// answer, 1 otherwise: a container healthcheck without curl.
     Probe {
@@ -88,6 +92,7 @@ async fn main() -> ExitCode {
         Command::Reembed { no_activate } => admin::reembed(!no_activate).await,
         Command::FetchModel { dir, url } => model::fetch(&dir, url.as_deref()).await,
         Command::Probe { url, timeout_secs } => probe::probe(url, timeout_secs).await,
+        Command::Bench(args) => bench::run(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

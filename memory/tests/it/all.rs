@@ -205,3 +205,46 @@ async fn sigterm_mid_ingest_loses_nothing_a_restart_stores_the_rest_once() -> an
     assert!(embedder.terminate().await?.success());
     env.finish().await
 }
+
+/// A smoke run of `memory bench` against `memory all`: it loads, waits, searches every mode and
+/// writes its report (no timing is asserted: figures belong to benchmarks).
+#[tokio::test]
+async fn the_bench_tool_loads_searches_and_reports() -> anyhow::Result<()> {
+    let limits = [("MEMORY_RATE_LIMIT_CLIENT", "1000000/second"), ("MEMORY_RATE_LIMIT_TENANT", "1000000/second")];
+    let (env, addr, ops) = env(&limits).await?;
+    let process = Process::spawn(MEMORY, &["all"], &env.vars)?;
+    env.until_ready(addr).await?;
+    env.until_ready(ops).await?;
+    let report = std::env::temp_dir().join(format!("bench-{}.json", uuid::Uuid::now_v7().simple()));
+    let url = format!("http://{addr}");
+    let args = [
+        "bench",
+        "--url",
+        &url,
+        "--key",
+        KEY,
+        "--messages",
+        "300",
+        "--tenants",
+        "2",
+        "--batch",
+        "50",
+        "--queries",
+        "10",
+        "--concurrency",
+        "4",
+        "--json",
+        report.to_str().unwrap_or_default(),
+    ];
+    let output = Process::spawn_with_args(MEMORY, &args, &env.vars)?.output().await?;
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{printed}\n{}", String::from_utf8_lossy(&output.stderr));
+    assert!(printed.contains("hybrid") && printed.contains("searchable"), "{printed}");
+    let json: Value = serde_json::from_slice(&std::fs::read(&report)?)?;
+    let _ = std::fs::remove_file(&report);
+    assert_eq!(json["load"]["messages"], 300.0);
+    assert_eq!(json["search"].as_array().map(Vec::len), Some(3), "{json}");
+    assert!(json["search"][0]["p50_ms"].as_f64().is_some_and(|ms| ms > 0.0), "{json}");
+    assert!(process.terminate().await?.success());
+    env.finish().await
+}
