@@ -237,18 +237,27 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
         latencies.sort();
         let at = Instant::now();
-        let answered = futures::stream::iter(queries.iter().enumerate().map(|(i, q)| {
+        let statuses: Vec<u16> = futures::stream::iter(queries.iter().enumerate().map(|(i, q)| {
             let path = path(q, &tenants[i % tenants.len()]);
             let client = &client;
-            async move { client.send(reqwest::Method::GET, &path, None).await.map(|(s, _)| s == 200) }
+            async move { client.send(reqwest::Method::GET, &path, None).await.map_or(0, |(s, _)| s) }
         }))
         .buffer_unordered(args.concurrency)
-        .filter(|r| futures::future::ready(matches!(r, Ok(true))))
-        .count()
+        .collect()
         .await;
-        let qps = answered as f64 / at.elapsed().as_secs_f64();
+        let took = at.elapsed().as_secs_f64();
+        let answered = statuses.iter().filter(|s| **s == 200).count();
+        let failed: Vec<u16> = statuses.into_iter().filter(|s| *s != 200).collect();
+        if !failed.is_empty() {
+            eprintln!(
+                "  {} of {} concurrent {mode} searches failed (statuses {failed:?})",
+                failed.len(),
+                queries.len()
+            );
+        }
         modes.push(json!({"mode": mode, "p50_ms": percentile(&latencies, 0.5), "p95_ms": percentile(&latencies, 0.95),
-            "p99_ms": percentile(&latencies, 0.99), "qps": qps, "clients": args.concurrency}));
+            "p99_ms": percentile(&latencies, 0.99), "qps": answered as f64 / took, "clients": args.concurrency,
+            "failed": failed.len()}));
     }
 
     let cores = std::thread::available_parallelism().map_or(0, usize::from);
@@ -272,15 +281,16 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         searchable.as_secs_f64(),
         loaded / searchable.as_secs_f64()
     );
-    println!("{:<8} {:>8} {:>8} {:>8} {:>10}", "mode", "p50 ms", "p95 ms", "p99 ms", "QPS");
+    println!("{:<8} {:>8} {:>8} {:>8} {:>10} {:>7}", "mode", "p50 ms", "p95 ms", "p99 ms", "QPS", "failed");
     for m in report["search"].as_array().into_iter().flatten() {
         println!(
-            "{:<8} {:>8.1} {:>8.1} {:>8.1} {:>10.0}",
+            "{:<8} {:>8.1} {:>8.1} {:>8.1} {:>10.0} {:>7}",
             m["mode"].as_str().unwrap_or("?"),
             m["p50_ms"].as_f64().unwrap_or(0.0),
             m["p95_ms"].as_f64().unwrap_or(0.0),
             m["p99_ms"].as_f64().unwrap_or(0.0),
-            m["qps"].as_f64().unwrap_or(0.0)
+            m["qps"].as_f64().unwrap_or(0.0),
+            m["failed"].as_u64().unwrap_or(0)
         );
     }
     if let Some(path) = &args.json {

@@ -245,6 +245,9 @@ async fn the_bench_tool_loads_searches_and_reports() -> anyhow::Result<()> {
     assert_eq!(json["load"]["messages"], 300.0);
     assert_eq!(json["search"].as_array().map(Vec::len), Some(3), "{json}");
     assert!(json["search"][0]["p50_ms"].as_f64().is_some_and(|ms| ms > 0.0), "{json}");
+    for mode in json["search"].as_array().into_iter().flatten() {
+        assert_eq!(mode["failed"], 0, "{json}");
+    }
     assert!(process.terminate().await?.success());
     env.finish().await
 }
