@@ -5,15 +5,16 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 
-/// The password of every user in the test server: `<user>-pw`.
-pub const PASSWORDS: [(&str, &str); 7] = [
-    ("MEMORY_SERVICE_NATS_PASSWORD", "memory-service-pw"),
-    ("GATEWAY_NATS_PASSWORD", "gateway-pw"),
-    ("EMBEDDER_NATS_PASSWORD", "embedder-pw"),
-    ("SEARCHER_NATS_PASSWORD", "searcher-pw"),
-    ("RETENTION_NATS_PASSWORD", "retention-pw"),
-    ("TENANT_ACME_NATS_PASSWORD", "tenant-acme-pw"),
-    ("TENANT_GLOBEX_NATS_PASSWORD", "tenant-globex-pw"),
+/// Every user of `deploy/nats/nats.conf` and the variable its password is read from; the test
+/// server's password of each is [`ConfiguredNats::password`].
+const USERS: [(&str, &str); 7] = [
+    ("memory-service", "MEMORY_SERVICE_NATS_PASSWORD"),
+    ("gateway", "GATEWAY_NATS_PASSWORD"),
+    ("embedder", "EMBEDDER_NATS_PASSWORD"),
+    ("searcher", "SEARCHER_NATS_PASSWORD"),
+    ("retention", "RETENTION_NATS_PASSWORD"),
+    ("tenant-acme", "TENANT_ACME_NATS_PASSWORD"),
+    ("tenant-globex", "TENANT_GLOBEX_NATS_PASSWORD"),
 ];
 
 pub struct ConfiguredNats {
@@ -41,7 +42,7 @@ impl ConfiguredNats {
             .args(["-c", config, "-a", "127.0.0.1", "-p", &port.to_string(), "-m", &monitor.to_string()])
             .arg("-sd")
             .arg(&store)
-            .envs(PASSWORDS)
+            .envs(USERS.map(|(user, variable)| (variable, Self::password(user))))
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .kill_on_drop(true)

@@ -10,10 +10,6 @@ use futures::StreamExt;
 
 use common::testing::nats::ConfiguredNats as Server;
 
-async fn start() -> anyhow::Result<Server> {
-    Server::start().await
-}
-
 async fn connect(server: &Server, user: &str, password: &str, inbox: &str) -> anyhow::Result<async_nats::Client> {
     Ok(ConnectOptions::with_user_and_password(user.into(), password.into())
         .custom_inbox_prefix(inbox)
@@ -41,7 +37,7 @@ async fn until(sub: &mut async_nats::Subscriber, sentinel: &str) -> anyhow::Resu
 
 #[tokio::test]
 async fn a_tenant_user_publishes_only_its_own_messages() -> anyhow::Result<()> {
-    let server = start().await?;
+    let server = Server::start().await?;
     let service = connect(&server, "memory-service", "memory-service-pw", "_INBOX").await?;
     let acme = connect(&server, "tenant-acme", "tenant-acme-pw", "_INBOX_acme").await?;
     assert!(connect(&server, "tenant-acme", "wrong", "_INBOX_acme").await.is_err(), "a wrong password is refused");
@@ -99,7 +95,7 @@ async fn a_tenant_user_publishes_only_its_own_messages() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn the_services_authenticate_with_the_user_and_password_in_memory_nats_url() -> anyhow::Result<()> {
-    let server = start().await?;
+    let server = Server::start().await?;
     let with = |credentials: &str| {
         let url = server.url.replacen("nats://", &format!("nats://{credentials}@"), 1);
         common::config::Config::from_map(&[("MEMORY_NATS_URL".to_owned(), url)].into())
@@ -133,7 +129,7 @@ async fn role_bus(server: &Server, user: &str) -> anyhow::Result<common::bus::Na
 #[tokio::test]
 async fn each_role_has_only_its_own_subjects() -> anyhow::Result<()> {
     use common::bus::{Bus, Envelope};
-    let server = start().await?;
+    let server = Server::start().await?;
     let retention = role_bus(&server, "retention").await?;
     let embedder = role_bus(&server, "embedder").await?;
     let gateway = role_bus(&server, "gateway").await?;
@@ -177,7 +173,7 @@ async fn each_role_has_only_its_own_subjects() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn a_tenant_flooding_its_subject_is_refused_while_another_tenant_publishes() -> anyhow::Result<()> {
-    let server = start().await?;
+    let server = Server::start().await?;
     // The services create the streams, with a quota of three queued messages per tenant.
     let vars = [
         ("MEMORY_NATS_URL", server.url.clone()),
