@@ -25,14 +25,13 @@ impl HashProvider {
     pub fn vector(&self, text: &str) -> Vec<f32> {
         let mut v = vec![0f32; self.dimensions];
         let lower = text.to_lowercase();
-        let mut tokens = lower.split(|c: char| !c.is_alphanumeric()).filter(|t| !t.is_empty()).peekable();
-        if tokens.peek().is_none() {
-            // No word at all (emoji, punctuation): the whole text is the one feature, so the
-            // vector is never zero and cosine stays defined.
-            add_feature(&mut v, lower.trim());
-        }
-        for token in tokens {
+        for token in lower.split(|c: char| !c.is_alphanumeric()).filter(|t| !t.is_empty()) {
             add_feature(&mut v, token);
+        }
+        if v.iter().all(|x| *x == 0.0) {
+            // No word at all (emoji, punctuation), or words whose features cancel out: the
+            // whole text is one more feature, so the vector is never zero and cosine stays defined.
+            add_feature(&mut v, lower.trim());
         }
         let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
         if norm > 0.0 {
@@ -103,5 +102,28 @@ mod tests {
     fn text_without_words_still_has_a_direction() {
         let v = HashProvider::new().vector("🙂 !!");
         assert!((cosine(&v, &v) - 1.0).abs() < 1e-5);
+    }
+
+    #[test]
+    fn words_whose_features_cancel_out_still_have_a_direction() {
+        let p = HashProvider::new();
+        // Two words in one bucket with opposite signs.
+        let mut seen = std::collections::HashMap::new();
+        let (a, b) = (0..100_000)
+            .map(|i| format!("w{i}"))
+            .find_map(|word| {
+                let h = fnv1a_64(word.as_bytes());
+                let (bucket, positive) = (h % HashProvider::DIMENSIONS as u64, h >> 63 == 0);
+                match seen.get(&(bucket, !positive)) {
+                    Some(other) => Some((String::clone(other), word)),
+                    None => {
+                        seen.insert((bucket, positive), word);
+                        None
+                    }
+                }
+            })
+            .expect("a cancelling pair");
+        let v = p.vector(&format!("{a} {b}"));
+        assert!((cosine(&v, &v) - 1.0).abs() < 1e-5, "{a} {b}");
     }
 }
