@@ -227,21 +227,34 @@ pub fn idf(total: i64, containing: i64) -> f64 {
     (1.0 + (n - df + 0.5) / (df + 0.5)).ln()
 }
 
-/// A word in at least this many of a tenant's messages is too common to look for when the query
-/// has rarer ones: it would add thousands of weak matches to score (its weight is low anyway).
-pub const COMMON: i64 = 2_000;
+/// Most matches a plain question scores. Its words are kept rarest first while their matches
+/// add up to no more than this, so the cost of a search is bounded whatever the tenant's size:
+/// a word in thousands of messages adds thousands of weak matches (and weighs little anyway).
+/// When even the rarest word has this many matches, it is looked for alone, newest first
+/// ([`TextQuery::Newest`]): all its matches rank the same.
+pub const SCORED_MAX: i64 = 2_000;
 
-/// The words weighted by their rarity; words in `COMMON` or more messages are dropped unless
-/// the query has nothing rarer, then only the rarest is kept.
+/// The words weighted by their rarity, rarest first, pruned to [`SCORED_MAX`] matches in all.
+/// `frequencies` are counted no further than `SCORED_MAX`.
 pub fn weighted(words: Vec<String>, total: i64, frequencies: &[i64]) -> TextQuery {
     let mut terms: Vec<(Term, i64)> =
         words.into_iter().zip(frequencies).map(|(lexeme, &df)| (Term { lexeme, weight: idf(total, df) }, df)).collect();
-    if terms.iter().any(|(_, df)| *df < COMMON) {
-        terms.retain(|(_, df)| *df < COMMON);
-    } else if let Some(rarest) = terms.iter().min_by_key(|(_, df)| *df).cloned() {
-        terms = vec![rarest];
+    // Stable: words as common as each other keep the query's order.
+    terms.sort_by_key(|(_, df)| *df);
+    let mut kept = Vec::with_capacity(terms.len());
+    let mut matches = 0;
+    for (term, df) in terms {
+        if !kept.is_empty() && matches + df > SCORED_MAX {
+            break;
+        }
+        matches += df;
+        kept.push(term);
     }
-    TextQuery::AnyOf(terms.into_iter().map(|(t, _)| t).collect())
+    match <[Term; 1]>::try_from(kept) {
+        Ok([term]) if matches >= SCORED_MAX => TextQuery::Newest(term),
+        Ok([term]) => TextQuery::AnyOf(vec![term]),
+        Err(kept) => TextQuery::AnyOf(kept),
+    }
 }
 
 #[cfg(test)]
@@ -294,14 +307,24 @@ mod tests {
     }
 
     #[test]
-    fn common_words_give_way_to_rarer_ones() {
+    fn the_rarest_words_are_kept_while_their_matches_fit_the_budget() {
         let lexemes = |q: TextQuery| match q {
             TextQuery::AnyOf(terms) => terms.into_iter().map(|t| t.lexeme).collect::<Vec<_>>(),
-            TextQuery::Websearch(_) => panic!("not weighted"),
+            other => panic!("not weighted: {other:?}"),
         };
-        let q = weighted(list(&["ferry", "time", "kx-4471"]), 100_000, &[COMMON - 1, COMMON, 3]);
-        assert_eq!(lexemes(q), ["ferry", "kx-4471"]);
-        let q = weighted(list(&["the", "time"]), 100_000, &[COMMON, COMMON + 1]);
-        assert_eq!(lexemes(q), ["the"], "nothing rarer: the rarest alone");
+        let q = weighted(list(&["ferry", "time", "kx-4471", "lisbon"]), 100_000, &[900, SCORED_MAX, 3, 1_000]);
+        assert_eq!(lexemes(q), ["kx-4471", "ferry", "lisbon"], "rarest first; the common word is dropped");
+        let q = weighted(list(&["ferry", "lisbon"]), 100_000, &[1_500, 1_000]);
+        assert_eq!(lexemes(q), ["lisbon"], "together over the budget: the rarer alone");
+        let q = weighted(list(&["ferry", "kx"]), 10, &[0, 0]);
+        assert_eq!(lexemes(q), ["ferry", "kx"], "equally rare words keep the query's order");
+    }
+
+    #[test]
+    fn a_query_of_common_words_reads_the_newest_matches_of_the_rarest() {
+        let q = weighted(list(&["the", "time"]), 100_000, &[SCORED_MAX, SCORED_MAX]);
+        assert!(matches!(&q, TextQuery::Newest(t) if t.lexeme == "the"), "{q:?}");
+        let q = weighted(list(&["time"]), 100_000, &[SCORED_MAX - 1]);
+        assert!(matches!(&q, TextQuery::AnyOf(t) if t.len() == 1), "{q:?}");
     }
 }

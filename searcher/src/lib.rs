@@ -5,6 +5,7 @@
 pub mod lexical;
 mod metrics;
 pub mod rank;
+mod stats;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -20,7 +21,8 @@ use common::contract::{
 };
 use common::domain::{MessageId, MessageView, Ranking, SearchMode, TenantId};
 use common::store::{
-    LexicalHit, LexicalQuery, MessageReads, NewRow, Origin, SearchReads, Settings, Spaces, VectorQuery,
+    LexicalHit, LexicalQuery, MessageReads, NewRow, Origin, SearchReads, Settings, Space, Spaces, TextQuery, VectorHit,
+    VectorQuery,
 };
 use futures::StreamExt;
 use futures::stream::{BoxStream, select};
@@ -41,13 +43,6 @@ const RANKING_CACHE: Duration = Duration::from_secs(5);
 
 /// Each tenant's own ranking (if any) and when it was read.
 type RankingCache = HashMap<TenantId, (Instant, Option<Ranking>)>;
-
-/// Vector candidates, the space they came from and the query vector.
-struct VectorCandidates {
-    hits: Vec<common::store::VectorHit>,
-    space: common::store::Space,
-    query: Vec<f32>,
-}
 
 /// The storage roles the searcher uses: reads only.
 pub trait Store: MessageReads + Spaces + SearchReads + Settings + 'static {}
@@ -71,6 +66,7 @@ struct Handler {
     ef_search: u32,
     ranking: Ranking,
     rankings: Arc<Mutex<RankingCache>>,
+    stats: Arc<stats::WordStats>,
     request_timeout: Duration,
     responder: Responder,
 }
@@ -103,6 +99,7 @@ impl Searcher {
                 ef_search: config.searcher.ef_search,
                 ranking: config.searcher.ranking,
                 rankings: Arc::default(),
+                stats: Arc::new(stats::WordStats::new()),
                 request_timeout: config.nats.request_timeout,
                 responder,
             },
@@ -150,49 +147,48 @@ impl Handler {
         let limit = request.top_k.saturating_mul(factor).min(CANDIDATES_MAX);
         let mut mode = request.mode;
         let mut partial = None;
-        let (vectors, lexical) = match mode {
-            SearchMode::Vector => (Some(self.vector_candidates(&request, limit, request_id).await?), Vec::new()),
-            SearchMode::Lexical => (None, self.lexical_candidates(&request, limit).await?),
+        let (vector_hits, lexical) = match mode {
+            SearchMode::Vector => {
+                let (space, query) = self.query_vector(&request, request_id).await?;
+                (self.vector_hits(&request, &space, &query, limit).await?, Vec::new())
+            }
+            SearchMode::Lexical => {
+                let text = self.text_query(&request).await?;
+                (Vec::new(), self.lexical_hits(&request, &text, limit, None).await?)
+            }
             SearchMode::Hybrid => {
-                let (vectors, lexical) = tokio::join!(
-                    self.vector_candidates(&request, limit, request_id),
-                    self.lexical_candidates(&request, limit)
-                );
-                let lexical = lexical?;
+                // The query's vector and its words at once; then both retrievers at once, the
+                // full-text hits read with their similarities.
+                let (vector, text) = tokio::join!(self.query_vector(&request, request_id), self.text_query(&request));
+                let text = text?;
+                let (vectors, lexical) = match vector {
+                    Ok((space, query)) => {
+                        let (vectors, lexical) = tokio::join!(
+                            self.vector_hits(&request, &space, &query, limit),
+                            self.lexical_hits(&request, &text, limit, Some((&space, &query)))
+                        );
+                        (vectors, lexical?)
+                    }
+                    Err(e) if e.code == RemoteErrorCode::Unavailable => {
+                        (Err(e), self.lexical_hits(&request, &text, limit, None).await?)
+                    }
+                    Err(e) => return Err(e),
+                };
                 match vectors {
-                    Ok(v) => (Some(v), lexical),
+                    Ok(vectors) => (vectors, lexical),
                     // Without query vectors (the provider is down, say), words still find messages.
                     Err(e) if e.code == RemoteErrorCode::Unavailable => {
                         warn!(error = %e, "vector retrieval failed; answering from full-text search alone");
                         self.metrics.degraded.inc();
                         partial = Some(PARTIAL_WORDS_ONLY.to_owned());
                         mode = SearchMode::Lexical;
-                        (None, lexical)
+                        (Vec::new(), lexical)
                     }
                     Err(e) => return Err(e),
                 }
             }
         };
-        let (vector_hits, space_and_query) = match vectors {
-            Some(VectorCandidates { hits, space, query }) => (hits, Some((space, query))),
-            None => (Vec::new(), None),
-        };
-        let mut candidates = rank::merge(vector_hits, lexical);
-        // Messages found only by their words get their similarity too, when they have a vector.
-        if let Some((space, query)) = &space_and_query {
-            let missing: Vec<MessageId> =
-                candidates.iter().filter(|c| c.similarity.is_none()).map(|c| c.message.message_id).collect();
-            let found = self
-                .deps
-                .store
-                .similarities(space, &request.tenant_id, &missing, query)
-                .await
-                .map_err(|e| unavailable("reading similarities", &e))?;
-            let found: std::collections::HashMap<MessageId, f64> = found.into_iter().collect();
-            for c in candidates.iter_mut().filter(|c| c.similarity.is_none()) {
-                c.similarity = found.get(&c.message.message_id).copied();
-            }
-        }
+        let candidates = rank::merge(vector_hits, lexical);
         let items = rank::rank(candidates, mode, &ranking, request.top_k as usize, Utc::now(), request.explain);
         self.metrics.observe_search(request.mode, started.elapsed());
         Ok(SearchResponse { total: items.len(), items, partial })
@@ -215,12 +211,12 @@ impl Handler {
         Ok(own.unwrap_or(self.ranking))
     }
 
-    async fn vector_candidates(
+    /// The active space and the query's vector in it.
+    async fn query_vector(
         &self,
         request: &SearchRequest,
-        limit: u32,
         request_id: Option<&str>,
-    ) -> Result<VectorCandidates, RemoteError> {
+    ) -> Result<(Space, Vec<f32>), RemoteError> {
         let space = self
             .deps
             .store
@@ -237,46 +233,62 @@ impl Handler {
         let query = embedded.vectors.into_iter().next().ok_or_else(|| {
             RemoteError::new(RemoteErrorCode::Unavailable, "the embedder returned no vector for the query")
         })?;
-        let hits = self
-            .deps
-            .store
-            .search_vectors(
-                &space,
-                VectorQuery {
-                    tenant_id: &request.tenant_id,
-                    vector: &query,
-                    limit,
-                    filters: &request.filters,
-                    ef_search: self.ef_search,
-                },
-            )
-            .await
-            .map_err(|e| unavailable("searching vectors", &e))?;
-        Ok(VectorCandidates { hits, space, query })
+        Ok((space, query))
     }
 
-    async fn lexical_candidates(&self, request: &SearchRequest, limit: u32) -> Result<Vec<LexicalHit>, RemoteError> {
-        let lexemes =
-            self.deps.store.lexemes(&request.query).await.map_err(|e| unavailable("parsing the query", &e))?;
-        let query = match lexical::words(&request.query, lexemes) {
-            Err(typed) => typed,
-            Ok(words) => {
-                let (total, frequencies) = self
-                    .deps
-                    .store
-                    .document_frequencies(&request.tenant_id, &words, lexical::COMMON)
-                    .await
-                    .map_err(|e| unavailable("counting words", &e))?;
-                lexical::weighted(words, total, &frequencies)
-            }
+    async fn vector_hits(
+        &self,
+        request: &SearchRequest,
+        space: &Space,
+        query: &[f32],
+        limit: u32,
+    ) -> Result<Vec<VectorHit>, RemoteError> {
+        let query = VectorQuery {
+            tenant_id: &request.tenant_id,
+            vector: query,
+            limit,
+            filters: &request.filters,
+            ef_search: self.ef_search,
         };
+        self.deps.store.search_vectors(space, query).await.map_err(|e| unavailable("searching vectors", &e))
+    }
+
+    /// What full-text search looks for: the query as typed, or its words weighted by rarity.
+    async fn text_query(&self, request: &SearchRequest) -> Result<TextQuery, RemoteError> {
+        let store = &self.deps.store;
+        let tenant = &request.tenant_id;
+        let lexemes = store.lexemes(&request.query).await.map_err(|e| unavailable("parsing the query", &e))?;
+        let words = match lexical::words(&request.query, lexemes) {
+            Err(typed) => return Ok(typed),
+            Ok(words) => words,
+        };
+        let size = self.stats.size(tenant, || store.tenant_size(tenant)).await;
+        let size = size.map_err(|e| unavailable("counting messages", &e))?;
+        let frequencies = self
+            .stats
+            .frequencies(tenant, size, &words, |missing| async move {
+                store.document_frequencies(tenant, &missing, lexical::SCORED_MAX).await
+            })
+            .await
+            .map_err(|e| unavailable("counting words", &e))?;
+        Ok(lexical::weighted(words, size, &frequencies))
+    }
+
+    async fn lexical_hits(
+        &self,
+        request: &SearchRequest,
+        text: &TextQuery,
+        limit: u32,
+        similarity_to: Option<(&Space, &[f32])>,
+    ) -> Result<Vec<LexicalHit>, RemoteError> {
         self.deps
             .store
             .search_lexical(LexicalQuery {
                 tenant_id: &request.tenant_id,
-                query: &query,
+                query: text,
                 limit,
                 filters: &request.filters,
+                similarity_to,
             })
             .await
             .map_err(|e| unavailable("searching text", &e))

@@ -55,7 +55,7 @@ pub fn merge(vector: Vec<VectorHit>, lexical: Vec<LexicalHit>) -> Vec<Candidate>
                 by_id.insert(hit.message.message_id, out.len());
                 out.push(Candidate {
                     message: hit.message,
-                    similarity: None,
+                    similarity: hit.similarity,
                     vector_rank: None,
                     lexical_rank: rank,
                     lexical_score: Some(hit.rank),
@@ -188,7 +188,10 @@ mod tests {
         let c = message("c", 0.5, Duration::zero(), now);
         let vector =
             vec![VectorHit { message: a.clone(), similarity: 0.9 }, VectorHit { message: b.clone(), similarity: 0.8 }];
-        let lexical = vec![LexicalHit { message: c.clone(), rank: 0.3 }, LexicalHit { message: a.clone(), rank: 0.1 }];
+        let lexical = vec![
+            LexicalHit { message: c.clone(), rank: 0.3, similarity: None },
+            LexicalHit { message: a.clone(), rank: 0.1, similarity: None },
+        ];
         let merged = merge(vector, lexical);
         assert_eq!(merged.len(), 3);
         let get = |id| merged.iter().find(|m| m.message.message_id == id).unwrap();
@@ -208,7 +211,7 @@ mod tests {
         let b = message("b", 0.5, Duration::days(7), now);
         let merged = merge(
             vec![VectorHit { message: a.clone(), similarity: 0.9 }, VectorHit { message: b.clone(), similarity: 0.8 }],
-            vec![LexicalHit { message: a.clone(), rank: 0.2 }],
+            vec![LexicalHit { message: a.clone(), rank: 0.2, similarity: None }],
         );
         let hits = rank(merged, SearchMode::Hybrid, &Ranking::default(), 10, now, true);
         // a: first in both lists, fused 1/61 + 1/61, first of 2 → relevance 1;

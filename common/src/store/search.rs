@@ -3,7 +3,7 @@
 use async_trait::async_trait;
 
 use super::{Space, StoreError, StoredMessage};
-use crate::domain::{MessageId, SearchFilters, TenantId};
+use crate::domain::{SearchFilters, TenantId};
 
 /// A nearest-neighbour query within one tenant.
 #[derive(Debug, Clone)]
@@ -30,6 +30,9 @@ pub struct LexicalQuery<'a> {
     pub query: &'a TextQuery,
     pub limit: u32,
     pub filters: &'a SearchFilters,
+    /// Given a space and a query vector of it, each hit that has a vector there gets its cosine
+    /// similarity too (hybrid search reads both in one statement).
+    pub similarity_to: Option<(&'a Space, &'a [f32])>,
 }
 
 /// The text a lexical search looks for.
@@ -41,6 +44,9 @@ pub enum TextQuery {
     /// Any of these words (lexemes of the `simple` configuration); a message ranks by the sum of
     /// the weights of the words it contains.
     AnyOf(Vec<Term>),
+    /// One word in too many messages to score each: its matches all rank the same (its weight),
+    /// so the newest are the best, and they are read newest first without looking at the rest.
+    Newest(Term),
 }
 
 /// A query word and how much finding it counts (its inverse document frequency).
@@ -50,11 +56,12 @@ pub struct Term {
     pub weight: f64,
 }
 
-/// A candidate with its full-text rank (`ts_rank_cd`).
+/// A candidate with its full-text rank, and its similarity when the query asked for it.
 #[derive(Debug, Clone)]
 pub struct LexicalHit {
     pub message: StoredMessage,
     pub rank: f64,
+    pub similarity: Option<f64>,
 }
 
 /// The searcher's reads.
@@ -69,22 +76,14 @@ pub trait SearchReads: Send + Sync {
     /// The distinct words of `text` as the full-text index stores them (`simple` configuration).
     async fn lexemes(&self, text: &str) -> Result<Vec<String>, StoreError>;
 
-    /// How many of the tenant's messages there are, and how many contain each lexeme, counting
-    /// no further than `cap`.
+    /// How many messages the tenant has.
+    async fn tenant_size(&self, tenant: &TenantId) -> Result<i64, StoreError>;
+
+    /// How many of the tenant's messages contain each lexeme, counting no further than `cap`.
     async fn document_frequencies(
         &self,
         tenant: &TenantId,
         lexemes: &[String],
         cap: i64,
-    ) -> Result<(i64, Vec<i64>), StoreError>;
-
-    /// Cosine similarity of `vector` to each of these messages of the tenant that has a vector
-    /// in `space`.
-    async fn similarities(
-        &self,
-        space: &Space,
-        tenant: &TenantId,
-        ids: &[MessageId],
-        vector: &[f32],
-    ) -> Result<Vec<(MessageId, f64)>, StoreError>;
+    ) -> Result<Vec<i64>, StoreError>;
 }

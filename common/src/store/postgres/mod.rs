@@ -111,10 +111,17 @@ impl PgStore {
     /// Connects a pool without touching the schema; see [`Self::check_schema`]. Every
     /// connection's statements are cancelled after `settings.statement_timeout`, except in
     /// [`Self::long_work`].
+    ///
+    /// Every execution of a prepared statement is planned for its parameters
+    /// (`plan_cache_mode = force_custom_plan`): tenants range from a handful of messages to
+    /// millions and words from rare to everywhere, and the best plan differs (an exact scan or
+    /// the HNSW index, a word's few matches or the newest messages read backwards). A generic
+    /// plan, which Postgres may switch to after five executions, would fit one of them only.
     pub async fn connect_only(url: &str, settings: &DatabaseConfig) -> Result<Self, StoreError> {
-        let options = PgConnectOptions::from_str(url)?
-            .application_name("memory-layer")
-            .options([("statement_timeout", settings.statement_timeout.as_millis().to_string())]);
+        let options = PgConnectOptions::from_str(url)?.application_name("memory-layer").options([
+            ("statement_timeout", settings.statement_timeout.as_millis().to_string()),
+            ("plan_cache_mode", "force_custom_plan".to_owned()),
+        ]);
         let pool = PgPoolOptions::new()
             .max_connections(settings.max_connections)
             .acquire_timeout(Duration::from_secs(5))

@@ -196,4 +196,5 @@ pub(super) struct LexicalRow {
     #[sqlx(flatten)]
     pub(super) message: MessageRow,
     pub(super) rank: f64,
+    pub(super) similarity: Option<f64>,
 }

@@ -3,11 +3,10 @@
 use async_trait::async_trait;
 use pgvector::Vector;
 use sqlx::AssertSqlSafe;
-use uuid::Uuid;
 
 use super::PgStore;
 use super::rows::{HitRow, LexicalRow};
-use crate::domain::{MessageId, TenantId};
+use crate::domain::TenantId;
 use crate::store::{
     LexicalHit, LexicalQuery, SearchReads, Space, StoreError, StoredMessage, TextQuery, VectorHit, VectorQuery,
 };
@@ -27,22 +26,25 @@ impl PgStore {
         )
     }
 
-    /// Search settings for this transaction: a tenant filter applied after an HNSW scan returns
-    /// short lists unless the scan may continue past its first `ef_search` candidates
-    /// (pgvector ≥ 0.8 iterative scans).
-    pub(super) async fn hnsw_settings(tx: &mut sqlx::PgConnection, ef_search: u32) -> Result<(), StoreError> {
-        sqlx::query("SET LOCAL hnsw.iterative_scan = strict_order").execute(&mut *tx).await?;
+    /// A read-only transaction for a vector search, begun in one round trip with its settings:
+    /// a tenant filter applied after an HNSW scan returns short lists unless the scan may
+    /// continue past its first `ef_search` candidates (pgvector ≥ 0.8 iterative scans).
+    pub(super) async fn vector_search_transaction(
+        &self,
+        ef_search: u32,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, StoreError> {
         // An integer, so no injection; SET takes no parameters.
         let ef_search = ef_search.clamp(1, 1000);
-        sqlx::query(AssertSqlSafe(format!("SET LOCAL hnsw.ef_search = {ef_search}"))).execute(&mut *tx).await?;
-        Ok(())
+        let begin = format!(
+            "BEGIN READ ONLY; SET LOCAL hnsw.iterative_scan = strict_order; SET LOCAL hnsw.ef_search = {ef_search}"
+        );
+        Ok(self.pool.begin_with(AssertSqlSafe(begin)).await?)
     }
 
     /// The plan Postgres chooses for a vector search (`EXPLAIN`), to check that large tenants
     /// use the HNSW index and small ones the exact per-tenant scan.
     pub async fn explain_vector_search(&self, space: &Space, query: VectorQuery<'_>) -> Result<String, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        Self::hnsw_settings(&mut tx, query.ef_search).await?;
+        let mut tx = self.vector_search_transaction(query.ef_search).await?;
         let statement = AssertSqlSafe(Self::vector_search_sql(space, "EXPLAIN (COSTS OFF)"));
         let lines: Vec<String> = bind_filters!(
             sqlx::query_scalar(statement).bind(Vector::from(query.vector.to_vec())).bind(query.tenant_id.as_str()),
@@ -71,8 +73,7 @@ impl SearchReads for PgStore {
                 got: query.vector.len(),
             });
         }
-        let mut tx = self.pool.begin().await?;
-        Self::hnsw_settings(&mut tx, query.ef_search).await?;
+        let mut tx = self.vector_search_transaction(query.ef_search).await?;
         let statement = AssertSqlSafe(Self::vector_search_sql(space, ""));
         let rows: Vec<HitRow> = bind_filters!(
             sqlx::query_as(statement).bind(Vector::from(query.vector.to_vec())).bind(query.tenant_id.as_str()),
@@ -88,41 +89,82 @@ impl SearchReads for PgStore {
     }
 
     async fn search_lexical(&self, query: LexicalQuery<'_>) -> Result<Vec<LexicalHit>, StoreError> {
-        let (function, text, terms, rank) = match query.query {
-            TextQuery::Websearch(text) => {
-                ("websearch_to_tsquery", text.clone(), Vec::new(), "ts_rank_cd(m.search_text, q)::float8")
-            }
+        // $1 the tsquery's text, $11 and $12 the words and their weights.
+        let (function, text, terms, rank, order) = match query.query {
+            TextQuery::Websearch(text) => (
+                "websearch_to_tsquery",
+                text.clone(),
+                Vec::new(),
+                "ts_rank_cd(m.search_text, q)::float8",
+                "rank DESC, m.created_at DESC",
+            ),
             TextQuery::AnyOf(terms) if terms.is_empty() => return Ok(Vec::new()),
             TextQuery::AnyOf(terms) => (
                 "to_tsquery",
                 terms.iter().map(|t| quote_lexeme(&t.lexeme)).collect::<Vec<_>>().join(" | "),
                 terms.iter().map(|t| (quote_lexeme(&t.lexeme), t.weight)).collect::<Vec<_>>(),
                 "(SELECT coalesce(sum(w.weight), 0) FROM terms w WHERE m.search_text @@ w.q)::float8",
+                "rank DESC, m.created_at DESC",
+            ),
+            // Every match ranks the same: the newest, read backwards along (tenant, created_at).
+            TextQuery::Newest(term) => (
+                "to_tsquery",
+                quote_lexeme(&term.lexeme),
+                vec![(quote_lexeme(&term.lexeme), term.weight)],
+                "($12::float8[])[1]",
+                "m.created_at DESC",
             ),
         };
         let (words, weights): (Vec<String>, Vec<f64>) = terms.into_iter().unzip();
+        // With a query vector, the hits' similarities come with them ($13).
+        let (similarity, join) = match query.similarity_to {
+            Some((space, _)) => (
+                "1 - (v.embedding <=> $13)",
+                format!(
+                    "LEFT JOIN {} v ON v.tenant_id = h.tenant_id AND v.message_id = h.id",
+                    Self::vector_table(space)
+                ),
+            ),
+            None => ("NULL::float8", String::new()),
+        };
         let statement = AssertSqlSafe(format!(
             "WITH terms AS (
                  SELECT to_tsquery('simple'::regconfig, t.word) AS q, t.weight
                  FROM unnest($11::text[], $12::float8[]) AS t(word, weight)
+             ),
+             hits AS (
+                 SELECT {}, {rank} AS rank
+                 FROM messages m, {function}('simple'::regconfig, $1) q
+                 WHERE m.tenant_id = $2 AND m.search_text @@ q AND {}
+                 ORDER BY {order}
+                 LIMIT $10
              )
-             SELECT {}, {rank} AS rank
-             FROM messages m, {function}('simple'::regconfig, $1) q
-             WHERE m.tenant_id = $2 AND m.search_text @@ q AND {}
-             ORDER BY rank DESC, m.created_at DESC
-             LIMIT $10",
+             SELECT h.*, {similarity} AS similarity
+             FROM hits h {join}
+             ORDER BY h.rank DESC, h.created_at DESC",
             message_columns!(),
             filters!()
         ));
-        let rows: Vec<LexicalRow> =
+        let mut statement =
             bind_filters!(sqlx::query_as(statement).bind(text).bind(query.tenant_id.as_str()), query.filters)
                 .bind(i64::from(query.limit))
                 .bind(&words)
-                .bind(&weights)
-                .fetch_all(&self.pool)
-                .await?;
+                .bind(&weights);
+        if let Some((space, vector)) = query.similarity_to {
+            if vector.len() != space.reference.dimensions as usize {
+                return Err(StoreError::Dimensions {
+                    space: space.id,
+                    expected: space.reference.dimensions,
+                    got: vector.len(),
+                });
+            }
+            statement = statement.bind(Vector::from(vector.to_vec()));
+        }
+        let rows: Vec<LexicalRow> = statement.fetch_all(&self.pool).await?;
         rows.into_iter()
-            .map(|r| Ok(LexicalHit { rank: r.rank, message: StoredMessage::try_from(r.message)? }))
+            .map(|r| {
+                Ok(LexicalHit { rank: r.rank, similarity: r.similarity, message: StoredMessage::try_from(r.message)? })
+            })
             .collect()
     }
 
@@ -133,17 +175,23 @@ impl SearchReads for PgStore {
             .await?)
     }
 
+    async fn tenant_size(&self, tenant: &TenantId) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar("SELECT count(*) FROM messages WHERE tenant_id = $1")
+            .bind(tenant.as_str())
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
     async fn document_frequencies(
         &self,
         tenant: &TenantId,
         lexemes: &[String],
         cap: i64,
-    ) -> Result<(i64, Vec<i64>), StoreError> {
+    ) -> Result<Vec<i64>, StoreError> {
+        if lexemes.is_empty() {
+            return Ok(Vec::new());
+        }
         let quoted: Vec<String> = lexemes.iter().map(|l| quote_lexeme(l)).collect();
-        let total: i64 = sqlx::query_scalar("SELECT count(*) FROM messages WHERE tenant_id = $1")
-            .bind(tenant.as_str())
-            .fetch_one(&self.pool)
-            .await?;
         let counts: Vec<(i64, i64)> = sqlx::query_as(
             "SELECT t.i, (SELECT count(*) FROM (SELECT 1 FROM messages m
                           WHERE m.tenant_id = $1 AND m.search_text @@ to_tsquery('simple'::regconfig, t.word)
@@ -161,29 +209,6 @@ impl SearchReads for PgStore {
                 *slot = n;
             }
         }
-        Ok((total, frequencies))
-    }
-
-    async fn similarities(
-        &self,
-        space: &Space,
-        tenant: &TenantId,
-        ids: &[MessageId],
-        vector: &[f32],
-    ) -> Result<Vec<(MessageId, f64)>, StoreError> {
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let table = Self::vector_table(space);
-        let ids: Vec<Uuid> = ids.iter().map(|id| id.0).collect();
-        let rows: Vec<(Uuid, f64)> = sqlx::query_as(AssertSqlSafe(format!(
-            "SELECT message_id, 1 - (embedding <=> $1) FROM {table} WHERE tenant_id = $3 AND message_id = ANY($2)"
-        )))
-        .bind(Vector::from(vector.to_vec()))
-        .bind(&ids)
-        .bind(tenant.as_str())
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows.into_iter().map(|(id, s)| (MessageId(id), s)).collect())
+        Ok(frequencies)
     }
 }
