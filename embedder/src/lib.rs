@@ -58,9 +58,10 @@ pub fn consumer_spec(config: &Config, subjects: &common::contract::Subjects) -> 
         durable: subjects.embedder_consumer().to_owned(),
         filter: subjects.ingest_all(),
         ack_wait: config.embedder.ack_wait,
-        // Enough for a few batches in flight at once, bounded so one slow replica does not
-        // hoard the backlog.
-        max_ack_pending: i64::try_from(config.embedder.batch_size * 4).unwrap_or(i64::MAX),
+        // Enough for the batches in flight of a few replicas, bounded so one slow replica does
+        // not hoard the backlog.
+        max_ack_pending: i64::try_from(config.embedder.batch_size * config.embedder.concurrency * 4)
+            .unwrap_or(i64::MAX),
         // Past the embedder's own limit a message is dead-lettered, or terminated if even that
         // fails; the server stops a few deliveries later whatever happens.
         max_deliver: i64::try_from(config.embedder.max_deliveries + 5).unwrap_or(i64::MAX),

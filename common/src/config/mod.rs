@@ -193,6 +193,7 @@ impl Config {
                 provider: v.parse_or("MEMORY_EMBEDDING_PROVIDER", Provider::Local),
                 batch_size: v.ranged("MEMORY_EMBEDDER_BATCH_SIZE", 64, 1, 1000),
                 batch_wait: v.millis("MEMORY_EMBEDDER_BATCH_WAIT_MS", 100, 1, 60_000),
+                concurrency: v.ranged("MEMORY_EMBEDDER_CONCURRENCY", 2, 1, 16),
                 ack_wait: v.secs("MEMORY_EMBEDDER_ACK_WAIT_SECS", 30, 1, 3600),
                 max_deliveries: v.ranged("MEMORY_EMBEDDER_MAX_DELIVERIES", 20, 1, 10_000),
                 importance: ImportanceWeights {

@@ -162,6 +162,9 @@ pub struct EmbedderConfig {
     pub batch_size: usize,
     /// Longest wait to fill a batch (`MEMORY_EMBEDDER_BATCH_WAIT_MS`, default 100).
     pub batch_wait: Duration,
+    /// Batches one embedder handles at once (`MEMORY_EMBEDDER_CONCURRENCY`, 1–16, default 2):
+    /// while one batch's vectors go into the index, the next is pulled, stored and embedded.
+    pub concurrency: usize,
     /// Unacknowledged messages are redelivered after this (`MEMORY_EMBEDDER_ACK_WAIT_SECS`, default 30).
     pub ack_wait: Duration,
     /// Deliveries a message gets before the next one dead-letters it (`MEMORY_EMBEDDER_MAX_DELIVERIES`,

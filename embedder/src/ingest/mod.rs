@@ -16,6 +16,8 @@ use common::config::Config;
 use common::contract::{EventKind, MessageStored, REQUEST_ID_HEADER, VERSION};
 use common::domain::MessageStatus;
 use common::store::{Inserted, Origin, Space, StoreError, StoredMessage};
+use futures::StreamExt as _;
+use futures::stream::FuturesUnordered;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info_span, warn};
 
@@ -49,10 +51,12 @@ pub(crate) struct IngestWorker {
     deps: Deps,
     embeddings: Embeddings,
     space: Space,
-    consumer: Box<dyn Consumer>,
+    /// Only the loop pulls; the lock lets batches in hand be handled meanwhile.
+    consumer: tokio::sync::Mutex<Box<dyn Consumer>>,
     metrics: Metrics,
     batch_size: usize,
     batch_wait: Duration,
+    concurrency: usize,
     max_deliveries: u64,
     ack_wait: Duration,
     importance: common::config::ImportanceWeights,
@@ -81,10 +85,11 @@ impl IngestWorker {
             deps,
             embeddings,
             space,
-            consumer,
+            consumer: tokio::sync::Mutex::new(consumer),
             metrics,
             batch_size: config.embedder.batch_size,
             batch_wait: config.embedder.batch_wait,
+            concurrency: config.embedder.concurrency,
             max_deliveries: config.embedder.max_deliveries,
             ack_wait: config.embedder.ack_wait,
             importance: config.embedder.importance,
@@ -92,56 +97,82 @@ impl IngestWorker {
         }
     }
 
-    /// Pulls and handles batches while the space is active: until shutdown (finishing the batch
-    /// in hand within `grace`) or until a write finds another space active.
+    /// Pulls and handles batches while the space is active, up to `concurrency` at once: until
+    /// shutdown (finishing the batches in hand within `grace`) or until a write finds another
+    /// space active.
     pub(crate) async fn run(&mut self, space: Space, shutdown: &CancellationToken, grace: Duration) -> Ended {
         self.space = space;
         self.retired.store(false, Ordering::Relaxed);
-        loop {
-            if self.retired.load(Ordering::Relaxed) {
-                return Ended::Retired;
+        let this = &*self;
+        let mut handling = FuturesUnordered::new();
+        let ended = loop {
+            if this.retired.load(Ordering::Relaxed) {
+                break Ended::Retired;
+            }
+            if handling.len() >= this.concurrency {
+                tokio::select! {
+                    biased;
+                    () = shutdown.cancelled() => break Ended::Shutdown,
+                    _ = handling.next() => continue,
+                }
             }
             // While the provider is down, messages wait in the stream: none is pulled, so none
             // spends a delivery, and none is embedded by anything else.
-            if !self.provider_ready(shutdown).await {
-                return Ended::Shutdown;
-            }
-            let fetched = tokio::select! {
-                biased;
-                () = shutdown.cancelled() => return Ended::Shutdown,
-                fetched = self.consumer.fetch(self.batch_size, self.batch_wait) => fetched,
+            let ready = async {
+                if !this.provider_ready(shutdown).await {
+                    return None;
+                }
+                let mut consumer = this.consumer.lock().await;
+                tokio::select! {
+                    biased;
+                    () = shutdown.cancelled() => None,
+                    fetched = consumer.fetch(this.batch_size, this.batch_wait) => Some(fetched),
+                }
+            };
+            tokio::pin!(ready);
+            // The batches in hand go on while the next is awaited.
+            let fetched = loop {
+                tokio::select! {
+                    biased;
+                    fetched = &mut ready => break fetched,
+                    Some(()) = handling.next(), if !handling.is_empty() => {}
+                }
             };
             let batch = match fetched {
-                Ok(batch) => batch,
-                Err(e) => {
+                None => break Ended::Shutdown,
+                Some(Ok(batch)) => batch,
+                Some(Err(e)) => {
                     warn!(error = %e, cause = ?std::error::Error::source(&e), "pulling from the ingest stream failed; retrying");
                     tokio::select! {
-                        () = shutdown.cancelled() => return Ended::Shutdown,
+                        () = shutdown.cancelled() => break Ended::Shutdown,
                         () = tokio::time::sleep(PULL_RETRY) => continue,
                     }
                 }
             };
-            if batch.is_empty() {
-                continue;
+            if !batch.is_empty() {
+                handling.push(this.handle_timed(batch));
             }
-            // A batch in hand is finished even during shutdown (bounded by the grace period):
-            // whatever is not acked by then is redelivered, and redelivery is harmless.
-            let started = Instant::now();
-            let n = batch.len();
-            let deadline = async {
-                shutdown.cancelled().await;
-                tokio::time::sleep(grace).await;
-            };
-            tokio::select! {
-                () = self.handle(batch) => {}
-                () = deadline => {
-                    warn!(messages = n, "batch did not finish within the grace period; it will be redelivered");
-                    return Ended::Shutdown;
-                }
+        };
+        // Batches in hand are finished even during shutdown (bounded by the grace period):
+        // whatever is not acked by then is redelivered, and redelivery is harmless.
+        let n = handling.len();
+        let finish = async { while handling.next().await.is_some() {} };
+        if ended == Ended::Shutdown {
+            if tokio::time::timeout(grace, finish).await.is_err() {
+                warn!(batches = n, "batches did not finish within the grace period; they will be redelivered");
             }
-            self.metrics.batch_size.observe(n as f64);
-            self.metrics.batch_duration.observe(started.elapsed().as_secs_f64());
+        } else {
+            finish.await;
         }
+        ended
+    }
+
+    async fn handle_timed(&self, batch: Vec<Delivery>) {
+        let started = Instant::now();
+        let n = batch.len();
+        self.handle(batch).await;
+        self.metrics.batch_size.observe(n as f64);
+        self.metrics.batch_duration.observe(started.elapsed().as_secs_f64());
     }
 
     /// Waits out an open circuit and probes the provider until it closes. `false` on shutdown.
