@@ -1,11 +1,15 @@
-//! `memory bench`: loads a running deployment through its REST API and measures it as a user
-//! would: ingest to searchable, then search latency (one client) and throughput (several) per
-//! mode. Deterministic: the same seed sends the same messages and queries.
+//! `memory bench`: loads a running deployment as a user would and measures it: ingest until
+//! searchable (REST batches, and with `--nats` direct publishing to the ingest stream), then search
+//! latency with one client and throughput with several, per mode. Deterministic: the same seed
+//! sends the same messages and queries.
 
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, ensure};
+use common::contract::Subjects;
+use common::domain::{MessageId, TenantId};
 use futures::StreamExt as _;
 use rand::rngs::StdRng;
 use rand::seq::IndexedRandom;
@@ -25,7 +29,7 @@ pub(crate) struct BenchArgs {
     messages: usize,
     #[arg(long, default_value_t = 1)]
     tenants: usize,
-    /// Messages per batch request.
+    /// Messages per batch request (and per group of direct publishes).
     #[arg(long, default_value_t = 100)]
     batch: usize,
     /// Requests in flight while loading, and clients in the throughput phase.
@@ -39,10 +43,24 @@ pub(crate) struct BenchArgs {
     json: Option<PathBuf>,
     #[arg(long, default_value_t = 7)]
     seed: u64,
+    /// Publish the second half of each tenant's messages straight to the ingest stream through
+    /// this NATS server (`nats://user:password@host:4222`), timed on its own.
+    #[arg(long)]
+    nats: Option<String>,
+    /// The deployment's subject prefix (`MEMORY_SUBJECT_PREFIX`).
+    #[arg(long, default_value = "mem")]
+    subject_prefix: String,
+    /// Names the tenants `<run>-t<i>` (default: from the seed and the time).
+    #[arg(long)]
+    run: Option<String>,
+    /// Loads nothing: searches the tenants an earlier run with the same `--run` loaded.
+    #[arg(long, requires = "run")]
+    skip_load: bool,
 }
 
 const SPEAKERS: [&str; 8] = ["Ana", "Bruno", "Chen", "Dara", "Emeka", "Freya", "Goran", "Hana"];
-const WORDS: [&str; 48] = [
+/// The commonest content words (the head of the vocabulary).
+const TOPICS: [&str; 48] = [
     "flight",
     "Lisbon",
     "hotel",
@@ -92,32 +110,76 @@ const WORDS: [&str; 48] = [
     "password",
     "router",
 ];
+/// Made-up words after the topics are spelled from these.
+const SYLLABLES: [&str; 20] = [
+    "ka", "lo", "mi", "ren", "to", "sa", "vel", "dor", "an", "pe", "ri", "mo", "na", "bel", "tra", "gon", "fi", "lu",
+    "zen", "co",
+];
+/// Content words in the vocabulary.
+const VOCABULARY: usize = 5_000;
 const FILLER: [&str; 16] =
     ["the", "a", "is", "on", "for", "we", "my", "and", "to", "it", "was", "next", "will", "about", "with", "our"];
 
-fn sentence(rng: &mut StdRng, words: usize) -> String {
-    (0..words)
-        .map(|i| if i % 3 == 1 { WORDS.choose(rng) } else { FILLER.choose(rng) }.copied().unwrap_or("so"))
-        .collect::<Vec<_>>()
-        .join(" ")
+/// The words messages and queries are made of: a Zipf-like law over the vocabulary (weight
+/// 1 / (rank + 10)), so that a few words are in many messages and most are in few, as in chat.
+struct Corpus {
+    words: Vec<String>,
+    cumulative: Vec<f64>,
 }
 
-/// The messages of one tenant: conversations of alternating user and assistant turns, the users
-/// named, lengths from a few words to a paragraph.
-fn messages(rng: &mut StdRng, tenant: &str, count: usize) -> Vec<Value> {
-    (0..count)
-        .map(|i| {
-            let conversation = format!("c{}", i / 20);
-            let user = i % 2 == 0;
-            let length = if rng.random_bool(0.2) { rng.random_range(40..120) } else { rng.random_range(6..30) };
-            let mut message = json!({"tenant_id": tenant, "conversation_id": conversation,
-                "role": if user { "user" } else { "assistant" }, "content": sentence(rng, length)});
-            if user {
-                message["name"] = json!(SPEAKERS[(i / 20) % SPEAKERS.len()]);
+impl Corpus {
+    fn new() -> Self {
+        let mut words: Vec<String> = TOPICS.iter().map(|w| (*w).to_owned()).collect();
+        let base = SYLLABLES.len();
+        for i in 0..VOCABULARY - TOPICS.len() {
+            // The digits of a number of at least three in base 20, one syllable each.
+            let (mut n, mut word) = (i + base * base, String::new());
+            while n > 0 {
+                word.push_str(SYLLABLES[n % base]);
+                n /= base;
             }
-            message
-        })
-        .collect()
+            words.push(word);
+        }
+        let mut total = 0.0;
+        let cumulative = (0..words.len())
+            .map(|rank| {
+                total += 1.0 / (rank as f64 + 10.0);
+                total
+            })
+            .collect();
+        Self { words, cumulative }
+    }
+
+    fn word(&self, rng: &mut StdRng) -> &str {
+        let x = rng.random::<f64>() * self.cumulative.last().copied().unwrap_or(1.0);
+        &self.words[self.cumulative.partition_point(|c| *c < x).min(self.words.len() - 1)]
+    }
+
+    /// `words` words, every third a content word.
+    fn sentence(&self, rng: &mut StdRng, words: usize) -> String {
+        (0..words)
+            .map(|i| if i % 3 == 1 { self.word(rng) } else { FILLER.choose(rng).copied().unwrap_or("so") })
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    /// The messages of one tenant: conversations of alternating user and assistant turns, the
+    /// users named, lengths from a few words to a paragraph.
+    fn messages(&self, rng: &mut StdRng, tenant: &str, count: usize) -> Vec<Value> {
+        (0..count)
+            .map(|i| {
+                let conversation = format!("c{}", i / 20);
+                let user = i % 2 == 0;
+                let length = if rng.random_bool(0.2) { rng.random_range(40..120) } else { rng.random_range(6..30) };
+                let mut message = json!({"tenant_id": tenant, "conversation_id": conversation,
+                    "role": if user { "user" } else { "assistant" }, "content": self.sentence(rng, length)});
+                if user {
+                    message["name"] = json!(SPEAKERS[(i / 20) % SPEAKERS.len()]);
+                }
+                message
+            })
+            .collect()
+    }
 }
 
 struct Client {
@@ -141,105 +203,166 @@ impl Client {
         let bytes = response.bytes().await?;
         Ok((status, serde_json::from_slice(&bytes).unwrap_or(Value::Null)))
     }
+
+    async fn embedded(&self, tenant: &str, id: &str) -> anyhow::Result<bool> {
+        let (_, body) = self.send(reqwest::Method::GET, &format!("/v1/messages/{id}?tenant_id={tenant}"), None).await?;
+        Ok(body["status"] == "embedded")
+    }
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
     sorted.get(((sorted.len().max(1) - 1) as f64 * p).round() as usize).map_or(0.0, |d| d.as_secs_f64() * 1000.0)
 }
 
-pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
-    let key = args.key.clone().or_else(|| std::env::var("MEMORY_ADMIN_API_KEY").ok());
-    let key = key.context("give the operator key with --key or MEMORY_ADMIN_API_KEY")?;
-    ensure!(args.messages > 0 && args.tenants > 0 && args.batch > 0 && args.concurrency > 0, "counts must be positive");
-    let client = Client {
-        http: reqwest::Client::builder().timeout(Duration::from_secs(60)).build()?,
-        url: args.url.trim_end_matches('/').to_owned(),
-        key,
-    };
-    let mut rng = StdRng::seed_from_u64(args.seed);
-    let run = format!("bench-{}-{}", args.seed, chrono::Utc::now().format("%H%M%S"));
-    let tenants: Vec<String> = (0..args.tenants).map(|t| format!("{run}-t{t}")).collect();
-    let per_tenant = args.messages.div_ceil(args.tenants);
+/// One tenant's group of messages, sent together; and the id of its last message once sent.
+type Batch = (String, Vec<Value>);
+type Sent = (String, String);
 
-    // Ingest: batches at the chosen concurrency; then until every batch's last message is embedded.
-    let mut batches = Vec::new();
-    for tenant in &tenants {
-        for chunk in messages(&mut rng, tenant, per_tenant).chunks(args.batch) {
-            batches.push((tenant.clone(), chunk.to_vec()));
-        }
+/// How one load went.
+struct Phase {
+    via: &'static str,
+    messages: usize,
+    accepted: Duration,
+    searchable: Duration,
+}
+
+impl Phase {
+    fn json(&self) -> Value {
+        let n = self.messages as f64;
+        json!({"via": self.via, "messages": self.messages,
+               "accepted_s": self.accepted.as_secs_f64(), "accepted_per_s": n / self.accepted.as_secs_f64(),
+               "searchable_s": self.searchable.as_secs_f64(), "searchable_per_s": n / self.searchable.as_secs_f64()})
     }
-    eprintln!(
-        "loading {} messages in {} batches over {} tenant(s)…",
-        per_tenant * tenants.len(),
-        batches.len(),
-        tenants.len()
-    );
-    let started = Instant::now();
-    let client_ref = &client;
-    let mut watched = Vec::new();
-    let mut sent = futures::stream::iter(batches.iter().map(|(tenant, items)| async move {
+}
+
+/// Sends the batches through REST, `concurrency` at a time.
+async fn send_rest(client: &Client, batches: &[Batch], concurrency: usize) -> anyhow::Result<Vec<Sent>> {
+    let mut sent = Vec::with_capacity(batches.len());
+    let mut requests = futures::stream::iter(batches.iter().map(|(tenant, items)| async move {
         let (status, body) =
-            client_ref.send(reqwest::Method::POST, "/v1/messages/batch", Some(&json!({"messages": items}))).await?;
+            client.send(reqwest::Method::POST, "/v1/messages/batch", Some(&json!({"messages": items}))).await?;
         ensure!(status == 201, "a batch was answered {status}: {body}");
         let last = body["results"].as_array().and_then(|r| r.last()).and_then(|r| r["id"].as_str()).map(str::to_owned);
         anyhow::Ok((tenant.clone(), last.context("a batch answer without ids")?))
     }))
-    .buffer_unordered(args.concurrency);
-    while let Some(result) = sent.next().await {
-        watched.push(result?);
-        if watched.len() % 20 == 0 {
-            eprintln!("  {} of {} batches accepted", watched.len(), batches.len());
+    .buffered(concurrency);
+    while let Some(result) = requests.next().await {
+        sent.push(result?);
+        if sent.len() % 100 == 0 {
+            eprintln!("  {} of {} batches accepted", sent.len(), batches.len());
         }
     }
-    drop(sent);
-    let accepted = started.elapsed();
-    let mut pending = watched;
+    Ok(sent)
+}
+
+/// Publishes the batches straight to the ingest stream, each message with its id and a
+/// deduplicating `Nats-Msg-Id`; a group's acks are awaited together, `concurrency` groups at a time.
+async fn send_nats(url: &str, subjects: &Subjects, batches: &[Batch], concurrency: usize) -> anyhow::Result<Vec<Sent>> {
+    let client = async_nats::connect(url).await.with_context(|| format!("connecting to NATS at {url}"))?;
+    let stream = async_nats::jetstream::new(client);
+    let stream = &stream;
+    let mut sent = Vec::with_capacity(batches.len());
+    let mut groups = futures::stream::iter(batches.iter().map(|(tenant, items)| async move {
+        let tenant_id = TenantId::parse(tenant.as_str()).context("a bench tenant id")?;
+        let mut acks = Vec::with_capacity(items.len());
+        let mut last = None;
+        for item in items {
+            let id = MessageId(uuid::Uuid::now_v7());
+            let mut event = item.clone();
+            event["v"] = json!(1);
+            event["message_id"] = json!(id.to_string());
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Nats-Msg-Id", format!("{tenant}/{id}").as_str());
+            let payload = serde_json::to_vec(&event)?;
+            acks.push(stream.publish_with_headers(subjects.ingest(&tenant_id, id), headers, payload.into()).await?);
+            last = Some(id.to_string());
+        }
+        for ack in acks {
+            ack.await.context("the ingest stream refused a message (is the stream full?)")?;
+        }
+        anyhow::Ok((tenant.clone(), last.context("an empty group")?))
+    }))
+    .buffered(concurrency);
+    while let Some(result) = groups.next().await {
+        sent.push(result?);
+        if sent.len() % 100 == 0 {
+            eprintln!("  {} of {} groups published", sent.len(), batches.len());
+        }
+    }
+    Ok(sent)
+}
+
+/// Waits until the last message of every batch is embedded. Batches become searchable about in
+/// the order they were sent, so only the oldest few are asked about at a time, which keeps the
+/// polling from loading the deployment.
+async fn until_searchable(client: &Client, sent: Vec<Sent>, started: Instant) -> anyhow::Result<Duration> {
+    const ASKED: usize = 4;
+    let total = sent.len();
+    let mut pending: VecDeque<Sent> = sent.into();
+    let mut shown = Instant::now();
     while !pending.is_empty() {
-        let mut still = Vec::new();
-        for (tenant, id) in pending {
-            let (_, body) =
-                client.send(reqwest::Method::GET, &format!("/v1/messages/{id}?tenant_id={tenant}"), None).await?;
-            if body["status"] != "embedded" {
-                still.push((tenant, id));
+        let front: Vec<Sent> = pending.iter().take(ASKED).cloned().collect();
+        let answers = futures::future::join_all(front.iter().map(|(t, id)| client.embedded(t, id))).await;
+        let mut done = Vec::new();
+        for (sent, answer) in front.into_iter().zip(answers) {
+            if answer? {
+                done.push(sent);
             }
         }
-        pending = still;
-        if !pending.is_empty() {
-            eprintln!("  waiting for {} batches to be searchable", pending.len());
-            tokio::time::sleep(Duration::from_millis(500)).await;
+        pending.retain(|s| !done.contains(s));
+        if done.len() < ASKED.min(total) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        ensure!(started.elapsed() < Duration::from_secs(3600), "not searchable after an hour");
+        if shown.elapsed() > Duration::from_secs(5) {
+            eprintln!("  {} of {total} batches searchable", total - pending.len());
+            shown = Instant::now();
+        }
+        ensure!(started.elapsed() < Duration::from_secs(3 * 3600), "not searchable after three hours");
     }
-    let searchable = started.elapsed();
-    let loaded = (per_tenant * tenants.len()) as f64;
+    Ok(started.elapsed())
+}
 
-    // Search: one client, then `concurrency` clients, per mode.
-    let queries: Vec<String> = (0..args.queries)
-        .map(|_| {
-            let words = rng.random_range(2..6);
-            sentence(&mut rng, words)
-        })
-        .collect();
+/// Loads `batches` one way, timing until accepted and until searchable.
+async fn load(client: &Client, args: &BenchArgs, via: &'static str, batches: &[Batch]) -> anyhow::Result<Phase> {
+    let messages = batches.iter().map(|(_, b)| b.len()).sum();
+    eprintln!("loading {messages} messages in {} groups through {via}…", batches.len());
+    let started = Instant::now();
+    let sent = match &args.nats {
+        Some(url) if via == "nats" => {
+            send_nats(url, &Subjects::new(args.subject_prefix.clone()), batches, args.concurrency).await?
+        }
+        _ => send_rest(client, batches, args.concurrency).await?,
+    };
+    let accepted = started.elapsed();
+    let searchable = until_searchable(client, sent, started).await?;
+    Ok(Phase { via, messages, accepted, searchable })
+}
+
+/// Times the searches per mode: one client in turn, then `concurrency` clients.
+async fn search(
+    client: &Client,
+    args: &BenchArgs,
+    tenants: &[String],
+    queries: &[String],
+) -> anyhow::Result<Vec<Value>> {
     let mut modes = Vec::new();
     for mode in ["hybrid", "vector", "lexical"] {
         eprintln!("searching ({mode})…");
-        let path = |q: &str, t: &str| {
-            let q: String = q.split(' ').collect::<Vec<_>>().join("%20");
-            format!("/v1/memory/search?tenant_id={t}&query={q}&top_k=5&mode={mode}")
+        let path = |i: usize| {
+            let q: String = queries[i].split(' ').collect::<Vec<_>>().join("%20");
+            format!("/v1/memory/search?tenant_id={}&query={q}&top_k=5&mode={mode}", tenants[i % tenants.len()])
         };
         let mut latencies = Vec::with_capacity(queries.len());
-        for (i, q) in queries.iter().enumerate() {
-            let tenant = &tenants[i % tenants.len()];
+        for i in 0..queries.len() {
             let at = Instant::now();
-            let (status, body) = client.send(reqwest::Method::GET, &path(q, tenant), None).await?;
+            let (status, body) = client.send(reqwest::Method::GET, &path(i), None).await?;
             ensure!(status == 200, "a {mode} search was answered {status}: {body}");
             latencies.push(at.elapsed());
         }
         latencies.sort();
         let at = Instant::now();
-        let statuses: Vec<u16> = futures::stream::iter(queries.iter().enumerate().map(|(i, q)| {
-            let path = path(q, &tenants[i % tenants.len()]);
-            let client = &client;
+        let statuses: Vec<u16> = futures::stream::iter((0..queries.len()).map(|i| {
+            let path = path(i);
             async move { client.send(reqwest::Method::GET, &path, None).await.map_or(0, |(s, _)| s) }
         }))
         .buffer_unordered(args.concurrency)
@@ -259,28 +382,79 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
             "p99_ms": percentile(&latencies, 0.99), "qps": answered as f64 / took, "clients": args.concurrency,
             "failed": failed.len()}));
     }
+    Ok(modes)
+}
+
+pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let key = args.key.clone().or_else(|| std::env::var("MEMORY_ADMIN_API_KEY").ok());
+    let key = key.context("give the operator key with --key or MEMORY_ADMIN_API_KEY")?;
+    ensure!(args.messages > 0 && args.tenants > 0 && args.batch > 0 && args.concurrency > 0, "counts must be positive");
+    let client = Client {
+        http: reqwest::Client::builder().timeout(Duration::from_secs(60)).build()?,
+        url: args.url.trim_end_matches('/').to_owned(),
+        key,
+    };
+    let corpus = Corpus::new();
+    let mut rng = StdRng::seed_from_u64(args.seed);
+    let run =
+        args.run.clone().unwrap_or_else(|| format!("bench-{}-{}", args.seed, chrono::Utc::now().format("%H%M%S")));
+    let tenants: Vec<String> = (0..args.tenants).map(|t| format!("{run}-t{t}")).collect();
+    let per_tenant = args.messages.div_ceil(args.tenants);
+
+    let mut phases = Vec::new();
+    if !args.skip_load {
+        // Each tenant's conversations in order; with --nats, their second half goes that way.
+        let (mut rest, mut nats) = (Vec::new(), Vec::new());
+        for tenant in &tenants {
+            let mut messages = corpus.messages(&mut rng, tenant, per_tenant);
+            let direct = if args.nats.is_some() { messages.split_off(per_tenant / 2) } else { Vec::new() };
+            rest.extend(messages.chunks(args.batch).map(|c| (tenant.clone(), c.to_vec())));
+            nats.extend(direct.chunks(args.batch).map(|c| (tenant.clone(), c.to_vec())));
+        }
+        phases.push(load(&client, &args, "rest", &rest).await?);
+        if !nats.is_empty() {
+            phases.push(load(&client, &args, "nats", &nats).await?);
+        }
+    }
+
+    let mut rng = StdRng::seed_from_u64(args.seed ^ 0x5eed);
+    let queries: Vec<String> = (0..args.queries)
+        .map(|_| {
+            let words = rng.random_range(2..7);
+            corpus.sentence(&mut rng, words)
+        })
+        .collect();
+    let modes = search(&client, &args, &tenants, &queries).await?;
 
     let cores = std::thread::available_parallelism().map_or(0, usize::from);
+    let loaded: usize = phases.iter().map(|p| p.messages).sum();
     let report = json!({
         "machine": {"cores": cores},
-        "load": {"messages": loaded, "tenants": tenants.len(), "batch": args.batch, "concurrency": args.concurrency, "seed": args.seed},
-        "ingest": {"accepted_s": accepted.as_secs_f64(), "accepted_per_s": loaded / accepted.as_secs_f64(),
-                   "searchable_s": searchable.as_secs_f64(), "searchable_per_s": loaded / searchable.as_secs_f64()},
+        "load": {"messages": loaded, "tenants": tenants.len(), "per_tenant": per_tenant, "batch": args.batch,
+                 "concurrency": args.concurrency, "seed": args.seed, "run": run},
+        "ingest": phases.iter().map(Phase::json).collect::<Vec<_>>(),
         "search": modes,
     });
     println!(
-        "memory bench: {loaded} messages in {} tenant(s), batches of {} at concurrency {}; {cores} cores",
+        "memory bench: {per_tenant} messages in each of {} tenant(s) (run {run}), batches of {} at concurrency {}; {cores} cores",
         tenants.len(),
         args.batch,
         args.concurrency
     );
-    println!(
-        "ingest: accepted in {:.1} s ({:.0} msg/s), searchable in {:.1} s ({:.0} msg/s)",
-        accepted.as_secs_f64(),
-        loaded / accepted.as_secs_f64(),
-        searchable.as_secs_f64(),
-        loaded / searchable.as_secs_f64()
-    );
+    if phases.is_empty() {
+        println!("ingest: skipped (--skip-load)");
+    }
+    for p in &phases {
+        println!(
+            "ingest via {}: {} messages accepted in {:.1} s ({:.0} msg/s), searchable in {:.1} s ({:.0} msg/s)",
+            p.via,
+            p.messages,
+            p.accepted.as_secs_f64(),
+            p.messages as f64 / p.accepted.as_secs_f64(),
+            p.searchable.as_secs_f64(),
+            p.messages as f64 / p.searchable.as_secs_f64()
+        );
+    }
     println!("{:<8} {:>8} {:>8} {:>8} {:>10} {:>7}", "mode", "p50 ms", "p95 ms", "p99 ms", "QPS", "failed");
     for m in report["search"].as_array().into_iter().flatten() {
         println!(

@@ -206,8 +206,8 @@ async fn sigterm_mid_ingest_loses_nothing_a_restart_stores_the_rest_once() -> an
     env.finish().await
 }
 
-/// A smoke run of `memory bench` against `memory all`: it loads, waits, searches every mode and
-/// writes its report (no timing is asserted: figures belong to benchmarks).
+/// A smoke run of `memory bench` against `memory all`: it loads through REST and straight through
+/// NATS, waits, searches every mode and writes its report (no timing is asserted: figures belong to benchmarks).
 #[tokio::test]
 async fn the_bench_tool_loads_searches_and_reports() -> anyhow::Result<()> {
     let limits = [("MEMORY_RATE_LIMIT_CLIENT", "1000000/second"), ("MEMORY_RATE_LIMIT_TENANT", "1000000/second")];
@@ -217,8 +217,13 @@ async fn the_bench_tool_loads_searches_and_reports() -> anyhow::Result<()> {
     env.until_ready(ops).await?;
     let report = std::env::temp_dir().join(format!("bench-{}.json", uuid::Uuid::now_v7().simple()));
     let url = format!("http://{addr}");
+    let nats = env.vars["MEMORY_NATS_URL"].clone();
     let args = [
         "bench",
+        "--nats",
+        &nats,
+        "--subject-prefix",
+        env.subjects.prefix(),
         "--url",
         &url,
         "--key",
@@ -242,7 +247,10 @@ async fn the_bench_tool_loads_searches_and_reports() -> anyhow::Result<()> {
     assert!(printed.contains("hybrid") && printed.contains("searchable"), "{printed}");
     let json: Value = serde_json::from_slice(&std::fs::read(&report)?)?;
     let _ = std::fs::remove_file(&report);
-    assert_eq!(json["load"]["messages"], 300.0);
+    assert_eq!(json["load"]["messages"], 300);
+    let vias: Vec<&str> = json["ingest"].as_array().into_iter().flatten().filter_map(|p| p["via"].as_str()).collect();
+    assert_eq!(vias, ["rest", "nats"], "{json}");
+    assert_eq!(json["ingest"][1]["messages"], 150, "half of each tenant's messages published straight to NATS");
     assert_eq!(json["search"].as_array().map(Vec::len), Some(3), "{json}");
     assert!(json["search"][0]["p50_ms"].as_f64().is_some_and(|ms| ms > 0.0), "{json}");
     for mode in json["search"].as_array().into_iter().flatten() {
