@@ -237,8 +237,7 @@ impl Phase {
 
 /// Sends the batches through REST, `concurrency` at a time.
 async fn send_rest(client: &Client, batches: &[Batch], concurrency: usize) -> anyhow::Result<Vec<Sent>> {
-    let mut sent = Vec::with_capacity(batches.len());
-    let mut requests = futures::stream::iter(batches.iter().map(|(tenant, items)| async move {
+    let requests = futures::stream::iter(batches.iter().map(|(tenant, items)| async move {
         let (status, body) =
             client.send(reqwest::Method::POST, "/v1/messages/batch", Some(&json!({"messages": items}))).await?;
         ensure!(status == 201, "a batch was answered {status}: {body}");
@@ -246,10 +245,21 @@ async fn send_rest(client: &Client, batches: &[Batch], concurrency: usize) -> an
         anyhow::Ok((tenant.clone(), last.context("a batch answer without ids")?))
     }))
     .buffered(concurrency);
-    while let Some(result) = requests.next().await {
+    in_order(requests, batches.len(), "batches accepted").await
+}
+
+/// The sends' outcomes in the order sent, with progress every hundred; the first failure stops them.
+async fn in_order(
+    sends: impl futures::Stream<Item = anyhow::Result<Sent>>,
+    total: usize,
+    done: &str,
+) -> anyhow::Result<Vec<Sent>> {
+    let mut sends = std::pin::pin!(sends);
+    let mut sent = Vec::with_capacity(total);
+    while let Some(result) = sends.next().await {
         sent.push(result?);
         if sent.len() % 100 == 0 {
-            eprintln!("  {} of {} batches accepted", sent.len(), batches.len());
+            eprintln!("  {} of {total} {done}", sent.len());
         }
     }
     Ok(sent)
@@ -261,8 +271,7 @@ async fn send_nats(url: &str, subjects: &Subjects, batches: &[Batch], concurrenc
     let client = async_nats::connect(url).await.with_context(|| format!("connecting to NATS at {url}"))?;
     let stream = async_nats::jetstream::new(client);
     let stream = &stream;
-    let mut sent = Vec::with_capacity(batches.len());
-    let mut groups = futures::stream::iter(batches.iter().map(|(tenant, items)| async move {
+    let groups = futures::stream::iter(batches.iter().map(|(tenant, items)| async move {
         let tenant_id = TenantId::parse(tenant.as_str()).context("a bench tenant id")?;
         let mut acks = Vec::with_capacity(items.len());
         let mut last = None;
@@ -283,13 +292,7 @@ async fn send_nats(url: &str, subjects: &Subjects, batches: &[Batch], concurrenc
         anyhow::Ok((tenant.clone(), last.context("an empty group")?))
     }))
     .buffered(concurrency);
-    while let Some(result) = groups.next().await {
-        sent.push(result?);
-        if sent.len() % 100 == 0 {
-            eprintln!("  {} of {} groups published", sent.len(), batches.len());
-        }
-    }
-    Ok(sent)
+    in_order(groups, batches.len(), "groups published").await
 }
 
 /// Waits until the last message of every batch is embedded. Batches become searchable about in

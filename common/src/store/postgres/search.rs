@@ -6,6 +6,7 @@ use sqlx::AssertSqlSafe;
 
 use super::PgStore;
 use super::rows::{HitRow, LexicalRow};
+use super::vectors::check_dimensions;
 use crate::domain::TenantId;
 use crate::store::{
     LexicalHit, LexicalQuery, SearchReads, Space, StoreError, StoredMessage, TextQuery, VectorHit, VectorQuery,
@@ -66,13 +67,7 @@ fn quote_lexeme(lexeme: &str) -> String {
 #[async_trait]
 impl SearchReads for PgStore {
     async fn search_vectors(&self, space: &Space, query: VectorQuery<'_>) -> Result<Vec<VectorHit>, StoreError> {
-        if query.vector.len() != space.reference.dimensions as usize {
-            return Err(StoreError::Dimensions {
-                space: space.id,
-                expected: space.reference.dimensions,
-                got: query.vector.len(),
-            });
-        }
+        check_dimensions(space, query.vector.len())?;
         let mut tx = self.vector_search_transaction(query.ef_search).await?;
         let statement = AssertSqlSafe(Self::vector_search_sql(space, ""));
         let rows: Vec<HitRow> = bind_filters!(
@@ -151,13 +146,7 @@ impl SearchReads for PgStore {
                 .bind(&words)
                 .bind(&weights);
         if let Some((space, vector)) = query.similarity_to {
-            if vector.len() != space.reference.dimensions as usize {
-                return Err(StoreError::Dimensions {
-                    space: space.id,
-                    expected: space.reference.dimensions,
-                    got: vector.len(),
-                });
-            }
+            check_dimensions(space, vector.len())?;
             statement = statement.bind(Vector::from(vector.to_vec()));
         }
         let rows: Vec<LexicalRow> = statement.fetch_all(&self.pool).await?;

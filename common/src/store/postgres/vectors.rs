@@ -143,14 +143,18 @@ impl<'a> FailureColumns<'a> {
     }
 }
 
+/// `Ok` if a vector of `len` dimensions belongs in `space`.
+pub(super) fn check_dimensions(space: &Space, len: usize) -> Result<(), StoreError> {
+    if len == space.reference.dimensions as usize {
+        return Ok(());
+    }
+    Err(StoreError::Dimensions { space: space.id, expected: space.reference.dimensions, got: len })
+}
+
 /// The columns of vectors to insert into `space`, checked against its dimensions.
 pub(super) fn columns<'a>(space: &Space, vectors: &'a [NewVector]) -> Result<VectorColumns<'a>, StoreError> {
-    if let Some(bad) = vectors.iter().find(|v| v.vector.len() != space.reference.dimensions as usize) {
-        return Err(StoreError::Dimensions {
-            space: space.id,
-            expected: space.reference.dimensions,
-            got: bad.vector.len(),
-        });
+    for v in vectors {
+        check_dimensions(space, v.vector.len())?;
     }
     Ok((
         vectors.iter().map(|v| v.message_id.0).collect(),
