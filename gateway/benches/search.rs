@@ -126,6 +126,7 @@ async fn main() -> anyhow::Result<()> {
                 mode,
                 filters: SearchFilters::default(),
                 explain: false,
+                exact: false,
             };
             // Warm the query cache and the connections.
             for q in &queries {

@@ -3,7 +3,7 @@
 //! latency with one client and throughput with several, per mode. Deterministic: the same seed
 //! sends the same messages and queries.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -388,6 +388,44 @@ async fn search(
     Ok(modes)
 }
 
+/// Queries the recall phase asks, at most.
+const RECALL_QUERIES: usize = 100;
+/// Results compared per query in the recall phase.
+const RECALL_K: usize = 10;
+
+/// Recall@10 of vector search against the same search over an exact scan of the tenant's vectors
+/// (`exact=true`, which the operator key may ask for): the share of the exact results the index
+/// found, averaged over the queries.
+async fn recall(client: &Client, tenants: &[String], queries: &[String]) -> anyhow::Result<Value> {
+    eprintln!("measuring vector recall against exact search…");
+    let ids = |body: &Value| -> HashSet<String> {
+        body["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|h| h["message_id"].as_str().map(String::from))
+            .collect()
+    };
+    let (mut sum, mut asked) = (0.0, 0);
+    for (i, query) in queries.iter().take(RECALL_QUERIES).enumerate() {
+        let q: String = query.split(' ').collect::<Vec<_>>().join("%20");
+        let path = format!(
+            "/v1/memory/search?tenant_id={}&query={q}&top_k={RECALL_K}&mode=vector",
+            tenants[i % tenants.len()]
+        );
+        let (status, approximate) = client.send(reqwest::Method::GET, &path, None).await?;
+        ensure!(status == 200, "a vector search was answered {status}: {approximate}");
+        let (status, exact) = client.send(reqwest::Method::GET, &format!("{path}&exact=true"), None).await?;
+        ensure!(status == 200, "an exact vector search was answered {status}: {exact}");
+        let truth = ids(&exact);
+        if !truth.is_empty() {
+            sum += ids(&approximate).intersection(&truth).count() as f64 / truth.len() as f64;
+            asked += 1;
+        }
+    }
+    Ok(json!({"k": RECALL_K, "queries": asked, "recall": (asked > 0).then(|| sum / asked as f64)}))
+}
+
 pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let key = args.key.clone().or_else(|| std::env::var("MEMORY_ADMIN_API_KEY").ok());
     let key = key.context("give the operator key with --key or MEMORY_ADMIN_API_KEY")?;
@@ -428,6 +466,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         })
         .collect();
     let modes = search(&client, &args, &tenants, &queries).await?;
+    let recall = recall(&client, &tenants, &queries).await?;
 
     let cores = std::thread::available_parallelism().map_or(0, usize::from);
     let loaded: usize = phases.iter().map(|p| p.messages).sum();
@@ -437,6 +476,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
                  "concurrency": args.concurrency, "seed": args.seed, "run": run},
         "ingest": phases.iter().map(Phase::json).collect::<Vec<_>>(),
         "search": modes,
+        "vector_recall": recall,
     });
     println!(
         "memory bench: {per_tenant} messages in each of {} tenant(s) (run {run}), batches of {} at concurrency {}; {cores} cores",
@@ -468,6 +508,12 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
             m["p99_ms"].as_f64().unwrap_or(0.0),
             m["qps"].as_f64().unwrap_or(0.0),
             m["failed"].as_u64().unwrap_or(0)
+        );
+    }
+    if let Some(r) = report["vector_recall"]["recall"].as_f64() {
+        println!(
+            "vector recall@{RECALL_K} against an exact scan: {r:.3} ({} queries)",
+            report["vector_recall"]["queries"]
         );
     }
     if let Some(path) = &args.json {

@@ -63,7 +63,6 @@ struct Handler {
     metrics: Metrics,
     candidate_factor: u32,
     fusion_window: u32,
-    ef_search: u32,
     ranking: Ranking,
     rankings: Arc<Mutex<RankingCache>>,
     stats: Arc<stats::WordStats>,
@@ -96,7 +95,6 @@ impl Searcher {
                 metrics,
                 candidate_factor: config.searcher.candidate_factor,
                 fusion_window: config.searcher.fusion_window,
-                ef_search: config.searcher.ef_search,
                 ranking: config.searcher.ranking,
                 rankings: Arc::default(),
                 stats: Arc::new(stats::WordStats::new()),
@@ -248,7 +246,8 @@ impl Handler {
             vector: query,
             limit,
             filters: &request.filters,
-            ef_search: self.ef_search,
+            ef_search: None,
+            exact: request.exact,
         };
         self.deps.store.search_vectors(space, query).await.map_err(|e| unavailable("searching vectors", &e))
     }

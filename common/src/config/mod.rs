@@ -173,6 +173,7 @@ impl Config {
                 migrate: v.parse_or("MEMORY_DATABASE_MIGRATE", true),
                 statement_timeout: v.millis("MEMORY_DATABASE_STATEMENT_TIMEOUT_MS", 5_000, 10, 3_600_000),
                 long_statement_timeout: v.secs("MEMORY_DATABASE_LONG_STATEMENT_TIMEOUT_SECS", 600, 1, 86_400),
+                ef_search: v.ranged("MEMORY_SEARCH_EF_SEARCH", 100, 1, 1000),
             },
             http: HttpConfig {
                 addr: v.parse_or("MEMORY_HTTP_ADDR", SocketAddr::from(([127, 0, 0, 1], 8080))),
@@ -238,7 +239,6 @@ impl Config {
             searcher: SearcherConfig {
                 candidate_factor: v.ranged("MEMORY_SEARCH_CANDIDATE_FACTOR", 10, 1, 100),
                 fusion_window: v.ranged("MEMORY_SEARCH_FUSION_WINDOW", 2, 1, 100),
-                ef_search: v.ranged("MEMORY_SEARCH_EF_SEARCH", 100, 1, 1000),
                 ranking: crate::domain::Ranking {
                     relevance_weight: v.ranged("MEMORY_RANK_RELEVANCE_WEIGHT", 0.6, 0.0, 1000.0),
                     importance_weight: v.ranged("MEMORY_RANK_IMPORTANCE_WEIGHT", 0.3, 0.0, 1000.0),

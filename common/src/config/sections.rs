@@ -99,6 +99,9 @@ pub struct DatabaseConfig {
     /// deletes, exports (`MEMORY_DATABASE_LONG_STATEMENT_TIMEOUT_SECS`, default 600).
     /// Migrations have none.
     pub long_statement_timeout: Duration,
+    /// HNSW's candidate list in vector searches (`hnsw.ef_search`, `MEMORY_SEARCH_EF_SEARCH`,
+    /// 1–1000, default 100): every connection starts with it.
+    pub ef_search: u32,
 }
 
 impl fmt::Debug for DatabaseConfig {
@@ -109,6 +112,7 @@ impl fmt::Debug for DatabaseConfig {
             .field("migrate", &self.migrate)
             .field("statement_timeout", &self.statement_timeout)
             .field("long_statement_timeout", &self.long_statement_timeout)
+            .field("ef_search", &self.ef_search)
             .finish()
     }
 }
@@ -279,8 +283,6 @@ pub struct SearcherConfig {
     /// Candidates each retriever contributes to fusion in lexical and hybrid modes, per result
     /// (`MEMORY_SEARCH_FUSION_WINDOW`, 1–100, default 2: top_k 5 fuses the first 10 of each list).
     pub fusion_window: u32,
-    /// HNSW's candidate list (`MEMORY_SEARCH_EF_SEARCH`, 1–1000, default 100).
-    pub ef_search: u32,
     /// The deployment's ranking; a tenant may set its own (`MEMORY_RANK_RELEVANCE_WEIGHT` 0.6,
     /// `MEMORY_RANK_IMPORTANCE_WEIGHT` 0.3, `MEMORY_RANK_RECENCY_WEIGHT` 0.1,
     /// `MEMORY_RANK_DECAY_DAYS` 7, `MEMORY_RANK_RRF_K` 60).

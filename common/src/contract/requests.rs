@@ -54,6 +54,10 @@ pub struct SearchRequest {
     /// Each hit explains its score.
     #[serde(default)]
     pub explain: bool,
+    /// Vector candidates from an exact scan of the tenant's vectors instead of the index (the
+    /// gateway allows it to the operator key only): what the index's recall is measured against.
+    #[serde(default)]
+    pub exact: bool,
 }
 
 /// The reply to a search: the seed's `{total, items}` shape.

@@ -48,6 +48,16 @@ pub struct SearchFilters {
 }
 
 impl SearchFilters {
+    /// No filter but (perhaps) the archived flag: every message of the tenant may match.
+    pub fn narrows(&self) -> bool {
+        self.conversation_id.is_some()
+            || self.role.is_some()
+            || self.created_after.is_some()
+            || self.created_before.is_some()
+            || self.metadata.is_some()
+            || self.min_importance.is_some()
+    }
+
     /// Every problem, with the field named.
     pub fn check(&self) -> Result<(), ValidationError> {
         let mut errors = Vec::new();

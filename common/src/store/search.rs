@@ -12,8 +12,12 @@ pub struct VectorQuery<'a> {
     pub vector: &'a [f32],
     pub limit: u32,
     pub filters: &'a SearchFilters,
-    /// HNSW's candidate list size (`hnsw.ef_search`).
-    pub ef_search: u32,
+    /// HNSW's candidate list size (`hnsw.ef_search`) for this query alone; `None`: the store's
+    /// own (`DatabaseConfig::ef_search`), which costs no extra round trips.
+    pub ef_search: Option<u32>,
+    /// Compare the query with every vector of the tenant, not through the index: the truth an
+    /// approximate search's recall is measured against. Costs a scan of the tenant's vectors.
+    pub exact: bool,
 }
 
 /// A candidate with its cosine similarity to the query.

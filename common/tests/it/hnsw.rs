@@ -1,11 +1,11 @@
 //! The vector index at scale: a small tenant in a large table still gets full result lists
 //! (iterative scans), the planner takes HNSW for a large tenant and the exact per-tenant scan for
-//! a small one.
+//! a small one; archived messages among the nearest never shorten a list; exact search is the true order.
 
 use chrono::Utc;
 use common::contract::SpaceRef;
 use common::domain::{MessageId, MessageInput, SearchFilters, TenantId};
-use common::store::{Backfill, IngestWrites, NewRow, NewVector, SearchReads, VectorQuery};
+use common::store::{Backfill, IngestWrites, NewRow, NewVector, RetentionRuns, SearchReads, VectorQuery};
 use common::testing::TestEnv;
 
 const DIMENSIONS: usize = 32;
@@ -80,7 +80,8 @@ async fn small_tenants_get_full_lists_and_the_planner_picks_the_right_scan() -> 
         vector: &query,
         limit,
         filters: &filters,
-        ef_search,
+        ef_search: Some(ef_search),
+        exact: false,
     };
     let small = Box::leak(Box::new(TenantId::parse("small")?));
     let big = Box::leak(Box::new(TenantId::parse("big")?));
@@ -99,5 +100,53 @@ async fn small_tenants_get_full_lists_and_the_planner_picks_the_right_scan() -> 
     let plan = env.store.explain_vector_search(&space, search(tiny, 50, 100)).await?;
     assert!(!plan.contains(&hnsw), "a tiny tenant is scanned exactly:\n{plan}");
     println!("tiny tenant plan:\n{plan}");
+    env.finish().await
+}
+
+#[tokio::test]
+async fn archived_nearest_messages_do_not_shorten_lists_and_exact_search_is_the_true_order() -> anyhow::Result<()> {
+    let env = TestEnv::start().await?;
+    let space = env
+        .store
+        .register_space(&SpaceRef { provider: "test".into(), model: "random".into(), dimensions: DIMENSIONS as u32 })
+        .await?;
+    fill(&env, &space, "acme", 300, 0).await?;
+    let acme = TenantId::parse("acme")?;
+    let query = vector(4242);
+    let filters = SearchFilters::default();
+    let search = |limit: u32, exact: bool| VectorQuery {
+        tenant_id: &acme,
+        vector: &query,
+        limit,
+        filters: &filters,
+        ef_search: None,
+        exact,
+    };
+
+    // The truth, computed here: cosine similarity of unit vectors is their dot product.
+    let exact = env.store.search_vectors(&space, search(300, true)).await?;
+    assert_eq!(exact.len(), 300);
+    let truth: Vec<f64> = (0..300u64)
+        .map(|i| vector(i).iter().zip(&query).map(|(a, b)| f64::from(*a) * f64::from(*b)).sum())
+        .collect::<Vec<f64>>();
+    let mut sorted = truth.clone();
+    sorted.sort_by(|a, b| b.total_cmp(a));
+    for (hit, expected) in exact.iter().zip(&sorted) {
+        assert!((hit.similarity - expected).abs() < 1e-4, "{} against {expected}", hit.similarity);
+    }
+
+    // Archive the 30 nearest: a list of 10 then comes from beyond the few extra vectors read for
+    // it, and is still full, in order, without archived messages.
+    let nearest: Vec<MessageId> = exact.iter().take(30).map(|h| h.message.message_id).collect();
+    assert_eq!(env.store.archive_messages(&acme, &nearest, Utc::now()).await?, 30);
+    let hits = env.store.search_vectors(&space, search(10, false)).await?;
+    let expected: Vec<MessageId> = exact.iter().skip(30).take(10).map(|h| h.message.message_id).collect();
+    assert_eq!(hits.iter().map(|h| h.message.message_id).collect::<Vec<_>>(), expected);
+    let hits = env.store.search_vectors(&space, search(10, true)).await?;
+    assert_eq!(hits.iter().map(|h| h.message.message_id).collect::<Vec<_>>(), expected, "exact, too");
+
+    // A tenant with fewer vectors than asked for gets them all, in one statement or two.
+    let all = env.store.search_vectors(&space, search(500, false)).await?;
+    assert_eq!(all.len(), 270);
     env.finish().await
 }

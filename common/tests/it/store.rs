@@ -92,7 +92,14 @@ async fn vector_search_is_tenant_scoped_and_checks_dimensions() -> anyhow::Resul
         .store
         .search_vectors(
             &s,
-            VectorQuery { tenant_id: &tenant, vector: &query, limit: 10, filters: &Default::default(), ef_search: 40 },
+            VectorQuery {
+                tenant_id: &tenant,
+                vector: &query,
+                limit: 10,
+                filters: &Default::default(),
+                ef_search: None,
+                exact: false,
+            },
         )
         .await?;
     let contents: Vec<&str> = hits.iter().map(|h| h.message.content.as_str()).collect();
@@ -341,8 +348,14 @@ async fn upgrading_to_per_tenant_ids_keeps_vectors_and_refusals() -> anyhow::Res
     let store = common::store::PgStore::connect(&url, &env.config.database).await?;
     let space = store.active_space().await?.expect("kept");
     let acme = TenantId::parse("acme")?;
-    let query =
-        VectorQuery { tenant_id: &acme, vector: &unit(4, 0), limit: 5, filters: &Default::default(), ef_search: 40 };
+    let query = VectorQuery {
+        tenant_id: &acme,
+        vector: &unit(4, 0),
+        limit: 5,
+        filters: &Default::default(),
+        ef_search: None,
+        exact: false,
+    };
     let hits = store.search_vectors(&space, query).await?;
     assert_eq!(hits.iter().map(|h| h.message.content.as_str()).collect::<Vec<_>>(), ["embedded before"]);
     assert_eq!(store.coverage(&space).await?.missing, 0, "the vector and the refusal are both kept");

@@ -55,6 +55,9 @@ pub struct SearchParams {
     min_importance: Option<String>,
     /// `true`: archived messages too.
     include_archived: Option<String>,
+    /// `true`: vector candidates from an exact scan of the tenant's vectors, not the index, to
+    /// measure the index's recall. Operator key only.
+    exact: Option<String>,
 }
 
 /// A search as a JSON body.
@@ -73,6 +76,9 @@ pub struct SearchBody {
     explain: bool,
     #[serde(default)]
     filters: SearchFilters,
+    /// Vector candidates from an exact scan, not the index. Operator key only.
+    #[serde(default)]
+    exact: bool,
 }
 
 /// Find a tenant's messages most relevant to a query.
@@ -102,6 +108,10 @@ pub async fn search_memories(
     let mode = parse(&mut errors, "mode", params.mode, |v| serde_json::from_value(Value::String(v.to_owned())).ok())
         .unwrap_or_default();
     let explain = parse(&mut errors, "explain", params.explain, |v| v.parse::<bool>().ok()).unwrap_or(false);
+    let exact = parse(&mut errors, "exact", params.exact, |v| v.parse::<bool>().ok()).unwrap_or(false);
+    if exact {
+        principal.require_operator()?;
+    }
     let filters = SearchFilters {
         conversation_id: params
             .conversation_id
@@ -120,7 +130,8 @@ pub async fn search_memories(
         include_archived: parse(&mut errors, "include_archived", params.include_archived, |v| v.parse::<bool>().ok())
             .unwrap_or(false),
     };
-    search(&state, &headers, errors, params.tenant_id, params.query, top_k, mode, explain, filters).await
+    let request = Search { tenant_id: params.tenant_id, query: params.query, top_k, mode, explain, filters, exact };
+    search(&state, &headers, errors, request).await
 }
 
 /// The same search, as a JSON body (convenient for metadata filters).
@@ -142,22 +153,39 @@ pub async fn search_memories_post(
 ) -> Result<axum::Json<SearchResponse>, ApiError> {
     principal.require(Scope::Read)?;
     principal.bind_tenant(&mut body.tenant_id)?;
-    let top_k = body.top_k.unwrap_or(TOP_K_DEFAULT);
-    search(&state, &headers, Vec::new(), body.tenant_id, body.query, top_k, body.mode, body.explain, body.filters).await
+    if body.exact {
+        principal.require_operator()?;
+    }
+    let request = Search {
+        tenant_id: body.tenant_id,
+        query: body.query,
+        top_k: body.top_k.unwrap_or(TOP_K_DEFAULT),
+        mode: body.mode,
+        explain: body.explain,
+        filters: body.filters,
+        exact: body.exact,
+    };
+    search(&state, &headers, Vec::new(), request).await
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn search(
-    state: &AppState,
-    headers: &HeaderMap,
-    mut errors: Vec<FieldError>,
+/// A search as either route reads it, before validation.
+struct Search {
     tenant_id: String,
     query: String,
     top_k: u32,
     mode: SearchMode,
     explain: bool,
     filters: SearchFilters,
+    exact: bool,
+}
+
+async fn search(
+    state: &AppState,
+    headers: &HeaderMap,
+    mut errors: Vec<FieldError>,
+    search: Search,
 ) -> Result<axum::Json<SearchResponse>, ApiError> {
+    let Search { tenant_id, query, top_k, mode, explain, filters, exact } = search;
     let tenant_id = TenantId::parse(tenant_id).map_err(|e| errors.extend(e.0)).ok();
     if let Err(e) = check_search(&query, top_k) {
         errors.extend(e.0);
@@ -168,7 +196,7 @@ async fn search(
     let Some(tenant_id) = tenant_id.filter(|_| errors.is_empty()) else {
         return Err(ApiError::Invalid(errors));
     };
-    let request = SearchRequest { v: VERSION, tenant_id, query, top_k, mode, filters, explain };
+    let request = SearchRequest { v: VERSION, tenant_id, query, top_k, mode, filters, explain, exact };
     let response: SearchResponse =
         call_read(state, state.deps.subjects.search(), &request, &request_id(headers)).await?;
     Ok(axum::Json(response))

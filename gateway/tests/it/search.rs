@@ -349,3 +349,27 @@ async fn a_searcher_at_capacity_answers_busy_and_the_gateway_sheds_with_503() ->
     assert_eq!(r.status, StatusCode::OK, "{r:?}");
     app.finish().await
 }
+
+#[tokio::test]
+async fn exact_search_is_for_the_operator_and_agrees_with_the_index_on_a_small_tenant() -> anyhow::Result<()> {
+    let app = App::start().await?;
+    for content in ["the ferry leaves at nine", "ferry tickets are sold out", "lunch at the harbour"] {
+        store(&app, json!({"tenant_id": "acme", "conversation_id": "c", "role": "user", "content": content})).await?;
+    }
+    let indexed = ids(&app, "tenant_id=acme&query=ferry&mode=vector").await?;
+    let exact = ids(&app, "tenant_id=acme&query=ferry&mode=vector&exact=true").await?;
+    assert_eq!(exact.len(), 3);
+    assert_eq!(indexed, exact);
+    let json = app.post("/v1/memory/search", &json!({"tenant_id": "acme", "query": "ferry", "exact": true})).await?;
+    assert_eq!(json.status, StatusCode::OK, "{json:?}");
+    // A tenant's key may not ask for a scan of every vector, by either form.
+    let reader = app.tenant_key("acme", &["read"]).await?;
+    let r = app.send(Method::GET, "/v1/memory/search?query=ferry&exact=true", None, Some(&reader)).await?;
+    assert_eq!((r.status, r.body["code"].as_str()), (StatusCode::FORBIDDEN, Some("operator_only")), "{r:?}");
+    let body = json!({"query": "ferry", "exact": true}).to_string();
+    let r = app.send(Method::POST, "/v1/memory/search", Some(body.into()), Some(&reader)).await?;
+    assert_eq!((r.status, r.body["code"].as_str()), (StatusCode::FORBIDDEN, Some("operator_only")), "{r:?}");
+    let r = app.get("/v1/memory/search?tenant_id=acme&query=ferry&exact=maybe").await?;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{r:?}");
+    app.finish().await
+}

@@ -256,6 +256,9 @@ async fn the_bench_tool_loads_searches_and_reports() -> anyhow::Result<()> {
     for mode in json["search"].as_array().into_iter().flatten() {
         assert_eq!(mode["failed"], 0, "{json}");
     }
+    // The recall phase ran every query twice, the second time as an exact scan (operator only).
+    assert_eq!(json["vector_recall"]["queries"], 10, "{json}");
+    assert!(json["vector_recall"]["recall"].as_f64().is_some_and(|r| (0.0..=1.0).contains(&r)), "{json}");
     assert!(process.terminate().await?.success());
     env.finish().await
 }

@@ -97,6 +97,8 @@ pub struct PgStore {
     pool: PgPool,
     /// `statement_timeout` of lifecycle work, in milliseconds (see [`Self::long_work`]).
     long_timeout_ms: u64,
+    /// `hnsw.ef_search` of every connection.
+    ef_search: u32,
 }
 
 impl PgStore {
@@ -117,10 +119,17 @@ impl PgStore {
     /// millions and words from rare to everywhere, and the best plan differs (an exact scan or
     /// the HNSW index, a word's few matches or the newest messages read backwards). A generic
     /// plan, which Postgres may switch to after five executions, would fit one of them only.
+    ///
+    /// Vector searches go on past HNSW's first `ef_search` candidates until they have enough of
+    /// the tenant's (`hnsw.iterative_scan = strict_order`, pgvector ≥ 0.8), with
+    /// `settings.ef_search`: set here, so a search is one statement, with no transaction.
     pub async fn connect_only(url: &str, settings: &DatabaseConfig) -> Result<Self, StoreError> {
+        let ef_search = settings.ef_search.clamp(1, 1000);
         let options = PgConnectOptions::from_str(url)?.application_name("memory-layer").options([
             ("statement_timeout", settings.statement_timeout.as_millis().to_string()),
             ("plan_cache_mode", "force_custom_plan".to_owned()),
+            ("hnsw.iterative_scan", "strict_order".to_owned()),
+            ("hnsw.ef_search", ef_search.to_string()),
         ]);
         let pool = PgPoolOptions::new()
             .max_connections(settings.max_connections)
@@ -128,7 +137,7 @@ impl PgStore {
             .connect_with(options)
             .await?;
         let long_timeout_ms = u64::try_from(settings.long_statement_timeout.as_millis()).unwrap_or(u64::MAX);
-        Ok(Self { pool, long_timeout_ms })
+        Ok(Self { pool, long_timeout_ms, ef_search })
     }
 
     /// Applies pending migrations; concurrent callers wait on sqlx's migration lock. They run on

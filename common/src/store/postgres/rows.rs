@@ -140,6 +140,9 @@ pub(super) struct HitRow {
     #[sqlx(flatten)]
     pub(super) message: MessageRow,
     pub(super) similarity: f64,
+    /// How many nearest vectors the statement read before filtering (`VectorShape::Nearest`).
+    #[sqlx(default)]
+    pub(super) nearest: Option<i64>,
 }
 
 #[derive(FromRow)]

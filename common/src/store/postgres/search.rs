@@ -12,48 +12,130 @@ use crate::store::{
     LexicalHit, LexicalQuery, SearchReads, Space, StoreError, StoredMessage, TextQuery, VectorHit, VectorQuery,
 };
 
-impl PgStore {
-    /// The nearest-neighbour statement; `prefix` goes before it (`EXPLAIN`, say).
-    pub(super) fn vector_search_sql(space: &Space, prefix: &str) -> String {
-        format!(
-            "{prefix} SELECT {}, 1 - (v.embedding <=> $1) AS similarity
-             FROM {} v JOIN messages m ON m.tenant_id = v.tenant_id AND m.id = v.message_id
-             WHERE v.tenant_id = $2 AND {}
-             ORDER BY v.embedding <=> $1
-             LIMIT $10",
-            message_columns!(),
-            Self::vector_table(space),
-            filters!()
-        )
+/// How a vector search reads the tenant's vectors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Shape {
+    /// The tenant's nearest vectors alone (the HNSW index for a large tenant, a sort of its own
+    /// rows for a small one), a few more than asked for, then their messages: for searches that
+    /// no filter narrows. A small tenant's rows are sorted without reading its messages.
+    Nearest,
+    /// Vectors and messages joined, filtered, then ordered: the planner finds the narrow side.
+    Joined,
+    /// Every vector of the tenant compared, never the index.
+    Exact,
+}
+
+/// `Shape::Nearest` reads this many vectors per result (archived messages drop out after).
+const NEAREST_SLACK: u32 = 2;
+
+impl Shape {
+    fn of(query: &VectorQuery<'_>) -> Self {
+        if query.exact {
+            Self::Exact
+        } else if query.filters.narrows() {
+            Self::Joined
+        } else {
+            Self::Nearest
+        }
     }
 
-    /// A read-only transaction for a vector search, begun in one round trip with its settings:
-    /// a tenant filter applied after an HNSW scan returns short lists unless the scan may
-    /// continue past its first `ef_search` candidates (pgvector ≥ 0.8 iterative scans).
-    pub(super) async fn vector_search_transaction(
+    /// How many vectors `Nearest` reads for `query` ($11).
+    fn nearest(query: &VectorQuery<'_>) -> u32 {
+        if query.filters.include_archived { query.limit } else { query.limit.saturating_mul(NEAREST_SLACK) }
+    }
+}
+
+impl PgStore {
+    /// The nearest-neighbour statement; `prefix` goes before it (`EXPLAIN`, say). $1 the query
+    /// vector, $2 the tenant, $3 to $9 the filters, $10 the limit, $11 `Shape::nearest`.
+    fn vector_search_sql(space: &Space, shape: Shape, prefix: &str) -> String {
+        let table = Self::vector_table(space);
+        let (columns, filters) = (message_columns!(), filters!());
+        match shape {
+            Shape::Nearest => format!(
+                "{prefix} WITH near AS MATERIALIZED (
+                     SELECT v.message_id, v.embedding <=> $1 AS distance FROM {table} v
+                     WHERE v.tenant_id = $2 ORDER BY v.embedding <=> $1 LIMIT $11
+                 )
+                 SELECT {columns}, 1 - n.distance AS similarity, (SELECT count(*) FROM near) AS nearest
+                 FROM near n JOIN messages m ON m.tenant_id = $2 AND m.id = n.message_id
+                 WHERE {filters}
+                 ORDER BY n.distance
+                 LIMIT $10"
+            ),
+            Shape::Joined => format!(
+                "{prefix} SELECT {columns}, 1 - (v.embedding <=> $1) AS similarity
+                 FROM {table} v JOIN messages m ON m.tenant_id = v.tenant_id AND m.id = v.message_id
+                 WHERE v.tenant_id = $2 AND {filters}
+                 ORDER BY v.embedding <=> $1
+                 LIMIT $10"
+            ),
+            // OFFSET 0 keeps the distances a subquery of their own, which no index can order.
+            Shape::Exact => format!(
+                "{prefix} SELECT {columns}, 1 - n.distance AS similarity
+                 FROM (SELECT v.message_id, v.embedding <=> $1 AS distance FROM {table} v
+                       WHERE v.tenant_id = $2 OFFSET 0) n
+                 JOIN messages m ON m.tenant_id = $2 AND m.id = n.message_id
+                 WHERE {filters}
+                 ORDER BY n.distance
+                 LIMIT $10"
+            ),
+        }
+    }
+
+    /// A read-only transaction for a vector search with an `ef_search` of its own (the
+    /// connections' is [`Self::connect_only`]'s), begun in one round trip with it.
+    async fn ef_search_transaction(
         &self,
-        ef_search: u32,
+        ef_search: Option<u32>,
     ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, StoreError> {
         // An integer, so no injection; SET takes no parameters.
-        let ef_search = ef_search.clamp(1, 1000);
-        let begin = format!(
-            "BEGIN READ ONLY; SET LOCAL hnsw.iterative_scan = strict_order; SET LOCAL hnsw.ef_search = {ef_search}"
-        );
+        let ef_search = ef_search.unwrap_or(self.ef_search).clamp(1, 1000);
+        let begin = format!("BEGIN READ ONLY; SET LOCAL hnsw.ef_search = {ef_search}");
         Ok(self.pool.begin_with(AssertSqlSafe(begin)).await?)
+    }
+
+    /// Runs one shape of a vector search.
+    async fn vector_rows(
+        &self,
+        space: &Space,
+        query: &VectorQuery<'_>,
+        shape: Shape,
+    ) -> Result<Vec<HitRow>, StoreError> {
+        let statement = bind_filters!(
+            sqlx::query_as(AssertSqlSafe(Self::vector_search_sql(space, shape, "")))
+                .bind(Vector::from(query.vector.to_vec()))
+                .bind(query.tenant_id.as_str()),
+            query.filters
+        )
+        .bind(i64::from(query.limit));
+        let statement =
+            if shape == Shape::Nearest { statement.bind(i64::from(Shape::nearest(query))) } else { statement };
+        Ok(match query.ef_search {
+            Some(ef_search) if ef_search != self.ef_search => {
+                let mut tx = self.ef_search_transaction(Some(ef_search)).await?;
+                let rows = statement.fetch_all(&mut *tx).await?;
+                tx.commit().await?;
+                rows
+            }
+            _ => statement.fetch_all(&self.pool).await?,
+        })
     }
 
     /// The plan Postgres chooses for a vector search (`EXPLAIN`), to check that large tenants
     /// use the HNSW index and small ones the exact per-tenant scan.
     pub async fn explain_vector_search(&self, space: &Space, query: VectorQuery<'_>) -> Result<String, StoreError> {
-        let mut tx = self.vector_search_transaction(query.ef_search).await?;
-        let statement = AssertSqlSafe(Self::vector_search_sql(space, "EXPLAIN (COSTS OFF)"));
-        let lines: Vec<String> = bind_filters!(
+        let mut tx = self.ef_search_transaction(query.ef_search).await?;
+        let shape = Shape::of(&query);
+        let statement = AssertSqlSafe(Self::vector_search_sql(space, shape, "EXPLAIN (COSTS OFF)"));
+        let statement = bind_filters!(
             sqlx::query_scalar(statement).bind(Vector::from(query.vector.to_vec())).bind(query.tenant_id.as_str()),
             query.filters
         )
-        .bind(i64::from(query.limit))
-        .fetch_all(&mut *tx)
-        .await?;
+        .bind(i64::from(query.limit));
+        let statement =
+            if shape == Shape::Nearest { statement.bind(i64::from(Shape::nearest(&query))) } else { statement };
+        let lines: Vec<String> = statement.fetch_all(&mut *tx).await?;
         tx.rollback().await?;
         Ok(lines.join("\n"))
     }
@@ -68,23 +150,22 @@ fn quote_lexeme(lexeme: &str) -> String {
 impl SearchReads for PgStore {
     async fn search_vectors(&self, space: &Space, query: VectorQuery<'_>) -> Result<Vec<VectorHit>, StoreError> {
         check_dimensions(space, query.vector.len())?;
-        let mut tx = self.vector_search_transaction(query.ef_search).await?;
-        let statement = AssertSqlSafe(Self::vector_search_sql(space, ""));
-        let rows: Vec<HitRow> = bind_filters!(
-            sqlx::query_as(statement).bind(Vector::from(query.vector.to_vec())).bind(query.tenant_id.as_str()),
-            query.filters
-        )
-        .bind(i64::from(query.limit))
-        .fetch_all(&mut *tx)
-        .await?;
-        tx.commit().await?;
+        let shape = Shape::of(&query);
+        let mut rows = self.vector_rows(space, &query, shape).await?;
+        // Archived messages among the nearest left the list short, unless the tenant has no
+        // more vectors: read again, joined.
+        let exhausted = rows.first().and_then(|r| r.nearest).is_some_and(|n| n < i64::from(Shape::nearest(&query)));
+        if shape == Shape::Nearest && rows.len() < query.limit as usize && !exhausted {
+            rows = self.vector_rows(space, &query, Shape::Joined).await?;
+        }
         rows.into_iter()
             .map(|r| Ok(VectorHit { similarity: r.similarity, message: StoredMessage::try_from(r.message)? }))
             .collect()
     }
 
     async fn search_lexical(&self, query: LexicalQuery<'_>) -> Result<Vec<LexicalHit>, StoreError> {
-        // $1 the tsquery's text, $11 and $12 the words and their weights.
+        // $1 the tsquery's text, $11 and $12 the words and their weights. `terms` is parsed once
+        // (MATERIALIZED): inlined, every matching row would parse each word again.
         let (function, text, terms, rank, order) = match query.query {
             TextQuery::Websearch(text) => (
                 "websearch_to_tsquery",
@@ -123,7 +204,7 @@ impl SearchReads for PgStore {
             None => ("NULL::float8", String::new()),
         };
         let statement = AssertSqlSafe(format!(
-            "WITH terms AS (
+            "WITH terms AS MATERIALIZED (
                  SELECT to_tsquery('simple'::regconfig, t.word) AS q, t.weight
                  FROM unnest($11::text[], $12::float8[]) AS t(word, weight)
              ),
