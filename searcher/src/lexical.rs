@@ -244,17 +244,18 @@ pub fn weighted(words: Vec<String>, total: i64, frequencies: &[i64]) -> TextQuer
     let mut kept = Vec::with_capacity(terms.len());
     let mut matches = 0;
     for (term, df) in terms {
-        if !kept.is_empty() && matches + df > SCORED_MAX {
+        // A count of SCORED_MAX means "at least": such a word is never scored.
+        if df >= SCORED_MAX || matches + df > SCORED_MAX {
+            // Nothing rarer matches anything: the commonest word's newest matches.
+            if matches == 0 {
+                return TextQuery::Newest(term);
+            }
             break;
         }
         matches += df;
         kept.push(term);
     }
-    match <[Term; 1]>::try_from(kept) {
-        Ok([term]) if matches >= SCORED_MAX => TextQuery::Newest(term),
-        Ok([term]) => TextQuery::AnyOf(vec![term]),
-        Err(kept) => TextQuery::AnyOf(kept),
-    }
+    TextQuery::AnyOf(kept)
 }
 
 #[cfg(test)]
@@ -326,5 +327,10 @@ mod tests {
         assert!(matches!(&q, TextQuery::Newest(t) if t.lexeme == "the"), "{q:?}");
         let q = weighted(list(&["time"]), 100_000, &[SCORED_MAX - 1]);
         assert!(matches!(&q, TextQuery::AnyOf(t) if t.len() == 1), "{q:?}");
+        // A word found nowhere does not make a common word's every match scored.
+        let q = weighted(list(&["corenlo", "hotel"]), 100_000, &[0, SCORED_MAX]);
+        assert!(matches!(&q, TextQuery::Newest(t) if t.lexeme == "hotel"), "{q:?}");
+        let q = weighted(list(&["corenlo", "hotel"]), 100_000, &[1, SCORED_MAX]);
+        assert!(matches!(&q, TextQuery::AnyOf(t) if t.len() == 1 && t[0].lexeme == "corenlo"), "{q:?}");
     }
 }
