@@ -232,7 +232,9 @@ pub fn idf(total: i64, containing: i64) -> f64 {
 /// a word in thousands of messages adds thousands of weak matches (and weighs little anyway).
 /// When even the rarest word has this many matches, it is looked for alone, newest first
 /// ([`TextQuery::Newest`]): all its matches rank the same.
-pub const SCORED_MAX: i64 = 2_000;
+/// At 1,000 a search scores in about 3.5 ms on the 2-core development machine at 100,000 messages
+/// (about 3.5 µs a row: fetching the row, rechecking the match, summing the weights).
+pub const SCORED_MAX: i64 = 1_000;
 
 /// The words weighted by their rarity, rarest first, pruned to [`SCORED_MAX`] matches in all.
 /// `frequencies` are counted no further than `SCORED_MAX`.
@@ -313,9 +315,10 @@ mod tests {
             TextQuery::AnyOf(terms) => terms.into_iter().map(|t| t.lexeme).collect::<Vec<_>>(),
             other => panic!("not weighted: {other:?}"),
         };
-        let q = weighted(list(&["ferry", "time", "kx-4471", "lisbon"]), 100_000, &[900, SCORED_MAX, 3, 1_000]);
+        let (some, half) = (SCORED_MAX * 9 / 20, SCORED_MAX / 2);
+        let q = weighted(list(&["ferry", "time", "kx-4471", "lisbon"]), 100_000, &[some, SCORED_MAX, 3, half]);
         assert_eq!(lexemes(q), ["kx-4471", "ferry", "lisbon"], "rarest first; the common word is dropped");
-        let q = weighted(list(&["ferry", "lisbon"]), 100_000, &[1_500, 1_000]);
+        let q = weighted(list(&["ferry", "lisbon"]), 100_000, &[SCORED_MAX * 3 / 4, half]);
         assert_eq!(lexemes(q), ["lisbon"], "together over the budget: the rarer alone");
         let q = weighted(list(&["ferry", "kx"]), 10, &[0, 0]);
         assert_eq!(lexemes(q), ["ferry", "kx"], "equally rare words keep the query's order");
