@@ -5,6 +5,7 @@
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, ensure};
@@ -56,6 +57,10 @@ pub(crate) struct BenchArgs {
     /// Loads nothing: searches the tenants an earlier run with the same `--run` loaded.
     #[arg(long, requires = "run")]
     skip_load: bool,
+    /// While loading, one client searches (hybrid) in a loop, timed on its own: ingest under
+    /// search traffic, as in production.
+    #[arg(long)]
+    search_while_loading: bool,
 }
 
 const SPEAKERS: [&str; 8] = ["Ana", "Bruno", "Chen", "Dara", "Emeka", "Freya", "Goran", "Hana"];
@@ -224,14 +229,21 @@ struct Phase {
     messages: usize,
     accepted: Duration,
     searchable: Duration,
+    /// Searches made meanwhile (`--search-while-loading`): latencies sorted, and failures.
+    searches: Option<(Vec<Duration>, usize)>,
 }
 
 impl Phase {
     fn json(&self) -> Value {
         let n = self.messages as f64;
+        let searches = self.searches.as_ref().map(|(l, failed)| {
+            json!({"searches": l.len(), "failed": failed, "p50_ms": percentile(l, 0.5), "p95_ms": percentile(l, 0.95),
+                   "p99_ms": percentile(l, 0.99)})
+        });
         json!({"via": self.via, "messages": self.messages,
                "accepted_s": self.accepted.as_secs_f64(), "accepted_per_s": n / self.accepted.as_secs_f64(),
-               "searchable_s": self.searchable.as_secs_f64(), "searchable_per_s": n / self.searchable.as_secs_f64()})
+               "searchable_s": self.searchable.as_secs_f64(), "searchable_per_s": n / self.searchable.as_secs_f64(),
+               "searches_meanwhile": searches})
     }
 }
 
@@ -325,8 +337,48 @@ async fn until_searchable(client: &Client, sent: Vec<Sent>, started: Instant) ->
     Ok(started.elapsed())
 }
 
-/// Loads `batches` one way, timing until accepted and until searchable.
-async fn load(client: &Client, args: &BenchArgs, via: &'static str, batches: &[Batch]) -> anyhow::Result<Phase> {
+/// Loads `batches` one way, timing until accepted and until searchable; with
+/// `--search-while-loading`, searching meanwhile.
+async fn load(
+    client: &Client,
+    args: &BenchArgs,
+    via: &'static str,
+    batches: &[Batch],
+    queries: &[String],
+) -> anyhow::Result<Phase> {
+    if !args.search_while_loading {
+        return load_only(client, args, via, batches).await;
+    }
+    let loaded = AtomicBool::new(false);
+    let tenants: Vec<String> = batches.iter().map(|(t, _)| t.clone()).collect();
+    let (phase, searches) = tokio::join!(
+        async {
+            let phase = load_only(client, args, via, batches).await;
+            loaded.store(true, Ordering::Relaxed);
+            phase
+        },
+        async {
+            let (mut latencies, mut failed) = (Vec::new(), 0);
+            for i in (0..queries.len()).cycle() {
+                if loaded.load(Ordering::Relaxed) {
+                    break;
+                }
+                let q: String = queries[i].split(' ').collect::<Vec<_>>().join("%20");
+                let path = format!("/v1/memory/search?tenant_id={}&query={q}&top_k=5", tenants[i % tenants.len()]);
+                let at = Instant::now();
+                match client.send(reqwest::Method::GET, &path, None).await {
+                    Ok((200, _)) => latencies.push(at.elapsed()),
+                    _ => failed += 1,
+                }
+            }
+            latencies.sort();
+            (latencies, failed)
+        }
+    );
+    Ok(Phase { searches: Some(searches), ..phase? })
+}
+
+async fn load_only(client: &Client, args: &BenchArgs, via: &'static str, batches: &[Batch]) -> anyhow::Result<Phase> {
     let messages = batches.iter().map(|(_, b)| b.len()).sum();
     eprintln!("loading {messages} messages in {} groups through {via}…", batches.len());
     let started = Instant::now();
@@ -338,7 +390,7 @@ async fn load(client: &Client, args: &BenchArgs, via: &'static str, batches: &[B
     };
     let accepted = started.elapsed();
     let searchable = until_searchable(client, sent, started).await?;
-    Ok(Phase { via, messages, accepted, searchable })
+    Ok(Phase { via, messages, accepted, searchable, searches: None })
 }
 
 /// Times the searches per mode: one client in turn, then `concurrency` clients.
@@ -463,6 +515,14 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let tenants: Vec<String> = (0..args.tenants).map(|t| format!("{run}-t{t}")).collect();
     let per_tenant = args.messages.div_ceil(args.tenants);
 
+    // Queries come from a generator of their own: the messages are the same with or without them.
+    let mut query_rng = StdRng::seed_from_u64(args.seed ^ 0x5eed);
+    let queries: Vec<String> = (0..args.queries)
+        .map(|_| {
+            let words = query_rng.random_range(2..7);
+            corpus.sentence(&mut query_rng, words)
+        })
+        .collect();
     let mut phases = Vec::new();
     if !args.skip_load {
         // Each tenant's conversations in order; with --nats, their second half goes that way.
@@ -473,19 +533,12 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
             rest.extend(messages.chunks(args.batch).map(|c| (tenant.clone(), c.to_vec())));
             nats.extend(direct.chunks(args.batch).map(|c| (tenant.clone(), c.to_vec())));
         }
-        phases.push(load(&client, &args, "rest", &rest).await?);
+        phases.push(load(&client, &args, "rest", &rest, &queries).await?);
         if !nats.is_empty() {
-            phases.push(load(&client, &args, "nats", &nats).await?);
+            phases.push(load(&client, &args, "nats", &nats, &queries).await?);
         }
     }
 
-    let mut rng = StdRng::seed_from_u64(args.seed ^ 0x5eed);
-    let queries: Vec<String> = (0..args.queries)
-        .map(|_| {
-            let words = rng.random_range(2..7);
-            corpus.sentence(&mut rng, words)
-        })
-        .collect();
     let modes = search(&client, &args, &tenants, &queries).await?;
     let recall = recall(&client, &tenants, &queries).await?;
 
@@ -518,6 +571,15 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
             p.searchable.as_secs_f64(),
             p.messages as f64 / p.searchable.as_secs_f64()
         );
+        if let Some((latencies, failed)) = &p.searches {
+            println!(
+                "  meanwhile {} hybrid searches, one client: p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms; {failed} failed",
+                latencies.len(),
+                percentile(latencies, 0.5),
+                percentile(latencies, 0.95),
+                percentile(latencies, 0.99)
+            );
+        }
     }
     println!("{:<8} {:>8} {:>8} {:>8} {:>10} {:>7}", "mode", "p50 ms", "p95 ms", "p99 ms", "QPS", "failed");
     for m in report["search"].as_array().into_iter().flatten() {

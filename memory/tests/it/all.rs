@@ -240,6 +240,7 @@ async fn the_bench_tool_loads_searches_and_reports() -> anyhow::Result<()> {
         "4",
         "--json",
         report.to_str().unwrap_or_default(),
+        "--search-while-loading",
     ];
     let output = Process::spawn_with_args(MEMORY, &args, &env.vars)?.output().await?;
     let printed = String::from_utf8_lossy(&output.stdout);
@@ -251,6 +252,11 @@ async fn the_bench_tool_loads_searches_and_reports() -> anyhow::Result<()> {
     let vias: Vec<&str> = json["ingest"].as_array().into_iter().flatten().filter_map(|p| p["via"].as_str()).collect();
     assert_eq!(vias, ["rest", "nats"], "{json}");
     assert_eq!(json["ingest"][1]["messages"], 150, "half of each tenant's messages published straight to NATS");
+    for phase in json["ingest"].as_array().into_iter().flatten() {
+        let meanwhile = &phase["searches_meanwhile"];
+        assert!(meanwhile["searches"].as_u64().is_some_and(|n| n >= 1), "searched while loading: {json}");
+        assert!(meanwhile["p50_ms"].as_f64().is_some_and(|ms| ms > 0.0), "{json}");
+    }
     assert_eq!(json["search"].as_array().map(Vec::len), Some(3), "{json}");
     assert!(json["search"][0]["p50_ms"].as_f64().is_some_and(|ms| ms > 0.0), "{json}");
     for mode in json["search"].as_array().into_iter().flatten() {
