@@ -5,6 +5,7 @@
 # and rate limits out of the way; runs `memory bench` against it; stops it.
 #
 # Usage: scripts/bench.sh [memory bench options]
+# The deployment's metrics at the end go to $MEMORY_CACHE_DIR/bench-metrics.prom.
 # Default options: --messages 100000 --queries 300 (plus --nats and the subject prefix, always).
 # Examples:
 #   scripts/bench.sh                                   # the README table (about 5 minutes)
@@ -52,3 +53,8 @@ for _ in $(seq 1 120); do
 done
 echo "bench: memory all on http://$HTTP (database $DB, log $MEMORY_CACHE_DIR/bench.log)" >&2
 "$MEMORY" bench --url "http://$HTTP" --key "$KEY" --nats "$MEMORY_TEST_NATS_URL" --subject-prefix "$PREFIX" "${args[@]}"
+# The deployment's own view (query-embedding and search histograms, say), before it stops.
+METRICS_FILE=$MEMORY_CACHE_DIR/bench-metrics.prom
+if curl -fsS "http://127.0.0.1:${BENCH_METRICS_PORT:-19090}/metrics" >"$METRICS_FILE" 2>/dev/null; then
+  echo "bench: the deployment's metrics at the end: $METRICS_FILE" >&2
+fi
