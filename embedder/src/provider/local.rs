@@ -37,8 +37,11 @@ struct Model {
     tokenizer: Tokenizer,
 }
 
+/// Two instances of the model: a search's query never waits behind a batch of documents
+/// (which takes seconds on two cores), at the cost of a second copy of the weights (90 MB).
 pub struct LocalProvider {
-    model: Arc<Mutex<Model>>,
+    documents: Arc<Mutex<Model>>,
+    queries: Arc<Mutex<Model>>,
     batch_size: usize,
 }
 
@@ -64,6 +67,14 @@ impl LocalProvider {
             });
         }
 
+        let model = || Model::load(dir, &config);
+        Ok(Self { documents: Arc::new(Mutex::new(model()?)), queries: Arc::new(Mutex::new(model()?)), batch_size })
+    }
+}
+
+impl Model {
+    fn load(dir: &Path, config: &BertConfig) -> Result<Self, LoadError> {
+        let file = |name: &str| dir.join(name);
         let mut tokenizer =
             Tokenizer::from_file(file("tokenizer.json")).map_err(|e| LoadError::Tokenizer(e.to_string()))?;
         // The shipped tokenizer.json pads every text to 128 tokens and cuts at 128: pad to the
@@ -81,8 +92,8 @@ impl LocalProvider {
             });
         }
         let vb = mmap(&weights)?;
-        let bert = BertModel::load(vb, &config)?;
-        Ok(Self { model: Arc::new(Mutex::new(Model { bert, tokenizer })), batch_size })
+        let bert = BertModel::load(vb, config)?;
+        Ok(Self { bert, tokenizer })
     }
 }
 
@@ -130,16 +141,26 @@ impl Provider for LocalProvider {
         self.batch_size
     }
 
-    async fn embed(&self, texts: &[String], _purpose: Purpose) -> Result<Vec<Embedding>, ProviderError> {
-        let model = self.model.clone();
+    async fn embed(&self, texts: &[String], purpose: Purpose) -> Result<Vec<Embedding>, ProviderError> {
+        let model = match purpose {
+            Purpose::Document => self.documents.clone(),
+            Purpose::Query => self.queries.clone(),
+        };
         let texts = texts.to_vec();
         let batch_size = self.batch_size;
-        // Inference is CPU-bound: keep it off the async workers, one batch at a time.
+        // Inference is CPU-bound: keep it off the async workers, one batch at a time per instance.
         let vectors = tokio::task::spawn_blocking(move || {
             let model = model.lock().map_err(|_| "the model lock is poisoned".to_owned())?;
-            let mut out = Vec::with_capacity(texts.len());
-            for chunk in texts.chunks(batch_size) {
-                out.extend(model.embed(chunk)?);
+            // Texts of similar length together: each chunk is padded to its longest text, and a
+            // paragraph among short lines would make the whole chunk cost a paragraph each.
+            let mut order: Vec<usize> = (0..texts.len()).collect();
+            order.sort_by_key(|&i| texts[i].len());
+            let mut out = vec![Vec::new(); texts.len()];
+            for chunk in order.chunks(batch_size) {
+                let batch: Vec<String> = chunk.iter().map(|&i| texts[i].clone()).collect();
+                for (&i, vector) in chunk.iter().zip(model.embed(&batch)?) {
+                    out[i] = vector;
+                }
             }
             Ok::<_, String>(out)
         })

@@ -70,6 +70,9 @@ async fn vectors_match_the_reference_implementation() -> anyhow::Result<()> {
     for (text, in_batch) in texts.iter().zip(&batch) {
         let alone = embed(&e, &[text]).await?;
         assert!(max_difference(&alone[0], in_batch) < 1e-5, "{text:?} differs alone and in a batch");
+        // Queries run on the model's second instance: the same vectors.
+        let query = e.embed(&[(*text).to_owned()], Purpose::Query).await?.remove(0)?;
+        assert!(max_difference(&query, in_batch) < 1e-5, "{text:?} differs as a query");
     }
     Ok(())
 }
