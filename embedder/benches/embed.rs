@@ -2,6 +2,8 @@
 //! `MEMORY_MODEL_DIR=$(scripts/fetch-model.sh) cargo bench -p embedder --bench embed`.
 //! `hash` always; `local` (all-MiniLM-L6-v2 with candle) at batch 32 and 64 when MEMORY_MODEL_DIR
 //! is set. Texts are chat messages of 8 to 20 words. `BENCH_TEXTS` sets how many (default 512).
+//! `BENCH_TEXTS_FILE` takes them from a file instead, one per line (the first `BENCH_TEXTS`), to
+//! measure the model alone on a deployment's own messages.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -65,7 +67,14 @@ async fn measure(e: &Embeddings, texts: &[String], batch: usize, rounds: usize) 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let n = std::env::var("BENCH_TEXTS").ok().and_then(|v| v.parse().ok()).unwrap_or(512);
-    let texts: Vec<String> = (0..n).map(text).collect();
+    let texts: Vec<String> = match std::env::var("BENCH_TEXTS_FILE") {
+        Ok(path) => {
+            std::fs::read_to_string(&path)?.lines().filter(|l| !l.is_empty()).take(n).map(String::from).collect()
+        }
+        Err(_) => (0..n).map(text).collect(),
+    };
+    anyhow::ensure!(!texts.is_empty(), "no texts to embed");
+    let n = texts.len();
     let words = texts.iter().map(|t| t.split_whitespace().count()).sum::<usize>() as f64 / n as f64;
     println!("{n} texts, {words:.1} words on average; {} CPUs", std::thread::available_parallelism()?);
 
