@@ -363,8 +363,7 @@ async fn load(
                 if loaded.load(Ordering::Relaxed) {
                     break;
                 }
-                let q: String = queries[i].split(' ').collect::<Vec<_>>().join("%20");
-                let path = format!("/v1/memory/search?tenant_id={}&query={q}&top_k=5", tenants[i % tenants.len()]);
+                let path = search_path(&tenants[i % tenants.len()], &queries[i], 5, "hybrid");
                 let at = Instant::now();
                 match client.send(reqwest::Method::GET, &path, None).await {
                     Ok((200, _)) => latencies.push(at.elapsed()),
@@ -393,6 +392,13 @@ async fn load_only(client: &Client, args: &BenchArgs, via: &'static str, batches
     Ok(Phase { via, messages, accepted, searchable, searches: None })
 }
 
+/// The REST path of a search for `query` (words of the bench's vocabulary, so spaces are the
+/// only characters to escape) in `tenant`.
+fn search_path(tenant: &str, query: &str, top_k: usize, mode: &str) -> String {
+    let q = query.split(' ').collect::<Vec<_>>().join("%20");
+    format!("/v1/memory/search?tenant_id={tenant}&query={q}&top_k={top_k}&mode={mode}")
+}
+
 /// Times the searches per mode: one client in turn, then `concurrency` clients.
 async fn search(
     client: &Client,
@@ -403,10 +409,7 @@ async fn search(
     let mut modes = Vec::new();
     for mode in ["hybrid", "vector", "lexical"] {
         eprintln!("searching ({mode})…");
-        let path = |i: usize| {
-            let q: String = queries[i].split(' ').collect::<Vec<_>>().join("%20");
-            format!("/v1/memory/search?tenant_id={}&query={q}&top_k=5&mode={mode}", tenants[i % tenants.len()])
-        };
+        let path = |i: usize| search_path(&tenants[i % tenants.len()], &queries[i], 5, mode);
         let mut latencies = Vec::with_capacity(queries.len());
         for i in 0..queries.len() {
             let at = Instant::now();
@@ -478,11 +481,7 @@ async fn recall_queries(client: &Client, tenants: &[String], queries: &[String])
     };
     let (mut sum, mut asked) = (0.0, 0);
     for (i, query) in queries.iter().take(RECALL_QUERIES).enumerate() {
-        let q: String = query.split(' ').collect::<Vec<_>>().join("%20");
-        let path = format!(
-            "/v1/memory/search?tenant_id={}&query={q}&top_k={RECALL_K}&mode=vector",
-            tenants[i % tenants.len()]
-        );
+        let path = search_path(&tenants[i % tenants.len()], query, RECALL_K, "vector");
         let (status, approximate) = client.send(reqwest::Method::GET, &path, None).await?;
         ensure!(status == 200, "a vector search was answered {status}: {approximate}");
         let (status, exact) = client.send(reqwest::Method::GET, &format!("{path}&exact=true"), None).await?;

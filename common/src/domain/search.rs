@@ -48,7 +48,8 @@ pub struct SearchFilters {
 }
 
 impl SearchFilters {
-    /// No filter but (perhaps) the archived flag: every message of the tenant may match.
+    /// Whether a filter other than the archived flag narrows the search (without one, any of
+    /// the tenant's live messages may match).
     pub fn narrows(&self) -> bool {
         self.conversation_id.is_some()
             || self.role.is_some()

@@ -25,6 +25,12 @@ fn vector(seed: u64) -> Vec<f32> {
     v.into_iter().map(|x| x / norm).collect()
 }
 
+/// The space the random vectors of these tests belong to.
+async fn random_space(env: &TestEnv) -> anyhow::Result<common::store::Space> {
+    let space = SpaceRef { provider: "test".into(), model: "random".into(), dimensions: DIMENSIONS as u32 };
+    Ok(env.store.register_space(&space).await?)
+}
+
 async fn fill(env: &TestEnv, space: &common::store::Space, tenant: &str, n: usize, seed: u64) -> anyhow::Result<()> {
     let tenant_id = TenantId::parse(tenant)?;
     for chunk in (0..n).collect::<Vec<_>>().chunks(1000) {
@@ -62,10 +68,7 @@ async fn fill(env: &TestEnv, space: &common::store::Space, tenant: &str, n: usiz
 #[tokio::test]
 async fn small_tenants_get_full_lists_and_the_planner_picks_the_right_scan() -> anyhow::Result<()> {
     let env = TestEnv::start().await?;
-    let space = env
-        .store
-        .register_space(&SpaceRef { provider: "test".into(), model: "random".into(), dimensions: DIMENSIONS as u32 })
-        .await?;
+    let space = random_space(&env).await?;
     // 20,000 rows: one tenant with 95%, one with 5%, one with 40.
     fill(&env, &space, "big", 19_000, 0).await?;
     fill(&env, &space, "small", 1_000, 1_000_000).await?;
@@ -106,10 +109,7 @@ async fn small_tenants_get_full_lists_and_the_planner_picks_the_right_scan() -> 
 #[tokio::test]
 async fn archived_nearest_messages_do_not_shorten_lists_and_exact_search_is_the_true_order() -> anyhow::Result<()> {
     let env = TestEnv::start().await?;
-    let space = env
-        .store
-        .register_space(&SpaceRef { provider: "test".into(), model: "random".into(), dimensions: DIMENSIONS as u32 })
-        .await?;
+    let space = random_space(&env).await?;
     fill(&env, &space, "acme", 300, 0).await?;
     let acme = TenantId::parse("acme")?;
     let query = vector(4242);

@@ -140,7 +140,7 @@ pub(super) struct HitRow {
     #[sqlx(flatten)]
     pub(super) message: MessageRow,
     pub(super) similarity: f64,
-    /// How many nearest vectors the statement read before filtering (`VectorShape::Nearest`).
+    /// How many nearest vectors the statement read before filtering (`search::Shape::Nearest`).
     #[sqlx(default)]
     pub(super) nearest: Option<i64>,
 }

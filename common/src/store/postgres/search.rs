@@ -45,6 +45,19 @@ impl Shape {
     }
 }
 
+/// Binds a vector search's parameters ($1 to $10, and $11 for `Shape::Nearest`) to a statement
+/// of [`PgStore::vector_search_sql`], whatever its rows (`query_as`, or `query_scalar` for EXPLAIN).
+macro_rules! bind_vector_search {
+    ($statement:expr, $query:expr, $shape:expr) => {{
+        let statement = bind_filters!(
+            $statement.bind(Vector::from($query.vector.to_vec())).bind($query.tenant_id.as_str()),
+            $query.filters
+        )
+        .bind(i64::from($query.limit));
+        if $shape == Shape::Nearest { statement.bind(i64::from(Shape::nearest($query))) } else { statement }
+    }};
+}
+
 impl PgStore {
     /// The nearest-neighbour statement; `prefix` goes before it (`EXPLAIN`, say). $1 the query
     /// vector, $2 the tenant, $3 to $9 the filters, $10 the limit, $11 `Shape::nearest`.
@@ -102,15 +115,8 @@ impl PgStore {
         query: &VectorQuery<'_>,
         shape: Shape,
     ) -> Result<Vec<HitRow>, StoreError> {
-        let statement = bind_filters!(
-            sqlx::query_as(AssertSqlSafe(Self::vector_search_sql(space, shape, "")))
-                .bind(Vector::from(query.vector.to_vec()))
-                .bind(query.tenant_id.as_str()),
-            query.filters
-        )
-        .bind(i64::from(query.limit));
         let statement =
-            if shape == Shape::Nearest { statement.bind(i64::from(Shape::nearest(query))) } else { statement };
+            bind_vector_search!(sqlx::query_as(AssertSqlSafe(Self::vector_search_sql(space, shape, ""))), query, shape);
         Ok(match query.ef_search {
             Some(ef_search) if ef_search != self.ef_search => {
                 let mut tx = self.ef_search_transaction(Some(ef_search)).await?;
@@ -128,13 +134,7 @@ impl PgStore {
         let mut tx = self.ef_search_transaction(query.ef_search).await?;
         let shape = Shape::of(&query);
         let statement = AssertSqlSafe(Self::vector_search_sql(space, shape, "EXPLAIN (COSTS OFF)"));
-        let statement = bind_filters!(
-            sqlx::query_scalar(statement).bind(Vector::from(query.vector.to_vec())).bind(query.tenant_id.as_str()),
-            query.filters
-        )
-        .bind(i64::from(query.limit));
-        let statement =
-            if shape == Shape::Nearest { statement.bind(i64::from(Shape::nearest(&query))) } else { statement };
+        let statement = bind_vector_search!(sqlx::query_scalar(statement), &query, shape);
         let lines: Vec<String> = statement.fetch_all(&mut *tx).await?;
         tx.rollback().await?;
         Ok(lines.join("\n"))
