@@ -207,7 +207,7 @@ impl Config {
                 gemini: GeminiConfig {
                     api_key: v.secret("MEMORY_GEMINI_API_KEY"),
                     model: v.raw("MEMORY_GEMINI_MODEL").unwrap_or_else(|| "gemini-embedding-001".into()),
-                    dimensions: v.ranged("MEMORY_GEMINI_DIMENSIONS", 768, 128, 2000),
+                    dimensions: v.ranged("MEMORY_GEMINI_DIMENSIONS", 768, 128, 3072),
                     base_url: v
                         .raw("MEMORY_GEMINI_BASE_URL")
                         .unwrap_or_else(|| "https://generativelanguage.googleapis.com/v1beta".into()),

@@ -195,8 +195,7 @@ pub struct GeminiConfig {
     pub api_key: Option<Secret>,
     /// `MEMORY_GEMINI_MODEL`, default `gemini-embedding-001`.
     pub model: String,
-    /// `outputDimensionality` (`MEMORY_GEMINI_DIMENSIONS`, 128–2000, default 768; HNSW indexes
-    /// at most 2000 dimensions).
+    /// `outputDimensionality` (`MEMORY_GEMINI_DIMENSIONS`, 128–3072, Gemini's range; default 768).
     pub dimensions: u32,
     /// `MEMORY_GEMINI_BASE_URL`, default `https://generativelanguage.googleapis.com/v1beta`.
     pub base_url: String,

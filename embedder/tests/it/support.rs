@@ -91,7 +91,7 @@ pub(crate) async fn until_status(env: &TestEnv, id: MessageId, expected: &str) -
 pub(crate) async fn vector(env: &TestEnv, id: MessageId) -> anyhow::Result<Option<Vec<f32>>> {
     let space = env.deps.store.active_space().await?.ok_or_else(|| anyhow::anyhow!("no active space"))?;
     let row: Option<(pgvector::Vector,)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT embedding FROM message_vectors_{} WHERE message_id = $1",
+        "SELECT embedding::vector FROM message_vectors_{} WHERE message_id = $1",
         space.id
     )))
     .bind(id.0)

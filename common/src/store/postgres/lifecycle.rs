@@ -279,7 +279,7 @@ impl Edits for PgStore {
             let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
             let table = Self::vector_table(space);
             let pairs: Vec<(Uuid, Vector)> = sqlx::query_as(AssertSqlSafe(format!(
-                "SELECT message_id, embedding FROM {table} WHERE tenant_id = $2 AND message_id = ANY($1)"
+                "SELECT message_id, embedding::vector FROM {table} WHERE tenant_id = $2 AND message_id = ANY($1)"
             )))
             .bind(&ids)
             .bind(tenant.as_str())

@@ -67,8 +67,8 @@ impl PgStore {
         match shape {
             Shape::Nearest => format!(
                 "{prefix} WITH near AS MATERIALIZED (
-                     SELECT v.message_id, v.embedding <=> $1 AS distance FROM {table} v
-                     WHERE v.tenant_id = $2 ORDER BY v.embedding <=> $1 LIMIT $11
+                     SELECT v.message_id, v.embedding <=> $1::halfvec AS distance FROM {table} v
+                     WHERE v.tenant_id = $2 ORDER BY v.embedding <=> $1::halfvec LIMIT $11
                  )
                  SELECT {columns}, 1 - n.distance AS similarity, (SELECT count(*) FROM near) AS nearest
                  FROM near n JOIN messages m ON m.tenant_id = $2 AND m.id = n.message_id
@@ -77,16 +77,16 @@ impl PgStore {
                  LIMIT $10"
             ),
             Shape::Joined => format!(
-                "{prefix} SELECT {columns}, 1 - (v.embedding <=> $1) AS similarity
+                "{prefix} SELECT {columns}, 1 - (v.embedding <=> $1::halfvec) AS similarity
                  FROM {table} v JOIN messages m ON m.tenant_id = v.tenant_id AND m.id = v.message_id
                  WHERE v.tenant_id = $2 AND {filters}
-                 ORDER BY v.embedding <=> $1
+                 ORDER BY v.embedding <=> $1::halfvec
                  LIMIT $10"
             ),
             // OFFSET 0 keeps the distances a subquery of their own, which no index can order.
             Shape::Exact => format!(
                 "{prefix} SELECT {columns}, 1 - n.distance AS similarity
-                 FROM (SELECT v.message_id, v.embedding <=> $1 AS distance FROM {table} v
+                 FROM (SELECT v.message_id, v.embedding <=> $1::halfvec AS distance FROM {table} v
                        WHERE v.tenant_id = $2 OFFSET 0) n
                  JOIN messages m ON m.tenant_id = $2 AND m.id = n.message_id
                  WHERE {filters}
@@ -158,6 +158,10 @@ impl SearchReads for PgStore {
         if shape == Shape::Nearest && rows.len() < query.limit as usize && !exhausted {
             rows = self.vector_rows(space, &query, Shape::Joined).await?;
         }
+        // The index orders by its own copy of each vector (normalised, in half precision), which
+        // can differ from the stored one in the fifth decimal: list in the order of the
+        // similarities reported.
+        rows.sort_by(|a, b| b.similarity.total_cmp(&a.similarity));
         rows.into_iter()
             .map(|r| Ok(VectorHit { similarity: r.similarity, message: StoredMessage::try_from(r.message)? }))
             .collect()
@@ -195,7 +199,7 @@ impl SearchReads for PgStore {
         // With a query vector, the hits' similarities come with them ($13).
         let (similarity, join) = match query.similarity_to {
             Some((space, _)) => (
-                "1 - (v.embedding <=> $13)",
+                "1 - (v.embedding <=> $13::halfvec)",
                 format!(
                     "LEFT JOIN {} v ON v.tenant_id = h.tenant_id AND v.message_id = h.id",
                     Self::vector_table(space)

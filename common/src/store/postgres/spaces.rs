@@ -59,24 +59,12 @@ impl Backfill for PgStore {
         .fetch_one(&mut *tx)
         .await?;
         let space = Space::from(row);
-        let table = Self::vector_table(&space);
-        // The table name is built from an integer id: no injection is possible.
-        sqlx::query(AssertSqlSafe(format!(
-            "CREATE TABLE IF NOT EXISTS {table} (
-                 message_id uuid NOT NULL,
-                 tenant_id  text NOT NULL,
-                 embedding  vector({dimensions}) NOT NULL,
-                 PRIMARY KEY (tenant_id, message_id),
-                 FOREIGN KEY (tenant_id, message_id) REFERENCES messages (tenant_id, id) ON DELETE CASCADE
-             )"
-        )))
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(AssertSqlSafe(format!(
-            "CREATE INDEX IF NOT EXISTS {table}_hnsw ON {table} USING hnsw (embedding vector_cosine_ops)"
-        )))
-        .execute(&mut *tx)
-        .await?;
+        // Its vector table, in the layout of migration 0010's functions.
+        sqlx::query("SELECT create_vector_table($1, $2), index_vector_table($1)")
+            .bind(space.id)
+            .bind(dimensions)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(space)
     }

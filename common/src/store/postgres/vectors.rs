@@ -64,7 +64,8 @@ impl PgStore {
         let table = Self::vector_table(space);
         sqlx::query(AssertSqlSafe(format!(
             "INSERT INTO {table} (message_id, tenant_id, embedding)
-             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::vector[])
+             SELECT u.id, u.tenant_id, u.embedding::halfvec
+             FROM UNNEST($1::uuid[], $2::text[], $3::vector[]) AS u(id, tenant_id, embedding)
              ON CONFLICT (tenant_id, message_id) DO UPDATE SET embedding = EXCLUDED.embedding"
         )))
         .bind(&ids)
