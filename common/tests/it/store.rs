@@ -373,3 +373,40 @@ async fn upgrading_to_per_tenant_ids_keeps_vectors_and_refusals() -> anyhow::Res
     sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE {database}"))).execute(&mut admin).await?;
     env.finish().await
 }
+
+#[tokio::test]
+async fn a_common_word_gives_its_newest_unarchived_matches_in_the_tenant() -> anyhow::Result<()> {
+    use common::domain::SearchFilters;
+    use common::store::{LexicalQuery, Term, TextQuery};
+    let env = TestEnv::start().await?;
+    // Every third message of acme mentions the hotel; the newest of them are archived, and
+    // globex's newer ones are another tenant's.
+    sqlx::query(
+        "INSERT INTO messages (id, tenant_id, conversation_id, role, content, importance, created_at, archived_at)
+         SELECT gen_random_uuid(), t, 'c', 'user',
+                CASE WHEN i % 3 = 0 THEN 'the hotel ' || i ELSE 'small talk ' || i END, 0.5,
+                now() - make_interval(secs => i) + CASE WHEN t = 'globex' THEN interval '1 day' ELSE interval '0' END,
+                CASE WHEN t = 'acme' AND i < 9 THEN now() END
+         FROM generate_series(1, 600) i, unnest(ARRAY['acme', 'globex']) t",
+    )
+    .execute(env.store.pool())
+    .await?;
+    let acme = TenantId::parse("acme")?;
+    let query = TextQuery::Newest(Term { lexeme: "hotel".into(), weight: 1.5 });
+    let filters = SearchFilters::default();
+    let hits = env
+        .store
+        .search_lexical(LexicalQuery {
+            tenant_id: &acme,
+            query: &query,
+            limit: 10,
+            filters: &filters,
+            similarity_to: None,
+        })
+        .await?;
+    // The 10 newest unarchived: 9, 12, ..., 36, all ranked by the word's weight.
+    let expected: Vec<String> = (3..13).map(|k| format!("the hotel {}", k * 3)).collect();
+    assert_eq!(hits.iter().map(|h| h.message.content.as_str()).collect::<Vec<_>>(), expected);
+    assert!(hits.iter().all(|h| h.rank == 1.5 && h.message.tenant_id == acme));
+    env.finish().await
+}
