@@ -63,29 +63,31 @@ struct OpsState {
 /// (and anyone else) would cost a Postgres and a NATS round trip.
 pub const READY_CACHE: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// The last readiness answer of the dependencies, reused for [`READY_CACHE`]. Callers arriving
-/// while a check runs wait for it rather than start their own.
-pub struct ReadyCache {
+/// The last readiness answer of the dependencies (or any answer of type `T`), reused for
+/// [`READY_CACHE`]. Callers arriving while a check runs wait for it rather than start their own.
+pub struct ReadyCache<T = Result<(), String>> {
     ttl: std::time::Duration,
-    last: tokio::sync::Mutex<Option<(tokio::time::Instant, Result<(), String>)>>,
+    last: tokio::sync::Mutex<Option<(tokio::time::Instant, T)>>,
 }
 
-impl Default for ReadyCache {
+impl<T> Default for ReadyCache<T> {
     fn default() -> Self {
         Self::new(READY_CACHE)
     }
 }
 
-impl ReadyCache {
+impl<T> ReadyCache<T> {
     pub fn new(ttl: std::time::Duration) -> Self {
         Self { ttl, last: tokio::sync::Mutex::new(None) }
     }
+}
 
+impl<T: Clone> ReadyCache<T> {
     /// The cached answer if it is fresh, else `check`'s, remembered.
-    pub async fn get<F, Fut>(&self, check: F) -> Result<(), String>
+    pub async fn get<F, Fut>(&self, check: F) -> T
     where
         F: FnOnce() -> Fut,
-        Fut: std::future::Future<Output = Result<(), String>>,
+        Fut: std::future::Future<Output = T>,
     {
         let mut last = self.last.lock().await;
         if let Some((at, answer)) = &*last
@@ -149,7 +151,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn readiness_is_checked_at_most_once_per_interval() {
-        let cache = ReadyCache::default();
+        let cache: ReadyCache = ReadyCache::default();
         let checks = AtomicUsize::new(0);
         let check = || async {
             checks.fetch_add(1, Ordering::Relaxed);

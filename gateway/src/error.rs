@@ -46,6 +46,8 @@ pub enum ApiError {
     NotFound(String),
     #[error("no route for this path")]
     RouteNotFound,
+    #[error("API version {0} is not supported; use v1")]
+    UnsupportedVersion(String),
     #[error("this path does not take this method (see the Allow header)")]
     MethodNotAllowed,
     #[error("message {message_id} was accepted, but did not reach the requested state in time")]
@@ -127,6 +129,20 @@ pub struct Problem {
     /// On `rate_limited`: seconds until the request would pass (also in `Retry-After`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retry_after: Option<u64>,
+    /// On `unsupported_api_version`, the original service's fields beside ours.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub version: Option<VersionProblem>,
+}
+
+/// The original service's answer to an unsupported API version.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct VersionProblem {
+    /// `Unsupported API version`.
+    pub error: &'static str,
+    /// The version asked for (`v2`).
+    pub version: String,
+    /// `["v1"]`.
+    pub supported_versions: [&'static str; 1],
 }
 
 impl ApiError {
@@ -164,6 +180,7 @@ impl ApiError {
             Self::MessageQueued(_) => (StatusCode::CONFLICT, "message_queued"),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Self::RouteNotFound => (StatusCode::NOT_FOUND, "route_not_found"),
+            Self::UnsupportedVersion(_) => (StatusCode::BAD_REQUEST, "unsupported_api_version"),
             Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             Self::WaitTimeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "wait_timeout"),
             Self::UpstreamTimeout => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout"),
@@ -214,6 +231,14 @@ impl ApiError {
                 Self::RateLimited(d) => {
                     Some((d.retry_after.as_secs() + u64::from(d.retry_after.subsec_nanos() > 0)).max(1))
                 }
+                _ => None,
+            },
+            version: match self {
+                Self::UnsupportedVersion(version) => Some(VersionProblem {
+                    error: "Unsupported API version",
+                    version: clip(version, FIELD_PATH_MAX),
+                    supported_versions: ["v1"],
+                }),
                 _ => None,
             },
         }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderMap, HeaderValue, Method, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
@@ -121,4 +121,20 @@ pub(crate) fn timed_out(error: &(dyn std::error::Error + 'static)) -> bool {
         cause = e.source();
     }
     false
+}
+
+/// API versions, as the original service had them: answers on `/v1/…` carry `X-API-Version: v1`,
+/// and a path of another version (`/v2/…`) answers 400 `unsupported_api_version`.
+pub(crate) async fn api_version(req: Request, next: Next) -> Response {
+    let path = req.uri().path();
+    let first = path.trim_start_matches('/').split('/').next().unwrap_or("");
+    let versioned = first.len() > 1 && first.starts_with('v') && first[1..].bytes().all(|b| b.is_ascii_digit());
+    if versioned && first != "v1" {
+        return ApiError::UnsupportedVersion(first.to_owned()).into_response();
+    }
+    let mut response = next.run(req).await;
+    if versioned {
+        response.headers_mut().insert(HeaderName::from_static("x-api-version"), HeaderValue::from_static("v1"));
+    }
+    response
 }

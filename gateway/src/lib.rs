@@ -82,6 +82,7 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(state.body_limit))
         .layer(middleware::from_fn_with_state(state.clone(), guard::deadline))
         .layer(middleware::from_fn_with_state(state.clone(), guard::watch_body))
+        .layer(middleware::from_fn(guard::api_version))
         .layer(middleware::from_fn_with_state(state.clone(), metrics::track))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
@@ -156,6 +157,9 @@ impl Gateway {
             metrics,
             ready: Arc::default(),
             shutdown: CancellationToken::new(),
+            admin_checks: Arc::default(),
+            started: std::time::Instant::now(),
+            environment: config.http.environment.as_str().into(),
         };
         let revocations =
             state.deps.bus.subscribe(state.deps.subjects.keys_revoked()).await.map_err(GatewayError::Subscribe)?;

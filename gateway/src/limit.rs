@@ -218,6 +218,13 @@ impl Limiter {
         own.unwrap_or(self.defaults.tenant)
     }
 
+    /// Whether limits are shared through Redis: `None` without `MEMORY_REDIS_URL`, `Some(false)`
+    /// while Redis is unreachable and limits are kept in this process.
+    pub fn redis_up(&self) -> Option<bool> {
+        let redis = self.redis.as_ref()?;
+        Some(redis.down_until.lock().expect("redis state").is_none_or(|until| Instant::now() >= until))
+    }
+
     /// Forgets a tenant's cached limit (it was just changed here).
     pub fn forget(&self, tenant: &TenantId) {
         self.overrides.lock().expect("override cache").remove(tenant);

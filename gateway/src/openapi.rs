@@ -20,7 +20,7 @@ use crate::routes::{admin, health, lifecycle, messages, search, tenants, transfe
         tenants::get_retention, tenants::put_retention, tenants::delete_retention,
         admin::create_tenant, admin::list_tenants, admin::get_tenant, admin::delete_tenant,
         admin::create_key, admin::list_keys, admin::revoke_key, admin::run_retention,
-        health::healthz, health::readyz, health::metrics,
+        health::healthz, health::readyz, health::metrics, health::admin_health, health::admin_readiness,
     ),
     components(schemas(
         common::domain::MessageInput, common::domain::MessageView, common::domain::MessageStatus,
@@ -38,7 +38,8 @@ use crate::routes::{admin, health, lifecycle, messages, search, tenants, transfe
         common::contract::Deleted, common::contract::ExportRecord, common::contract::ExportVector,
         lifecycle::BatchUpdate, lifecycle::BatchUpdateResponse, lifecycle::ItemError, lifecycle::BatchDelete,
         transfer::ImportResponse, transfer::LineError,
-        crate::error::Problem, health::Health,
+        crate::error::Problem, crate::error::VersionProblem, health::Health, health::AdminHealth,
+        health::AdminReadiness, messages::MessageBody,
     )),
     modifiers(&Security),
     tags(

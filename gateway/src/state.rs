@@ -39,4 +39,11 @@ pub struct AppState {
     pub ready: Arc<common::ops::ReadyCache>,
     /// Cancelled when the gateway stops: readiness turns 503.
     pub shutdown: CancellationToken,
+    /// The last Postgres and NATS check of `/v1/admin/health` and `/readiness`, reused for a
+    /// second: they need no key.
+    pub admin_checks: Arc<common::ops::ReadyCache<crate::routes::health::Checked>>,
+    /// When the gateway was built (`uptime_seconds` of `/v1/admin/health`).
+    pub started: std::time::Instant,
+    /// `MEMORY_ENVIRONMENT`.
+    pub environment: Arc<str>,
 }

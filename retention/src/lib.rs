@@ -17,11 +17,10 @@ use common::bus::respond::{Answered, Responder, bad_request, unavailable};
 use common::bus::{BusError, Request};
 use common::config::{Config, ConfigError};
 use common::contract::{
-    GetMessageRequest, GetMessageResponse, RemoteError, RemoteErrorCode, RetentionRunRequest, RetentionRunResponse,
-    VERSION,
+    GetMessageRequest, GetMessageResponse, RemoteError, RetentionRunRequest, RetentionRunResponse, VERSION,
 };
-use common::domain::{RetentionAction, TenantId};
-use common::store::{Deletes, Edits, Locks, MessageReads, RetentionRuns, Spaces, StoredMessage, TenantLookup};
+use common::domain::RetentionAction;
+use common::store::{Deletes, Edits, Locks, MessageReads, RetentionRuns, Spaces, StoredMessage};
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use prometheus_client::registry::Registry;
@@ -33,9 +32,9 @@ pub use metrics::Metrics;
 pub use runs::Runner;
 
 /// The storage roles the retention service uses: every change to a stored message after ingest.
-pub trait Store: Locks + MessageReads + Spaces + RetentionRuns + Edits + Deletes + TenantLookup + 'static {}
+pub trait Store: Locks + MessageReads + Spaces + RetentionRuns + Edits + Deletes + 'static {}
 
-impl<T: Locks + MessageReads + Spaces + RetentionRuns + Edits + Deletes + TenantLookup + 'static> Store for T {}
+impl<T: Locks + MessageReads + Spaces + RetentionRuns + Edits + Deletes + 'static> Store for T {}
 
 /// The retention service's handles: its view of the store.
 pub(crate) type Deps = common::Deps<dyn Store>;
@@ -248,27 +247,14 @@ impl Retention {
     }
 }
 
-/// Whether the tenant exists or has messages (an unreachable store counts as yes: the run then
-/// reports the store's failure).
-async fn known(runner: &Runner, tenant: Option<&TenantId>) -> bool {
-    match tenant {
-        Some(t) => runner.deps.store.tenant_known(t).await.unwrap_or(true),
-        None => true,
-    }
-}
-
-/// A retention run on request.
+/// A retention run on request. A tenant with nothing stored (or none at all) gets zeros, as
+/// from the original service: a client may run retention right after a tenant's first message.
 async fn run(runner: &Runner, r: RetentionRunRequest) -> Result<RetentionRunResponse, RemoteError> {
     if r.actions.is_empty() {
         return Err(bad_request("give at least one action: archive, delete"));
     }
     if r.tenant_id.is_none() && !r.all_tenants {
         return Err(bad_request("name a tenant_id, or set all_tenants to run for every tenant"));
-    }
-    if let Some(tenant) = &r.tenant_id
-        && !known(runner, Some(tenant)).await
-    {
-        return Err(RemoteError::new(RemoteErrorCode::NotFound, format!("no tenant {tenant}")));
     }
     runner.run(&r).await.map_err(|e| unavailable("the retention run", &e))
 }

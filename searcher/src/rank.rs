@@ -167,6 +167,7 @@ mod tests {
             status: MessageStatus::Embedded,
             failure_reason: None,
             stored_at: now - age,
+            updated_at: now - age,
             revision: 0,
         }
     }

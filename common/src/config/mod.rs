@@ -186,6 +186,7 @@ impl Config {
                 request_timeout: v.millis("MEMORY_HTTP_REQUEST_TIMEOUT_MS", 30_000, 10, 600_000),
                 max_connections: v.ranged("MEMORY_HTTP_MAX_CONNECTIONS", 4096, 1, 1_000_000),
                 max_in_flight: v.ranged("MEMORY_HTTP_MAX_IN_FLIGHT", 512, 1, 1_000_000),
+                environment: v.parse_or("MEMORY_ENVIRONMENT", "local".to_owned()),
             },
             metrics: MetricsConfig {
                 addr: v.parse_or("MEMORY_METRICS_ADDR", SocketAddr::from(([127, 0, 0, 1], 9090))),

@@ -147,6 +147,9 @@ pub struct HttpConfig {
     /// Most API requests handled at once (`MEMORY_HTTP_MAX_IN_FLIGHT`, default 512); more are
     /// shed with 503 `overloaded` and `Retry-After`. Health, readiness and metrics are never shed.
     pub max_in_flight: usize,
+    /// The deployment's name for itself (`MEMORY_ENVIRONMENT`, default `local`), shown by
+    /// `/v1/admin/health` as the original service's `environment`.
+    pub environment: String,
 }
 
 #[derive(Debug, Clone)]

@@ -268,6 +268,9 @@ pub struct MessageView {
     /// When it was archived: out of search (unless asked for), still readable, restorable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub archived_at: Option<DateTime<Utc>>,
+    /// Its last change (stored, embedded, edited, archived, restored); absent while queued.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated_at: Option<DateTime<Utc>>,
 }
 
 impl MessageView {
@@ -290,6 +293,7 @@ impl MessageView {
             created_at: m.created_at,
             stored_at: None,
             archived_at: m.archived_at,
+            updated_at: None,
         }
     }
 

@@ -235,6 +235,16 @@ pub enum MessageStatus {
 }
 
 impl MessageStatus {
+    /// The original service's `embedding_status`: `pending` (queued or stored, not yet
+    /// embedded), `completed` or `failed`.
+    pub fn embedding_status(self) -> &'static str {
+        match self {
+            Self::Queued | Self::Pending => "pending",
+            Self::Embedded => "completed",
+            Self::Failed => "failed",
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Queued => "queued",

@@ -15,6 +15,8 @@ pub struct StoredMessage {
     pub status: MessageStatus,
     pub failure_reason: Option<String>,
     pub stored_at: DateTime<Utc>,
+    /// Its last change: stored, embedded, edited, archived or restored.
+    pub updated_at: DateTime<Utc>,
     /// Content edits so far; a vector is stored only for the revision it was computed from.
     pub revision: i32,
 }
@@ -33,6 +35,7 @@ impl StoredMessage {
             importance: Some(self.importance),
             failure_reason: self.failure_reason,
             stored_at: Some(self.stored_at),
+            updated_at: Some(self.updated_at),
             ..MessageView::accepted(self.message, self.status)
         }
     }

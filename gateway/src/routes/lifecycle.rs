@@ -13,6 +13,8 @@ use common::contract::{
     RemoteErrorCode, Reply, StreamKind, UpdateMessagesRequest, UpdateMessagesResponse, VERSION,
 };
 use common::domain::{BATCH_MAX, ConversationId, FieldError, MessageId, MessageUpdate, MessageView, Scope, TenantId};
+
+use super::messages::MessageBody;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -49,7 +51,7 @@ pub struct BatchUpdate {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct BatchUpdateResponse {
     /// The edited messages, as they are now.
-    updated: Vec<MessageView>,
+    updated: Vec<MessageBody>,
     /// The edits that were not made, and why.
     errors: Vec<ItemError>,
 }
@@ -140,7 +142,7 @@ async fn edit(
     params(("id" = String, Path, description = "The message id (UUID)"), TenantParam),
     request_body = MessageUpdate,
     responses(
-        (status = 200, body = MessageView), (status = 400, body = Problem), (status = 401, body = Problem),
+        (status = 200, body = MessageBody), (status = 400, body = Problem), (status = 401, body = Problem),
         (status = 403, body = Problem), (status = 404, body = Problem),
         (status = 409, description = "`message_queued`: not stored yet", body = Problem),
         (status = 422, body = Problem), (status = 503, body = Problem),
@@ -154,11 +156,11 @@ pub async fn update_message(
     Path(id): Path<String>,
     AppQuery(params): AppQuery<TenantParam>,
     AppJson(update): AppJson<MessageUpdate>,
-) -> Result<axum::Json<MessageView>, ApiError> {
+) -> Result<axum::Json<MessageBody>, ApiError> {
     let message_id = parse_id(id)?;
     let edits = vec![MessageEdit { message_id, update }];
     let mut results = edit(&state, &principal, &headers, params.tenant_id, edits).await?;
-    results.pop().expect("one result").map(axum::Json)
+    results.pop().expect("one result").map(|view| axum::Json(MessageBody::from(view)))
 }
 
 /// Edit up to 100 messages. 200 when every edit was made, 207 when some were not (see `errors`).
@@ -184,7 +186,7 @@ pub async fn update_messages(
     let (mut updated, mut errors) = (Vec::new(), Vec::new());
     for (message_id, result) in ids.into_iter().zip(results) {
         match result {
-            Ok(view) => updated.push(view),
+            Ok(view) => updated.push(MessageBody::from(view)),
             Err(e) => errors.push(ItemError { message_id, error: e.problem() }),
         }
     }

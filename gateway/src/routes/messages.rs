@@ -95,6 +95,33 @@ pub enum ItemStatus {
     Rejected,
 }
 
+/// A message as the API answers it: our fields, and the original service's names for three of
+/// them beside them, so its clients read our answers unchanged.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MessageBody {
+    #[serde(flatten)]
+    view: MessageView,
+    /// `metadata`, under the original service's name.
+    #[schema(value_type = Object)]
+    message_metadata: serde_json::Map<String, Value>,
+    /// `importance`, under the original service's name.
+    importance_score: Option<f64>,
+    /// `status` in the original service's terms: `pending` (queued or stored, not yet
+    /// embedded), `completed` (embedded) or `failed`.
+    embedding_status: &'static str,
+}
+
+impl From<MessageView> for MessageBody {
+    fn from(view: MessageView) -> Self {
+        Self {
+            message_metadata: view.metadata.clone(),
+            importance_score: view.importance,
+            embedding_status: view.status.embedding_status(),
+            view,
+        }
+    }
+}
+
 #[derive(Debug, Serialize, ToSchema)]
 pub struct BatchItem {
     /// Position in the request's `messages`.
@@ -189,8 +216,8 @@ fn location(tenant: &TenantId, id: MessageId) -> [(header::HeaderName, HeaderVal
     params(CreateParams),
     request_body = MessageInput,
     responses(
-        (status = 202, description = "Queued: in the ingest stream, not yet stored", body = MessageView),
-        (status = 201, description = "With `wait`: stored (or embedded)", body = MessageView),
+        (status = 202, description = "Queued: in the ingest stream, not yet stored", body = MessageBody),
+        (status = 201, description = "With `wait`: stored (or embedded)", body = MessageBody),
         (status = 400, body = Problem), (status = 401, body = Problem), (status = 413, body = Problem),
         (status = 415, body = Problem), (status = 422, body = Problem),
         (status = 503, description = "Not accepted (`publish_failed`, with `message_id` to retry with)", body = Problem),
@@ -212,7 +239,11 @@ pub async fn create_message(
     let id = message.message_id;
     let Some(wait) = params.wait else {
         publish(&state, &message, &request_id).await?;
-        return Ok((StatusCode::ACCEPTED, location(&message.tenant_id, id), axum::Json(MessageView::queued(&message)))
+        return Ok((
+            StatusCode::ACCEPTED,
+            location(&message.tenant_id, id),
+            axum::Json(MessageBody::from(MessageView::queued(&message))),
+        )
             .into_response());
     };
     // Subscribe before publishing, so the event cannot slip past. The subject names this
@@ -226,7 +257,8 @@ pub async fn create_message(
         && let Some(view) = lookup(&state, tenant.clone(), id, &request_id).await?
         && wait.reached(view.status)
     {
-        return Ok((StatusCode::CREATED, location(&message.tenant_id, id), axum::Json(view)).into_response());
+        return Ok((StatusCode::CREATED, location(&message.tenant_id, id), axum::Json(MessageBody::from(view)))
+            .into_response());
     }
     let arrived = matches!(tokio::time::timeout(state.wait_timeout, events.next()).await, Ok(Some(_)));
     drop(events);
@@ -234,7 +266,8 @@ pub async fn create_message(
     // have been published long ago).
     match lookup(&state, tenant, id, &request_id).await? {
         Some(view) if wait.reached(view.status) => {
-            Ok((StatusCode::CREATED, location(&message.tenant_id, id), axum::Json(view)).into_response())
+            Ok((StatusCode::CREATED, location(&message.tenant_id, id), axum::Json(MessageBody::from(view)))
+                .into_response())
         }
         _ => {
             if arrived {
@@ -328,18 +361,18 @@ fn results(outcomes: Vec<Result<MessageId, ApiError>>) -> Vec<BatchItem> {
     get, path = "/v1/messages/{id}", tag = "messages",
     params(("id" = String, Path, description = "The message id (UUID)"), GetParams),
     responses(
-        (status = 200, body = MessageView),
+        (status = 200, body = MessageBody),
         (status = 400, body = Problem), (status = 401, body = Problem), (status = 404, body = Problem),
         (status = 422, body = Problem), (status = 503, body = Problem),
     ),
     security(("api_key" = []), ("bearer" = []))
 )]
-pub async fn get_message(State(state): State<AppState>, one: OneMessage) -> Result<axum::Json<MessageView>, ApiError> {
+pub async fn get_message(State(state): State<AppState>, one: OneMessage) -> Result<axum::Json<MessageBody>, ApiError> {
     let (message_id, tenant) = one.checked(Scope::Read)?;
     // Ids are unique within a tenant: another tenant's message is not even looked at.
     lookup(&state, tenant, message_id, &one.request_id)
         .await?
-        .map(axum::Json)
+        .map(|view| axum::Json(MessageBody::from(view)))
         .ok_or(ApiError::MessageNotFound(message_id))
 }
 
@@ -348,7 +381,7 @@ pub async fn get_message(State(state): State<AppState>, one: OneMessage) -> Resu
     post, path = "/v1/messages/{id}/archive", tag = "messages",
     params(("id" = String, Path, description = "The message id (UUID)"), GetParams),
     responses(
-        (status = 200, body = MessageView), (status = 400, body = Problem), (status = 401, body = Problem),
+        (status = 200, body = MessageBody), (status = 400, body = Problem), (status = 401, body = Problem),
         (status = 403, body = Problem), (status = 404, body = Problem), (status = 503, body = Problem),
     ),
     security(("api_key" = []), ("bearer" = []))
@@ -356,7 +389,7 @@ pub async fn get_message(State(state): State<AppState>, one: OneMessage) -> Resu
 pub async fn archive_message(
     State(state): State<AppState>,
     one: OneMessage,
-) -> Result<axum::Json<MessageView>, ApiError> {
+) -> Result<axum::Json<MessageBody>, ApiError> {
     set_archived(&state, one, true).await
 }
 
@@ -365,7 +398,7 @@ pub async fn archive_message(
     post, path = "/v1/messages/{id}/restore", tag = "messages",
     params(("id" = String, Path, description = "The message id (UUID)"), GetParams),
     responses(
-        (status = 200, body = MessageView), (status = 400, body = Problem), (status = 401, body = Problem),
+        (status = 200, body = MessageBody), (status = 400, body = Problem), (status = 401, body = Problem),
         (status = 403, body = Problem), (status = 404, body = Problem), (status = 503, body = Problem),
     ),
     security(("api_key" = []), ("bearer" = []))
@@ -373,16 +406,16 @@ pub async fn archive_message(
 pub async fn restore_message(
     State(state): State<AppState>,
     one: OneMessage,
-) -> Result<axum::Json<MessageView>, ApiError> {
+) -> Result<axum::Json<MessageBody>, ApiError> {
     set_archived(&state, one, false).await
 }
 
-async fn set_archived(state: &AppState, one: OneMessage, archive: bool) -> Result<axum::Json<MessageView>, ApiError> {
+async fn set_archived(state: &AppState, one: OneMessage, archive: bool) -> Result<axum::Json<MessageBody>, ApiError> {
     let (message_id, tenant_id) = one.checked(Scope::Write)?;
     let subject = if archive { state.deps.subjects.archive_message() } else { state.deps.subjects.restore_message() };
     let request = GetMessageRequest { v: VERSION, tenant_id, message_id };
     let response: GetMessageResponse = call(state, subject, &request, &one.request_id).await?;
-    response.message.map(axum::Json).ok_or(ApiError::MessageNotFound(message_id))
+    response.message.map(|view| axum::Json(MessageBody::from(view))).ok_or(ApiError::MessageNotFound(message_id))
 }
 
 /// A request about one message (`/v1/messages/{id}?tenant_id=`): who asks, the request id, and

@@ -18,7 +18,7 @@ macro_rules! message_columns {
     () => {
         "m.id, m.tenant_id, m.conversation_id, m.role, m.name, m.content, m.metadata, m.importance, \
          m.importance_override, m.pinned, m.status, m.failure_reason, m.created_at, m.stored_at, m.archived_at, \
-         m.revision"
+         m.revision, m.updated_at"
     };
 }
 

@@ -74,6 +74,7 @@ pub(super) struct MessageRow {
     pub(super) stored_at: DateTime<Utc>,
     pub(super) archived_at: Option<DateTime<Utc>>,
     pub(super) revision: i32,
+    pub(super) updated_at: DateTime<Utc>,
 }
 
 impl TryFrom<MessageRow> for StoredMessage {
@@ -100,6 +101,7 @@ impl TryFrom<MessageRow> for StoredMessage {
             status: MessageStatus::parse(&r.status).ok_or_else(|| corrupt("status"))?,
             failure_reason: r.failure_reason,
             stored_at: r.stored_at,
+            updated_at: r.updated_at,
             revision: r.revision,
         })
     }

@@ -1,0 +1,138 @@
+//! Compatibility with the original service's API (`original-service.md` §1): a client written
+//! for it reads our answers unchanged.
+
+use axum::http::{Method, StatusCode};
+use serde_json::json;
+
+use crate::harness::{App, message};
+
+#[tokio::test]
+async fn health_and_readiness_answer_at_the_original_paths_without_a_key_or_a_rate_limit() -> anyhow::Result<()> {
+    let app = App::start_with(|vars| {
+        vars.insert("MEMORY_RATE_LIMIT_CLIENT".into(), "2/minute".into());
+        vars.insert("MEMORY_ENVIRONMENT".into(), "staging".into());
+    })
+    .await?;
+    // Past the client's limit of 2 a minute: never limited.
+    for _ in 0..5 {
+        let r = app.send(Method::GET, "/v1/admin/health", None, None).await?;
+        assert_eq!(r.status, StatusCode::OK, "{r:?}");
+        assert!(!r.headers.contains_key("x-ratelimit-limit"), "{r:?}");
+        assert_eq!(r.headers["x-api-version"], "v1");
+        let b = &r.body;
+        assert_eq!((b["status"].as_str(), b["database"].as_str()), (Some("ok"), Some("ok")), "{b}");
+        assert_eq!(b["environment"], "staging");
+        assert_eq!(b["embedding"], "skipped");
+        assert!(b["notes"].is_null());
+        assert!(b["latency_ms"].as_f64().is_some_and(|ms| ms >= 0.0), "{b}");
+        assert!(b["uptime_seconds"].as_f64().is_some_and(|s| s >= 0.0), "{b}");
+        assert!(b["version"].as_str().is_some_and(|v| !v.is_empty()));
+        assert!(b["timestamp"].as_str().is_some_and(|t| chrono::DateTime::parse_from_rfc3339(t).is_ok()), "{b}");
+
+        let r = app.send(Method::GET, "/v1/admin/readiness", None, None).await?;
+        assert_eq!(r.status, StatusCode::OK, "{r:?}");
+        let b = &r.body;
+        assert_eq!(b["status"], "ok", "{b}");
+        for (field, value) in [("database", "ok"), ("nats", "ok"), ("embedding", "skipped")] {
+            assert_eq!(b[field], value, "{field}: {b}");
+        }
+        assert!(["ok", "skipped"].contains(&b["redis"].as_str().unwrap_or("")), "{b}");
+    }
+    // A stopping gateway reads down, with a 503 (the original answered 200 whatever its state).
+    app.env.shutdown.cancel();
+    let r = app.send(Method::GET, "/v1/admin/readiness", None, None).await?;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{r:?}");
+    assert_eq!(r.body["status"], "down");
+    assert_eq!(r.body["notes"], "shutting down");
+    app.finish().await
+}
+
+#[tokio::test]
+async fn v1_answers_carry_the_api_version_and_other_versions_are_refused() -> anyhow::Result<()> {
+    let app = App::start().await?;
+    let r = app.get("/v1/memory/search?tenant_id=acme&query=hello").await?;
+    assert_eq!(r.headers["x-api-version"], "v1", "{r:?}");
+    // A problem answer too (an unknown message).
+    let r = app.get("/v1/messages/not-a-uuid?tenant_id=acme").await?;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(r.headers["x-api-version"], "v1");
+    // Unversioned paths carry none.
+    let r = app.send(Method::GET, "/healthz", None, None).await?;
+    assert!(!r.headers.contains_key("x-api-version"));
+
+    for path in ["/v2/messages", "/v3/memory/search?tenant_id=acme&query=x", "/v10"] {
+        let r = app.send(Method::GET, path, None, Some(crate::harness::KEY)).await?;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{path}: {r:?}");
+        let version = path.trim_start_matches('/').split(['/', '?']).next().unwrap();
+        // The original's body, and ours around it.
+        assert_eq!(r.body["error"], "Unsupported API version", "{path}");
+        assert_eq!(r.body["version"], version);
+        assert_eq!(r.body["supported_versions"], json!(["v1"]));
+        assert_eq!(r.body["code"], "unsupported_api_version");
+        assert_eq!(r.headers["content-type"], "application/problem+json");
+    }
+    // Not a version: a path that merely starts with a v.
+    let r = app.send(Method::GET, "/vector", None, Some(crate::harness::KEY)).await?;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    app.finish().await
+}
+
+#[tokio::test]
+async fn messages_carry_the_original_field_names_beside_ours() -> anyhow::Result<()> {
+    let app = App::start().await?;
+    let mut body = message("acme", "I moved to Lisbon in May");
+    body["metadata"] = json!({"source": "web"});
+    let r = app.post("/v1/messages", &body).await?;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{r:?}");
+    assert_eq!(r.body["embedding_status"], "pending", "queued: {}", r.body);
+    assert_eq!(r.body["message_metadata"], json!({"source": "web"}));
+    let id = r.body["id"].as_str().unwrap().to_owned();
+
+    let uri = format!("/v1/messages/{id}?tenant_id=acme");
+    app.embedded(&uri).await?;
+    let r = app.get(&uri).await?;
+    let b = &r.body;
+    assert_eq!(b["embedding_status"], "completed", "{b}");
+    assert_eq!(b["status"], "embedded");
+    assert_eq!(b["message_metadata"], b["metadata"]);
+    assert_eq!(b["importance_score"], b["importance"]);
+    assert!(b["importance_score"].as_f64().is_some_and(|i| (0.0..=1.0).contains(&i)), "{b}");
+    let updated = chrono::DateTime::parse_from_rfc3339(b["updated_at"].as_str().expect("updated_at"))?;
+    assert!(updated >= chrono::DateTime::parse_from_rfc3339(b["created_at"].as_str().unwrap())?);
+
+    // An edit moves updated_at and shows in both names.
+    let edit = json!({"metadata": {"source": "app"}});
+    let r =
+        app.send(Method::PUT, &uri, Some(axum::body::Body::from(edit.to_string())), Some(crate::harness::KEY)).await?;
+    assert_eq!(r.status, StatusCode::OK, "{r:?}");
+    assert_eq!(r.body["message_metadata"], json!({"source": "app"}));
+    let edited = chrono::DateTime::parse_from_rfc3339(r.body["updated_at"].as_str().unwrap())?;
+    assert!(edited > updated, "{edited} after {updated}");
+    app.finish().await
+}
+
+#[tokio::test]
+async fn a_retention_run_for_a_tenant_with_nothing_stored_answers_zeros() -> anyhow::Result<()> {
+    let app = App::start().await?;
+    // Right after a tenant's first message (perhaps not stored yet), and for a tenant never seen.
+    let r = app.post("/v1/messages", &message("fresh", "hello there")).await?;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    for tenant in ["fresh", "never-seen"] {
+        for actions in [json!(["archive"]), json!(["archive", "delete"])] {
+            let run = json!({"tenant_id": tenant, "actions": actions, "dry_run": true});
+            let r = app.post("/v1/admin/retention/run", &run).await?;
+            assert_eq!(r.status, StatusCode::OK, "{tenant}: {r:?}");
+            assert_eq!((r.body["archived"].as_u64(), r.body["deleted"].as_u64()), (Some(0), Some(0)), "{}", r.body);
+            assert_eq!(r.body["dry_run"], true);
+        }
+    }
+    let r = app.post("/v1/admin/retention/run", &json!({"tenant_id": "never-seen", "actions": ["delete"]})).await?;
+    assert_eq!(r.status, StatusCode::OK, "{r:?}");
+    assert_eq!(r.body["deleted"], 0);
+    // Another tenant's key still may not name it.
+    let key = app.tenant_key("acme", &["admin"]).await?;
+    let run = json!({"tenant_id": "never-seen", "dry_run": true}).to_string();
+    let r = app.send(Method::POST, "/v1/admin/retention/run", Some(axum::body::Body::from(run)), Some(&key)).await?;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{r:?}");
+    app.finish().await
+}
