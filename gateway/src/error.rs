@@ -74,17 +74,19 @@ pub enum ApiError {
     RequestTimeout,
     #[error("the request body stopped arriving")]
     BodyTimeout,
-    #[error("rate limit exceeded: {} per {} ({})", .0.limit.count, describe_period(.0.limit.period), match .0.scope { crate::limit::Scope::Client => "this client", crate::limit::Scope::Tenant => "this tenant" })]
-    RateLimited(crate::limit::Decision),
+    #[error("{}", rate_limited(.0))]
+    RateLimited(Box<crate::limit::Decision>),
 }
 
-fn describe_period(period: std::time::Duration) -> String {
-    match period.as_secs() {
-        1 => "second".into(),
-        60 => "minute".into(),
-        3600 => "hour".into(),
-        86_400 => "day".into(),
-        s => format!("{s} seconds"),
+/// The original service's texts: `Rate limit exceeded: 200/minute`, `Tenant rate limit exceeded
+/// for acme: 120/minute`.
+fn rate_limited(d: &crate::limit::Decision) -> String {
+    match (d.scope, &d.tenant) {
+        (crate::limit::Scope::Tenant, Some(t)) => {
+            format!("Tenant rate limit exceeded for {}: {}", t.tenant_id, d.limit)
+        }
+        (crate::limit::Scope::Tenant, None) => format!("Tenant rate limit exceeded: {}", d.limit),
+        (crate::limit::Scope::Client, _) => format!("Rate limit exceeded: {}", d.limit),
     }
 }
 
@@ -157,7 +159,7 @@ impl ApiError {
                 format!("{cost} {what} exceed the rate limit of {count} per {secs}s"),
             )])
         } else {
-            Self::RateLimited(decision.clone())
+            Self::RateLimited(Box::new(decision.clone()))
         }
     }
 

@@ -97,6 +97,19 @@ pub struct Decision {
     pub reset: Duration,
     /// Until a refused request would pass.
     pub retry_after: Duration,
+    /// The tenant's own quota, when the request was charged to a tenant (the original service's
+    /// `X-RateLimit-Tenant-*` headers).
+    pub tenant: Option<TenantQuota>,
+}
+
+/// Where a tenant's own limit stands after a charge.
+#[derive(Debug, Clone)]
+pub struct TenantQuota {
+    pub tenant_id: TenantId,
+    pub limit: RateLimit,
+    pub remaining: u64,
+    /// Until the quota is full again.
+    pub reset: Duration,
 }
 
 type Memory = RateLimiter<String, DefaultKeyedStateStore<String>, DefaultClock, StateInformationMiddleware>;
@@ -184,12 +197,20 @@ impl Limiter {
                 remaining: 0,
                 reset: Duration::ZERO,
                 retry_after: Duration::MAX,
+                tenant: None,
             };
         }
-        let decision = match self.redis_check(&charges, cost).await {
-            Some(decision) => decision,
+        let (allowed, decisions) = match self.redis_check(&charges, cost).await {
+            Some(checked) => checked,
             None => self.memory_check(&charges, cost),
         };
+        let quota = decisions.iter().find(|d| d.scope == Scope::Tenant).zip(tenant).map(|(d, t)| TenantQuota {
+            tenant_id: t.clone(),
+            limit: d.limit,
+            remaining: d.remaining,
+            reset: d.reset,
+        });
+        let decision = Decision { tenant: quota, ..binding(decisions, allowed) };
         let outcome = if decision.allowed { "allowed" } else { "limited" };
         self.metrics.decisions.get_or_create(&crate::metrics::DecisionLabels { decision: outcome }).inc();
         if !decision.allowed {
@@ -230,7 +251,8 @@ impl Limiter {
         self.overrides.lock().expect("override cache").remove(tenant);
     }
 
-    async fn redis_check(&self, charges: &[Charge], cost: u32) -> Option<Decision> {
+    /// Whether the charge passed, and each limit's decision; `None` when Redis is away.
+    async fn redis_check(&self, charges: &[Charge], cost: u32) -> Option<(bool, Vec<Decision>)> {
         let redis = self.redis.as_ref()?;
         if redis.down_until.lock().expect("redis state").is_some_and(|until| Instant::now() < until) {
             return None;
@@ -294,9 +316,10 @@ impl Limiter {
                 remaining: u64::try_from(values[at]).unwrap_or(0),
                 reset: Duration::from_millis(u64::try_from(values[at + 1]).unwrap_or(0)),
                 retry_after: Duration::from_millis(u64::try_from(values[at + 2]).unwrap_or(0)),
+                tenant: None,
             }
         });
-        Some(binding(per_limit.collect(), allowed))
+        Some((allowed, per_limit.collect()))
     }
 
     fn redis_down(&self, redis: &Redis, error: &dyn std::fmt::Display) {
@@ -314,8 +337,9 @@ impl Limiter {
     }
 
     /// The same limits, in this process only. Limits are charged in order (client first); a
-    /// refusal by a later one leaves the earlier charged, as every hit counts.
-    fn memory_check(&self, charges: &[Charge], cost: u32) -> Decision {
+    /// refusal by a later one leaves the earlier charged, as every hit counts, and is the only
+    /// decision returned.
+    fn memory_check(&self, charges: &[Charge], cost: u32) -> (bool, Vec<Decision>) {
         // Keys whose quota is full again carry no state: drop them now and then, so that many
         // clients (rotating IPs, say) do not grow the process while Redis is away.
         if self.memory_checks.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 10_000 == 9_999 {
@@ -336,6 +360,7 @@ impl Limiter {
                 remaining: 0,
                 reset: wait,
                 retry_after: wait,
+                tenant: None,
             };
             match self.memory_limiter(c.limit).check_key_n(&c.key, n) {
                 Ok(Ok(snapshot)) => {
@@ -347,14 +372,15 @@ impl Limiter {
                         remaining: u64::from(remaining),
                         reset: interval * c.limit.count.saturating_sub(remaining),
                         retry_after: Duration::ZERO,
+                        tenant: None,
                     });
                 }
-                Ok(Err(not_until)) => return refused(not_until.wait_time_from(clock.now())),
+                Ok(Err(not_until)) => return (false, vec![refused(not_until.wait_time_from(clock.now()))]),
                 // More than the whole quota at once: it never passes.
-                Err(_) => return refused(c.limit.period),
+                Err(_) => return (false, vec![refused(c.limit.period)]),
             }
         }
-        binding(decisions, true)
+        (true, decisions)
     }
 
     fn memory_limiter(&self, limit: RateLimit) -> Arc<Memory> {
@@ -380,11 +406,13 @@ fn binding(mut decisions: Vec<Decision>, allowed: bool) -> Decision {
 }
 
 /// `RateLimit-*` (IETF draft) and `X-RateLimit-*` (as the original service: reset in epoch
-/// seconds) headers, and `Retry-After` on a refusal.
+/// seconds) headers, `X-RateLimit-Tenant-*` for the tenant's own quota when one was charged, and
+/// `Retry-After` on a refusal.
 pub fn headers(headers: &mut HeaderMap, d: &Decision) {
     let secs = |d: Duration| d.as_secs() + u64::from(d.subsec_nanos() > 0);
     let reset = secs(d.reset);
-    let epoch = u64::try_from(chrono::Utc::now().timestamp()).unwrap_or(0) + reset;
+    let now = u64::try_from(chrono::Utc::now().timestamp()).unwrap_or(0);
+    let epoch = now + reset;
     let mut set = |name: &'static str, value: u64| {
         headers.insert(HeaderName::from_static(name), HeaderValue::from(value));
     };
@@ -394,6 +422,11 @@ pub fn headers(headers: &mut HeaderMap, d: &Decision) {
     set("x-ratelimit-limit", u64::from(d.limit.count));
     set("x-ratelimit-remaining", d.remaining);
     set("x-ratelimit-reset", epoch);
+    if let Some(t) = &d.tenant {
+        set("x-ratelimit-tenant-limit", u64::from(t.limit.count));
+        set("x-ratelimit-tenant-remaining", t.remaining);
+        set("x-ratelimit-tenant-reset", now + secs(t.reset));
+    }
     if !d.allowed && d.retry_after != Duration::MAX {
         set("retry-after", secs(d.retry_after).max(1));
     }

@@ -89,6 +89,25 @@ impl<F: Fn(&str) -> Option<String>> Vars<F> {
         }
     }
 
+    /// [`Self::parse_or`] of `name`, or else of the first of `aliases` that is set (the original
+    /// service's names for the same setting). Two of them set to different values is an error.
+    fn parse_aliased_or<T: FromStr>(&mut self, name: &str, aliases: &[&str], default: T) -> T
+    where
+        T::Err: fmt::Display,
+    {
+        let set: Vec<(&str, String)> =
+            std::iter::once(name).chain(aliases.iter().copied()).filter_map(|n| self.raw(n).map(|v| (n, v))).collect();
+        if let Some((other, value)) = set.iter().skip(1).find(|(_, v)| *v != set[0].1) {
+            self.errors
+                .push(format!("{}={:?} and {other}={value:?} name the same setting: set one", set[0].0, set[0].1));
+            return default;
+        }
+        match set.first() {
+            Some((first, _)) => self.parse_or(first, default),
+            None => default,
+        }
+    }
+
     fn ranged<T: FromStr + PartialOrd + fmt::Display + Copy>(&mut self, name: &str, default: T, min: T, max: T) -> T
     where
         T::Err: fmt::Display,
@@ -250,8 +269,17 @@ impl Config {
             },
             redis_url: v.secret("MEMORY_REDIS_URL"),
             rate_limit: RateLimitConfig {
-                client: v.parse_or("MEMORY_RATE_LIMIT_CLIENT", RateLimit::per(200, 60)),
-                tenant: v.parse_or("MEMORY_RATE_LIMIT_TENANT", RateLimit::per(120, 60)),
+                // The original service's names are accepted too.
+                client: v.parse_aliased_or(
+                    "MEMORY_RATE_LIMIT_CLIENT",
+                    &["MEMORY_GLOBAL_RATE_LIMIT", "GLOBAL_RATE_LIMIT"],
+                    RateLimit::per(200, 60),
+                ),
+                tenant: v.parse_aliased_or(
+                    "MEMORY_RATE_LIMIT_TENANT",
+                    &["MEMORY_TENANT_RATE_LIMIT", "TENANT_RATE_LIMIT"],
+                    RateLimit::per(120, 60),
+                ),
             },
             retention: RetentionConfig {
                 policy: crate::domain::RetentionPolicy {
@@ -411,6 +439,19 @@ mod tests {
             assert!(bad.parse::<RateLimit>().is_err(), "{bad}");
         }
         assert_eq!(RateLimit::per(200, 60).to_string(), "200/minute");
+    }
+
+    #[test]
+    fn the_original_rate_limit_variables_are_aliases() -> Result<(), ConfigError> {
+        let c = config(&[("GLOBAL_RATE_LIMIT", "10 per second"), ("MEMORY_TENANT_RATE_LIMIT", "5/minute")])?;
+        assert_eq!((c.rate_limit.client, c.rate_limit.tenant), (RateLimit::per(10, 1), RateLimit::per(5, 60)));
+        let c = config(&[("MEMORY_RATE_LIMIT_TENANT", "7/hour"), ("TENANT_RATE_LIMIT", "7/hour")])?;
+        assert_eq!(c.rate_limit.tenant, RateLimit::per(7, 3600), "the same value twice is fine");
+        let e = config(&[("MEMORY_RATE_LIMIT_CLIENT", "1/second"), ("GLOBAL_RATE_LIMIT", "2/second")]).unwrap_err();
+        assert!(e.to_string().contains("GLOBAL_RATE_LIMIT=\"2/second\""), "{e}");
+        let e = config(&[("TENANT_RATE_LIMIT", "often")]).unwrap_err();
+        assert!(e.to_string().contains("TENANT_RATE_LIMIT=\"often\""), "{e}");
+        Ok(())
     }
 
     #[test]

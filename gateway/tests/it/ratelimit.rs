@@ -36,19 +36,23 @@ fn header(r: &Resp, name: &str) -> u64 {
 async fn a_burst_is_allowed_then_refused_with_headers_then_refilled() -> anyhow::Result<()> {
     let app = app("3/minute", "1000/minute", None).await?;
     let key = app.tenant_key("acme", &["read", "write", "admin"]).await?;
-    for remaining in [2, 1, 0] {
+    for (remaining, tenant_remaining) in [(2, 999), (1, 998), (0, 997)] {
         let r = probe(&app, &key).await?;
         assert_eq!(r.status, StatusCode::OK, "{r:?}");
         assert_eq!(header(&r, "ratelimit-limit"), 3);
         assert_eq!(header(&r, "ratelimit-remaining"), remaining);
         assert_eq!(header(&r, "x-ratelimit-remaining"), remaining);
         assert!(header(&r, "x-ratelimit-reset") > 1_700_000_000, "epoch seconds");
+        // The key's tenant was charged too: its own quota, as the original service showed it.
+        assert_eq!(header(&r, "x-ratelimit-tenant-limit"), 1000);
+        assert_eq!(header(&r, "x-ratelimit-tenant-remaining"), tenant_remaining);
+        assert!(header(&r, "x-ratelimit-tenant-reset") > 1_700_000_000, "epoch seconds");
     }
     let r = probe(&app, &key).await?;
     assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(r.headers["content-type"], "application/problem+json");
     assert_eq!(r.body["code"], "rate_limited");
-    assert!(r.body["detail"].as_str().unwrap().contains("3 per minute"), "{r:?}");
+    assert_eq!(r.body["detail"], "Rate limit exceeded: 3/minute", "the original's text: {r:?}");
     // One request every 20 s refills the quota.
     let retry = header(&r, "retry-after");
     assert!((19..=20).contains(&retry), "{retry}");
@@ -115,7 +119,9 @@ async fn a_tenant_limit_spans_its_keys_and_can_be_set_per_tenant() -> anyhow::Re
     }
     let r = probe(&app, &second).await?;
     assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
-    assert!(r.body["detail"].as_str().unwrap().contains("this tenant"), "{r:?}");
+    assert_eq!(r.body["detail"], "Tenant rate limit exceeded for acme: 4/minute", "the original's text: {r:?}");
+    assert_eq!(header(&r, "x-ratelimit-tenant-remaining"), 0);
+    assert!(r.body["retry_after"].as_u64().is_some_and(|s| s >= 1), "{r:?}");
 
     // The operator raises globex's limit; a tenant key may not.
     let initech = app.tenant_key("initech", &["read", "write", "admin"]).await?;
@@ -142,6 +148,8 @@ async fn requests_without_a_valid_key_are_limited_by_ip() -> anyhow::Result<()> 
     }
     let r = probe(&app, "mk_wrong").await?;
     assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "guessing keys is limited too: {r:?}");
+    assert_eq!(r.body["detail"], "Rate limit exceeded: 2/minute");
+    assert!(!r.headers.contains_key("x-ratelimit-tenant-limit"), "no tenant was charged: {r:?}");
     app.finish().await
 }
 
