@@ -127,6 +127,7 @@ async fn main() -> anyhow::Result<()> {
                 filters: SearchFilters::default(),
                 explain: false,
                 exact: false,
+                candidate_limit: None,
             };
             // Warm the query cache and the connections.
             for q in &queries {

@@ -39,7 +39,7 @@ use crate::routes::{admin, health, lifecycle, messages, search, tenants, transfe
         lifecycle::BatchUpdate, lifecycle::BatchUpdateResponse, lifecycle::ItemError, lifecycle::BatchDelete,
         transfer::ImportResponse, transfer::LineError,
         crate::error::Problem, crate::error::VersionProblem, health::Health, health::AdminHealth,
-        health::AdminReadiness, messages::MessageBody,
+        health::AdminReadiness, messages::MessageBody, messages::BatchError, lifecycle::BatchDeleteResponse,
     )),
     modifiers(&Security),
     tags(

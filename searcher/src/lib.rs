@@ -16,8 +16,9 @@ use common::bus::respond::{Answered, Responder, bad_request, unavailable};
 use common::bus::{BusError, Envelope, Request};
 use common::config::Config;
 use common::contract::{
-    EmbedQueryRequest, EmbedQueryResponse, GetMessageRequest, GetMessageResponse, MessageReceived, REQUEST_ID_HEADER,
-    RemoteError, RemoteErrorCode, Reply, SearchRequest, SearchResponse, StreamKind, TIMEOUT_HEADER, VERSION,
+    CANDIDATES_MAX, EmbedQueryRequest, EmbedQueryResponse, GetMessageRequest, GetMessageResponse, MessageReceived,
+    REQUEST_ID_HEADER, RemoteError, RemoteErrorCode, Reply, SearchRequest, SearchResponse, StreamKind, TIMEOUT_HEADER,
+    VERSION,
 };
 use common::domain::{MessageId, MessageView, Ranking, SearchMode, TenantId};
 use common::store::{
@@ -34,8 +35,6 @@ use tracing::warn;
 use metrics::Endpoint;
 pub use metrics::Metrics;
 
-/// Most candidates fetched from each retriever for one search.
-const CANDIDATES_MAX: u32 = 1_000;
 /// The `partial` of a hybrid search answered from words alone (fixed text; the cause is logged).
 pub const PARTIAL_WORDS_ONLY: &str = "vector retrieval is unavailable: ranked by words only";
 /// How long a tenant's ranking is reused before it is read again.
@@ -142,7 +141,10 @@ impl Handler {
         let ranking = self.ranking(&request.tenant_id).await?;
         // Vector mode re-ranks a deep candidate list; fusion takes a shallow window of each.
         let factor = if request.mode == SearchMode::Vector { self.candidate_factor } else { self.fusion_window };
-        let limit = request.top_k.saturating_mul(factor).min(CANDIDATES_MAX);
+        let limit = match request.candidate_limit {
+            Some(asked) => asked.clamp(request.top_k, CANDIDATES_MAX),
+            None => request.top_k.saturating_mul(factor).min(CANDIDATES_MAX),
+        };
         let mut mode = request.mode;
         let mut partial = None;
         let (vector_hits, lexical) = match mode {

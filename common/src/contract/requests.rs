@@ -58,7 +58,15 @@ pub struct SearchRequest {
     /// gateway allows it to the operator key only): what the index's recall is measured against.
     #[serde(default)]
     pub exact: bool,
+    /// Candidates read from each retriever before ranking (the original service's
+    /// `candidate_limit`): from `top_k` up to 1,000. Default: `top_k` times the searcher's
+    /// candidate factor (vector mode) or fusion window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub candidate_limit: Option<u32>,
 }
+
+/// Most candidates a search may ask each retriever for (`candidate_limit`).
+pub const CANDIDATES_MAX: u32 = 1_000;
 
 /// The reply to a search: the seed's `{total, items}` shape.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

@@ -54,13 +54,43 @@ pub struct BatchUpdateResponse {
     updated: Vec<MessageBody>,
     /// The edits that were not made, and why.
     errors: Vec<ItemError>,
+    /// Always empty: the original service's shape.
+    created: Vec<MessageBody>,
+    /// Always empty: the original service's shape.
+    #[schema(value_type = Vec<String>)]
+    deleted: Vec<MessageId>,
 }
 
+/// An edit or delete not made, as the original service listed it (`message_id`, `error` the
+/// problem's `detail`), with the problem itself.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ItemError {
     #[schema(value_type = String)]
     message_id: MessageId,
-    error: Problem,
+    error: String,
+    code: &'static str,
+    problem: Problem,
+}
+
+impl ItemError {
+    fn new(message_id: MessageId, e: &ApiError) -> Self {
+        let problem = e.problem();
+        Self { message_id, error: problem.detail.clone(), code: problem.code, problem }
+    }
+}
+
+/// The answer to a batch delete: ours (`deleted`, `not_found`), and the original service's
+/// (`created`, `updated`, `errors`).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BatchDeleteResponse {
+    #[serde(flatten)]
+    outcome: DeleteMessagesResponse,
+    /// Always empty.
+    created: Vec<MessageBody>,
+    /// Always empty.
+    updated: Vec<MessageBody>,
+    /// One per id in `not_found`.
+    errors: Vec<ItemError>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -187,11 +217,12 @@ pub async fn update_messages(
     for (message_id, result) in ids.into_iter().zip(results) {
         match result {
             Ok(view) => updated.push(MessageBody::from(view)),
-            Err(e) => errors.push(ItemError { message_id, error: e.problem() }),
+            Err(e) => errors.push(ItemError::new(message_id, &e)),
         }
     }
     let status = if errors.is_empty() { StatusCode::OK } else { StatusCode::MULTI_STATUS };
-    Ok((status, axum::Json(BatchUpdateResponse { updated, errors })).into_response())
+    let body = BatchUpdateResponse { updated, errors, created: Vec::new(), deleted: Vec::new() };
+    Ok((status, axum::Json(body)).into_response())
 }
 
 async fn remove(
@@ -239,7 +270,7 @@ pub async fn delete_message(
     post, path = "/v1/messages/batch/delete", tag = "messages",
     params(TenantParam), request_body = BatchDelete,
     responses(
-        (status = 200, body = DeleteMessagesResponse), (status = 400, body = Problem), (status = 401, body = Problem),
+        (status = 200, body = BatchDeleteResponse), (status = 400, body = Problem), (status = 401, body = Problem),
         (status = 403, body = Problem), (status = 422, body = Problem), (status = 503, body = Problem),
     ),
     security(("api_key" = []), ("bearer" = []))
@@ -250,8 +281,10 @@ pub async fn delete_messages(
     headers: HeaderMap,
     AppQuery(params): AppQuery<TenantParam>,
     AppJson(batch): AppJson<BatchDelete>,
-) -> Result<axum::Json<DeleteMessagesResponse>, ApiError> {
-    Ok(axum::Json(remove(&state, &principal, &headers, params.tenant_id, batch.message_ids).await?))
+) -> Result<axum::Json<BatchDeleteResponse>, ApiError> {
+    let outcome = remove(&state, &principal, &headers, params.tenant_id, batch.message_ids).await?;
+    let errors = outcome.not_found.iter().map(|&id| ItemError::new(id, &ApiError::MessageNotFound(id))).collect();
+    Ok(axum::Json(BatchDeleteResponse { outcome, created: Vec::new(), updated: Vec::new(), errors }))
 }
 
 /// Delete every message of a conversation for good, including those still queued. Idempotent:

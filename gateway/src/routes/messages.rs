@@ -140,6 +140,63 @@ pub struct BatchResponse {
     rejected: usize,
     /// One entry per request item, in order.
     results: Vec<BatchItem>,
+    /// The original service's fields. The queued messages, in order.
+    created: Vec<MessageBody>,
+    /// Always empty (a batch creates).
+    updated: Vec<MessageBody>,
+    /// Always empty (a batch creates).
+    #[schema(value_type = Vec<String>)]
+    deleted: Vec<MessageId>,
+    /// The rejected items: `message_index` in the request, `error` the problem's `detail`, `code`
+    /// its code.
+    errors: Vec<BatchError>,
+}
+
+/// A rejected item of a batch, as the original service listed it (and our `code`).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BatchError {
+    message_index: usize,
+    error: String,
+    code: &'static str,
+}
+
+impl BatchResponse {
+    /// The answer to a batch whose items ended as `outcomes`, in request order.
+    fn new(outcomes: Vec<Result<NewMessage, ApiError>>) -> Self {
+        let (mut results, mut created, mut errors) = (Vec::new(), Vec::new(), Vec::new());
+        for (index, outcome) in outcomes.into_iter().enumerate() {
+            match outcome {
+                Ok(message) => {
+                    results.push(BatchItem {
+                        index,
+                        status: ItemStatus::Queued,
+                        id: Some(message.message_id),
+                        error: None,
+                    });
+                    created.push(MessageBody::from(MessageView::queued(&message)));
+                }
+                Err(e) => {
+                    let problem = e.problem();
+                    errors.push(BatchError { message_index: index, error: problem.detail.clone(), code: problem.code });
+                    results.push(BatchItem {
+                        index,
+                        status: ItemStatus::Rejected,
+                        id: problem.message_id,
+                        error: Some(problem),
+                    });
+                }
+            }
+        }
+        Self {
+            queued: created.len(),
+            rejected: errors.len(),
+            results,
+            created,
+            updated: Vec::new(),
+            deleted: Vec::new(),
+            errors,
+        }
+    }
 }
 
 /// Publishes to the ingest stream. A failure names the message id, so the client can retry with
@@ -324,7 +381,7 @@ pub async fn create_messages(
         async move {
             let message = item?;
             publish(state, &message, request_id).await?;
-            Ok::<MessageId, ApiError>(message.message_id)
+            Ok::<NewMessage, ApiError>(message)
         }
     }))
     .await;
@@ -333,27 +390,11 @@ pub async fn create_messages(
         && outcomes.iter().all(|o| matches!(o, Err(ApiError::PublishFailed { .. } | ApiError::PublishTimeout { .. })))
     {
         let status = first.status_and_code().0;
-        let body = axum::Json(BatchResponse { queued: 0, rejected: n, results: results(outcomes) });
-        return Ok((status, body).into_response());
+        return Ok((status, axum::Json(BatchResponse::new(outcomes))).into_response());
     }
-    let results = results(outcomes);
-    let queued = results.iter().filter(|r| r.status == ItemStatus::Queued).count();
-    let status = if queued == n { StatusCode::CREATED } else { StatusCode::MULTI_STATUS };
-    Ok((status, axum::Json(BatchResponse { queued, rejected: n - queued, results })).into_response())
-}
-
-fn results(outcomes: Vec<Result<MessageId, ApiError>>) -> Vec<BatchItem> {
-    outcomes
-        .into_iter()
-        .enumerate()
-        .map(|(index, outcome)| match outcome {
-            Ok(id) => BatchItem { index, status: ItemStatus::Queued, id: Some(id), error: None },
-            Err(e) => {
-                let problem = e.problem();
-                BatchItem { index, status: ItemStatus::Rejected, id: problem.message_id, error: Some(problem) }
-            }
-        })
-        .collect()
+    let body = BatchResponse::new(outcomes);
+    let status = if body.queued == n { StatusCode::CREATED } else { StatusCode::MULTI_STATUS };
+    Ok((status, axum::Json(body)).into_response())
 }
 
 /// Read one message and where it is in the pipeline.

@@ -6,7 +6,7 @@ use axum::http::HeaderMap;
 use axum::routing::get;
 use axum::{Extension, Router};
 use chrono::{DateTime, Utc};
-use common::contract::{SearchRequest, SearchResponse, VERSION};
+use common::contract::{CANDIDATES_MAX, SearchRequest, SearchResponse, VERSION};
 use common::domain::{
     ConversationId, FieldError, Role, Scope, SearchFilters, SearchMode, TOP_K_DEFAULT, TenantId, check_search,
 };
@@ -53,6 +53,11 @@ pub struct SearchParams {
     metadata: Option<String>,
     /// Only messages of at least this importance (0–1).
     min_importance: Option<String>,
+    /// The original service's name for `min_importance`.
+    importance_min: Option<String>,
+    /// Candidates read from each retriever before ranking: 1–1,000 (at least `top_k` are read).
+    /// Default: `top_k` times the searcher's candidate factor or fusion window.
+    candidate_limit: Option<String>,
     /// `true`: archived messages too.
     include_archived: Option<String>,
     /// `true`: vector candidates from an exact scan of the tenant's vectors, not the index, to
@@ -79,6 +84,8 @@ pub struct SearchBody {
     /// Vector candidates from an exact scan, not the index. Operator key only.
     #[serde(default)]
     exact: bool,
+    /// Candidates read from each retriever before ranking: 1–1,000.
+    candidate_limit: Option<u32>,
 }
 
 /// Find a tenant's messages most relevant to a query.
@@ -126,11 +133,34 @@ pub async fn search_memories(
         metadata: parse(&mut errors, "metadata", params.metadata, |v| {
             serde_json::from_str::<Map<String, Value>>(v).ok()
         }),
-        min_importance: parse(&mut errors, "min_importance", params.min_importance, |v| v.parse::<f64>().ok()),
+        min_importance: match (params.min_importance, params.importance_min) {
+            (Some(_), Some(_)) => {
+                errors.push(FieldError::new(
+                    "importance_min",
+                    "conflict",
+                    "give min_importance or importance_min, not both",
+                ));
+                None
+            }
+            (ours, original) => {
+                let field = if original.is_some() { "importance_min" } else { "min_importance" };
+                parse(&mut errors, field, ours.or(original), |v| v.parse::<f64>().ok())
+            }
+        },
         include_archived: parse(&mut errors, "include_archived", params.include_archived, |v| v.parse::<bool>().ok())
             .unwrap_or(false),
     };
-    let request = Search { tenant_id: params.tenant_id, query: params.query, top_k, mode, explain, filters, exact };
+    let candidate_limit = parse(&mut errors, "candidate_limit", params.candidate_limit, |v| v.parse::<u32>().ok());
+    let request = Search {
+        tenant_id: params.tenant_id,
+        query: params.query,
+        top_k,
+        mode,
+        explain,
+        filters,
+        exact,
+        candidate_limit,
+    };
     search(&state, &headers, errors, request).await
 }
 
@@ -164,6 +194,7 @@ pub async fn search_memories_post(
         explain: body.explain,
         filters: body.filters,
         exact: body.exact,
+        candidate_limit: body.candidate_limit,
     };
     search(&state, &headers, Vec::new(), request).await
 }
@@ -177,6 +208,7 @@ struct Search {
     explain: bool,
     filters: SearchFilters,
     exact: bool,
+    candidate_limit: Option<u32>,
 }
 
 async fn search(
@@ -185,7 +217,7 @@ async fn search(
     mut errors: Vec<FieldError>,
     search: Search,
 ) -> Result<axum::Json<SearchResponse>, ApiError> {
-    let Search { tenant_id, query, top_k, mode, explain, filters, exact } = search;
+    let Search { tenant_id, query, top_k, mode, explain, filters, exact, candidate_limit } = search;
     let tenant_id = TenantId::parse(tenant_id).map_err(|e| errors.extend(e.0)).ok();
     if let Err(e) = check_search(&query, top_k) {
         errors.extend(e.0);
@@ -193,10 +225,13 @@ async fn search(
     if let Err(e) = filters.check() {
         errors.extend(e.0);
     }
+    if candidate_limit.is_some_and(|c| !(1..=CANDIDATES_MAX).contains(&c)) {
+        errors.push(FieldError::new("candidate_limit", "out_of_range", format!("must be 1 to {CANDIDATES_MAX}")));
+    }
     let Some(tenant_id) = tenant_id.filter(|_| errors.is_empty()) else {
         return Err(ApiError::Invalid(errors));
     };
-    let request = SearchRequest { v: VERSION, tenant_id, query, top_k, mode, filters, explain, exact };
+    let request = SearchRequest { v: VERSION, tenant_id, query, top_k, mode, filters, explain, exact, candidate_limit };
     let response: SearchResponse =
         call_read(state, state.deps.subjects.search(), &request, &request_id(headers)).await?;
     Ok(axum::Json(response))

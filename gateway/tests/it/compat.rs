@@ -136,3 +136,83 @@ async fn a_retention_run_for_a_tenant_with_nothing_stored_answers_zeros() -> any
     assert_eq!(r.status, StatusCode::FORBIDDEN, "{r:?}");
     app.finish().await
 }
+
+#[tokio::test]
+async fn batches_answer_with_the_original_fields_beside_ours() -> anyhow::Result<()> {
+    let app = App::start().await?;
+    let mut bad = message("acme", "");
+    bad["role"] = json!("narrator");
+    let batch = json!({"messages": [message("acme", "first"), bad, message("acme", "third")]});
+    let r = app.post("/v1/messages/batch", &batch).await?;
+    assert_eq!(r.status, StatusCode::MULTI_STATUS, "{r:?}");
+    let created = r.body["created"].as_array().unwrap();
+    assert_eq!(created.len(), 2);
+    assert_eq!(created[0]["content"], "first");
+    assert_eq!(created[1]["content"], "third");
+    assert!(created.iter().all(|m| m["embedding_status"] == "pending" && m["id"].is_string()));
+    assert_eq!(created[0]["id"], r.body["results"][0]["id"], "the same ids as ours");
+    assert_eq!(
+        (r.body["updated"].as_array().map(Vec::len), r.body["deleted"].as_array().map(Vec::len)),
+        (Some(0), Some(0))
+    );
+    let errors = r.body["errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 1);
+    assert_eq!(errors[0]["message_index"], 1);
+    assert_eq!(errors[0]["code"], "validation_failed");
+    assert!(errors[0]["error"].as_str().is_some_and(|e| !e.is_empty()), "{}", errors[0]);
+
+    // Batch deletes: our `deleted` and `not_found`, and the original's `errors` per id not found.
+    let first = created[0]["id"].as_str().unwrap().to_owned();
+    app.embedded(&format!("/v1/messages/{first}?tenant_id=acme")).await?;
+    let missing = common::domain::MessageId::new().to_string();
+    let r = app.post("/v1/messages/batch/delete?tenant_id=acme", &json!({"message_ids": [first, missing]})).await?;
+    assert_eq!(r.status, StatusCode::OK, "{r:?}");
+    assert_eq!(r.body["deleted"], json!([first]));
+    assert_eq!(r.body["not_found"], json!([missing]));
+    assert_eq!(r.body["errors"][0]["message_id"], missing.as_str());
+    assert_eq!(r.body["errors"][0]["code"], "message_not_found");
+    assert_eq!(
+        (r.body["created"].as_array().map(Vec::len), r.body["updated"].as_array().map(Vec::len)),
+        (Some(0), Some(0))
+    );
+    app.finish().await
+}
+
+#[tokio::test]
+async fn search_takes_the_original_parameters() -> anyhow::Result<()> {
+    let app = App::start().await?;
+    let mut low = message("acme", "the ferry to Porto leaves at nine");
+    low["importance_override"] = json!(0.1);
+    let mut high = message("acme", "the ferry to Lisbon leaves at ten");
+    high["importance_override"] = json!(0.9);
+    let mut ids = Vec::new();
+    for body in [low, high] {
+        let r = app.post("/v1/messages?wait=embedded", &body).await?;
+        assert_eq!(r.status, StatusCode::CREATED, "{r:?}");
+        ids.push(r.body["id"].as_str().unwrap().to_owned());
+    }
+    let found = |r: &crate::harness::Resp| -> Vec<String> {
+        r.body["items"].as_array().unwrap().iter().map(|i| i["message_id"].as_str().unwrap().to_owned()).collect()
+    };
+    let r = app.get("/v1/memory/search?tenant_id=acme&query=ferry&importance_min=0.5&candidate_limit=200").await?;
+    assert_eq!(r.status, StatusCode::OK, "{r:?}");
+    assert_eq!(found(&r), [ids[1].clone()], "importance_min filters as min_importance does");
+    let r = app.get("/v1/memory/search?tenant_id=acme&query=ferry&candidate_limit=1&top_k=2").await?;
+    assert_eq!(found(&r).len(), 2, "at least top_k candidates are read: {r:?}");
+
+    for (query, field) in [
+        ("importance_min=0.5&min_importance=0.5", "importance_min"),
+        ("importance_min=high", "importance_min"),
+        ("candidate_limit=0", "candidate_limit"),
+        ("candidate_limit=1001", "candidate_limit"),
+        ("candidate_limit=many", "candidate_limit"),
+    ] {
+        let r = app.get(&format!("/v1/memory/search?tenant_id=acme&query=ferry&{query}")).await?;
+        assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{query}: {r:?}");
+        assert_eq!(r.body["errors"][0]["field"], field, "{query}");
+    }
+    let r =
+        app.post("/v1/memory/search", &json!({"tenant_id": "acme", "query": "ferry", "candidate_limit": 2000})).await?;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{r:?}");
+    app.finish().await
+}

@@ -117,9 +117,15 @@ async fn an_edit_changes_what_a_message_says_and_means() -> anyhow::Result<()> {
     let r = app.post("/v1/messages/batch/update?tenant_id=acme", &body).await?;
     assert_eq!(r.status, StatusCode::MULTI_STATUS, "{r:?}");
     assert_eq!(r.body["updated"][0]["metadata"], json!({"topic": "finance"}));
-    let codes: Vec<&str> =
-        r.body["errors"].as_array().unwrap().iter().map(|e| e["error"]["code"].as_str().unwrap()).collect();
+    let codes: Vec<&str> = r.body["errors"].as_array().unwrap().iter().map(|e| e["code"].as_str().unwrap()).collect();
     assert_eq!(codes, ["message_not_found", "validation_failed"]);
+    // The original's shape: `error` is text; the problem comes whole beside it.
+    assert_eq!(r.body["errors"][0]["error"], format!("message {missing} was not found"));
+    assert_eq!(r.body["errors"][1]["problem"]["code"], "validation_failed");
+    assert_eq!(
+        (r.body["created"].as_array().map(Vec::len), r.body["deleted"].as_array().map(Vec::len)),
+        (Some(0), Some(0))
+    );
     let r = app.post("/v1/messages/batch/update", &json!({"updates": []})).await?;
     assert_eq!(code(&r), (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"));
 
