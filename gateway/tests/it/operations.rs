@@ -112,3 +112,29 @@ async fn when_the_ingest_stream_is_unavailable_nothing_is_accepted_and_the_id_to
     }
     app.finish().await
 }
+
+#[tokio::test]
+async fn the_served_openapi_document_passes_an_independent_validator() -> anyhow::Result<()> {
+    // openapi-spec-validator (PyPI), installed by scripts/services.sh: client generators refuse
+    // documents it rejects (a response without its required description, say).
+    let validator = std::env::var("MEMORY_TEST_OPENAPI_VALIDATOR")
+        .map_err(|_| anyhow::anyhow!("MEMORY_TEST_OPENAPI_VALIDATOR is not set: run scripts/services.sh env"))?;
+    let app = App::without_workers(|_| {}).await?;
+    let spec = app.send(Method::GET, "/openapi.json", None, None).await?;
+    assert_eq!(spec.status, StatusCode::OK);
+    let file = std::env::temp_dir().join(format!("memory-openapi-{}.json", std::process::id()));
+    std::fs::write(&file, serde_json::to_vec(&spec.body)?)?;
+    let out = tokio::process::Command::new(&validator).arg(&file).output().await?;
+    let _ = std::fs::remove_file(&file);
+    assert!(
+        out.status.success(),
+        "the validator rejects /openapi.json:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Every route the compatibility suite relies on is documented.
+    for path in ["/v1/admin/health", "/v1/admin/readiness", "/v1/admin/retention/run", "/v1/messages/batch/delete"] {
+        assert!(spec.body["paths"][path].is_object(), "{path} missing from the OpenAPI document");
+    }
+    app.finish().await
+}
