@@ -73,7 +73,7 @@ pub fn router(state: AppState) -> Router {
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::authenticate))
         // Shed before any work, even a key lookup; health, readiness and metrics are never shed.
         .route_layer(middleware::from_fn_with_state(state.clone(), guard::shed));
-    Router::new()
+    let app = Router::new()
         .merge(api)
         .merge(routes::health::router())
         .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi::ApiDoc::openapi()))
@@ -93,8 +93,53 @@ pub fn router(state: AppState) -> Router {
         .layer(SetSensitiveRequestHeadersLayer::new([
             axum::http::header::AUTHORIZATION,
             HeaderName::from_static("x-api-key"),
-        ]))
-        .with_state(state)
+        ]));
+    // Outermost: a browser's preflight is answered before keys, limits or routes. Without
+    // configured origins there is no cross-origin access at all (and OPTIONS is a 405).
+    let app = if state.allowed_origins.is_empty() { app } else { app.layer(cors(&state.allowed_origins)) };
+    app.with_state(state)
+}
+
+/// Cross-origin calls from the configured browser origins (none by default), as the original
+/// service allowed them: its methods and headers, its exposed headers and ours, cached an hour.
+/// Keys travel in headers, never cookies, so no credentials are allowed.
+fn cors(origins: &[String]) -> tower_http::cors::CorsLayer {
+    use axum::http::{HeaderValue, Method, header};
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+    };
+    let name = HeaderName::from_static;
+    CorsLayer::new()
+        .allow_origin(allow)
+        .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE, Method::PATCH, Method::OPTIONS])
+        .allow_headers([
+            header::CONTENT_TYPE,
+            header::AUTHORIZATION,
+            name("x-api-key"),
+            name("x-api-version"),
+            name("x-request-id"),
+            name("x-tenant-id"),
+        ])
+        .expose_headers([
+            name("x-api-version"),
+            name("x-request-id"),
+            header::RETRY_AFTER,
+            header::LOCATION,
+            name("ratelimit-limit"),
+            name("ratelimit-remaining"),
+            name("ratelimit-reset"),
+            name("ratelimit-policy"),
+            name("x-ratelimit-limit"),
+            name("x-ratelimit-remaining"),
+            name("x-ratelimit-reset"),
+            name("x-ratelimit-tenant-limit"),
+            name("x-ratelimit-tenant-remaining"),
+            name("x-ratelimit-tenant-reset"),
+        ])
+        .max_age(std::time::Duration::from_secs(3600))
 }
 
 /// How often the last-used times of keys are written.
@@ -160,6 +205,7 @@ impl Gateway {
             admin_checks: Arc::default(),
             started: std::time::Instant::now(),
             environment: config.http.environment.as_str().into(),
+            allowed_origins: config.http.allowed_origins.clone().into(),
         };
         let revocations =
             state.deps.bus.subscribe(state.deps.subjects.keys_revoked()).await.map_err(GatewayError::Subscribe)?;

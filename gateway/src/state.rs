@@ -46,4 +46,6 @@ pub struct AppState {
     pub started: std::time::Instant,
     /// `MEMORY_ENVIRONMENT`.
     pub environment: Arc<str>,
+    /// `MEMORY_ALLOWED_ORIGINS`: browser origins allowed to call the API (`*`: any).
+    pub allowed_origins: Arc<[String]>,
 }

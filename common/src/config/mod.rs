@@ -206,6 +206,9 @@ impl Config {
                 max_connections: v.ranged("MEMORY_HTTP_MAX_CONNECTIONS", 4096, 1, 1_000_000),
                 max_in_flight: v.ranged("MEMORY_HTTP_MAX_IN_FLIGHT", 512, 1, 1_000_000),
                 environment: v.parse_or("MEMORY_ENVIRONMENT", "local".to_owned()),
+                allowed_origins: v
+                    .parse_aliased_or("MEMORY_ALLOWED_ORIGINS", &["ALLOWED_ORIGINS"], Origins::default())
+                    .0,
             },
             metrics: MetricsConfig {
                 addr: v.parse_or("MEMORY_METRICS_ADDR", SocketAddr::from(([127, 0, 0, 1], 9090))),
@@ -363,6 +366,35 @@ impl Config {
     }
 }
 
+/// A list of browser origins: comma-separated, or a JSON array (as the original service read
+/// them); `*` alone for any. Each origin is `scheme://host[:port]`.
+#[derive(Debug, Default)]
+struct Origins(Vec<String>);
+
+impl FromStr for Origins {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let items: Vec<String> = if s.trim_start().starts_with('[') {
+            serde_json::from_str(s).map_err(|e| format!("not a JSON array of strings: {e}"))?
+        } else {
+            s.split(',').map(|o| o.trim().to_owned()).filter(|o| !o.is_empty()).collect()
+        };
+        if items.iter().any(|o| o == "*") {
+            return if items.len() == 1 { Ok(Self(items)) } else { Err("`*` stands alone".into()) };
+        }
+        for origin in &items {
+            let ok = ["http://", "https://"].iter().any(|p| {
+                origin.strip_prefix(p).is_some_and(|rest| !rest.is_empty() && !rest.contains(['/', ' ', '*']))
+            });
+            if !ok {
+                return Err(format!("{origin:?} is not an origin (scheme://host[:port])"));
+            }
+        }
+        Ok(Self(items))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -439,6 +471,21 @@ mod tests {
             assert!(bad.parse::<RateLimit>().is_err(), "{bad}");
         }
         assert_eq!(RateLimit::per(200, 60).to_string(), "200/minute");
+    }
+
+    #[test]
+    fn allowed_origins_are_a_list_or_any() -> Result<(), ConfigError> {
+        assert!(config(&[])?.http.allowed_origins.is_empty(), "none by default");
+        let c = config(&[("MEMORY_ALLOWED_ORIGINS", "https://app.example, http://localhost:3000")])?;
+        assert_eq!(c.http.allowed_origins, ["https://app.example", "http://localhost:3000"]);
+        let c = config(&[("ALLOWED_ORIGINS", r#"["https://app.example"]"#)])?;
+        assert_eq!(c.http.allowed_origins, ["https://app.example"]);
+        assert_eq!(config(&[("MEMORY_ALLOWED_ORIGINS", "*")])?.http.allowed_origins, ["*"]);
+        for bad in ["app.example", "https://app.example/path", "*, https://a.example", "[1]"] {
+            let e = config(&[("MEMORY_ALLOWED_ORIGINS", bad)]).unwrap_err();
+            assert!(e.to_string().contains("MEMORY_ALLOWED_ORIGINS"), "{bad}: {e}");
+        }
+        Ok(())
     }
 
     #[test]

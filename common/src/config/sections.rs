@@ -150,6 +150,10 @@ pub struct HttpConfig {
     /// The deployment's name for itself (`MEMORY_ENVIRONMENT`, default `local`), shown by
     /// `/v1/admin/health` as the original service's `environment`.
     pub environment: String,
+    /// Browser origins allowed to call the API (`MEMORY_ALLOWED_ORIGINS`, or the original's
+    /// `ALLOWED_ORIGINS`: comma-separated, or a JSON array; `*` for any). Empty (the default):
+    /// no cross-origin calls.
+    pub allowed_origins: Vec<String>,
 }
 
 #[derive(Debug, Clone)]

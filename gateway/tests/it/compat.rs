@@ -216,3 +216,48 @@ async fn search_takes_the_original_parameters() -> anyhow::Result<()> {
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{r:?}");
     app.finish().await
 }
+
+#[tokio::test]
+async fn browsers_of_the_allowed_origins_may_call_the_api_and_no_others() -> anyhow::Result<()> {
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+    let app = App::without_workers(|vars| {
+        vars.insert("MEMORY_ALLOWED_ORIGINS".into(), "https://app.example".into());
+    })
+    .await?;
+    let send = |req: Request<Body>| {
+        let router = gateway::router(app.state.clone());
+        async move { router.oneshot(req).await }
+    };
+    // A preflight is answered before any key is asked for.
+    let preflight = Request::builder()
+        .method(Method::OPTIONS)
+        .uri("/v1/memory/search?tenant_id=acme&query=x")
+        .header("origin", "https://app.example")
+        .header("access-control-request-method", "GET")
+        .header("access-control-request-headers", "x-api-key")
+        .body(Body::empty())?;
+    let r = send(preflight).await?;
+    assert!(r.status().is_success(), "{r:?}");
+    assert_eq!(r.headers()["access-control-allow-origin"], "https://app.example");
+    assert!(r.headers()["access-control-allow-headers"].to_str()?.contains("x-api-key"), "{r:?}");
+    // The call itself: readable answers and headers.
+    let call = Request::builder().uri("/v1/admin/health").header("origin", "https://app.example").body(Body::empty())?;
+    let r = send(call).await?;
+    assert_eq!(r.headers()["access-control-allow-origin"], "https://app.example");
+    assert!(r.headers()["access-control-expose-headers"].to_str()?.contains("x-request-id"));
+    // Another origin is not allowed.
+    let call =
+        Request::builder().uri("/v1/admin/health").header("origin", "https://evil.example").body(Body::empty())?;
+    let r = send(call).await?;
+    assert!(!r.headers().contains_key("access-control-allow-origin"), "{r:?}");
+    app.finish().await?;
+
+    // Without configured origins, no cross-origin access at all.
+    let app = App::without_workers(|_| {}).await?;
+    let call = Request::builder().uri("/v1/admin/health").header("origin", "https://app.example").body(Body::empty())?;
+    let r = gateway::router(app.state.clone()).oneshot(call).await?;
+    assert!(!r.headers().contains_key("access-control-allow-origin"), "{r:?}");
+    app.finish().await
+}
