@@ -29,7 +29,6 @@ pub fn router() -> Router<AppState> {
         .route("/v1/messages/{id}", put(update_message).delete(delete_message))
         .route("/v1/messages/batch/update", post(update_messages))
         .route("/v1/messages/batch/delete", post(delete_messages))
-        .route("/v1/conversations/{conversation_id}", delete(delete_conversation))
         .route("/v1/tenants/{tenant_id}/data", delete(erase_tenant))
 }
 
@@ -38,7 +37,7 @@ pub fn router() -> Router<AppState> {
 #[into_params(parameter_in = Query)]
 pub struct TenantParam {
     /// The tenant; a tenant key implies its own. When the operator gives none, any tenant's.
-    tenant_id: Option<String>,
+    pub(crate) tenant_id: Option<String>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]

@@ -49,6 +49,10 @@ fn body(method: &str, path: &str, message_id: &str) -> Option<Value> {
         }
         ("post", "/v1/messages/batch/delete") => Some(json!({"message_ids": [message_id]})),
         ("post", "/v1/tenants/{tenant_id}/import") => Some(message),
+        ("post", "/v1/conversations") => {
+            Some(json!({"tenant_id": "globex", "conversation_id": "c", "title": "by acme"}))
+        }
+        ("put", "/v1/conversations/{conversation_id}") => Some(json!({"title": "renamed by acme"})),
         (_, _) => None,
     }
 }
@@ -135,6 +139,8 @@ async fn no_route_lets_one_tenant_reach_another() -> anyhow::Result<()> {
     let r = app.send(Method::GET, "/v1/tenants/globex/ranking", None, Some(&globex)).await?;
     assert_eq!(r.body["source"], "tenant");
     assert_eq!(app.get("/v1/admin/tenants/globex/keys").await?.body[0]["revoked_at"], Value::Null);
+    let r = app.send(Method::GET, "/v1/conversations/c", None, Some(&globex)).await?;
+    assert_eq!((r.status, &r.body["title"]), (StatusCode::OK, &Value::Null), "B's conversation is untouched: {r:?}");
     app.finish().await
 }
 

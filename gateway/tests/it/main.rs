@@ -2,6 +2,7 @@
 
 mod compat;
 mod connections;
+mod conversations;
 mod deletes;
 mod embeddings;
 mod fuzz;

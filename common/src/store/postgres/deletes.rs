@@ -43,6 +43,18 @@ impl TenantHold for PgTenantHold {
         .bind(at)
         .execute(&mut *self.tx)
         .await?;
+        // A deleted conversation, or every conversation of an erased tenant, goes whole: its
+        // title and metadata too (a conversation only its messages made goes with its last one).
+        sqlx::query(
+            "DELETE FROM conversations c USING UNNEST($2::text[], $3::text[]) AS u(kind, key)
+             WHERE c.tenant_id = $1
+               AND (u.kind = 'tenant' OR (u.kind = 'conversation' AND c.conversation_id = u.key))",
+        )
+        .bind(self.tenant.as_str())
+        .bind(&kinds)
+        .bind(&keys)
+        .execute(&mut *self.tx)
+        .await?;
         Ok(at)
     }
 
