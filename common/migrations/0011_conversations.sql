@@ -119,3 +119,5 @@ SELECT tenant_id, conversation_id, count(*),
        max(stored_at)
 FROM messages
 GROUP BY tenant_id, conversation_id;
+-- Statistics now, so the first lists walk the index rather than sort every conversation.
+ANALYZE conversations;
