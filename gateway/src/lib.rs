@@ -20,7 +20,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::HeaderName;
 use axum::middleware;
 use common::config::{Config, ConfigError};
-use common::store::{ApiKeys, Conversations, Health, Settings, SettingsAdmin, TenantLookup, Tenants};
+use common::store::{Analytics, ApiKeys, Conversations, Health, Settings, SettingsAdmin, TenantLookup, Tenants};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -37,14 +37,17 @@ pub use state::AppState;
 /// Shortest admin key accepted: anything shorter is guessable.
 const ADMIN_KEY_MIN: usize = 16;
 
-/// The storage roles the gateway uses: tenants, their keys and settings, never a message row
-/// (messages go through NATS to the workers that own them).
+/// The storage roles the gateway uses: tenants, their keys and settings, conversations and usage
+/// counters, never a message row (messages go through NATS to the workers that own them).
 pub trait Store:
-    Health + Tenants + TenantLookup + ApiKeys + Settings + SettingsAdmin + Conversations + 'static
+    Health + Tenants + TenantLookup + ApiKeys + Settings + SettingsAdmin + Conversations + Analytics + 'static
 {
 }
 
-impl<T: Health + Tenants + TenantLookup + ApiKeys + Settings + SettingsAdmin + Conversations + 'static> Store for T {}
+impl<T: Health + Tenants + TenantLookup + ApiKeys + Settings + SettingsAdmin + Conversations + Analytics + 'static>
+    Store for T
+{
+}
 
 /// The gateway's handles: its view of the store.
 pub type Deps = common::Deps<dyn Store>;
@@ -70,6 +73,7 @@ pub fn router(state: AppState) -> Router {
         .merge(routes::messages::router())
         .merge(routes::lifecycle::router())
         .merge(routes::conversations::router())
+        .merge(routes::analytics::router())
         .merge(routes::transfer::router())
         .merge(routes::search::router())
         .merge(routes::tenants::router())

@@ -4,7 +4,7 @@
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{admin, conversations, health, lifecycle, messages, search, tenants, transfer};
+use crate::routes::{admin, analytics, conversations, health, lifecycle, messages, search, tenants, transfer};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -15,7 +15,9 @@ use crate::routes::{admin, conversations, health, lifecycle, messages, search, t
         lifecycle::update_message, lifecycle::delete_message, lifecycle::update_messages, lifecycle::delete_messages,
         lifecycle::delete_conversation, lifecycle::erase_tenant,
         conversations::list_conversations, conversations::create_conversation, conversations::get_conversation,
-        conversations::update_conversation, conversations::conversation_stats, transfer::export, transfer::import,
+        conversations::update_conversation, conversations::conversation_stats,
+        analytics::usage, analytics::trends, analytics::top_conversations, analytics::embeddings, analytics::tenants,
+        transfer::export, transfer::import,
         search::search_memories, search::search_memories_post,
         tenants::get_ranking, tenants::put_ranking, tenants::delete_ranking,
         tenants::get_rate_limit, tenants::put_rate_limit, tenants::delete_rate_limit,
@@ -43,13 +45,15 @@ use crate::routes::{admin, conversations, health, lifecycle, messages, search, t
         crate::error::Problem, crate::error::VersionProblem, health::Health, health::AdminHealth,
         health::AdminReadiness, messages::MessageBody, conversations::ConversationBody,
         conversations::ConversationList, conversations::CreateConversation, conversations::UpdateConversation,
-        conversations::ConversationStats, messages::BatchError, lifecycle::BatchDeleteResponse,
+        conversations::ConversationStats, analytics::UsageBody, analytics::TrendDay, analytics::TopConversation,
+        analytics::EmbeddingStats, analytics::TenantUsageBody, messages::BatchError, lifecycle::BatchDeleteResponse,
     )),
     modifiers(&Security, &Descriptions),
     tags(
         (name = "messages", description = "Ingest and read messages"),
         (name = "search", description = "Find relevant messages"),
         (name = "conversations", description = "Conversations: titles, metadata, counts"),
+        (name = "analytics", description = "Usage, trends, top conversations, embedding outcomes"),
         (name = "tenants", description = "Per-tenant settings"),
         (name = "admin", description = "Tenants and API keys"),
         (name = "operations", description = "Health, readiness, metrics"),

@@ -4,8 +4,9 @@ use serde_json::{Map, Value};
 
 use super::{FieldError, METADATA_DEPTH_MAX, METADATA_KEYS_MAX, METADATA_STRING_MAX};
 
-/// The limits on a message's metadata, applied to a metadata filter too.
-pub(crate) fn check_metadata(map: &Map<String, Value>, errors: &mut Vec<FieldError>) {
+/// The limits on a message's metadata, applied to a metadata filter and a conversation's
+/// metadata too.
+pub fn check_metadata(map: &Map<String, Value>, errors: &mut Vec<FieldError>) {
     check_metadata_object(map, "metadata", 1, errors);
 }
 

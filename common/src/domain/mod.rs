@@ -18,6 +18,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 pub use message::{MessageInput, MessageView, NewMessage, check_name, check_search, embedding_text};
+pub use metadata::check_metadata;
 pub use retention::{RetentionAction, RetentionPolicy, TenantRetention};
 pub use search::{Ranking, SearchFilters, SearchMode};
 pub use tenancy::{ApiKey, NewApiKey, Scope, Tenant};

@@ -12,9 +12,10 @@
 //! | [`SearchReads`] | vector and lexical candidates | searcher |
 //! | [`Tenants`], [`ApiKeys`], [`TenantLookup`] | tenants and their keys | gateway (lookup: retention too) |
 //! | [`Settings`], [`SettingsAdmin`] | a tenant's ranking and rate limit | gateway, searcher (reads) |
-//! | [`Conversations`] | conversations' titles, metadata, archived flags and counts | gateway |
+//! | [`Conversations`], [`Analytics`] | conversations' titles, metadata, archived flags and counts; usage from counters | gateway |
 //! | [`RetentionRuns`], [`Edits`], [`Deletes`] | policies and runs; edits, archive, export; deletes and tombstones | retention |
 
+mod analytics;
 mod conversations;
 mod error;
 mod ingest;
@@ -28,6 +29,7 @@ mod tenants;
 
 use async_trait::async_trait;
 
+pub use analytics::{Analytics, DayCount, TenantUsage, Usage};
 pub use conversations::{Conversation, ConversationPage, ConversationPatch, Conversations};
 pub use error::StoreError;
 pub use ingest::{Failure, IngestWrites, Inserted, MessageReads, NewRow, NewVector, Origin};

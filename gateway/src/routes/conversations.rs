@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Router};
 use chrono::{DateTime, Utc};
-use common::domain::{ConversationId, FieldError, Scope, TenantId};
+use common::domain::{ConversationId, FieldError, Scope, TenantId, check_metadata};
 use common::store::{Conversation, ConversationPatch};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -143,9 +143,17 @@ pub struct ConversationStats {
     last_message_at: Option<DateTime<Utc>>,
 }
 
-fn check_title(title: Option<&str>, errors: &mut Vec<FieldError>) {
+/// A title and metadata Postgres stores: within their limits (a message's, for metadata), and
+/// without NUL characters, which it takes in neither text nor JSON.
+fn check_fields(title: Option<&str>, metadata: Option<&Map<String, Value>>, errors: &mut Vec<FieldError>) {
     if title.is_some_and(|t| t.chars().count() > TITLE_MAX) {
         errors.push(FieldError::new("title", "too_long", format!("at most {TITLE_MAX} characters")));
+    }
+    if title.is_some_and(|t| t.contains('\0')) {
+        errors.push(FieldError::new("title", "invalid_characters", "must not contain NUL characters"));
+    }
+    if let Some(metadata) = metadata {
+        check_metadata(metadata, errors);
     }
 }
 
@@ -213,7 +221,7 @@ pub async fn create_conversation(
     let mut errors = Vec::new();
     let tenant = TenantId::parse(body.tenant_id).map_err(|e| errors.extend(e.0)).ok();
     let id = ConversationId::parse(body.conversation_id).map_err(|e| errors.extend(e.0)).ok();
-    check_title(body.title.as_deref(), &mut errors);
+    check_fields(body.title.as_deref(), body.metadata.as_ref(), &mut errors);
     let (Some(tenant), Some(id)) = (tenant, id) else { return Err(ApiError::Invalid(errors)) };
     if !errors.is_empty() {
         return Err(ApiError::Invalid(errors));
@@ -273,7 +281,7 @@ pub async fn update_conversation(
     let tenant = principal.tenant(params.tenant_id.as_deref())?;
     let id = parse_id(id)?;
     let mut errors = Vec::new();
-    check_title(body.title.clone().flatten().as_deref(), &mut errors);
+    check_fields(body.title.clone().flatten().as_deref(), body.metadata.as_ref(), &mut errors);
     if !errors.is_empty() {
         return Err(ApiError::Invalid(errors));
     }

@@ -1,6 +1,7 @@
 //! Route modules, each exposing `router()`, plus the request/reply call every handler uses.
 
 pub mod admin;
+pub mod analytics;
 pub mod conversations;
 pub mod health;
 pub mod lifecycle;

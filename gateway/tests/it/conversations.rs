@@ -161,3 +161,23 @@ async fn conversations_are_created_edited_filtered_and_paged() -> anyhow::Result
     assert_eq!(r.status, StatusCode::NOT_FOUND);
     app.finish().await
 }
+
+#[tokio::test]
+async fn titles_and_metadata_postgres_cannot_store_are_refused_with_422() -> anyhow::Result<()> {
+    // Found by the fuzzer: a NUL character in a title was a 503.
+    let app = App::without_workers(|_| {}).await?;
+    let deep = json!({"a": {"b": {"c": {"d": {"e": 1}}}}});
+    for body in [
+        json!({"tenant_id": "acme", "conversation_id": "c", "title": "bell\u{0}"}),
+        json!({"tenant_id": "acme", "conversation_id": "c", "metadata": {"k": "nul\u{0}"}}),
+        json!({"tenant_id": "acme", "conversation_id": "c", "metadata": deep}),
+    ] {
+        let r = app.post("/v1/conversations", &body).await?;
+        assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {r:?}");
+    }
+    let r = app.post("/v1/conversations", &json!({"tenant_id": "acme", "conversation_id": "c"})).await?;
+    assert_eq!(r.status, StatusCode::CREATED, "{r:?}");
+    let r = put(&app, "/v1/conversations/c?tenant_id=acme", json!({"title": "\u{0}"})).await?;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{r:?}");
+    app.finish().await
+}

@@ -175,7 +175,16 @@ fn query_value(parameter: &Value, doc: &Value, rng: &mut StdRng) -> String {
         Value::String(s) => s,
         other => other.to_string(),
     };
-    text.chars().take(3_000).collect()
+    // At most 3,000 characters and 4 KiB once percent-encoded, so a route with many parameters
+    // still makes a URI the HTTP types accept (64 KiB).
+    let mut encoded_len = 0;
+    text.chars()
+        .take(3_000)
+        .take_while(|c| {
+            encoded_len += encode(c.encode_utf8(&mut [0; 4])).len();
+            encoded_len <= 4_096
+        })
+        .collect()
 }
 
 fn encode(text: &str) -> String {

@@ -1,5 +1,6 @@
 //! Cross-service tests: the gateway, embedder and searcher against real NATS and Postgres.
 
+mod analytics;
 mod compat;
 mod connections;
 mod conversations;

@@ -10,11 +10,11 @@ use super::PgStore;
 use crate::domain::{ConversationId, TenantId};
 use crate::store::{Conversation, ConversationPage, ConversationPatch, Conversations, StoreError};
 
-const COLUMNS: &str = "tenant_id, conversation_id, title, metadata, archived, message_count, user_messages, \
+pub(super) const COLUMNS: &str = "tenant_id, conversation_id, title, metadata, archived, message_count, user_messages, \
      assistant_messages, system_messages, importance_sum, first_message_at, last_message_at, created_at, updated_at";
 
 #[derive(FromRow)]
-struct ConversationRow {
+pub(super) struct ConversationRow {
     tenant_id: String,
     conversation_id: String,
     title: Option<String>,

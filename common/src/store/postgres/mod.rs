@@ -78,6 +78,7 @@ macro_rules! key_columns {
     };
 }
 
+mod analytics;
 mod conversations;
 mod deletes;
 mod ingest;
