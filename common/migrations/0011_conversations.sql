@@ -1,8 +1,10 @@
--- Conversations: a row per (tenant, conversation) that has messages or was created by a client.
--- Its counts are kept current by triggers on `messages`, in the same transaction as every insert,
--- delete and importance change, whatever path made it (ingest, import, edits, retention,
--- conversation and tenant deletes). So listing a tenant's conversations, and one conversation's
--- stats, read one row each instead of counting messages.
+-- Conversations and usage counters, kept current by triggers on `messages` in the same
+-- transaction as every insert, delete and importance change, whatever path made it (ingest,
+-- import, edits, retention, conversation and tenant deletes). So listing a tenant's
+-- conversations, one conversation's stats and usage analytics read a few rows instead of
+-- counting messages.
+--
+-- `conversations`: a row per (tenant, conversation) that has messages or was created by a client.
 CREATE TABLE conversations (
     tenant_id          text             NOT NULL,
     conversation_id    text             NOT NULL,
@@ -25,6 +27,20 @@ CREATE TABLE conversations (
 );
 -- Listing: a tenant's conversations, most recently active first.
 CREATE INDEX conversations_tenant_updated ON conversations (tenant_id, updated_at DESC, conversation_id);
+-- A tenant's conversations by their last message (`/v1/analytics/top-conversations`).
+CREATE INDEX conversations_tenant_last ON conversations (tenant_id, last_message_at DESC NULLS LAST);
+
+-- Messages per tenant, day (UTC, of `created_at`) and role: trends and recent counts.
+CREATE TABLE message_days (
+    tenant_id text   NOT NULL,
+    day       date   NOT NULL,
+    role      text   NOT NULL,
+    messages  bigint NOT NULL,
+    PRIMARY KEY (tenant_id, day, role)
+);
+
+-- The messages not embedded, per tenant and status (few, when the pipeline keeps up).
+CREATE INDEX messages_tenant_unembedded ON messages (tenant_id, status) WHERE status <> 'embedded';
 
 -- Rows are locked in key order (ORDER BY), so two writers touching the same conversations wait
 -- for each other instead of deadlocking.
@@ -49,6 +65,12 @@ BEGIN
         first_message_at = least(c.first_message_at, excluded.first_message_at),
         last_message_at = greatest(c.last_message_at, excluded.last_message_at),
         updated_at = now();
+    INSERT INTO message_days AS d (tenant_id, day, role, messages)
+    SELECT tenant_id, (created_at AT TIME ZONE 'UTC')::date, role, count(*)
+    FROM inserted
+    GROUP BY 1, 2, 3
+    ORDER BY 1, 2, 3
+    ON CONFLICT (tenant_id, day, role) DO UPDATE SET messages = d.messages + excluded.messages;
     RETURN NULL;
 END $$;
 
@@ -88,6 +110,24 @@ BEGIN
     DELETE FROM conversations c USING (SELECT DISTINCT tenant_id, conversation_id FROM deleted) d
     WHERE c.tenant_id = d.tenant_id AND c.conversation_id = d.conversation_id
       AND c.message_count <= 0 AND NOT c.explicit;
+
+    -- The days' counts likewise; a day left without messages of a role goes.
+    WITH gone AS (
+        SELECT tenant_id, (created_at AT TIME ZONE 'UTC')::date AS day, role, count(*) AS n
+        FROM deleted GROUP BY 1, 2, 3
+    ),
+    locked AS (
+        SELECT d.tenant_id, d.day, d.role FROM message_days d
+        JOIN gone g USING (tenant_id, day, role)
+        ORDER BY d.tenant_id, d.day, d.role
+        FOR UPDATE OF d
+    )
+    UPDATE message_days d SET messages = d.messages - g.n
+    FROM gone g, locked l
+    WHERE d.tenant_id = g.tenant_id AND d.day = g.day AND d.role = g.role
+      AND l.tenant_id = g.tenant_id AND l.day = g.day AND l.role = g.role;
+    DELETE FROM message_days d USING (SELECT DISTINCT tenant_id FROM deleted) t
+    WHERE d.tenant_id = t.tenant_id AND d.messages <= 0;
     RETURN NULL;
 END $$;
 
@@ -119,5 +159,11 @@ SELECT tenant_id, conversation_id, count(*),
        max(stored_at)
 FROM messages
 GROUP BY tenant_id, conversation_id;
+INSERT INTO message_days (tenant_id, day, role, messages)
+SELECT tenant_id, (created_at AT TIME ZONE 'UTC')::date, role, count(*)
+FROM messages
+GROUP BY 1, 2, 3;
+
 -- Statistics now, so the first lists walk the index rather than sort every conversation.
 ANALYZE conversations;
+ANALYZE message_days;

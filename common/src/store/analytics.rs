@@ -1,4 +1,4 @@
-//! Usage analytics from counters (migrations 0011 and 0012): no request counts messages.
+//! Usage analytics from counters (migration 0011): no request counts messages.
 
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};

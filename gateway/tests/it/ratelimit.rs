@@ -267,6 +267,7 @@ async fn made_up_keys_cost_their_ip_before_any_lookup() -> anyhow::Result<()> {
     };
     let before = lookups().await?;
     // Two hundred well-formed keys nobody issued, from one address.
+    let started = std::time::Instant::now();
     let mut refused = 0;
     for i in 0..200 {
         let r = probe(&app, &format!("mk_{i:0>43}")).await?;
@@ -274,8 +275,13 @@ async fn made_up_keys_cost_their_ip_before_any_lookup() -> anyhow::Result<()> {
         refused += usize::from(r.status == StatusCode::TOO_MANY_REQUESTS);
     }
     let flooded = lookups().await? - before;
-    assert!(flooded <= 20, "{flooded} database lookups for 200 made-up keys");
-    assert_eq!(refused, 200 - 20, "the address's budget paid for the lookups, then it was refused");
+    // The quota refills one request every 3 s: a slow run earns that many more.
+    let refilled = (started.elapsed().as_secs() / 3) as usize;
+    assert!(flooded as usize <= 20 + refilled, "{flooded} database lookups for 200 made-up keys");
+    assert!(
+        (200 - 20 - refilled..=200 - 20).contains(&refused),
+        "the address's budget paid for the lookups, then it was refused: {refused} refused"
+    );
 
     // One made-up key, again and again: looked up once, then known not to exist.
     let other = self::app("1000/minute", "1000/minute", None).await?;
