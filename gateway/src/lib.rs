@@ -38,7 +38,8 @@ pub use state::AppState;
 const ADMIN_KEY_MIN: usize = 16;
 
 /// The storage roles the gateway uses: tenants, their keys and settings, conversations and usage
-/// counters, never a message row (messages go through NATS to the workers that own them).
+/// counters (and a count of the messages not embedded), never a message row (messages go through
+/// NATS to the workers that own them).
 pub trait Store:
     Health + Tenants + TenantLookup + ApiKeys + Settings + SettingsAdmin + Conversations + Analytics + 'static
 {
