@@ -105,6 +105,9 @@ async fn an_outage_opens_the_breaker_and_every_message_is_embedded_once_after_re
             ("MEMORY_BREAKER_FAILURES", "3"),
             ("MEMORY_BREAKER_COOLDOWN_MS", "1500"),
             ("MEMORY_BREAKER_SUCCESSES", "2"),
+            // One batch at a time: redelivered messages may come back as two batches, and a
+            // second one in flight when the circuit opens would make its calls too.
+            ("MEMORY_EMBEDDER_CONCURRENCY", "1"),
         ],
     )
     .await?;
