@@ -19,6 +19,13 @@ pub struct Usage {
     pub last_activity: Option<DateTime<Utc>>,
 }
 
+impl Usage {
+    /// Stored messages with a vector in the active space: all but the pending and the failed.
+    pub fn embedded(&self) -> i64 {
+        (self.total_messages - self.pending_embeddings - self.failed_embeddings).max(0)
+    }
+}
+
 /// Messages of one role created on one day (UTC).
 #[derive(Debug, Clone, PartialEq)]
 pub struct DayCount {

@@ -157,7 +157,7 @@ pub async fn usage(
         messages_this_week: count(from(7)),
         messages_this_month: count(from(30)),
         avg_importance_score: (usage.total_messages > 0).then(|| usage.importance_sum / usage.total_messages as f64),
-        total_embeddings: (usage.total_messages - usage.pending_embeddings - usage.failed_embeddings).max(0),
+        total_embeddings: usage.embedded(),
         pending_embeddings: usage.pending_embeddings,
         failed_embeddings: usage.failed_embeddings,
     }))
@@ -245,7 +245,7 @@ pub async fn embeddings(
     principal.require(Scope::Read)?;
     let tenant = principal.tenant(params.tenant_id.as_deref())?;
     let usage = state.deps.store.usage(&tenant).await.map_err(store_unavailable)?;
-    let completed = (usage.total_messages - usage.pending_embeddings - usage.failed_embeddings).max(0);
+    let completed = usage.embedded();
     let decided = completed + usage.failed_embeddings;
     Ok(axum::Json(EmbeddingStats {
         total_embeddings: completed,

@@ -253,11 +253,23 @@ pub async fn get_conversation(
     Path(id): Path<String>,
     AppQuery(params): AppQuery<TenantParam>,
 ) -> Result<axum::Json<ConversationBody>, ApiError> {
+    let (id, found) = read(&state, &principal, id, params).await?;
+    found.map(|c| axum::Json(c.into())).ok_or_else(|| ApiError::NotFound(format!("no conversation {id}")))
+}
+
+/// The conversation a read asks for, once the key may read the tenant's: its id, and the
+/// conversation if there is one.
+async fn read(
+    state: &AppState,
+    principal: &Principal,
+    id: String,
+    params: TenantParam,
+) -> Result<(ConversationId, Option<Conversation>), ApiError> {
     principal.require(Scope::Read)?;
     let tenant = principal.tenant(params.tenant_id.as_deref())?;
     let id = parse_id(id)?;
     let found = state.deps.store.conversation(&tenant, &id).await.map_err(store_unavailable)?;
-    found.map(|c| axum::Json(c.into())).ok_or_else(|| ApiError::NotFound(format!("no conversation {id}")))
+    Ok((id, found))
 }
 
 /// Edit a conversation's title, metadata or archived flag.
@@ -307,10 +319,7 @@ pub async fn conversation_stats(
     Path(id): Path<String>,
     AppQuery(params): AppQuery<TenantParam>,
 ) -> Result<axum::Json<ConversationStats>, ApiError> {
-    principal.require(Scope::Read)?;
-    let tenant = principal.tenant(params.tenant_id.as_deref())?;
-    let id = parse_id(id)?;
-    let found = state.deps.store.conversation(&tenant, &id).await.map_err(store_unavailable)?;
+    let (_, found) = read(&state, &principal, id, params).await?;
     let Some(c) = found.filter(|c| c.message_count > 0) else {
         return Err(ApiError::NotFound("No messages found for this conversation".into()));
     };
