@@ -5,6 +5,7 @@
 //! within that time (at once on the gateway that revoked it). Last-used times are written in
 //! batches, never on the request path.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -156,6 +157,8 @@ pub struct Keys {
     lookups: prometheus_client::metrics::counter::Counter,
     /// Counts revocations made here, so a lookup racing one is not cached.
     revocations: AtomicU64,
+    /// Keys revoked lately, so that live connections opened with them close.
+    revoked: Mutex<LruCache<Uuid, ()>>,
     used: Mutex<HashSet<Uuid>>,
 }
 
@@ -174,6 +177,7 @@ impl Keys {
             missing: Mutex::new(LruCache::new(NonZeroUsize::new(CACHE_ENTRIES).expect("non-zero"))),
             lookups,
             revocations: AtomicU64::new(0),
+            revoked: Mutex::new(LruCache::new(NonZeroUsize::new(CACHE_ENTRIES).expect("non-zero"))),
             used: Mutex::new(HashSet::new()),
         }
     }
@@ -229,13 +233,25 @@ impl Keys {
         })
     }
 
-    /// Forgets a key at once (it was revoked here).
+    /// Forgets a key at once (it was revoked here or on another gateway).
     pub fn forget(&self, id: Uuid) {
+        self.revoked.lock().expect("revoked keys").put(id, ());
         let mut cache = self.cache.lock().expect("key cache");
         self.revocations.fetch_add(1, Ordering::AcqRel);
         let stale: Vec<[u8; 32]> = cache.iter().filter(|(_, (_, k))| k.id == id).map(|(h, _)| *h).collect();
         for h in stale {
             cache.pop(&h);
+        }
+    }
+
+    /// Whether a principal found earlier may still act: false once its key was revoked (seen
+    /// here since) or expired. Live connections ask this as they go.
+    pub fn still_valid(&self, principal: &Principal) -> bool {
+        match principal {
+            Principal::Operator => true,
+            Principal::Key(key) => {
+                key.is_live(Utc::now()) && !self.revoked.lock().expect("revoked keys").contains(&key.id)
+            }
         }
     }
 
@@ -248,14 +264,26 @@ impl Keys {
     }
 }
 
-/// The key a request presents: `x-api-key`, or `Authorization: Bearer <key>`.
-fn presented(req: &Request) -> Option<&str> {
+/// The key a request presents: `x-api-key`, or `Authorization: Bearer <key>`; on live routes,
+/// which browsers open without headers, also `?token=` (the original's name) or `?api_key=`.
+fn presented(req: &Request) -> Option<Cow<'_, str>> {
     if let Some(v) = req.headers().get("x-api-key") {
-        return v.to_str().ok();
+        return v.to_str().ok().map(Cow::Borrowed);
     }
-    let auth = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = auth.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then_some(token.trim())
+    if let Some(auth) = req.headers().get(header::AUTHORIZATION) {
+        let (scheme, token) = auth.to_str().ok()?.split_once(' ')?;
+        return scheme.eq_ignore_ascii_case("bearer").then_some(Cow::Borrowed(token.trim()));
+    }
+    if !crate::routes::live::takes_key_in_query(req.uri().path()) {
+        return None;
+    }
+    #[derive(serde::Deserialize)]
+    struct InQuery {
+        token: Option<String>,
+        api_key: Option<String>,
+    }
+    let found = axum::extract::Query::<InQuery>::try_from_uri(req.uri()).ok()?.0;
+    found.token.or(found.api_key).map(Cow::Owned)
 }
 
 /// Authenticates and rate-limits every API request; handlers find the `Principal` in the
@@ -266,7 +294,7 @@ pub(crate) async fn authenticate(State(state): State<AppState>, req: Request, ne
     let ip = format!("ip:{}", ip.as_deref().unwrap_or("unknown"));
     // The address's charge for a lookup, which is also the whole charge if the key is unknown.
     let mut prepaid = None;
-    let principal = match presented(&req).map(|key| state.keys.known(key)) {
+    let principal = match presented(&req).map(|key| state.keys.known(&key)) {
         None => None,
         Some(Known::Answer(principal)) => principal,
         // A key no cache knows costs a database lookup: its IP pays for it first, so made-up

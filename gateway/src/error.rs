@@ -48,6 +48,8 @@ pub enum ApiError {
     RouteNotFound,
     #[error("API version {0} is not supported; use v1")]
     UnsupportedVersion(String),
+    #[error("this path takes a WebSocket handshake: {0}")]
+    UpgradeRequired(String),
     #[error("this path does not take this method (see the Allow header)")]
     MethodNotAllowed,
     #[error("message {message_id} was accepted, but did not reach the requested state in time")]
@@ -74,6 +76,8 @@ pub enum ApiError {
     RequestTimeout,
     #[error("the request body stopped arriving")]
     BodyTimeout,
+    #[error("tenant {tenant} has {limit} live connections open on this gateway, the most it may; close one first")]
+    TooManyLiveConnections { tenant: String, limit: usize },
     #[error("{}", rate_limited(.0))]
     RateLimited(Box<crate::limit::Decision>),
 }
@@ -184,6 +188,7 @@ impl ApiError {
             Self::RouteNotFound => (StatusCode::NOT_FOUND, "route_not_found"),
             Self::UnsupportedVersion(_) => (StatusCode::BAD_REQUEST, "unsupported_api_version"),
             Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            Self::UpgradeRequired(_) => (StatusCode::UPGRADE_REQUIRED, "websocket_required"),
             Self::WaitTimeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "wait_timeout"),
             Self::UpstreamTimeout => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout"),
             Self::PublishTimeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "publish_timeout"),
@@ -195,6 +200,7 @@ impl ApiError {
             Self::RequestTimeout => (StatusCode::GATEWAY_TIMEOUT, "request_timeout"),
             Self::BodyTimeout => (StatusCode::REQUEST_TIMEOUT, "body_timeout"),
             Self::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+            Self::TooManyLiveConnections { .. } => (StatusCode::TOO_MANY_REQUESTS, "too_many_live_connections"),
         }
     }
 
@@ -303,6 +309,9 @@ impl IntoResponse for ApiError {
             }
             Self::Overloaded => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            Self::UpgradeRequired(_) => {
+                headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
             }
             // The client stopped sending: the rest of its request is not coming.
             Self::BodyTimeout => {

@@ -6,6 +6,7 @@ pub mod error;
 mod extract;
 mod guard;
 pub mod limit;
+pub mod live;
 pub mod metrics;
 pub mod openapi;
 pub mod routes;
@@ -79,6 +80,7 @@ pub fn router(state: AppState) -> Router {
         .merge(routes::search::router())
         .merge(routes::tenants::router())
         .merge(routes::admin::router())
+        .merge(routes::live::router())
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::authenticate))
         // Shed before any work, even a key lookup; health, readiness and metrics are never shed.
         .route_layer(middleware::from_fn_with_state(state.clone(), guard::shed));
@@ -190,6 +192,12 @@ impl Gateway {
             deps.store.clone(),
             metrics.clone(),
         );
+        let live = Arc::new(live::Live::new(
+            config.http.live_max_connections,
+            config.http.live_max_per_tenant,
+            config.http.live_buffer,
+            metrics.clone(),
+        ));
         let state = AppState {
             keys: Arc::new(auth::Keys::new(
                 deps.store.clone(),
@@ -215,6 +223,7 @@ impl Gateway {
             started: std::time::Instant::now(),
             environment: config.http.environment.as_str().into(),
             allowed_origins: config.http.allowed_origins.clone().into(),
+            live,
         };
         let revocations =
             state.deps.bus.subscribe(state.deps.subjects.keys_revoked()).await.map_err(GatewayError::Subscribe)?;
@@ -268,7 +277,13 @@ impl Gateway {
             }
         });
         let open = self.state.metrics.connections.clone();
-        let serve = serve::serve(self.listener, router(self.state), self.limits, open, shutdown.clone());
+        let live = self.state.live.clone();
+        let serve = async {
+            serve::serve(self.listener, router(self.state), self.limits, open, shutdown.clone()).await;
+            // Live sockets left the server when they upgraded: each closes itself on shutdown.
+            live.sessions.close();
+            live.sessions.wait().await;
+        };
         let deadline = async {
             shutdown.cancelled().await;
             tokio::time::sleep(grace).await;

@@ -42,6 +42,12 @@ pub struct DecisionLabels {
     pub decision: &'static str,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ClosedLabels {
+    /// `client`, `slow_consumer`, `unresponsive`, `shutdown` or `interrupted`.
+    pub reason: &'static str,
+}
+
 #[derive(Clone)]
 pub struct Metrics {
     /// Messages the ingest stream accepted from this gateway (single, batch or import):
@@ -63,6 +69,12 @@ pub struct Metrics {
     pub shed: Counter,
     /// Client connections open now: `memory_gateway_connections`.
     pub connections: Gauge,
+    /// Live event and search connections open now: `memory_gateway_live_connections`.
+    pub live_connections: Gauge,
+    /// Events sent to live subscribers: `memory_gateway_live_events_total`.
+    pub live_events: Counter,
+    /// Live connections closed, by reason: `memory_gateway_live_closed_total{reason}`.
+    pub live_closed: Family<ClosedLabels, Counter>,
     /// `memory_gateway_http_requests_total`.
     pub requests: Family<RequestLabels, Counter>,
     /// `memory_gateway_http_request_duration_seconds`.
@@ -96,6 +108,14 @@ impl Metrics {
                 Counter::default(),
             ),
             connections: registered(r, "connections", "Client connections open now", Gauge::default()),
+            live_connections: registered(
+                r,
+                "live_connections",
+                "Live event and search connections open now",
+                Gauge::default(),
+            ),
+            live_events: registered(r, "live_events", "Events sent to live subscribers", Counter::default()),
+            live_closed: registered(r, "live_closed", "Live connections closed, by reason", Family::default()),
             requests: registered(
                 r,
                 "http_requests",

@@ -48,4 +48,6 @@ pub struct AppState {
     pub environment: Arc<str>,
     /// `MEMORY_ALLOWED_ORIGINS`: browser origins allowed to call the API (`*`: any).
     pub allowed_origins: Arc<[String]>,
+    /// Live event and search connections, within their caps.
+    pub live: Arc<crate::live::Live>,
 }

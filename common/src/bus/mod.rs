@@ -187,6 +187,15 @@ pub struct Held {
     pub published_at: DateTime<Utc>,
 }
 
+/// Where [`Bus::follow`] starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// With the next message stored.
+    New,
+    /// With the first message held after this sequence (the oldest held, if it is gone).
+    After(u64),
+}
+
 /// Where a stream stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StreamState {
@@ -250,6 +259,16 @@ pub trait Bus: Send + Sync + 'static {
 
     /// Where a stream stands: first and last sequence, time of the last message.
     async fn stream_state(&self, stream: StreamKind) -> Result<StreamState, BusError>;
+
+    /// Every message a stream holds on the subjects `filters` (wildcards allowed) from `start` on,
+    /// in stream order, then each new one as it is stored, until the stream is dropped. Nothing is
+    /// acknowledged: this is an ordered, ephemeral consumer the server forgets soon after.
+    async fn follow(
+        &self,
+        stream: StreamKind,
+        filters: Vec<String>,
+        start: Start,
+    ) -> Result<BoxStream<'static, Result<Held, BusError>>, BusError>;
 
     /// Removes a stream's messages on `subject` (wildcards allowed), only those up to sequence
     /// `through` when given; how many it removed.

@@ -13,7 +13,9 @@ use futures::stream::BoxStream;
 
 use super::consumer::{NatsConsumer, NatsSettle};
 use super::server::Server;
-use super::{Bus, BusError, Consumer, ConsumerSpec, ConsumerState, Envelope, Held, Published, Request, StreamState};
+use super::{
+    Bus, BusError, Consumer, ConsumerSpec, ConsumerState, Envelope, Held, Published, Request, Start, StreamState,
+};
 use crate::config::NatsConfig;
 use crate::contract::{DEAD_MESSAGE_MAX, StreamKind, Subjects};
 
@@ -299,6 +301,50 @@ impl Bus for NatsBus {
             last_sequence: state.last_sequence,
             last_at: (state.last_sequence > 0).then_some(state.last_timestamp),
         })
+    }
+
+    async fn follow(
+        &self,
+        stream: StreamKind,
+        filters: Vec<String>,
+        start: Start,
+    ) -> Result<BoxStream<'static, Result<Held, BusError>>, BusError> {
+        let stream = self
+            .js
+            .get_stream_no_info(self.subjects.stream(stream))
+            .await
+            .map_err(|e| BusError::nats("looking up a stream", e))?;
+        let deliver_policy = match start {
+            Start::New => jetstream::consumer::DeliverPolicy::New,
+            Start::After(sequence) => {
+                jetstream::consumer::DeliverPolicy::ByStartSequence { start_sequence: sequence + 1 }
+            }
+        };
+        let (filter_subject, filter_subjects) = match <[String; 1]>::try_from(filters) {
+            Ok([one]) => (one, Vec::new()),
+            Err(many) => (String::new(), many),
+        };
+        let messages = stream
+            .create_consumer(pull::OrderedConfig {
+                filter_subject,
+                filter_subjects,
+                deliver_policy,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| BusError::nats("creating an ordered consumer", e))?
+            .messages()
+            .await
+            .map_err(|e| BusError::nats("following a stream", e))?;
+        Ok(messages
+            .map(|next| {
+                let message = next.map_err(|e| BusError::nats("following a stream", e))?;
+                let info =
+                    message.info().map_err(|e| BusError::Nats { operation: "reading delivery info", source: e })?;
+                let (sequence, published_at) = (info.stream_sequence, info.published);
+                Ok(Held { message: envelope(message.split().0), sequence, published_at })
+            })
+            .boxed())
     }
 
     async fn purge(&self, stream: StreamKind, subject: &str, through: Option<u64>) -> Result<u64, BusError> {

@@ -209,6 +209,9 @@ impl Config {
                 allowed_origins: v
                     .parse_aliased_or("MEMORY_ALLOWED_ORIGINS", &["ALLOWED_ORIGINS"], Origins::default())
                     .0,
+                live_max_connections: v.ranged("MEMORY_LIVE_MAX_CONNECTIONS", 1024, 1, 1_000_000),
+                live_max_per_tenant: v.ranged("MEMORY_LIVE_MAX_PER_TENANT", 32, 1, 1_000_000),
+                live_buffer: v.ranged("MEMORY_LIVE_BUFFER", 256, 1, 1_000_000),
             },
             metrics: MetricsConfig {
                 addr: v.parse_or("MEMORY_METRICS_ADDR", SocketAddr::from(([127, 0, 0, 1], 9090))),

@@ -154,6 +154,16 @@ pub struct HttpConfig {
     /// `ALLOWED_ORIGINS`: comma-separated, or a JSON array; `*` for any). Empty (the default):
     /// no cross-origin calls.
     pub allowed_origins: Vec<String>,
+    /// Live event streams and search sockets open at once on one gateway
+    /// (`MEMORY_LIVE_MAX_CONNECTIONS`, default 1024); more get 503 `overloaded`.
+    pub live_max_connections: usize,
+    /// Live connections one tenant may hold open on one gateway (`MEMORY_LIVE_MAX_PER_TENANT`,
+    /// default 32); more get 429 `too_many_live_connections`.
+    pub live_max_per_tenant: usize,
+    /// Events queued for one live connection (`MEMORY_LIVE_BUFFER`, default 256): a client that
+    /// falls this far behind is disconnected as a slow consumer, with the reason and the last
+    /// event id it was sent, to resume from.
+    pub live_buffer: usize,
 }
 
 #[derive(Debug, Clone)]

@@ -20,6 +20,22 @@ pub enum EventKind {
 }
 
 impl EventKind {
+    pub const ALL: [Self; 8] = [
+        Self::Stored,
+        Self::Embedded,
+        Self::EmbeddingFailed,
+        Self::Archived,
+        Self::Restored,
+        Self::Deleted,
+        Self::Updated,
+        Self::Erased,
+    ];
+
+    /// The kind a subject token or a client names.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == name)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Stored => "stored",

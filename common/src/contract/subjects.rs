@@ -82,6 +82,15 @@ impl Subjects {
     pub fn events_of(&self, tenant: &TenantId, id: MessageId) -> String {
         format!("{}.v1.events.{}.*.{id}", self.prefix, Self::tenant_token(tenant))
     }
+    /// A tenant's events: every kind (`mem.v1.events.<tenant>.>`), or one
+    /// (`mem.v1.events.<tenant>.<event>.*`).
+    pub fn tenant_events(&self, tenant: &TenantId, kind: Option<EventKind>) -> String {
+        let token = Self::tenant_token(tenant);
+        match kind {
+            None => format!("{}.v1.events.{token}.>", self.prefix),
+            Some(kind) => format!("{}.v1.events.{token}.{}.*", self.prefix, kind.as_str()),
+        }
+    }
     pub fn events_all(&self) -> String {
         format!("{}.v1.events.>", self.prefix)
     }

@@ -5,6 +5,7 @@ pub mod analytics;
 pub mod conversations;
 pub mod health;
 pub mod lifecycle;
+pub mod live;
 pub mod messages;
 pub mod search;
 pub mod tenants;

@@ -161,7 +161,7 @@ pub async fn search_memories(
         exact,
         candidate_limit,
     };
-    search(&state, &headers, errors, request).await
+    search(&state, &request_id(&headers), errors, request).await.map(axum::Json)
 }
 
 /// The same search, as a JSON body (convenient for metadata filters).
@@ -196,27 +196,28 @@ pub async fn search_memories_post(
         exact: body.exact,
         candidate_limit: body.candidate_limit,
     };
-    search(&state, &headers, Vec::new(), request).await
+    search(&state, &request_id(&headers), Vec::new(), request).await.map(axum::Json)
 }
 
-/// A search as either route reads it, before validation.
-struct Search {
-    tenant_id: String,
-    query: String,
-    top_k: u32,
-    mode: SearchMode,
-    explain: bool,
-    filters: SearchFilters,
-    exact: bool,
-    candidate_limit: Option<u32>,
+/// A search as a route reads it, before validation.
+pub(crate) struct Search {
+    pub(crate) tenant_id: String,
+    pub(crate) query: String,
+    pub(crate) top_k: u32,
+    pub(crate) mode: SearchMode,
+    pub(crate) explain: bool,
+    pub(crate) filters: SearchFilters,
+    pub(crate) exact: bool,
+    pub(crate) candidate_limit: Option<u32>,
 }
 
-async fn search(
+/// Validates a search (adding to the `errors` found while reading it) and asks a searcher.
+pub(crate) async fn search(
     state: &AppState,
-    headers: &HeaderMap,
+    request_id: &str,
     mut errors: Vec<FieldError>,
     search: Search,
-) -> Result<axum::Json<SearchResponse>, ApiError> {
+) -> Result<SearchResponse, ApiError> {
     let Search { tenant_id, query, top_k, mode, explain, filters, exact, candidate_limit } = search;
     let tenant_id = TenantId::parse(tenant_id).map_err(|e| errors.extend(e.0)).ok();
     if let Err(e) = check_search(&query, top_k) {
@@ -232,9 +233,7 @@ async fn search(
         return Err(ApiError::Invalid(errors));
     };
     let request = SearchRequest { v: VERSION, tenant_id, query, top_k, mode, filters, explain, exact, candidate_limit };
-    let response: SearchResponse =
-        call_read(state, state.deps.subjects.search(), &request, &request_id(headers)).await?;
-    Ok(axum::Json(response))
+    call_read(state, state.deps.subjects.search(), &request, request_id).await
 }
 
 /// Parses an optional parameter; a value that does not parse is reported under its field.

@@ -186,15 +186,25 @@ impl App {
         &self,
         configure: impl FnOnce(&mut BTreeMap<String, String>),
     ) -> anyhow::Result<std::net::SocketAddr> {
+        let (addr, _) = self.serve_http_until(self.env.shutdown.clone(), configure).await?;
+        Ok(addr)
+    }
+
+    /// [`Self::serve_http`] until `stop` is cancelled; the handle ends when the gateway has.
+    pub(crate) async fn serve_http_until(
+        &self,
+        stop: CancellationToken,
+        configure: impl FnOnce(&mut BTreeMap<String, String>),
+    ) -> anyhow::Result<(std::net::SocketAddr, tokio::task::JoinHandle<Result<(), gateway::GatewayError>>)> {
         let mut vars = self.env.vars.clone();
         vars.insert("MEMORY_HTTP_ADDR".into(), "127.0.0.1:0".into());
         configure(&mut vars);
         let config = common::Config::from_map(&vars)?;
         let gateway = gateway::Gateway::build(&config, self.env.deps.clone(), &mut Registry::default()).await?;
         let addr = gateway.local_addr();
-        self.env.tasks.spawn(gateway.run(self.env.shutdown.clone(), config.shutdown_grace));
+        let handle = self.env.tasks.spawn(gateway.run(stop, config.shutdown_grace));
         self.env.until_ready(addr).await?;
-        Ok(addr)
+        Ok((addr, handle))
     }
 
     /// Starts a retention service on this environment.

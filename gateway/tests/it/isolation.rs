@@ -28,6 +28,13 @@ async fn secret_message(app: &App, key: &str) -> anyhow::Result<String> {
     Ok(r.body["id"].as_str().unwrap().to_owned())
 }
 
+/// How a key is presented.
+enum Presented {
+    Header,
+    Bearer,
+    Query,
+}
+
 /// A body for the operation that acts on tenant B, or `None` when it takes none.
 fn body(method: &str, path: &str, message_id: &str) -> Option<Value> {
     let message = json!({"tenant_id": "globex", "conversation_id": "c", "role": "user", "content": "from acme"});
@@ -103,14 +110,20 @@ async fn no_route_lets_one_tenant_reach_another() -> anyhow::Result<()> {
             } else if needs_query {
                 uris = vec![format!("{concrete}?query={SECRET}")];
             }
-            // Both ways of presenting a key.
-            for (uri, bearer) in uris.iter().flat_map(|u| [(u.clone(), false), (u.clone(), true)]) {
+            // Every way of presenting a key: two headers, and on live routes the query.
+            let live = path.starts_with("/v1/ws/") || path.ends_with("/events");
+            let mut presented: Vec<(String, Presented)> =
+                uris.iter().flat_map(|u| [(u.clone(), Presented::Header), (u.clone(), Presented::Bearer)]).collect();
+            if live {
+                presented.extend(uris.iter().map(|u| (format!("{u}?token={acme}"), Presented::Query)));
+            }
+            for (uri, how) in presented {
                 let method = Method::from_bytes(method.to_uppercase().as_bytes())?;
                 let payload = body.clone().map(|b| Body::from(b.to_string()));
-                let r = if bearer {
-                    app.send_bearer(method.clone(), &uri, payload, &acme).await?
-                } else {
-                    app.send(method.clone(), &uri, payload, Some(&acme)).await?
+                let r = match how {
+                    Presented::Bearer => app.send_bearer(method.clone(), &uri, payload, &acme).await?,
+                    Presented::Header => app.send(method.clone(), &uri, payload, Some(&acme)).await?,
+                    Presented::Query => app.send(method.clone(), &uri, payload, None).await?,
                 };
                 cases += 1;
                 let text = r.body.to_string();

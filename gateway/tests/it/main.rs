@@ -12,6 +12,7 @@ mod ingest;
 mod isolation;
 mod lifecycle;
 mod limits;
+mod live;
 mod nats;
 mod operations;
 mod ratelimit;
