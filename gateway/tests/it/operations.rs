@@ -138,3 +138,36 @@ async fn the_served_openapi_document_passes_an_independent_validator() -> anyhow
     }
     app.finish().await
 }
+
+#[tokio::test]
+async fn swagger_ui_renders_every_operation_in_headless_chromium() -> anyhow::Result<()> {
+    // Debian's chromium, installed by `scripts/services.sh test-tools`.
+    let chromium = std::env::var("MEMORY_TEST_CHROMIUM").ok().filter(|c| !c.is_empty()).ok_or_else(|| {
+        anyhow::anyhow!("MEMORY_TEST_CHROMIUM is not set: run scripts/services.sh test-tools, then env")
+    })?;
+    let app = App::without_workers(|_| {}).await?;
+    let addr = app.serve_http(|_| {}).await?;
+    let spec = app.send(Method::GET, "/openapi.json", None, None).await?.body;
+    let operations: usize =
+        spec["paths"].as_object().unwrap().values().map(|item| item.as_object().unwrap().len()).sum();
+    let profile = std::env::temp_dir().join(format!("memory-chromium-{}", std::process::id()));
+    let out = tokio::process::Command::new(&chromium)
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run"])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        // Time for the page to fetch /openapi.json and render it.
+        .arg("--virtual-time-budget=20000")
+        .arg("--dump-dom")
+        .arg(format!("http://{addr}/docs/"))
+        .kill_on_drop(true)
+        .output()
+        .await?;
+    let _ = std::fs::remove_dir_all(&profile);
+    let dom = String::from_utf8_lossy(&out.stdout);
+    anyhow::ensure!(out.status.success(), "chromium failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(dom.contains("Memory Layer API"), "the title did not render:\n{dom:.2000}");
+    // Swagger UI lists each operation as an `opblock`; a document it cannot read shows errors.
+    let rendered = dom.matches("class=\"opblock opblock-").count();
+    assert_eq!(rendered, operations, "Swagger UI rendered {rendered} of {operations} operations");
+    assert!(!dom.contains("errors-wrapper"), "Swagger UI shows errors:\n{dom:.4000}");
+    app.finish().await
+}
