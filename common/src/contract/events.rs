@@ -174,4 +174,22 @@ mod tests {
         );
         assert!(unknown.unwrap_err().to_string().contains("colour"));
     }
+
+    #[test]
+    fn importance_on_an_ingest_event_is_the_exported_importance_not_an_override() {
+        // A REST body's `importance` (the original's documented name) is an override; on an ingest
+        // event the field is the event's own, kept by an import.
+        let event: MessageReceived = serde_json::from_str(
+            r#"{"v":1,"tenant_id":"t","conversation_id":"c","role":"user","content":"hi","importance":0.8}"#,
+        )
+        .unwrap();
+        assert_eq!((event.importance, event.message.importance_override), (Some(0.8), None));
+        let input: MessageInput = serde_json::from_str(
+            r#"{"tenant_id":"t","conversation_id":"c","role":"user","content":"hi","importance":0.8}"#,
+        )
+        .unwrap();
+        assert_eq!(input.importance_override, Some(0.8));
+        let both = r#"{"tenant_id":"t","conversation_id":"c","role":"user","content":"hi","importance":0.8,"importance_override":0.1}"#;
+        assert!(serde_json::from_str::<MessageInput>(both).unwrap_err().to_string().contains("duplicate field"));
+    }
 }

@@ -42,8 +42,9 @@ pub struct MessageInput {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<Value>,
-    /// 0–1. When given, it is the message's importance.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// 0–1. When given, it is the message's importance. `importance`, the name the original
+    /// service's documentation gave it, is read as the same field.
+    #[serde(default, alias = "importance", skip_serializing_if = "Option::is_none")]
     pub importance_override: Option<f64>,
     /// Pinned messages rank with importance 1.0.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -78,4 +78,9 @@ pub trait Conversations: Send + Sync {
         id: &ConversationId,
         patch: &ConversationPatch,
     ) -> Result<Option<Conversation>, StoreError>;
+
+    /// Forgets what the client set on a conversation (title, metadata, archived), keeping its
+    /// messages: a conversation without messages goes, one with messages stays as its messages
+    /// make it. `false` when there was no such conversation.
+    async fn forget_conversation(&self, tenant: &TenantId, id: &ConversationId) -> Result<bool, StoreError>;
 }

@@ -286,13 +286,29 @@ pub async fn delete_messages(
     Ok(axum::Json(BatchDeleteResponse { outcome, created: Vec::new(), updated: Vec::new(), errors }))
 }
 
-/// Delete every message of a conversation for good, including those still queued. Idempotent:
-/// an unknown conversation deletes nothing.
+/// Where a conversation's delete acts, and how.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct DeleteConversationParams {
+    /// The tenant; a tenant key implies its own.
+    tenant_id: Option<String>,
+    /// The original service's switch. `false`: only the conversation's title, metadata and
+    /// archived flag go, its messages stay (204). `true` or absent: its messages go too (200).
+    delete_messages: Option<bool>,
+}
+
+/// Delete every message of a conversation for good, including those still queued, and its title
+/// and metadata. Idempotent: an unknown conversation deletes nothing. With
+/// `delete_messages=false`, only the title, metadata and archived flag go (204; 404 for an unknown
+/// conversation).
 #[utoipa::path(
     delete, path = "/v1/conversations/{conversation_id}", tag = "messages",
-    params(("conversation_id" = String, Path), TenantParam),
+    params(("conversation_id" = String, Path), DeleteConversationParams),
     responses(
-        (status = 200, body = Deleted), (status = 401, body = Problem), (status = 403, body = Problem),
+        (status = 200, body = Deleted, description = "The messages deleted"),
+        (status = 204, description = "`delete_messages=false`: the conversation's record is gone, its messages stay"),
+        (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem),
         (status = 422, body = Problem), (status = 503, body = Problem),
     ),
     security(("api_key" = []), ("bearer" = []))
@@ -302,14 +318,23 @@ pub async fn delete_conversation(
     Extension(principal): Extension<Principal>,
     headers: HeaderMap,
     Path(conversation_id): Path<String>,
-    AppQuery(params): AppQuery<TenantParam>,
-) -> Result<axum::Json<Deleted>, ApiError> {
+    AppQuery(params): AppQuery<DeleteConversationParams>,
+) -> Result<Response, ApiError> {
     principal.require(Scope::Write)?;
     let tenant_id = principal.tenant(params.tenant_id.as_deref())?;
     let conversation_id = ConversationId::parse(conversation_id).map_err(|e| ApiError::Invalid(e.0))?;
+    if params.delete_messages == Some(false) {
+        let found =
+            state.deps.store.forget_conversation(&tenant_id, &conversation_id).await.map_err(store_unavailable)?;
+        if !found {
+            return Err(ApiError::NotFound(format!("conversation {conversation_id} was not found")));
+        }
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
     let request = DeleteConversationRequest { v: VERSION, tenant_id, conversation_id };
     let subject = state.deps.subjects.delete_conversation();
-    Ok(axum::Json(call_long(&state, subject, &request, &request_id(&headers)).await?))
+    let deleted: Deleted = call_long(&state, subject, &request, &request_id(&headers)).await?;
+    Ok(axum::Json(deleted).into_response())
 }
 
 /// Erase every message, vector, queued message, event and cached query of the tenant (the

@@ -2,7 +2,7 @@
 //! for it reads our answers unchanged.
 
 use axum::http::{Method, StatusCode};
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::harness::{App, message};
 
@@ -259,5 +259,202 @@ async fn browsers_of_the_allowed_origins_may_call_the_api_and_no_others() -> any
     let call = Request::builder().uri("/v1/admin/health").header("origin", "https://app.example").body(Body::empty())?;
     let r = gateway::router(app.state.clone()).oneshot(call).await?;
     assert!(!r.headers().contains_key("access-control-allow-origin"), "{r:?}");
+    app.finish().await
+}
+
+/// Asserts that `body` has every one of `fields` (null allowed: the key must be there).
+fn has_fields(body: &Value, fields: &[&str], what: &str) {
+    for field in fields {
+        assert!(body.get(field).is_some(), "{what} lacks the original's `{field}`: {body}");
+    }
+}
+
+/// A request with the operator key and a JSON body, if any.
+async fn call(app: &App, method: Method, uri: &str, body: Option<Value>) -> anyhow::Result<crate::harness::Resp> {
+    app.send(method, uri, body.map(|b| axum::body::Body::from(b.to_string())), Some(crate::harness::KEY)).await
+}
+
+const MESSAGE_FIELDS: [&str; 10] = [
+    "id",
+    "tenant_id",
+    "conversation_id",
+    "role",
+    "content",
+    "message_metadata",
+    "importance_score",
+    "embedding_status",
+    "created_at",
+    "updated_at",
+];
+
+#[tokio::test]
+async fn an_original_client_walks_messages_conversations_and_analytics_with_its_names_and_statuses()
+-> anyhow::Result<()> {
+    let app = App::start().await?;
+    // Ingest with the body the original documented (`importance`, its docs' name for the override).
+    let body = json!({"tenant_id": "acme", "conversation_id": "trip", "role": "user",
+        "content": "book the night train to Vienna", "metadata": {"channel": "web"}, "importance": 0.9});
+    let r = app.post("/v1/messages", &body).await?;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{r:?}");
+    let id = r.body["id"].as_str().unwrap().to_owned();
+    let uri = format!("/v1/messages/{id}?tenant_id=acme");
+    app.embedded(&uri).await?;
+    let r = app.get(&uri).await?;
+    has_fields(&r.body, &MESSAGE_FIELDS, "GET /v1/messages/{id}");
+    assert_eq!(
+        (r.body["importance_score"].as_f64(), &r.body["message_metadata"]),
+        (Some(0.9), &json!({"channel": "web"}))
+    );
+
+    // PUT with content and importance_override together (a 500 in the original), then archived.
+    let r = call(
+        &app,
+        Method::PUT,
+        &uri,
+        Some(json!({"content": "book the sleeper to Vienna", "importance_override": 0.2})),
+    )
+    .await?;
+    assert_eq!(r.status, StatusCode::OK, "{r:?}");
+    has_fields(&r.body, &MESSAGE_FIELDS, "PUT /v1/messages/{id}");
+    assert_eq!(
+        (r.body["content"].as_str(), r.body["importance_score"].as_f64()),
+        (Some("book the sleeper to Vienna"), Some(0.2))
+    );
+    let r = call(&app, Method::PUT, &uri, Some(json!({"archived": true}))).await?;
+    assert_eq!(r.status, StatusCode::OK, "{r:?}");
+    assert!(r.body["archived_at"].is_string(), "{r:?}");
+    let r = call(&app, Method::PUT, &uri, Some(json!({"archived": false}))).await?;
+    assert_eq!(r.status, StatusCode::OK, "{r:?}");
+
+    // Batch edit of an id that does not exist: the original's `errors` entry.
+    let missing = common::domain::MessageId::new().to_string();
+    let edits = json!({"updates": [{"message_id": missing, "update": {"content": "x"}}]});
+    let r = call(&app, Method::POST, "/v1/messages/batch/update?tenant_id=acme", Some(edits)).await?;
+    assert!(r.status.is_success(), "{r:?}");
+    assert_eq!(r.body["errors"][0]["message_id"], missing.as_str());
+    assert!(r.body["errors"][0]["error"].is_string(), "{r:?}");
+    has_fields(&r.body, &["created", "updated", "deleted", "errors"], "batch update");
+
+    // Conversations: the one messages made, and one created empty.
+    let conversation_fields = [
+        "id",
+        "tenant_id",
+        "user_id",
+        "title",
+        "metadata",
+        "message_count",
+        "last_message_at",
+        "created_at",
+        "updated_at",
+        "archived",
+    ];
+    let r = app
+        .post("/v1/conversations", &json!({"conversation_id": "plans", "tenant_id": "acme", "title": "Plans"}))
+        .await?;
+    assert_eq!(r.status, StatusCode::CREATED, "{r:?}");
+    has_fields(&r.body, &conversation_fields, "POST /v1/conversations");
+    let r = call(
+        &app,
+        Method::PUT,
+        "/v1/conversations/trip?tenant_id=acme",
+        Some(json!({"title": "Vienna", "metadata": {"k": 1}})),
+    )
+    .await?;
+    assert_eq!(
+        (r.status, &r.body["title"], &r.body["metadata"]),
+        (StatusCode::OK, &json!("Vienna"), &json!({"k": 1})),
+        "{r:?}"
+    );
+    let r = app.get("/v1/conversations?tenant_id=acme&archived=false&page=1&page_size=20").await?;
+    assert_eq!(r.status, StatusCode::OK, "{r:?}");
+    has_fields(&r.body, &["conversations", "total", "page", "page_size"], "GET /v1/conversations");
+    assert_eq!(r.body["total"], 2);
+    has_fields(&r.body["conversations"][0], &conversation_fields, "a listed conversation");
+    let r = app.get("/v1/conversations/trip/stats?tenant_id=acme").await?;
+    has_fields(
+        &r.body,
+        &[
+            "conversation_id",
+            "tenant_id",
+            "total_messages",
+            "user_messages",
+            "assistant_messages",
+            "system_messages",
+            "avg_importance",
+            "first_message_at",
+            "last_message_at",
+        ],
+        "stats",
+    );
+    let r = app.get("/v1/conversations/plans/stats?tenant_id=acme").await?;
+    assert_eq!(
+        (r.status, r.body["detail"].as_str()),
+        (StatusCode::NOT_FOUND, Some("No messages found for this conversation"))
+    );
+
+    // Analytics, each with the original's fields.
+    let r = app.get("/v1/analytics/usage?tenant_id=acme").await?;
+    has_fields(
+        &r.body,
+        &[
+            "tenant_id",
+            "total_messages",
+            "total_conversations",
+            "active_conversations",
+            "archived_conversations",
+            "messages_today",
+            "messages_this_week",
+            "messages_this_month",
+            "avg_importance_score",
+            "total_embeddings",
+            "pending_embeddings",
+            "failed_embeddings",
+        ],
+        "usage",
+    );
+    let r = app.get("/v1/analytics/trends?tenant_id=acme&days=7").await?;
+    assert_eq!(r.body.as_array().map(Vec::len), Some(7), "{r:?}");
+    has_fields(&r.body[6], &["date", "count", "role_breakdown"], "a trend day");
+    let r = app.get("/v1/analytics/top-conversations?tenant_id=acme&limit=10").await?;
+    has_fields(
+        &r.body[0],
+        &["conversation_id", "tenant_id", "message_count", "last_activity", "avg_importance"],
+        "top",
+    );
+    let r = app.get("/v1/analytics/embeddings?tenant_id=acme").await?;
+    has_fields(
+        &r.body,
+        &["total_embeddings", "completed", "pending", "failed", "avg_processing_time_seconds", "success_rate"],
+        "embeddings",
+    );
+    let r = app.get("/v1/analytics/tenants").await?;
+    let acme = r.body.as_array().unwrap().iter().find(|t| t["tenant_id"] == "acme").cloned().unwrap_or_default();
+    has_fields(
+        &acme,
+        &["tenant_id", "total_messages", "total_conversations", "storage_size_mb", "last_activity"],
+        "tenants",
+    );
+
+    // The original's DELETE of a conversation keeps its messages unless told otherwise.
+    let r = call(&app, Method::DELETE, "/v1/conversations/trip?tenant_id=acme&delete_messages=false", None).await?;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{r:?}");
+    assert_eq!(app.get(&uri).await?.status, StatusCode::OK, "the message stays");
+    let r = app.get("/v1/conversations/trip?tenant_id=acme").await?;
+    assert_eq!(
+        (&r.body["title"], &r.body["metadata"], &r.body["message_count"]),
+        (&Value::Null, &json!({}), &json!(1))
+    );
+    let r = call(&app, Method::DELETE, "/v1/conversations/plans?tenant_id=acme&delete_messages=false", None).await?;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{r:?}");
+    assert_eq!(app.get("/v1/conversations/plans?tenant_id=acme").await?.status, StatusCode::NOT_FOUND);
+    let r = call(&app, Method::DELETE, "/v1/conversations/plans?tenant_id=acme&delete_messages=false", None).await?;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{r:?}");
+
+    // DELETE of a message: 204, then 404.
+    let r = call(&app, Method::DELETE, &uri, None).await?;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{r:?}");
+    assert_eq!(app.get(&uri).await?.status, StatusCode::NOT_FOUND);
+    let r = call(&app, Method::DELETE, "/v1/conversations/trip?tenant_id=acme&delete_messages=true", None).await?;
+    assert_eq!((r.status, &r.body["deleted"]), (StatusCode::OK, &json!(0)), "{r:?}");
     app.finish().await
 }

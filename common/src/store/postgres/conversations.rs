@@ -152,4 +152,25 @@ impl Conversations for PgStore {
         .await?;
         row.map(Conversation::try_from).transpose()
     }
+
+    async fn forget_conversation(&self, tenant: &TenantId, id: &ConversationId) -> Result<bool, StoreError> {
+        let found: i64 = sqlx::query_scalar(
+            "WITH gone AS (
+                 DELETE FROM conversations
+                 WHERE tenant_id = $1 AND conversation_id = $2 AND message_count <= 0
+                 RETURNING 1
+             ), kept AS (
+                 UPDATE conversations
+                 SET title = NULL, metadata = '{}', archived = false, explicit = false, updated_at = now()
+                 WHERE tenant_id = $1 AND conversation_id = $2 AND message_count > 0
+                 RETURNING 1
+             )
+             SELECT (SELECT count(*) FROM gone) + (SELECT count(*) FROM kept)",
+        )
+        .bind(tenant.as_str())
+        .bind(id.as_str())
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(found > 0)
+    }
 }
