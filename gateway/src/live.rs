@@ -160,7 +160,7 @@ impl Subscription {
             self.kinds.iter().map(|k| subjects.tenant_events(&self.tenant, Some(*k))).collect()
         };
         let gap = match self.since {
-            Some(since) => bus.stream_state(StreamKind::Events).await?.first_sequence > since + 1,
+            Some(since) => bus.stream_state(StreamKind::Events).await?.first_sequence > since.saturating_add(1),
             None => false,
         };
         let start = self.since.map_or(Start::New, Start::After);

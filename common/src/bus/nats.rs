@@ -317,7 +317,7 @@ impl Bus for NatsBus {
         let deliver_policy = match start {
             Start::New => jetstream::consumer::DeliverPolicy::New,
             Start::After(sequence) => {
-                jetstream::consumer::DeliverPolicy::ByStartSequence { start_sequence: sequence + 1 }
+                jetstream::consumer::DeliverPolicy::ByStartSequence { start_sequence: sequence.saturating_add(1) }
             }
         };
         let (filter_subject, filter_subjects) = match <[String; 1]>::try_from(filters) {

@@ -124,6 +124,9 @@ async fn a_subscriber_sees_its_own_messages_stored_then_embedded_and_resumes_aft
     send(&mut ws, &json!({"action": "subscribe", "events": ["stored", "nonsense"]})).await?;
     let f = frame(&mut ws).await?;
     assert_eq!((&f["type"], &f["code"]), (&json!("error"), &json!("validation_failed")), "{f}");
+    // The largest id there is: nothing after it, and no overflow on the way.
+    send(&mut ws, &json!({"action": "subscribe", "since": u64::MAX})).await?;
+    assert_eq!(frame(&mut ws).await?["type"], "subscribed");
     send(&mut ws, &json!({"action": "subscribe"})).await?;
     let f = frame(&mut ws).await?;
     assert_eq!((&f["type"], &f["tenant_id"]), (&json!("subscribed"), &json!("acme")), "{f}");
