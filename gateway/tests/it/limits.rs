@@ -164,9 +164,10 @@ async fn search_parameters_are_checked_at_their_limits() -> anyhow::Result<()> {
 #[tokio::test]
 async fn malformed_requests_get_problem_responses() -> anyhow::Result<()> {
     let app = App::without_workers(|_| {}).await?;
-    let r = post_message(&app, |b| b["importance"] = json!(0.5)).await?;
+    // A field of answers sent in a request is unknown there.
+    let r = post_message(&app, |b| b["importance_score"] = json!(0.5)).await?;
     assert_eq!((r.status, r.body["code"].as_str()), (StatusCode::BAD_REQUEST, Some("malformed_body")));
-    assert!(r.body["detail"].as_str().unwrap().contains("importance"), "{r:?}");
+    assert!(r.body["detail"].as_str().unwrap().contains("importance_score"), "{r:?}");
 
     let r = app.send(Method::POST, "/v1/messages", Some(Body::from("{nope")), Some(KEY)).await?;
     assert_eq!((r.status, r.body["code"].as_str()), (StatusCode::BAD_REQUEST, Some("malformed_body")));
