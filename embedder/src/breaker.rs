@@ -30,9 +30,17 @@ impl State {
 
 #[derive(Debug)]
 enum Inner {
-    Closed { failures: u32 },
-    Open { until: Instant },
-    HalfOpen { successes: u32 },
+    Closed {
+        failures: u32,
+    },
+    Open {
+        until: Instant,
+    },
+    /// `probing`: a probe is out; no other call goes until it answers.
+    HalfOpen {
+        successes: u32,
+        probing: bool,
+    },
 }
 
 #[derive(Debug)]
@@ -42,33 +50,56 @@ pub struct Breaker {
     gauge: Gauge,
 }
 
+/// How long a call refused while a probe is out waits before asking again.
+pub(crate) const PROBE_WAIT: Duration = Duration::from_millis(100);
+
+/// A call the breaker let through: report how it went with [`Call::success`] or
+/// [`Call::failure`]. A probe dropped unreported (its caller gave up) lets the next probe go.
+#[derive(Debug)]
+#[must_use = "report the call's outcome"]
+pub struct Call<'a> {
+    breaker: &'a Breaker,
+    /// Let through half-open, as the one probe.
+    probe: bool,
+}
+
 impl Breaker {
     pub fn new(config: BreakerConfig, gauge: Gauge) -> Self {
         gauge.set(State::Closed.gauge());
         Self { config, inner: Mutex::new(Inner::Closed { failures: 0 }), gauge }
     }
 
-    /// Whether a call may go out now; `Err` holds how long the circuit stays open. An open
-    /// circuit whose cool-down has passed turns half-open and lets the call through as a probe.
-    pub fn allow(&self) -> Result<(), Duration> {
+    /// Whether a call may go out now; `Err` holds how long to wait. An open circuit whose
+    /// cool-down has passed turns half-open and lets one call through as a probe; while it is
+    /// out, other calls wait [`PROBE_WAIT`].
+    pub fn allow(&self) -> Result<Call<'_>, Duration> {
         let mut inner = self.inner.lock().expect("breaker lock");
-        if let Inner::Open { until } = *inner {
-            let now = Instant::now();
-            if now < until {
-                return Err(until - now);
+        match &mut *inner {
+            Inner::Closed { .. } => Ok(Call { breaker: self, probe: false }),
+            Inner::Open { until } => {
+                let now = Instant::now();
+                if now < *until {
+                    return Err(*until - now);
+                }
+                *inner = Inner::HalfOpen { successes: 0, probing: true };
+                self.gauge.set(State::HalfOpen.gauge());
+                tracing::info!("embedding provider circuit half-open: probing");
+                Ok(Call { breaker: self, probe: true })
             }
-            *inner = Inner::HalfOpen { successes: 0 };
-            self.gauge.set(State::HalfOpen.gauge());
-            tracing::info!("embedding provider circuit half-open: probing");
+            Inner::HalfOpen { probing: true, .. } => Err(PROBE_WAIT),
+            Inner::HalfOpen { probing, .. } => {
+                *probing = true;
+                Ok(Call { breaker: self, probe: true })
+            }
         }
-        Ok(())
     }
 
-    pub fn success(&self) {
+    fn success(&self, probe: bool) {
         let mut inner = self.inner.lock().expect("breaker lock");
         match &mut *inner {
             Inner::Closed { failures } => *failures = 0,
-            Inner::HalfOpen { successes } => {
+            Inner::HalfOpen { successes, probing } if probe => {
+                *probing = false;
                 *successes += 1;
                 if *successes >= self.config.successes {
                     *inner = Inner::Closed { failures: 0 };
@@ -77,24 +108,31 @@ impl Breaker {
                 }
             }
             // A call let through before the circuit opened succeeded late: it proves nothing.
-            Inner::Open { .. } => {}
+            Inner::HalfOpen { .. } | Inner::Open { .. } => {}
         }
     }
 
-    pub fn failure(&self) {
+    fn failure(&self, probe: bool) {
         let mut inner = self.inner.lock().expect("breaker lock");
         let open = match &mut *inner {
             Inner::Closed { failures } => {
                 *failures += 1;
                 *failures >= self.config.failures
             }
-            Inner::HalfOpen { .. } => true,
+            Inner::HalfOpen { .. } => probe,
             Inner::Open { .. } => false,
         };
         if open {
             *inner = Inner::Open { until: Instant::now() + self.config.cooldown };
             self.gauge.set(State::Open.gauge());
             tracing::warn!(cooldown = ?self.config.cooldown, "embedding provider circuit open: calls stop until the cool-down ends");
+        }
+    }
+
+    /// A probe that never reported: the next call may probe.
+    fn abandon(&self) {
+        if let Inner::HalfOpen { probing, .. } = &mut *self.inner.lock().expect("breaker lock") {
+            *probing = false;
         }
     }
 
@@ -115,6 +153,26 @@ impl Breaker {
     }
 }
 
+impl Call<'_> {
+    pub fn success(self) {
+        self.breaker.success(self.probe);
+        std::mem::forget(self);
+    }
+
+    pub fn failure(self) {
+        self.breaker.failure(self.probe);
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for Call<'_> {
+    fn drop(&mut self) {
+        if self.probe {
+            self.breaker.abandon();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -127,13 +185,14 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn opens_after_consecutive_failures_and_closes_after_probes() {
         let b = breaker();
-        b.failure();
-        b.failure();
-        b.success(); // resets the count
-        b.failure();
-        b.failure();
+        let fail = |b: &Breaker| b.allow().unwrap().failure();
+        fail(&b);
+        fail(&b);
+        b.allow().unwrap().success(); // resets the count
+        fail(&b);
+        fail(&b);
         assert_eq!(b.state(), State::Closed);
-        b.failure();
+        fail(&b);
         assert_eq!(b.state(), State::Open);
         assert_eq!(b.gauge.get(), 1);
         assert!(b.allow().is_err(), "no call while open");
@@ -141,11 +200,12 @@ mod tests {
         tokio::time::advance(Duration::from_secs(29)).await;
         assert_eq!(b.allow().unwrap_err(), Duration::from_secs(1));
         tokio::time::advance(Duration::from_secs(1)).await;
-        assert!(b.allow().is_ok(), "the cool-down has passed: probe");
+        let probe = b.allow().expect("the cool-down has passed: probe");
         assert_eq!(b.state(), State::HalfOpen);
-        b.success();
+        assert_eq!(b.allow().unwrap_err(), PROBE_WAIT, "one probe at a time");
+        probe.success();
         assert_eq!(b.state(), State::HalfOpen);
-        b.success();
+        b.allow().unwrap().success();
         assert_eq!(b.state(), State::Closed);
         assert_eq!(b.gauge.get(), 0);
     }
@@ -153,12 +213,39 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_failed_probe_opens_the_circuit_again() {
         let b = breaker();
-        (0..3).for_each(|_| b.failure());
+        (0..3).for_each(|_| b.allow().unwrap().failure());
         tokio::time::advance(Duration::from_secs(30)).await;
-        assert!(b.allow().is_ok());
-        b.success();
-        b.failure();
+        b.allow().unwrap().success();
+        b.allow().unwrap().failure();
         assert_eq!(b.state(), State::Open);
         assert_eq!(b.open_for(), Some(Duration::from_secs(30)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn half_open_lets_one_probe_out_and_a_stale_call_proves_nothing() {
+        let b = breaker();
+        // A call let out while closed answers after the circuit opened and turned half-open.
+        let stale = b.allow().unwrap();
+        (0..3).for_each(|_| b.allow().unwrap().failure());
+        tokio::time::advance(Duration::from_secs(30)).await;
+        let probe = b.allow().unwrap();
+        stale.success();
+        assert_eq!(b.allow().unwrap_err(), PROBE_WAIT, "the stale success freed no place");
+        // A probe whose caller gave up lets the next one go.
+        drop(probe);
+        let probe = b.allow().expect("the abandoned probe's place");
+        let stale = b.allow();
+        assert!(stale.is_err());
+        probe.success();
+        b.allow().unwrap().success();
+        assert_eq!(b.state(), State::Closed);
+        // A stale failure while half-open does not reopen the circuit either.
+        (0..3).for_each(|_| b.allow().unwrap().failure());
+        let late = Call { breaker: &b, probe: false };
+        tokio::time::advance(Duration::from_secs(30)).await;
+        let probe = b.allow().unwrap();
+        late.failure();
+        assert_eq!(b.state(), State::HalfOpen);
+        probe.success();
     }
 }

@@ -68,10 +68,13 @@ impl Embeddings {
         let count = |outcome, n: usize| {
             self.metrics.embeddings.get_or_create(&EmbedLabels { provider, outcome }).inc_by(n as u64);
         };
-        if let Err(retry_in) = self.breaker.allow() {
-            count(EmbedOutcome::Failed, texts.len());
-            return Err(ProviderError::CircuitOpen { retry_in });
-        }
+        let permit = match self.breaker.allow() {
+            Ok(permit) => permit,
+            Err(retry_in) => {
+                count(EmbedOutcome::Failed, texts.len());
+                return Err(ProviderError::CircuitOpen { retry_in });
+            }
+        };
         let started = Instant::now();
         let answer = self.provider.embed(texts, purpose).await.and_then(|answers| self.check(texts.len(), answers));
         self.metrics.provider_batch_size.observe(texts.len() as f64);
@@ -81,14 +84,14 @@ impl Embeddings {
             .observe(started.elapsed().as_secs_f64());
         match &answer {
             Ok(answers) => {
-                self.breaker.success();
+                permit.success();
                 let refused = answers.iter().filter(|a| a.is_err()).count();
                 count(EmbedOutcome::Ok, answers.len() - refused);
                 count(EmbedOutcome::Refused, refused);
             }
             Err(e) => {
                 tracing::warn!(error = %e, texts = texts.len(), provider, "embedding call failed");
-                self.breaker.failure();
+                permit.failure();
                 count(EmbedOutcome::Failed, texts.len());
             }
         }

@@ -190,8 +190,9 @@ impl ApiError {
             Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             Self::UpgradeRequired(_) => (StatusCode::UPGRADE_REQUIRED, "websocket_required"),
             Self::WaitTimeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "wait_timeout"),
-            Self::UpstreamTimeout => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout"),
-            Self::PublishTimeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "publish_timeout"),
+            // A dependency that did not answer in time is an outage to the client: retry later.
+            Self::UpstreamTimeout => (StatusCode::SERVICE_UNAVAILABLE, "upstream_timeout"),
+            Self::PublishTimeout { .. } => (StatusCode::SERVICE_UNAVAILABLE, "publish_timeout"),
             Self::PublishFailed { .. } => (StatusCode::SERVICE_UNAVAILABLE, "publish_failed"),
             Self::MessageTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
@@ -307,8 +308,13 @@ impl IntoResponse for ApiError {
             Self::Unauthorized => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"memory\""));
             }
-            Self::Overloaded => {
+            // Every 503 says when to come back: the service sheds load or a dependency is away,
+            // and either passes.
+            Self::Overloaded | Self::ShuttingDown => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            Self::Unavailable(_) | Self::PublishFailed { .. } | Self::PublishTimeout { .. } | Self::UpstreamTimeout => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
             }
             Self::UpgradeRequired(_) => {
                 headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));

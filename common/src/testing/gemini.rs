@@ -28,6 +28,9 @@ pub enum Fault {
     Delay(Duration),
     /// Answers with vectors one dimension short.
     WrongDimension,
+    /// Answers 200 with a body that is not the API's: cut-off JSON, as a proxy or a dropped
+    /// connection might leave it.
+    Malformed,
 }
 
 /// One call the fake received.
@@ -195,6 +198,11 @@ impl Respond for Responder {
             }
             Some(Fault::Delay(d)) => delay = Some(d),
             Some(Fault::WrongDimension) => short = 1,
+            Some(Fault::Malformed) => {
+                return ResponseTemplate::new(200)
+                    .insert_header("content-type", "application/json")
+                    .set_body_string(r#"{"embeddings": [{"values": [0.12, -0.3"#);
+            }
             None => {}
         }
 

@@ -190,12 +190,17 @@ impl IngestWorker {
                     }
                 }
                 // Cool-down over (or half-open): probe. Success counts towards closing,
-                // failure opens the circuit again.
+                // failure opens the circuit again; while another caller's probe is out, wait.
                 _ => {
                     if shutdown.is_cancelled() {
                         return false;
                     }
-                    self.embeddings.probe().await;
+                    if !self.embeddings.probe().await && breaker.state() == State::HalfOpen {
+                        tokio::select! {
+                            () = shutdown.cancelled() => return false,
+                            () = tokio::time::sleep(crate::breaker::PROBE_WAIT) => {}
+                        }
+                    }
                 }
             }
         }

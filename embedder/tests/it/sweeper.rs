@@ -37,6 +37,11 @@ async fn a_failed_message_is_embedded_once_the_provider_accepts_it() -> anyhow::
         .fetch_one(env.store.pool())
         .await?;
     assert_eq!(reason, None, "the old reason is cleared");
+    let counted: i32 = sqlx::query_scalar("SELECT embed_failures FROM messages WHERE id = $1")
+        .bind(id.0)
+        .fetch_one(env.store.pool())
+        .await?;
+    assert_eq!(counted, 0, "the failures are forgotten once it is embedded: a later refusal gets every retry");
     let failures: i64 =
         sqlx::query_scalar("SELECT count(*) FROM embedding_failures").fetch_one(env.store.pool()).await?;
     assert_eq!(failures, 0);

@@ -277,8 +277,8 @@ fn location(tenant: &TenantId, id: MessageId) -> [(header::HeaderName, HeaderVal
         (status = 201, description = "With `wait`: stored (or embedded)", body = MessageBody),
         (status = 400, body = Problem), (status = 401, body = Problem), (status = 413, body = Problem),
         (status = 415, body = Problem), (status = 422, body = Problem),
-        (status = 503, description = "Not accepted (`publish_failed`, with `message_id` to retry with)", body = Problem),
-        (status = 504, description = "`wait_timeout`: the wait ran out, the message is still queued; `publish_timeout`: retry with `message_id`", body = Problem),
+        (status = 503, description = "Not accepted (`publish_failed`), or not confirmed in time (`publish_timeout`): retry with the `message_id` given, it is stored once", body = Problem),
+        (status = 504, description = "`wait_timeout`: the wait ran out, the message is still queued", body = Problem),
     ),
     security(("api_key" = []), ("bearer" = []))
 )]
@@ -344,8 +344,7 @@ pub async fn create_message(
         (status = 207, description = "Some items rejected: see `results`", body = BatchResponse),
         (status = 400, body = Problem), (status = 401, body = Problem), (status = 413, body = Problem),
         (status = 422, description = "Empty, or more than 100 items", body = Problem),
-        (status = 503, description = "The message bus is down: no item was accepted", body = BatchResponse),
-        (status = 504, description = "The stream did not confirm any item in time", body = BatchResponse),
+        (status = 503, description = "The stream took no item (`publish_failed`) or confirmed none in time (`publish_timeout`): retry with the same ids", body = BatchResponse),
     ),
     security(("api_key" = []), ("bearer" = []))
 )]
@@ -390,7 +389,8 @@ pub async fn create_messages(
         && outcomes.iter().all(|o| matches!(o, Err(ApiError::PublishFailed { .. } | ApiError::PublishTimeout { .. })))
     {
         let status = first.status_and_code().0;
-        return Ok((status, axum::Json(BatchResponse::new(outcomes))).into_response());
+        let retry_after = [(axum::http::header::RETRY_AFTER, "2")];
+        return Ok((status, retry_after, axum::Json(BatchResponse::new(outcomes))).into_response());
     }
     let body = BatchResponse::new(outcomes);
     let status = if body.queued == n { StatusCode::CREATED } else { StatusCode::MULTI_STATUS };

@@ -3,104 +3,14 @@
 //! synchronous_commit off, where the same crashes lose acknowledged messages: the embedder acks an
 //! event once its commit returns, and such a commit may not have reached the write-ahead log.
 
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use common::bus::Envelope;
 use common::testing::{Process, TestEnv, free_addr};
 use serde_json::json;
 
 use crate::MEMORY;
-
-/// The unprivileged user PostgreSQL runs as when the tests run as root (`scripts/services.sh`).
-const PG_USER: &str = "memtest";
-
-/// A throwaway PostgreSQL cluster with PostgreSQL's durable defaults, removed on drop.
-struct Cluster {
-    bin: PathBuf,
-    data: PathBuf,
-    port: u16,
-}
-
-impl Cluster {
-    fn start() -> anyhow::Result<Self> {
-        let bin = PathBuf::from(std::env::var("MEMORY_TEST_PG_BIN").context(
-            "MEMORY_TEST_PG_BIN is not set: run through scripts/test.sh, or export $(scripts/services.sh env)",
-        )?);
-        let data = std::env::temp_dir().join(format!("memory-durable-{}", uuid::Uuid::new_v4().simple()));
-        std::fs::create_dir_all(&data)?;
-        let cluster = Self { bin, data, port: free_addr()?.port() };
-        if is_root() {
-            run(Command::new("chown").arg(format!("{PG_USER}:{PG_USER}")).arg(&cluster.data))?;
-        }
-        cluster.pg("initdb", &["-D", &cluster.dir(), "-U", "postgres", "--auth=trust", "-E", "UTF8"])?;
-        let conf = format!(
-            "listen_addresses = '127.0.0.1'\nport = {}\nunix_socket_directories = '{}'\n",
-            cluster.port,
-            cluster.dir()
-        );
-        let path = cluster.data.join("postgresql.conf");
-        let mut text = std::fs::read_to_string(&path)?;
-        text.push_str(&conf);
-        std::fs::write(&path, text)?;
-        cluster.up()?;
-        Ok(cluster)
-    }
-
-    fn dir(&self) -> String {
-        self.data.display().to_string()
-    }
-
-    fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
-    }
-
-    fn pg(&self, tool: &str, args: &[&str]) -> anyhow::Result<()> {
-        let program = self.bin.join(tool);
-        let mut command = if is_root() {
-            let mut c = Command::new("setpriv");
-            c.args(["--reuid", PG_USER, "--regid", PG_USER, "--init-groups", "--"]).arg(&program);
-            c
-        } else {
-            Command::new(&program)
-        };
-        run(command.args(args))
-    }
-
-    fn up(&self) -> anyhow::Result<()> {
-        let log = self.data.join("server.log").display().to_string();
-        self.pg("pg_ctl", &["-D", &self.dir(), "-l", &log, "-w", "-t", "60", "start"])
-    }
-
-    /// Like a power cut for the server processes: no checkpoint, no flush of what is buffered.
-    fn crash(&self) -> anyhow::Result<()> {
-        self.pg("pg_ctl", &["-D", &self.dir(), "-m", "immediate", "-w", "stop"])
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        let _ = self.pg("pg_ctl", &["-D", &self.dir(), "-m", "immediate", "-w", "stop"]);
-        let _ = std::fs::remove_dir_all(&self.data);
-    }
-}
-
-fn is_root() -> bool {
-    Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-}
-
-fn run(command: &mut Command) -> anyhow::Result<()> {
-    let output = command.output().with_context(|| format!("running {command:?}"))?;
-    anyhow::ensure!(
-        output.status.success(),
-        "{command:?}: {}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    Ok(())
-}
+use crate::servers::Cluster;
 
 #[tokio::test]
 async fn acknowledged_messages_survive_postgres_crashes_on_a_durable_cluster() -> anyhow::Result<()> {

@@ -3,7 +3,9 @@
 
 mod all;
 mod durability;
+mod faults;
 mod roles;
+mod servers;
 
 /// The binary under test.
 const MEMORY: &str = env!("CARGO_BIN_EXE_memory");

@@ -127,7 +127,7 @@ impl IngestWrites for PgStore {
         ensure_active(&mut tx, space).await?;
         Self::insert_vectors(&mut tx, space, &columns, RowLock::Update).await?;
         sqlx::query(
-            "UPDATE messages m SET status = 'embedded', failure_reason = NULL, updated_at = now()
+            "UPDATE messages m SET status = 'embedded', failure_reason = NULL, embed_failures = 0, updated_at = now()
              FROM UNNEST($1::text[], $2::uuid[], $3::int4[]) AS u(tenant_id, id, revision)
              WHERE m.tenant_id = u.tenant_id AND m.id = u.id AND m.revision = u.revision
                AND m.status <> 'embedded'",
