@@ -21,7 +21,7 @@ use std::time::Duration;
 use common::bus::{BusError, ConsumerSpec};
 use common::config::{Config, ConfigError};
 use common::contract::StreamKind;
-use common::store::{Backfill, IngestWrites, Locks, MessageReads, Space, Spaces, StoreError};
+use common::store::{Backfill, Health, IngestWrites, Locks, MessageReads, Space, Spaces, StoreError};
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
@@ -31,9 +31,9 @@ pub use metrics::Metrics;
 pub use provider::{HashProvider, Provider, Purpose};
 
 /// The storage roles the embedder uses. It is the only writer of new messages and vectors.
-pub trait Store: Locks + MessageReads + Spaces + IngestWrites + Backfill + 'static {}
+pub trait Store: Health + Locks + MessageReads + Spaces + IngestWrites + Backfill + 'static {}
 
-impl<T: Locks + MessageReads + Spaces + IngestWrites + Backfill + 'static> Store for T {}
+impl<T: Health + Locks + MessageReads + Spaces + IngestWrites + Backfill + 'static> Store for T {}
 
 /// The embedder's handles: its view of the store.
 pub(crate) type Deps = common::Deps<dyn Store>;

@@ -66,6 +66,10 @@ pub enum ApiError {
     PublishFailed { message_id: MessageId },
     #[error("the message is larger than the message bus accepts")]
     MessageTooLarge,
+    #[error(
+        "message {message_id} was not accepted: the ingest queue is full (the pipeline is behind or its database is down); retry with this message_id later, it is stored once"
+    )]
+    QueueFull { message_id: MessageId },
     #[error("the service is temporarily unavailable: {0}")]
     Unavailable(String),
     #[error("the service is shutting down")]
@@ -194,6 +198,7 @@ impl ApiError {
             Self::UpstreamTimeout => (StatusCode::SERVICE_UNAVAILABLE, "upstream_timeout"),
             Self::PublishTimeout { .. } => (StatusCode::SERVICE_UNAVAILABLE, "publish_timeout"),
             Self::PublishFailed { .. } => (StatusCode::SERVICE_UNAVAILABLE, "publish_failed"),
+            Self::QueueFull { .. } => (StatusCode::SERVICE_UNAVAILABLE, "queue_full"),
             Self::MessageTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Self::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
@@ -233,7 +238,8 @@ impl ApiError {
                 Self::WaitTimeout { message_id }
                 | Self::MessageQueued(message_id)
                 | Self::PublishTimeout { message_id }
-                | Self::PublishFailed { message_id } => Some(*message_id),
+                | Self::PublishFailed { message_id }
+                | Self::QueueFull { message_id } => Some(*message_id),
                 _ => None,
             },
             retry_after: match self {
@@ -267,6 +273,10 @@ impl From<BusError> for ApiError {
                 Self::Unavailable("no worker is serving this request".into())
             }
             BusError::TooLarge => Self::MessageTooLarge,
+            BusError::Full(reason) => {
+                tracing::warn!(%reason, "a stream is full");
+                Self::Unavailable("a stream is full".into())
+            }
             BusError::Closed
             | BusError::BadUrl { .. }
             | BusError::Credentials(_)
@@ -315,6 +325,10 @@ impl IntoResponse for ApiError {
             }
             Self::Unavailable(_) | Self::PublishFailed { .. } | Self::PublishTimeout { .. } | Self::UpstreamTimeout => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
+            }
+            // A full queue drains at the pipeline's pace: come back later than for a blip.
+            Self::QueueFull { .. } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("10"));
             }
             Self::UpgradeRequired(_) => {
                 headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));

@@ -44,6 +44,10 @@ pub enum BusError {
     },
     #[error("the message is larger than the server accepts")]
     TooLarge,
+    /// The stream holds as much as it may (its byte or message limit, or the subject's): it takes
+    /// nothing new until its consumers catch up.
+    #[error("the stream is full: {0}")]
+    Full(String),
     #[error("the bus is closed")]
     Closed,
 }

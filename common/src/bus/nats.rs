@@ -121,6 +121,16 @@ const REASON_MAX: usize = 512;
 
 /// A header value from free text (which may quote client input): no control characters (a CR or
 /// LF would be rejected by the client), at most [`REASON_MAX`] bytes.
+/// The server's reason when a publish was refused because the stream is at a limit
+/// (`maximum bytes exceeded`, `maximum messages exceeded`, `maximum messages per subject
+/// exceeded`: error 10077 with a stream discarding new messages).
+fn full(e: &jetstream::context::PublishError) -> Option<String> {
+    let source = std::error::Error::source(e)?.downcast_ref::<jetstream::Error>()?;
+    let description = source.to_string();
+    (source.error_code() == jetstream::ErrorCode::STREAM_STORE_FAILED && description.contains("maximum"))
+        .then_some(description)
+}
+
 pub(super) fn header_safe(text: &str) -> String {
     let mut out = String::with_capacity(text.len().min(REASON_MAX));
     for c in text.chars().map(|c| if c.is_control() { ' ' } else { c }) {
@@ -175,7 +185,10 @@ impl Bus for NatsBus {
                 jetstream::context::PublishErrorKind::TimedOut => {
                     BusError::Timeout { operation: "publish acknowledgement" }
                 }
-                _ => BusError::nats("publishing", e),
+                _ => match full(&e) {
+                    Some(reason) => BusError::Full(reason),
+                    None => BusError::nats("publishing", e),
+                },
             })?;
         Ok(Published { duplicate: ack.duplicate, sequence: ack.sequence })
     }

@@ -31,6 +31,8 @@ use crate::write::{self, WriteError};
 
 /// Pause after a failed pull before the next.
 const PULL_RETRY: Duration = Duration::from_secs(1);
+/// Pause between pings of a store that failed a batch.
+const STORE_RETRY: Duration = Duration::from_secs(1);
 
 /// Deliveries and what becomes of each.
 type Settled = Vec<(Delivery, Fate)>;
@@ -62,6 +64,9 @@ pub(crate) struct IngestWorker {
     importance: common::config::ImportanceWeights,
     /// Set when a write found the space no longer active.
     retired: Arc<AtomicBool>,
+    /// Set when a batch failed on the store: nothing is pulled until it answers again, so an
+    /// outage of any length spends one delivery of the messages in hand, not all of them.
+    store_down: AtomicBool,
 }
 
 /// Why the ingest loop returned.
@@ -94,6 +99,7 @@ impl IngestWorker {
             ack_wait: config.embedder.ack_wait,
             importance: config.embedder.importance,
             retired: Arc::new(AtomicBool::new(false)),
+            store_down: AtomicBool::new(false),
         }
     }
 
@@ -119,7 +125,7 @@ impl IngestWorker {
             // While the provider is down, messages wait in the stream: none is pulled, so none
             // spends a delivery, and none is embedded by anything else.
             let ready = async {
-                if !this.provider_ready(shutdown).await {
+                if !this.store_ready(shutdown).await || !this.provider_ready(shutdown).await {
                     return None;
                 }
                 let mut consumer = this.consumer.lock().await;
@@ -173,6 +179,27 @@ impl IngestWorker {
         self.handle(batch).await;
         self.metrics.batch_size.observe(n as f64);
         self.metrics.batch_duration.observe(started.elapsed().as_secs_f64());
+    }
+
+    /// Waits, after a batch failed on the store, until the store answers again. `false` on
+    /// shutdown.
+    async fn store_ready(&self, shutdown: &CancellationToken) -> bool {
+        while self.store_down.load(Ordering::Relaxed) {
+            match self.deps.store.ping().await {
+                Ok(()) => {
+                    self.store_down.store(false, Ordering::Relaxed);
+                    tracing::info!("the store answers again: pulling resumes");
+                }
+                Err(e) => {
+                    debug!(error = %e, "the store does not answer yet; nothing is pulled");
+                    tokio::select! {
+                        () = shutdown.cancelled() => return false,
+                        () = tokio::time::sleep(STORE_RETRY) => {}
+                    }
+                }
+            }
+        }
+        true
     }
 
     /// Waits out an open circuit and probes the provider until it closes. `false` on shutdown.
@@ -260,6 +287,9 @@ impl IngestWorker {
         };
         if let Err(Halted { deliveries, error }) = outcome {
             span.in_scope(|| warn!(error = %error, cause = ?std::error::Error::source(&error), messages = deliveries.len(), "batch failed; it will be redelivered"));
+            if matches!(error, IngestError::Store { .. } | IngestError::Embed(WriteError::Store(_))) {
+                self.store_down.store(true, Ordering::Relaxed);
+            }
             let fate = error.fate();
             settled.extend(deliveries.into_iter().map(|a| (a.delivery, fate.clone())));
         }

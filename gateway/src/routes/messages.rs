@@ -237,6 +237,10 @@ pub(crate) async fn publish_as(
     let published = state.deps.bus.publish(envelope, Some(dedup)).await.map_err(|e| match e {
         BusError::Timeout { .. } => ApiError::PublishTimeout { message_id },
         BusError::TooLarge => ApiError::MessageTooLarge,
+        BusError::Full(reason) => {
+            tracing::warn!(%reason, %message_id, "the ingest stream is full: refusing the message");
+            ApiError::QueueFull { message_id }
+        }
         e => {
             tracing::error!(error = %e, cause = ?std::error::Error::source(&e), "publishing to the ingest stream failed");
             ApiError::PublishFailed { message_id }
@@ -321,7 +325,13 @@ pub async fn create_message(
     drop(events);
     // Whether or not the event arrived, the stored row is the truth (a duplicate's event may
     // have been published long ago).
-    match lookup(&state, tenant, id, &request_id).await? {
+    // The message is accepted whatever happens now: a read that fails (the database is down,
+    // say) ends the wait as a timeout, with the message's id, not as an outage.
+    let read = lookup(&state, tenant, id, &request_id).await.unwrap_or_else(|e| {
+        tracing::warn!(message_id = %id, error = %e, "reading a waited-for message failed; the wait ends as timed out");
+        None
+    });
+    match read {
         Some(view) if wait.reached(view.status) => {
             Ok((StatusCode::CREATED, location(&message.tenant_id, id), axum::Json(MessageBody::from(view)))
                 .into_response())
@@ -386,7 +396,12 @@ pub async fn create_messages(
     .await;
     // Nothing accepted because the bus failed: one retryable error for the whole request.
     if let Some(Err(first)) = outcomes.first()
-        && outcomes.iter().all(|o| matches!(o, Err(ApiError::PublishFailed { .. } | ApiError::PublishTimeout { .. })))
+        && outcomes.iter().all(|o| {
+            matches!(
+                o,
+                Err(ApiError::PublishFailed { .. } | ApiError::PublishTimeout { .. } | ApiError::QueueFull { .. })
+            )
+        })
     {
         let status = first.status_and_code().0;
         let retry_after = [(axum::http::header::RETRY_AFTER, "2")];

@@ -749,3 +749,103 @@ async fn nothing_accepted_is_lost_or_duplicated_while_everything_fails() -> anyh
     pool.close().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn while_postgres_is_down_ingest_queues_up_to_the_stream_limit_then_refuses_and_nothing_is_lost()
+-> anyhow::Result<()> {
+    let cluster = Cluster::start()?;
+    let nats = Nats::start()?;
+    let gateway_addr = free_addr()?;
+    let prefix = format!("b{}", &Uuid::now_v7().simple().to_string()[24..]);
+    let vars = BTreeMap::from([
+        ("MEMORY_DATABASE_URL".to_owned(), cluster.url()),
+        ("MEMORY_NATS_URL".to_owned(), nats.url()),
+        ("MEMORY_SUBJECT_PREFIX".to_owned(), prefix.clone()),
+        ("MEMORY_ADMIN_API_KEY".to_owned(), KEY.to_owned()),
+        ("MEMORY_HTTP_ADDR".to_owned(), gateway_addr.to_string()),
+        ("MEMORY_EMBEDDING_PROVIDER".to_owned(), "hash".to_owned()),
+        ("MEMORY_EMBEDDER_BATCH_WAIT_MS".to_owned(), "20".to_owned()),
+        ("MEMORY_SHUTDOWN_GRACE_SECS".to_owned(), "5".to_owned()),
+        ("MEMORY_RATE_LIMIT_CLIENT".to_owned(), "1000000/minute".to_owned()),
+        // A small queue, a short wait, and few deliveries: an embedder that kept pulling while
+        // the database is down would dead-letter what it pulled within seconds.
+        ("MEMORY_INGEST_MAX_BYTES".to_owned(), (1 << 20).to_string()),
+        ("MEMORY_EVENTS_MAX_BYTES".to_owned(), (16 << 20).to_string()),
+        ("MEMORY_DEAD_MAX_BYTES".to_owned(), (4 << 20).to_string()),
+        ("MEMORY_HTTP_WAIT_TIMEOUT_MS".to_owned(), "1500".to_owned()),
+        ("MEMORY_EMBEDDER_MAX_DELIVERIES".to_owned(), "2".to_owned()),
+    ]);
+    let migrate = Process::spawn_with_args(MEMORY, &["migrate"], &vars)?.output().await?;
+    anyhow::ensure!(migrate.status.success(), "memory migrate: {}", String::from_utf8_lossy(&migrate.stderr));
+    let role = |name: &'static str| -> anyhow::Result<Role> {
+        let mut vars = vars.clone();
+        vars.insert("MEMORY_METRICS_ADDR".into(), free_addr()?.to_string());
+        Ok(Role::new(name, vars))
+    };
+    let (gateway, embedder, searcher) = (role("gateway")?, role("embedder")?, role("searcher")?);
+    for r in [&gateway, &embedder, &searcher] {
+        r.start().await?;
+        ready(r.metrics_addr()).await?;
+    }
+    let post = |path: &'static str, n: usize| {
+        let body = json!({"tenant_id": "acme", "conversation_id": "c", "role": "user",
+            "content": format!("backpressure message {n} {}", "padding ".repeat(500))});
+        async move { http(gateway_addr, "POST", path, Some(&body.to_string())).await }
+    };
+    let pool = sqlx::PgPool::connect(&cluster.url()).await?;
+    let a = post("/v1/messages?wait=embedded", 0).await?;
+    anyhow::ensure!(a.status == 201, "{a:?}");
+    pool.close().await;
+
+    // The database goes; the gateway keeps accepting into the stream.
+    cluster.crash()?;
+    let outage = Instant::now();
+    let waited = Instant::now();
+    let a = post("/v1/messages?wait=embedded", 1).await?;
+    assert_eq!(a.status, 504, "a wait during the outage ends in its timeout: {a:?}");
+    assert!(a.body.contains("wait_timeout") && waited.elapsed() < Duration::from_secs(10), "{a:?}");
+    let mut accepted = 2;
+    let refusal = loop {
+        let a = post("/v1/messages", accepted).await?;
+        match a.status {
+            202 => accepted += 1,
+            _ => break a,
+        }
+        anyhow::ensure!(accepted < 5_000, "the queue never filled");
+    };
+    assert_eq!(refusal.status, 503, "{refusal:?}");
+    assert!(refusal.body.contains("\"code\":\"queue_full\"") && refusal.body.contains("message_id"), "{refusal:?}");
+    assert!(refusal.head.contains("retry-after: 10"), "{refusal:?}");
+    // Down long enough for three deliveries of what the embedder pulled (a failed insert takes up
+    // to the pool's 5 s, then 1 s and 2 s of backoff), had it kept pulling.
+    tokio::time::sleep(Duration::from_secs(25).saturating_sub(outage.elapsed())).await;
+    cluster.up()?;
+
+    // The backlog drains: every accepted message stored once and embedded, none dead-lettered.
+    let pool = sqlx::PgPool::connect(&cluster.url()).await?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (rows, embedded): (i64, i64) =
+            sqlx::query_as("SELECT count(*), count(*) FILTER (WHERE status = 'embedded') FROM messages")
+                .fetch_one(&pool)
+                .await?;
+        if rows == accepted as i64 && embedded == rows {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "{rows} of {accepted} stored, {embedded} embedded");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let subjects = Subjects::new(prefix);
+    let config = common::Config::from_map(&vars)?;
+    let bus = NatsBus::connect(&config.nats, subjects.clone()).await?;
+    let dead = bus.jetstream().get_stream(subjects.stream(StreamKind::Dead)).await?.cached_info().state.messages;
+    assert_eq!(dead, 0, "nothing accepted was dead-lettered");
+    let a = post("/v1/messages", accepted).await?;
+    assert_eq!(a.status, 202, "the queue takes messages again: {a:?}");
+    println!("backpressure: {accepted} accepted during a 25 s outage before the 1 MiB queue filled");
+    for r in [&gateway, &embedder, &searcher] {
+        r.stop().await?;
+    }
+    pool.close().await;
+    Ok(())
+}
