@@ -10,6 +10,8 @@
 #                                 README); CI=true turns it on too. Needs root.
 #   scripts/test.sh --fuzz-long   the fuzzers' long mode: 100,000 requests and 20,000 events instead
 #                                 of 5,000 and 2,000 (MEMORY_FUZZ_SEED=<n> replays a run).
+#   scripts/test.sh --faults-long the fault suite's long mode: 100,000 messages and 60 faults at
+#                                 random instead of each kind once (MEMORY_FAULTS_SEED=<n> replays).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,7 +21,8 @@ for flag in "$@"; do
   case "$flag" in
     --containers) containers=true ;;
     --fuzz-long) export MEMORY_FUZZ_CASES=${MEMORY_FUZZ_CASES:-100000} MEMORY_FUZZ_EVENTS=${MEMORY_FUZZ_EVENTS:-20000} ;;
-    *) echo "unknown flag $flag: use --containers or --fuzz-long" >&2; exit 2 ;;
+    --faults-long) export MEMORY_FAULTS_LONG=1 ;;
+    *) echo "unknown flag $flag: use --containers, --fuzz-long or --faults-long" >&2; exit 2 ;;
   esac
 done
 
