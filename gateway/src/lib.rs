@@ -21,7 +21,9 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::HeaderName;
 use axum::middleware;
 use common::config::{Config, ConfigError};
-use common::store::{Analytics, ApiKeys, Conversations, Health, Settings, SettingsAdmin, TenantLookup, Tenants};
+use common::store::{
+    Analytics, ApiKeys, Conversations, Health, Operations, Settings, SettingsAdmin, TenantLookup, Tenants,
+};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -39,15 +41,25 @@ pub use state::AppState;
 const ADMIN_KEY_MIN: usize = 16;
 
 /// The storage roles the gateway uses: tenants, their keys and settings, conversations and usage
-/// counters (and a count of the messages not embedded), never a message row (messages go through
-/// NATS to the workers that own them).
+/// counters (and a count of the messages not embedded), and the operations of long work it starts;
+/// never a message row (messages go through NATS to the workers that own them).
 pub trait Store:
-    Health + Tenants + TenantLookup + ApiKeys + Settings + SettingsAdmin + Conversations + Analytics + 'static
+    Health + Tenants + TenantLookup + ApiKeys + Settings + SettingsAdmin + Conversations + Analytics + Operations + 'static
 {
 }
 
-impl<T: Health + Tenants + TenantLookup + ApiKeys + Settings + SettingsAdmin + Conversations + Analytics + 'static>
-    Store for T
+impl<
+    T: Health
+        + Tenants
+        + TenantLookup
+        + ApiKeys
+        + Settings
+        + SettingsAdmin
+        + Conversations
+        + Analytics
+        + Operations
+        + 'static,
+> Store for T
 {
 }
 
@@ -81,6 +93,7 @@ pub fn router(state: AppState) -> Router {
         .merge(routes::tenants::router())
         .merge(routes::admin::router())
         .merge(routes::live::router())
+        .merge(routes::operations::router())
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::authenticate))
         // Shed before any work, even a key lookup; health, readiness and metrics are never shed.
         .route_layer(middleware::from_fn_with_state(state.clone(), guard::shed));

@@ -4,7 +4,9 @@
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{admin, analytics, conversations, health, lifecycle, live, messages, search, tenants, transfer};
+use crate::routes::{
+    admin, analytics, conversations, health, lifecycle, live, messages, operations, search, tenants, transfer,
+};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -24,7 +26,7 @@ use crate::routes::{admin, analytics, conversations, health, lifecycle, live, me
         tenants::get_retention, tenants::put_retention, tenants::delete_retention,
         admin::create_tenant, admin::list_tenants, admin::get_tenant, admin::delete_tenant,
         admin::create_key, admin::list_keys, admin::revoke_key, admin::run_retention,
-        live::message_socket, live::search_socket, live::event_stream,
+        live::message_socket, live::search_socket, live::event_stream, operations::get_operation,
         health::healthz, health::readyz, health::metrics, health::admin_health, health::admin_readiness,
     ),
     components(schemas(
@@ -48,7 +50,7 @@ use crate::routes::{admin, analytics, conversations, health, lifecycle, live, me
         conversations::ConversationList, conversations::CreateConversation, conversations::UpdateConversation,
         conversations::ConversationStats, analytics::UsageBody, analytics::TrendDay, analytics::TopConversation,
         analytics::EmbeddingStats, analytics::TenantUsageBody, messages::BatchError, lifecycle::BatchDeleteResponse,
-        crate::live::LiveEvent,
+        crate::live::LiveEvent, operations::OperationBody,
     )),
     modifiers(&Security, &Descriptions),
     tags(
@@ -57,6 +59,7 @@ use crate::routes::{admin, analytics, conversations, health, lifecycle, live, me
         (name = "conversations", description = "Conversations: titles, metadata, counts"),
         (name = "analytics", description = "Usage, trends, top conversations, embedding outcomes"),
         (name = "live", description = "Message events as they happen (WebSocket, Server-Sent Events) and searches over a WebSocket"),
+        (name = "long-running", description = "Long work (deletes of conversations and tenants, retention runs) followed after its request"),
         (name = "tenants", description = "Per-tenant settings"),
         (name = "admin", description = "Tenants and API keys"),
         (name = "operations", description = "Health, readiness, metrics"),

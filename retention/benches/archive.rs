@@ -55,6 +55,7 @@ async fn main() -> anyhow::Result<()> {
         all_tenants: false,
         actions: vec![action],
         dry_run: false,
+        operation_id: None,
     };
     let started = Instant::now();
     let report = runner.run(&run(RetentionAction::Archive)).await?;
@@ -77,7 +78,8 @@ async fn main() -> anyhow::Result<()> {
     let service = retention::Retention::build(&env.config, env.deps.clone(), &mut Registry::default()).await?;
     let (t, grace) = (env.shutdown.clone(), env.config.shutdown_grace);
     env.tasks.spawn(async move { service.run(t, grace).await });
-    let request = EraseTenantRequest { v: VERSION, tenant_id: TenantId::parse("bench")?, settings: false };
+    let request =
+        EraseTenantRequest { v: VERSION, tenant_id: TenantId::parse("bench")?, settings: false, operation_id: None };
     let envelope = Envelope::new(env.subjects.erase_tenant(), serde_json::to_vec(&request)?);
     let started = Instant::now();
     let reply = env.deps.bus.request(envelope, std::time::Duration::from_secs(600)).await?;

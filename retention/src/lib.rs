@@ -7,6 +7,7 @@
 mod events;
 mod lifecycle;
 mod metrics;
+mod operations;
 mod runs;
 mod tenant;
 
@@ -17,10 +18,11 @@ use common::bus::respond::{Answered, Responder, bad_request, unavailable};
 use common::bus::{BusError, Request};
 use common::config::{Config, ConfigError};
 use common::contract::{
-    GetMessageRequest, GetMessageResponse, RemoteError, RetentionRunRequest, RetentionRunResponse, VERSION,
+    DeleteConversationRequest, EraseTenantRequest, GetMessageRequest, GetMessageResponse, RemoteError,
+    RetentionRunRequest, RetentionRunResponse, VERSION,
 };
 use common::domain::RetentionAction;
-use common::store::{Deletes, Edits, Locks, MessageReads, RetentionRuns, Spaces, StoredMessage};
+use common::store::{Deletes, Edits, Locks, MessageReads, Operations, RetentionRuns, Spaces, StoredMessage};
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use prometheus_client::registry::Registry;
@@ -32,9 +34,9 @@ pub use metrics::Metrics;
 pub use runs::Runner;
 
 /// The storage roles the retention service uses: every change to a stored message after ingest.
-pub trait Store: Locks + MessageReads + Spaces + RetentionRuns + Edits + Deletes + 'static {}
+pub trait Store: Locks + MessageReads + Spaces + RetentionRuns + Edits + Deletes + Operations + 'static {}
 
-impl<T: Locks + MessageReads + Spaces + RetentionRuns + Edits + Deletes + 'static> Store for T {}
+impl<T: Locks + MessageReads + Spaces + RetentionRuns + Edits + Deletes + Operations + 'static> Store for T {}
 
 /// The retention service's handles: its view of the store.
 pub(crate) type Deps = common::Deps<dyn Store>;
@@ -175,6 +177,7 @@ impl Retention {
                     all_tenants: true,
                     actions: vec![RetentionAction::Archive, RetentionAction::Delete],
                     dry_run: false,
+                    operation_id: None,
                 };
                 match runner.run(&all).await {
                     Ok(_) => {
@@ -200,9 +203,16 @@ impl Retention {
             };
             let r = &responder;
             match command {
-                Command::Run => {
-                    r.spawn(tasks, "run", request, move |q, _| async move { run(&runner, q).await }, answered)
-                }
+                Command::Run => r.spawn(
+                    tasks,
+                    "run",
+                    request,
+                    move |q: RetentionRunRequest, _| async move {
+                        let store = runner.deps.store.clone();
+                        operations::tracked(&*store, q.operation_id, run(&runner, q)).await
+                    },
+                    answered,
+                ),
                 Command::Archive => r.spawn(
                     tasks,
                     "archive",
@@ -227,12 +237,22 @@ impl Retention {
                     tasks,
                     "delete_conversation",
                     request,
-                    move |q, _| async move { l.delete_conversation(q).await },
+                    move |q: DeleteConversationRequest, _| async move {
+                        let store = l.deps.store.clone();
+                        operations::tracked(&*store, q.operation_id, l.delete_conversation(q)).await
+                    },
                     answered,
                 ),
-                Command::Erase => {
-                    r.spawn(tasks, "erase", request, move |q, _| async move { l.erase(q).await }, answered)
-                }
+                Command::Erase => r.spawn(
+                    tasks,
+                    "erase",
+                    request,
+                    move |q: EraseTenantRequest, _| async move {
+                        let store = l.deps.store.clone();
+                        operations::tracked(&*store, q.operation_id, l.erase(q)).await
+                    },
+                    answered,
+                ),
                 Command::Export => {
                     r.spawn(tasks, "export", request, move |q, _| async move { l.export(q).await }, answered)
                 }

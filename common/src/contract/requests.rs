@@ -143,6 +143,9 @@ pub struct RetentionRunRequest {
     pub actions: Vec<RetentionAction>,
     #[serde(default)]
     pub dry_run: bool,
+    /// The operation the gateway started for this run: heartbeated, and given the outcome.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operation_id: Option<uuid::Uuid>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -227,6 +230,9 @@ pub struct DeleteConversationRequest {
     pub v: u8,
     pub tenant_id: TenantId,
     pub conversation_id: ConversationId,
+    /// The operation the gateway started for this delete: heartbeated, and given the outcome.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operation_id: Option<uuid::Uuid>,
 }
 
 /// `mem.v1.tenants.erase`: every message, vector, queued event and cached query of a tenant;
@@ -237,6 +243,9 @@ pub struct EraseTenantRequest {
     pub tenant_id: TenantId,
     #[serde(default)]
     pub settings: bool,
+    /// The operation the gateway started for this erasure: heartbeated, and given the outcome.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operation_id: Option<uuid::Uuid>,
 }
 
 /// How many stored messages a delete removed, and how many queued events it dropped.

@@ -14,6 +14,7 @@
 //! | [`Settings`], [`SettingsAdmin`] | a tenant's ranking and rate limit | gateway, searcher (reads) |
 //! | [`Conversations`], [`Analytics`] | conversations' titles, metadata, archived flags and counts; usage from counters | gateway |
 //! | [`RetentionRuns`], [`Edits`], [`Deletes`] | policies and runs; edits, archive, export; deletes and tombstones | retention |
+//! | [`Operations`] | long work a client follows: started by the gateway, heartbeated and finished by retention | gateway, retention |
 
 mod analytics;
 mod conversations;
@@ -22,6 +23,7 @@ mod ingest;
 mod lifecycle;
 pub mod locks;
 mod message;
+mod operations;
 mod postgres;
 mod search;
 mod spaces;
@@ -35,6 +37,7 @@ pub use error::StoreError;
 pub use ingest::{Failure, IngestWrites, Inserted, MessageReads, NewRow, NewVector, Origin};
 pub use lifecycle::{Candidates, Cutoff, Deletes, Edited, Edits, Exported, RetentionRuns, TenantHold, Tombstone};
 pub use message::StoredMessage;
+pub use operations::{OPERATION_HEARTBEAT, OPERATION_SILENCE, Operation, OperationStatus, Operations};
 pub use postgres::PgStore;
 pub use search::{LexicalHit, LexicalQuery, SearchReads, Term, TextQuery, VectorHit, VectorQuery};
 pub use spaces::{Backfill, Coverage, Space, Spaces};

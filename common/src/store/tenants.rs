@@ -16,7 +16,8 @@ pub trait Tenants: Send + Sync {
     /// Tenants in id order after `after`, at most `limit`.
     async fn tenants(&self, after: Option<&TenantId>, limit: u32) -> Result<Vec<Tenant>, StoreError>;
 
-    /// Deletes a tenant and its keys (not its messages); `false` if there was none.
+    /// Deletes a tenant, its keys, settings and operation records (not its messages); `false` if
+    /// there was none.
     async fn delete_tenant(&self, id: &TenantId) -> Result<bool, StoreError>;
 }
 

@@ -15,7 +15,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use super::{call_long, request_id, store_unavailable as unavailable};
+use super::operations::{Tracked, tracked};
+use super::{request_id, store_unavailable as unavailable};
 use crate::auth::{self, Principal};
 use crate::error::{ApiError, Problem};
 use crate::extract::{AppJson, AppQuery};
@@ -49,8 +50,11 @@ pub struct RetentionRun {
 /// ones (pinned messages exempt). A dry run reports counts and a sample of ids and changes nothing.
 #[utoipa::path(
     post, path = "/v1/admin/retention/run", tag = "admin", request_body = RetentionRun,
+    params(("Prefer" = Option<String>, Header, description = "`respond-async`: answer 202 at once and follow the run")),
     responses(
-        (status = 200, body = RetentionRunResponse), (status = 400, body = Problem), (status = 401, body = Problem),
+        (status = 200, body = RetentionRunResponse),
+        (status = 202, body = super::operations::OperationBody, description = "Still running after the request's deadline (or `Prefer: respond-async`): follow the `Location`"),
+        (status = 400, body = Problem), (status = 401, body = Problem),
         (status = 403, body = Problem), (status = 404, body = Problem), (status = 422, body = Problem),
         (status = 503, body = Problem),
     ),
@@ -61,7 +65,7 @@ pub async fn run_retention(
     Extension(principal): Extension<Principal>,
     headers: HeaderMap,
     AppJson(body): AppJson<RetentionRun>,
-) -> Result<axum::Json<RetentionRunResponse>, ApiError> {
+) -> Result<Tracked<RetentionRunResponse>, ApiError> {
     principal.require(Scope::Admin)?;
     // A tenant with nothing stored yet (or none at all) has nothing to archive or delete: zeros,
     // as the original service answered, rather than 404.
@@ -76,10 +80,17 @@ pub async fn run_retention(
     }
     // Only the operator names no tenant, and means every tenant.
     let all_tenants = tenant_id.is_none();
-    let request = RetentionRunRequest { v: VERSION, tenant_id, all_tenants, actions, dry_run: body.dry_run };
-    let report: RetentionRunResponse =
-        call_long(&state, state.deps.subjects.retention_run(), &request, &request_id(&headers)).await?;
-    Ok(axum::Json(report))
+    let subject = state.deps.subjects.retention_run();
+    let tenant = tenant_id.clone();
+    tracked(&state, &headers, "retention_run", tenant.as_ref(), subject, |operation_id| RetentionRunRequest {
+        v: VERSION,
+        tenant_id,
+        all_tenants,
+        actions,
+        dry_run: body.dry_run,
+        operation_id: Some(operation_id),
+    })
+    .await
 }
 
 #[derive(Debug, Deserialize, ToSchema)]

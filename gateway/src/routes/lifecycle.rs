@@ -18,6 +18,7 @@ use super::messages::MessageBody;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
+use super::operations::{Tracked, tracked};
 use super::{call, call_long, request_id, store_unavailable};
 use crate::auth::Principal;
 use crate::error::{ApiError, Problem};
@@ -304,9 +305,13 @@ pub struct DeleteConversationParams {
 /// conversation).
 #[utoipa::path(
     delete, path = "/v1/conversations/{conversation_id}", tag = "messages",
-    params(("conversation_id" = String, Path), DeleteConversationParams),
+    params(
+        ("conversation_id" = String, Path), DeleteConversationParams,
+        ("Prefer" = Option<String>, Header, description = "`respond-async`: answer 202 at once and follow the delete"),
+    ),
     responses(
         (status = 200, body = Deleted, description = "The messages deleted"),
+        (status = 202, body = super::operations::OperationBody, description = "Still running after the request's deadline (or `Prefer: respond-async`): follow the `Location`"),
         (status = 204, description = "`delete_messages=false`: the conversation's record is gone, its messages stay"),
         (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem),
         (status = 422, body = Problem), (status = 503, body = Problem),
@@ -331,19 +336,28 @@ pub async fn delete_conversation(
         }
         return Ok(StatusCode::NO_CONTENT.into_response());
     }
-    let request = DeleteConversationRequest { v: VERSION, tenant_id, conversation_id };
     let subject = state.deps.subjects.delete_conversation();
-    let deleted: Deleted = call_long(&state, subject, &request, &request_id(&headers)).await?;
-    Ok(axum::Json(deleted).into_response())
+    let tenant = tenant_id.clone();
+    let deleted: Tracked<Deleted> =
+        tracked(&state, &headers, "delete_conversation", Some(&tenant), subject, |operation_id| {
+            DeleteConversationRequest { v: VERSION, tenant_id, conversation_id, operation_id: Some(operation_id) }
+        })
+        .await?;
+    Ok(deleted.into_response())
 }
 
 /// Erase every message, vector, queued message, event and cached query of the tenant (the
 /// right to erasure). The tenant, its keys and settings stay. Idempotent.
 #[utoipa::path(
     delete, path = "/v1/tenants/{tenant_id}/data", tag = "tenants",
-    params(("tenant_id" = String, Path)),
+    params(
+        ("tenant_id" = String, Path),
+        ("Prefer" = Option<String>, Header, description = "`respond-async`: answer 202 at once and follow the erasure"),
+    ),
     responses(
-        (status = 200, body = Deleted), (status = 401, body = Problem), (status = 403, body = Problem),
+        (status = 200, body = Deleted),
+        (status = 202, body = super::operations::OperationBody, description = "Still running after the request's deadline (or `Prefer: respond-async`): follow the `Location`"),
+        (status = 401, body = Problem), (status = 403, body = Problem),
         (status = 404, body = Problem), (status = 503, body = Problem),
     ),
     security(("api_key" = []), ("bearer" = []))
@@ -353,11 +367,18 @@ pub async fn erase_tenant(
     Extension(principal): Extension<Principal>,
     headers: HeaderMap,
     Path(tenant_id): Path<String>,
-) -> Result<axum::Json<Deleted>, ApiError> {
+) -> Result<Tracked<Deleted>, ApiError> {
     principal.require(Scope::Admin)?;
     let tenant_id = principal.tenant(Some(&tenant_id))?;
     known(&state, &tenant_id).await?;
-    Ok(axum::Json(erase(&state, tenant_id, false, &request_id(&headers)).await?))
+    let (subject, tenant) = (state.deps.subjects.erase_tenant(), tenant_id.clone());
+    tracked(&state, &headers, "erase_tenant", Some(&tenant), subject, |operation_id| EraseTenantRequest {
+        v: VERSION,
+        tenant_id,
+        settings: false,
+        operation_id: Some(operation_id),
+    })
+    .await
 }
 
 /// 404 `tenant_not_found` unless the tenant exists or has messages, stored or still queued.
@@ -380,6 +401,6 @@ pub(crate) async fn erase(
     settings: bool,
     request_id: &str,
 ) -> Result<Deleted, ApiError> {
-    let request = EraseTenantRequest { v: VERSION, tenant_id, settings };
+    let request = EraseTenantRequest { v: VERSION, tenant_id, settings, operation_id: None };
     call_long(state, state.deps.subjects.erase_tenant(), &request, request_id).await
 }

@@ -7,6 +7,7 @@ pub mod health;
 pub mod lifecycle;
 pub mod live;
 pub mod messages;
+pub mod operations;
 pub mod search;
 pub mod tenants;
 pub mod transfer;
@@ -75,12 +76,12 @@ pub async fn call_long<Req: Serialize, Resp: DeserializeOwned>(
     reply(state.deps.bus.request(envelope, LONG_TIMEOUT.max(state.request_timeout)).await?)
 }
 
-fn envelope<Req: Serialize>(subject: String, request: &Req, request_id: &str) -> Envelope {
+pub(crate) fn envelope<Req: Serialize>(subject: String, request: &Req, request_id: &str) -> Envelope {
     let payload = serde_json::to_vec(request).expect("requests serialise");
     Envelope::new(subject, payload).with_header(REQUEST_ID_HEADER, request_id)
 }
 
-fn reply<Resp: DeserializeOwned>(bytes: bytes::Bytes) -> Result<Resp, ApiError> {
+pub(crate) fn reply<Resp: DeserializeOwned>(bytes: bytes::Bytes) -> Result<Resp, ApiError> {
     match serde_json::from_slice::<Reply<Resp>>(&bytes) {
         Ok(Reply::Ok(r)) => Ok(r),
         Ok(Reply::Error(e)) => Err(e.into()),

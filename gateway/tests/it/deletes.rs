@@ -115,6 +115,7 @@ async fn messages_queued_when_their_conversation_is_deleted_never_appear() -> an
         v: VERSION,
         tenant_id: TenantId::parse("acme")?,
         conversation_id: ConversationId::parse("other")?,
+        operation_id: None,
     };
     let reply: Reply<Deleted> = nats(&app, app.env.subjects.delete_conversation(), &request).await?;
     assert!(matches!(reply, Reply::Ok(Deleted { deleted: 1, .. })), "{reply:?}");
@@ -153,7 +154,10 @@ async fn erasing_a_tenant_leaves_nothing_of_it_and_spares_the_others() -> anyhow
     assert_eq!(r.status, StatusCode::OK, "{r:?}");
     assert_eq!(r.body["deleted"], 4);
     for (table, n) in rows_of(&app, "acme").await? {
-        let allowed = if matches!(table.as_str(), "tenants" | "api_keys" | "tenant_settings") { 1 } else { 0 };
+        // The tenant, its keys and settings stay; so does the record of this erasure (its kind and
+        // counts, no content), to be read back, until it is pruned after a week.
+        let allowed =
+            if matches!(table.as_str(), "tenants" | "api_keys" | "tenant_settings" | "operations") { 1 } else { 0 };
         assert!(n <= allowed, "{table} still holds {n} rows of acme");
     }
     let failures: i64 =
@@ -251,6 +255,7 @@ async fn a_conversation_deleted_during_a_stream_of_messages_keeps_exactly_the_la
             v: VERSION,
             tenant_id: acme.clone(),
             conversation_id: ConversationId::parse("busy")?,
+            operation_id: None,
         };
         let reply: Reply<Deleted> = nats(&app, app.env.subjects.delete_conversation(), &request).await?;
         anyhow::ensure!(matches!(reply, Reply::Ok(_)), "{reply:?}");
@@ -277,5 +282,82 @@ async fn a_conversation_deleted_during_a_stream_of_messages_keeps_exactly_the_la
         }
     }
     assert!(before > 0 && after > 0, "the delete did not fall inside the stream: {before} before, {after} after");
+    app.finish().await
+}
+
+/// Polls an operation until it is no longer running; its last state.
+async fn finished(app: &App, location: &str) -> anyhow::Result<serde_json::Value> {
+    app.env
+        .eventually(|| async {
+            let r = app.get(location).await?;
+            anyhow::ensure!(r.status == StatusCode::OK, "{r:?}");
+            anyhow::ensure!(r.body["status"] != "running", "still running: {}", r.body);
+            Ok(r.body)
+        })
+        .await
+}
+
+#[tokio::test]
+async fn long_work_asked_not_to_wait_answers_202_with_an_operation_to_follow() -> anyhow::Result<()> {
+    let app = App::start().await?;
+    for n in 0..20 {
+        let r = app.post("/v1/messages", &message("acme", "conv-1", &format!("trip note {n}"))).await?;
+        anyhow::ensure!(r.status == StatusCode::ACCEPTED, "{r:?}");
+    }
+    app.drained().await?;
+    let prefer = [("prefer", "respond-async")];
+    let r = app.send_with(axum::http::Method::DELETE, "/v1/conversations/conv-1?tenant_id=acme", None, &prefer).await?;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{r:?}");
+    assert_eq!((r.headers["preference-applied"].to_str()?, r.headers["retry-after"].to_str()?), ("respond-async", "5"));
+    let location = r.headers["location"].to_str()?.to_owned();
+    assert_eq!(location, format!("/v1/operations/{}", r.body["id"].as_str().unwrap()));
+    assert_eq!((&r.body["kind"], &r.body["tenant_id"]), (&json!("delete_conversation"), &json!("acme")));
+    let done = finished(&app, &location).await?;
+    assert_eq!((&done["status"], &done["result"]["deleted"]), (&json!("succeeded"), &json!(20)), "{done}");
+    assert!(done["finished_at"].is_string() && done["error"].is_null(), "{done}");
+    assert_eq!(app.count_rows("acme").await?, 0);
+
+    // Another tenant's key does not see it; a key of its tenant does.
+    let globex = app.tenant_key("globex", &["read"]).await?;
+    let r = app.send(axum::http::Method::GET, &location, None, Some(&globex)).await?;
+    assert_eq!((r.status, r.body["code"].as_str()), (StatusCode::NOT_FOUND, Some("not_found")), "{r:?}");
+    let acme = app.tenant_key("acme", &["read"]).await?;
+    let r = app.send(axum::http::Method::GET, &location, None, Some(&acme)).await?;
+    assert_eq!(r.status, StatusCode::OK, "{r:?}");
+    for bad in ["/v1/operations/nope", &format!("/v1/operations/{}", MessageId::new())] {
+        assert_eq!(app.get(bad).await?.status, StatusCode::NOT_FOUND, "{bad}");
+    }
+
+    // An erasure and a retention run, the same way; without the preference, the answer itself.
+    let r = app.send_with(axum::http::Method::DELETE, "/v1/tenants/acme/data", None, &prefer).await?;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{r:?}");
+    let done = finished(&app, r.headers["location"].to_str()?).await?;
+    assert_eq!((&done["kind"], &done["status"]), (&json!("erase_tenant"), &json!("succeeded")), "{done}");
+    let run = json!({"tenant_id": "acme", "dry_run": true}).to_string();
+    let r = app
+        .send_with(
+            axum::http::Method::POST,
+            "/v1/admin/retention/run",
+            Some(run.clone().into()),
+            &[("prefer", "respond-async"), ("content-type", "application/json")],
+        )
+        .await?;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{r:?}");
+    let done = finished(&app, r.headers["location"].to_str()?).await?;
+    assert_eq!((&done["status"], &done["result"]["dry_run"]), (&json!("succeeded"), &json!(true)), "{done}");
+    let r = app.post("/v1/admin/retention/run", &serde_json::from_str(&run)?).await?;
+    assert_eq!((r.status, &r.body["archived"]), (StatusCode::OK, &json!(0)), "{r:?}");
+
+    // A running operation whose worker went silent is reported interrupted.
+    let stale = uuid::Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO operations (id, kind, tenant_id, updated_at) VALUES ($1, 'erase_tenant', 'acme', now() - interval '5 minutes')",
+    )
+    .bind(stale)
+    .execute(app.env.store.pool())
+    .await?;
+    let r = app.get(&format!("/v1/operations/{stale}")).await?;
+    assert_eq!(r.body["status"], "failed", "{r:?}");
+    assert!(r.body["error"].as_str().unwrap().starts_with("interrupted"), "{r:?}");
     app.finish().await
 }

@@ -107,6 +107,21 @@ impl App {
         self.dispatch(req, body).await
     }
 
+    /// Sends with the operator key and extra headers.
+    pub(crate) async fn send_with(
+        &self,
+        method: Method,
+        uri: &str,
+        body: Option<Body>,
+        headers: &[(&str, &str)],
+    ) -> anyhow::Result<Resp> {
+        let mut req = Request::builder().method(method).uri(uri).header("x-api-key", KEY);
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        self.dispatch(req, body).await
+    }
+
     /// Sends with the key as `Authorization: Bearer`.
     pub(crate) async fn send_bearer(
         &self,

@@ -133,7 +133,7 @@ async fn export_and_erase_answer_over_nats_too() -> anyhow::Result<()> {
     let reply: Reply<ExportPage> = nats(&app, app.env.subjects.export_tenant(), &request).await?;
     assert!(matches!(&reply, Reply::Error(e) if e.code == common::contract::RemoteErrorCode::BadRequest));
 
-    let request = EraseTenantRequest { v: VERSION, tenant_id: acme, settings: false };
+    let request = EraseTenantRequest { v: VERSION, tenant_id: acme, settings: false, operation_id: None };
     let reply: Reply<Deleted> = nats(&app, app.env.subjects.erase_tenant(), &request).await?;
     assert!(matches!(reply, Reply::Ok(Deleted { deleted: 3, .. })), "{reply:?}");
     assert_eq!(app.count_rows("acme").await?, 0);

@@ -550,6 +550,9 @@ async fn nothing_accepted_is_lost_or_duplicated_while_everything_fails() -> anyh
         ("MEMORY_GEMINI_DIMENSIONS".to_owned(), "128".to_owned()),
         ("MEMORY_BREAKER_FAILURES".to_owned(), "3".to_owned()),
         ("MEMORY_BREAKER_COOLDOWN_MS".to_owned(), "1000".to_owned()),
+        // No sweeper: what a crash leaves unembedded must be finished by the redelivery itself.
+        ("MEMORY_SWEEP_INTERVAL_MS".to_owned(), "86400000".to_owned()),
+        ("MEMORY_SWEEP_AFTER_MS".to_owned(), (30 * 86_400_000u64).to_string()),
         ("MEMORY_INGEST_MAX_BYTES".to_owned(), (256 << 20).to_string()),
         ("MEMORY_EVENTS_MAX_BYTES".to_owned(), (256 << 20).to_string()),
         ("MEMORY_DEAD_MAX_BYTES".to_owned(), (16 << 20).to_string()),

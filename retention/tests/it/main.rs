@@ -51,6 +51,7 @@ fn request(dry_run: bool) -> RetentionRunRequest {
         all_tenants: false,
         actions: vec![RetentionAction::Archive, RetentionAction::Delete],
         dry_run,
+        operation_id: None,
     }
 }
 

@@ -83,6 +83,7 @@ mod conversations;
 mod deletes;
 mod ingest;
 mod lifecycle;
+mod operations;
 mod rows;
 mod search;
 mod spaces;

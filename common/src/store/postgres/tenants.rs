@@ -46,6 +46,8 @@ impl Tenants for PgStore {
         let mut tx = self.pool.begin().await?;
         let deleted = sqlx::query("DELETE FROM tenants WHERE id = $1").bind(id.as_str()).execute(&mut *tx).await?;
         sqlx::query("DELETE FROM tenant_settings WHERE tenant_id = $1").bind(id.as_str()).execute(&mut *tx).await?;
+        // Its operations' records go with it: nothing of a deleted tenant is left.
+        sqlx::query("DELETE FROM operations WHERE tenant_id = $1").bind(id.as_str()).execute(&mut *tx).await?;
         tx.commit().await?;
         Ok(deleted.rows_affected() > 0)
     }
