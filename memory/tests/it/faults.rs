@@ -31,7 +31,7 @@ use tokio::sync::Mutex as AsyncMutex;
 use uuid::Uuid;
 
 use crate::MEMORY;
-use crate::servers::{Cluster, Nats, Redis};
+use crate::servers::{Cluster, Server};
 
 const KEY: &str = "fault-suite-admin-key-0123456789";
 const TENANTS: [&str; 3] = ["acme", "globex", "initech"];
@@ -185,8 +185,8 @@ async fn http(addr: SocketAddr, method: &str, path: &str, body: Option<&str>) ->
 /// The suite's world: its servers, the binary's processes, and what clients saw.
 struct World {
     cluster: Cluster,
-    nats: std::sync::Mutex<Nats>,
-    redis: std::sync::Mutex<Redis>,
+    nats: std::sync::Mutex<Server>,
+    redis: std::sync::Mutex<Server>,
     gemini: FakeGemini,
     gateway_addr: SocketAddr,
     gateway: Role,
@@ -446,6 +446,43 @@ async fn ready(addr: SocketAddr) -> anyhow::Result<()> {
     }
 }
 
+/// The variables every role of a test shares: its servers, a fresh subject prefix, the gateway's
+/// address, loose rate limits, short waits; then `extra`.
+fn base_vars(
+    database: String,
+    nats: String,
+    gateway: SocketAddr,
+    extra: &[(&str, String)],
+) -> (BTreeMap<String, String>, String) {
+    let prefix = format!("f{}", &Uuid::now_v7().simple().to_string()[24..]);
+    let mut vars = BTreeMap::from([
+        ("MEMORY_DATABASE_URL".to_owned(), database),
+        ("MEMORY_NATS_URL".to_owned(), nats),
+        ("MEMORY_SUBJECT_PREFIX".to_owned(), prefix.clone()),
+        ("MEMORY_ADMIN_API_KEY".to_owned(), KEY.to_owned()),
+        ("MEMORY_HTTP_ADDR".to_owned(), gateway.to_string()),
+        ("MEMORY_EMBEDDER_BATCH_WAIT_MS".to_owned(), "20".to_owned()),
+        ("MEMORY_RATE_LIMIT_CLIENT".to_owned(), "1000000/minute".to_owned()),
+        ("MEMORY_RATE_LIMIT_TENANT".to_owned(), "1000000/minute".to_owned()),
+    ]);
+    vars.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), v.clone())));
+    (vars, prefix)
+}
+
+/// Migrates the test's database with `memory migrate`.
+async fn migrate(vars: &BTreeMap<String, String>) -> anyhow::Result<()> {
+    let migrate = Process::spawn_with_args(MEMORY, &["migrate"], vars)?.output().await?;
+    anyhow::ensure!(migrate.status.success(), "memory migrate: {}", String::from_utf8_lossy(&migrate.stderr));
+    Ok(())
+}
+
+/// A role on `vars`, with a metrics address of its own.
+fn role(name: &'static str, vars: &BTreeMap<String, String>) -> anyhow::Result<Role> {
+    let mut vars = vars.clone();
+    vars.insert("MEMORY_METRICS_ADDR".into(), free_addr()?.to_string());
+    Ok(Role::new(name, vars))
+}
+
 /// A progress line on stderr, with the time since `started`.
 fn note(started: Instant, what: impl std::fmt::Display) {
     eprintln!("fault suite [{:>6.1}s] {what}", started.elapsed().as_secs_f64());
@@ -496,7 +533,7 @@ async fn inject(world: &World, fault: Fault, rng: &mut StdRng) -> anyhow::Result
             world.cluster.up()?;
         }
         Fault::StopRedis => {
-            world.redis.lock().expect("redis").stop()?;
+            world.redis.lock().expect("redis").kill()?;
             tokio::time::sleep(hold).await;
             world.redis.lock().expect("redis").up()?;
         }
@@ -524,50 +561,40 @@ async fn nothing_accepted_is_lost_or_duplicated_while_everything_fails() -> anyh
     println!("fault suite: seed {} ({} mode)", settings.seed, if settings.long { "long" } else { "quick" });
 
     let cluster = Cluster::start()?;
-    let nats = Nats::start()?;
-    let redis = Redis::start()?;
+    let nats = Server::nats()?;
+    let redis = Server::redis()?;
     let gemini = FakeGemini::start().await;
-    let prefix = format!("f{}", &Uuid::now_v7().simple().to_string()[24..]);
     let gateway_addr = free_addr()?;
-    let mut vars = BTreeMap::from([
-        ("MEMORY_DATABASE_URL".to_owned(), cluster.url()),
-        ("MEMORY_NATS_URL".to_owned(), nats.url()),
-        ("MEMORY_REDIS_URL".to_owned(), redis.url()),
-        ("MEMORY_SUBJECT_PREFIX".to_owned(), prefix.clone()),
-        ("MEMORY_ADMIN_API_KEY".to_owned(), KEY.to_owned()),
-        ("MEMORY_HTTP_ADDR".to_owned(), gateway_addr.to_string()),
-        ("MEMORY_DATABASE_MAX_CONNECTIONS".to_owned(), "6".to_owned()),
-        ("MEMORY_EMBEDDER_BATCH_WAIT_MS".to_owned(), "20".to_owned()),
-        ("MEMORY_EMBEDDER_ACK_WAIT_SECS".to_owned(), "10".to_owned()),
-        ("MEMORY_SHUTDOWN_GRACE_SECS".to_owned(), "10".to_owned()),
-        ("MEMORY_STARTUP_TIMEOUT_SECS".to_owned(), "120".to_owned()),
-        ("MEMORY_RATE_LIMIT_CLIENT".to_owned(), "1000000/minute".to_owned()),
-        ("MEMORY_RATE_LIMIT_TENANT".to_owned(), "1000000/minute".to_owned()),
-        ("MEMORY_GEMINI_TIMEOUT_MS".to_owned(), "1000".to_owned()),
-        ("MEMORY_GEMINI_MAX_RETRIES".to_owned(), "2".to_owned()),
-        ("MEMORY_GEMINI_RETRY_MIN_MS".to_owned(), "50".to_owned()),
-        ("MEMORY_GEMINI_RETRY_MAX_MS".to_owned(), "500".to_owned()),
-        ("MEMORY_GEMINI_DIMENSIONS".to_owned(), "128".to_owned()),
-        ("MEMORY_BREAKER_FAILURES".to_owned(), "3".to_owned()),
-        ("MEMORY_BREAKER_COOLDOWN_MS".to_owned(), "1000".to_owned()),
-        // No sweeper: what a crash leaves unembedded must be finished by the redelivery itself.
-        ("MEMORY_SWEEP_INTERVAL_MS".to_owned(), "86400000".to_owned()),
-        ("MEMORY_SWEEP_AFTER_MS".to_owned(), (30 * 86_400_000u64).to_string()),
-        ("MEMORY_INGEST_MAX_BYTES".to_owned(), (256 << 20).to_string()),
-        ("MEMORY_EVENTS_MAX_BYTES".to_owned(), (256 << 20).to_string()),
-        ("MEMORY_DEAD_MAX_BYTES".to_owned(), (16 << 20).to_string()),
-    ]);
+    let (mut vars, prefix) = base_vars(
+        cluster.url(),
+        nats.url(),
+        gateway_addr,
+        &[
+            ("MEMORY_REDIS_URL", redis.url()),
+            ("MEMORY_DATABASE_MAX_CONNECTIONS", "6".into()),
+            ("MEMORY_EMBEDDER_ACK_WAIT_SECS", "10".into()),
+            ("MEMORY_SHUTDOWN_GRACE_SECS", "10".into()),
+            ("MEMORY_STARTUP_TIMEOUT_SECS", "120".into()),
+            ("MEMORY_GEMINI_TIMEOUT_MS", "1000".into()),
+            ("MEMORY_GEMINI_MAX_RETRIES", "2".into()),
+            ("MEMORY_GEMINI_RETRY_MIN_MS", "50".into()),
+            ("MEMORY_GEMINI_RETRY_MAX_MS", "500".into()),
+            ("MEMORY_GEMINI_DIMENSIONS", "128".into()),
+            ("MEMORY_BREAKER_FAILURES", "3".into()),
+            ("MEMORY_BREAKER_COOLDOWN_MS", "1000".into()),
+            // No sweeper: what a crash leaves unembedded must be finished by the redelivery itself.
+            ("MEMORY_SWEEP_INTERVAL_MS", "86400000".into()),
+            ("MEMORY_SWEEP_AFTER_MS", (30 * 86_400_000u64).to_string()),
+            ("MEMORY_INGEST_MAX_BYTES", (256 << 20).to_string()),
+            ("MEMORY_EVENTS_MAX_BYTES", (256 << 20).to_string()),
+            ("MEMORY_DEAD_MAX_BYTES", (16 << 20).to_string()),
+        ],
+    );
     vars.extend(gemini.vars());
-    let role = |name: &'static str| -> anyhow::Result<Role> {
-        let mut vars = vars.clone();
-        vars.insert("MEMORY_METRICS_ADDR".into(), free_addr()?.to_string());
-        Ok(Role::new(name, vars))
-    };
     let config = common::Config::from_map(&vars)?;
     let subjects = Subjects::new(prefix);
     // Migrate once, then start every role.
-    let migrate = Process::spawn_with_args(MEMORY, &["migrate"], &vars)?.output().await?;
-    anyhow::ensure!(migrate.status.success(), "memory migrate: {}", String::from_utf8_lossy(&migrate.stderr));
+    migrate(&vars).await?;
     let bus = NatsBus::connect(&config.nats, subjects.clone()).await?;
     let world = Arc::new(World {
         cluster,
@@ -575,10 +602,10 @@ async fn nothing_accepted_is_lost_or_duplicated_while_everything_fails() -> anyh
         redis: std::sync::Mutex::new(redis),
         gemini,
         gateway_addr,
-        gateway: role("gateway")?,
-        embedders: (0..EMBEDDERS).map(|_| role("embedder")).collect::<anyhow::Result<_>>()?,
-        searcher: role("searcher")?,
-        retention: role("retention")?,
+        gateway: role("gateway", &vars)?,
+        embedders: (0..EMBEDDERS).map(|_| role("embedder", &vars)).collect::<anyhow::Result<_>>()?,
+        searcher: role("searcher", &vars)?,
+        retention: role("retention", &vars)?,
         subjects,
         bus,
         ledger: Mutex::default(),
@@ -757,35 +784,26 @@ async fn nothing_accepted_is_lost_or_duplicated_while_everything_fails() -> anyh
 async fn while_postgres_is_down_ingest_queues_up_to_the_stream_limit_then_refuses_and_nothing_is_lost()
 -> anyhow::Result<()> {
     let cluster = Cluster::start()?;
-    let nats = Nats::start()?;
+    let nats = Server::nats()?;
     let gateway_addr = free_addr()?;
-    let prefix = format!("b{}", &Uuid::now_v7().simple().to_string()[24..]);
-    let vars = BTreeMap::from([
-        ("MEMORY_DATABASE_URL".to_owned(), cluster.url()),
-        ("MEMORY_NATS_URL".to_owned(), nats.url()),
-        ("MEMORY_SUBJECT_PREFIX".to_owned(), prefix.clone()),
-        ("MEMORY_ADMIN_API_KEY".to_owned(), KEY.to_owned()),
-        ("MEMORY_HTTP_ADDR".to_owned(), gateway_addr.to_string()),
-        ("MEMORY_EMBEDDING_PROVIDER".to_owned(), "hash".to_owned()),
-        ("MEMORY_EMBEDDER_BATCH_WAIT_MS".to_owned(), "20".to_owned()),
-        ("MEMORY_SHUTDOWN_GRACE_SECS".to_owned(), "5".to_owned()),
-        ("MEMORY_RATE_LIMIT_CLIENT".to_owned(), "1000000/minute".to_owned()),
-        // A small queue, a short wait, and few deliveries: an embedder that kept pulling while
-        // the database is down would dead-letter what it pulled within seconds.
-        ("MEMORY_INGEST_MAX_BYTES".to_owned(), (1 << 20).to_string()),
-        ("MEMORY_EVENTS_MAX_BYTES".to_owned(), (16 << 20).to_string()),
-        ("MEMORY_DEAD_MAX_BYTES".to_owned(), (4 << 20).to_string()),
-        ("MEMORY_HTTP_WAIT_TIMEOUT_MS".to_owned(), "1500".to_owned()),
-        ("MEMORY_EMBEDDER_MAX_DELIVERIES".to_owned(), "2".to_owned()),
-    ]);
-    let migrate = Process::spawn_with_args(MEMORY, &["migrate"], &vars)?.output().await?;
-    anyhow::ensure!(migrate.status.success(), "memory migrate: {}", String::from_utf8_lossy(&migrate.stderr));
-    let role = |name: &'static str| -> anyhow::Result<Role> {
-        let mut vars = vars.clone();
-        vars.insert("MEMORY_METRICS_ADDR".into(), free_addr()?.to_string());
-        Ok(Role::new(name, vars))
-    };
-    let (gateway, embedder, searcher) = (role("gateway")?, role("embedder")?, role("searcher")?);
+    let (vars, prefix) = base_vars(
+        cluster.url(),
+        nats.url(),
+        gateway_addr,
+        &[
+            ("MEMORY_EMBEDDING_PROVIDER", "hash".into()),
+            ("MEMORY_SHUTDOWN_GRACE_SECS", "5".into()),
+            // A small queue, a short wait, and few deliveries: an embedder that kept pulling while
+            // the database is down would dead-letter what it pulled within seconds.
+            ("MEMORY_INGEST_MAX_BYTES", (1 << 20).to_string()),
+            ("MEMORY_EVENTS_MAX_BYTES", (16 << 20).to_string()),
+            ("MEMORY_DEAD_MAX_BYTES", (4 << 20).to_string()),
+            ("MEMORY_HTTP_WAIT_TIMEOUT_MS", "1500".into()),
+            ("MEMORY_EMBEDDER_MAX_DELIVERIES", "2".into()),
+        ],
+    );
+    migrate(&vars).await?;
+    let (gateway, embedder, searcher) = (role("gateway", &vars)?, role("embedder", &vars)?, role("searcher", &vars)?);
     for r in [&gateway, &embedder, &searcher] {
         r.start().await?;
         ready(r.metrics_addr()).await?;

@@ -80,42 +80,61 @@ impl Drop for Cluster {
     }
 }
 
-/// A NATS server with JetStream storing on disk, restartable on the same port and store.
-pub(crate) struct Nats {
-    binary: String,
+/// A server process killed and started again on the same port (and store): NATS with JetStream on
+/// disk, or Redis without persistence.
+pub(crate) struct Server {
+    scheme: &'static str,
+    program: String,
+    args: Vec<String>,
     port: u16,
-    store: PathBuf,
+    /// Removed on drop.
+    store: Option<PathBuf>,
     child: Option<std::process::Child>,
 }
 
-impl Nats {
-    pub(crate) fn start() -> anyhow::Result<Self> {
-        let binary = std::env::var("MEMORY_TEST_NATS_SERVER").context(
+impl Server {
+    pub(crate) fn nats() -> anyhow::Result<Self> {
+        let program = std::env::var("MEMORY_TEST_NATS_SERVER").context(
             "MEMORY_TEST_NATS_SERVER is not set: run through scripts/test.sh, or export $(scripts/services.sh env)",
         )?;
         let store = std::env::temp_dir().join(format!("memory-nats-{}", uuid::Uuid::new_v4().simple()));
-        let mut nats = Self { binary, port: free_addr()?.port(), store, child: None };
-        nats.up()?;
-        Ok(nats)
+        let port = free_addr()?.port();
+        let args = ["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd", &store.display().to_string()]
+            .map(str::to_owned)
+            .to_vec();
+        Self { scheme: "nats", program, args, port, store: Some(store), child: None }.started()
+    }
+
+    /// Debian's redis-server.
+    pub(crate) fn redis() -> anyhow::Result<Self> {
+        let port = free_addr()?.port();
+        let args = ["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", "", "--appendonly", "no"]
+            .map(str::to_owned)
+            .to_vec();
+        Self { scheme: "redis", program: "redis-server".into(), args, port, store: None, child: None }.started()
+    }
+
+    fn started(mut self) -> anyhow::Result<Self> {
+        self.up()?;
+        Ok(self)
     }
 
     pub(crate) fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        format!("{}://127.0.0.1:{}", self.scheme, self.port)
     }
 
     pub(crate) fn up(&mut self) -> anyhow::Result<()> {
-        let child = Command::new(&self.binary)
-            .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string(), "-sd"])
-            .arg(&self.store)
+        let child = Command::new(&self.program)
+            .args(&self.args)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
-            .context("starting nats-server")?;
+            .with_context(|| format!("starting {}", self.program))?;
         self.child = Some(child);
         wait_port(self.port)
     }
 
-    /// SIGKILL: whatever JetStream wrote is on disk (in the page cache), nothing else.
+    /// SIGKILL: what the server wrote is on disk (in the page cache), nothing else.
     pub(crate) fn kill(&mut self) -> anyhow::Result<()> {
         if let Some(mut child) = self.child.take() {
             child.kill()?;
@@ -125,53 +144,12 @@ impl Nats {
     }
 }
 
-impl Drop for Nats {
+impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.kill();
-        let _ = std::fs::remove_dir_all(&self.store);
-    }
-}
-
-/// A Redis server without persistence, stoppable and startable on the same port.
-pub(crate) struct Redis {
-    port: u16,
-    child: Option<std::process::Child>,
-}
-
-impl Redis {
-    pub(crate) fn start() -> anyhow::Result<Self> {
-        let mut redis = Self { port: free_addr()?.port(), child: None };
-        redis.up()?;
-        Ok(redis)
-    }
-
-    pub(crate) fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    pub(crate) fn up(&mut self) -> anyhow::Result<()> {
-        let child = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string(), "--save", "", "--appendonly", "no"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .context("starting redis-server (Debian's redis-server)")?;
-        self.child = Some(child);
-        wait_port(self.port)
-    }
-
-    pub(crate) fn stop(&mut self) -> anyhow::Result<()> {
-        if let Some(mut child) = self.child.take() {
-            child.kill()?;
-            child.wait()?;
+        if let Some(store) = &self.store {
+            let _ = std::fs::remove_dir_all(store);
         }
-        Ok(())
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.stop();
     }
 }
 
