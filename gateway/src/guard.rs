@@ -16,14 +16,11 @@ use futures::StreamExt;
 use crate::error::ApiError;
 use crate::state::AppState;
 
-/// Routes that wait for long work (deletes of whole conversations and tenants, retention runs):
-/// they get [`crate::routes::LONG_TIMEOUT`] on top of the usual deadline.
-const LONG_ROUTES: [(Method, &str); 4] = [
-    (Method::DELETE, "/v1/conversations/{conversation_id}"),
-    (Method::DELETE, "/v1/tenants/{tenant_id}/data"),
-    (Method::DELETE, "/v1/admin/tenants/{tenant_id}"),
-    (Method::POST, "/v1/admin/retention/run"),
-];
+/// Routes that wait for long work to its end (the operator's tenant delete): they get
+/// [`crate::routes::LONG_TIMEOUT`] on top of the usual deadline. The other long work (deletes of
+/// conversations, tenant erasures, retention runs) answers 202 with an operation within the usual
+/// deadline (`routes::operations::tracked`).
+const LONG_ROUTES: [(Method, &str); 1] = [(Method::DELETE, "/v1/admin/tenants/{tenant_id}")];
 
 /// An import reads its body as it goes (up to 256 MiB): its time is the upload's, bounded by the
 /// body's pause limit and its charge per message, not by a deadline.

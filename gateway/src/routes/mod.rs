@@ -64,8 +64,9 @@ pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
     reply(state.deps.bus.request(envelope, state.request_timeout).await?)
 }
 
-/// [`call`] for work over many rows (deletes of conversations and tenants, retention runs):
-/// waits up to [`LONG_TIMEOUT`], and the worker carries on to the end even if nobody waits.
+/// [`call`] for work over many rows that the caller waits out (the operator's tenant delete; other
+/// long work goes through [`operations::tracked`]): waits up to [`LONG_TIMEOUT`], and the worker
+/// carries on to the end even if nobody waits.
 pub async fn call_long<Req: Serialize, Resp: DeserializeOwned>(
     state: &AppState,
     subject: String,

@@ -133,8 +133,8 @@ pub(crate) async fn tracked<Req: Serialize, Resp: DeserializeOwned>(
     let id = Uuid::now_v7();
     let operation = state.deps.store.start_operation(id, kind, tenant).await.map_err(store_unavailable)?;
     let message = envelope(subject, &request(id), &request_id(headers));
-    let bus = state.deps.bus.clone();
-    let mut asked = tokio::spawn(async move { bus.request(message, LONG_TIMEOUT).await });
+    let (bus, worker_limit) = (state.deps.bus.clone(), LONG_TIMEOUT.max(state.request_timeout));
+    let mut asked = tokio::spawn(async move { bus.request(message, worker_limit).await });
     let asked_async = asks_async(headers);
     let patience = if asked_async { Duration::ZERO } else { state.http_request_timeout.mul_f64(WAIT_SHARE) };
     let Ok(joined) = tokio::time::timeout(patience, &mut asked).await else {
